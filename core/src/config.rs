@@ -1,0 +1,884 @@
+//! Callback configuration (SPEC §3): what the operator or the change says, its defaults, and
+//! its validation.
+//!
+//! [`CallbackSpec`] is the user-facing shape (every field optional, unknown fields rejected so
+//! typos surface); [`Callback`] is the validated, defaulted form the rest of cb uses. The only
+//! way from one to the other is [`CallbackSpec::validate`], and `Callback` deserializes
+//! through it too, so an invalid callback cannot be read back from a log either.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{EventKind, EventSet};
+use crate::ids::{CallbackName, IdError};
+use crate::snapshot::is_xml_name;
+
+/// Why a callback configuration is invalid. Each message names the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `url` is missing.
+    #[error("url is required")]
+    MissingUrl,
+    /// `url` does not parse, or is not usable as a callback target.
+    #[error("url {url:?} is invalid: {reason}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `method` is not POST, PUT or GET.
+    #[error("method {0:?} is not supported; use POST, PUT or GET")]
+    BadMethod(String),
+    /// `format` is not xml, json or query.
+    #[error("format {0:?} is not supported; use xml, json or query")]
+    BadFormat(String),
+    /// The method and format do not go together.
+    #[error("method {method} cannot carry format {format}: GET sends only `query`, POST and PUT send `xml` or `json`")]
+    MethodFormat {
+        /// The method.
+        method: Method,
+        /// The format.
+        format: Format,
+    },
+    /// One entry of `fields` is malformed.
+    #[error("fields entry {entry:?} is invalid: {reason}")]
+    BadField {
+        /// The entry.
+        entry: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Two `fields` entries produce the same output name.
+    #[error("fields produce {0:?} twice")]
+    DuplicateParam(String),
+    /// A header name is not a valid HTTP token.
+    #[error("header name {0:?} is invalid")]
+    BadHeaderName(String),
+    /// A header value has a control character (CR, LF, NUL, …).
+    #[error("header {name:?} has an invalid value (control characters such as CR or LF are not allowed)")]
+    BadHeaderValue {
+        /// The header's name.
+        name: String,
+    },
+    /// A header that cb itself controls.
+    #[error("header {0:?} is set by cb and cannot be configured")]
+    ReservedHeader(String),
+    /// A number outside its bounds.
+    #[error("{field} is {value}; it must be between {min} and {max}")]
+    OutOfRange {
+        /// The field.
+        field: &'static str,
+        /// The value given.
+        value: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// A list longer than allowed.
+    #[error("{field} has {len} entries; at most {max} are allowed")]
+    TooMany {
+        /// The field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `backoff_secs` is empty.
+    #[error("backoff_secs needs at least one delay")]
+    EmptyBackoff,
+    /// `secret` is malformed.
+    #[error("secret is invalid: {0}")]
+    BadSecret(&'static str),
+    /// A field only per-file callbacks may have was given to a project callback.
+    #[error("{0} applies only to per-file callbacks given with a change")]
+    PerFileOnly(&'static str),
+    /// A per-file callback's name is invalid.
+    #[error("callback name: {0}")]
+    BadName(#[from] IdError),
+}
+
+/// The HTTP method of a callback.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub enum Method {
+    /// `POST` (the default).
+    #[serde(rename = "POST")]
+    Post,
+    /// `PUT`.
+    #[serde(rename = "PUT")]
+    Put,
+    /// `GET`: the payload travels in the query string.
+    #[serde(rename = "GET")]
+    Get,
+}
+
+impl Method {
+    /// The method's token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Get => "GET",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Method, ConfigError> {
+        match s.to_ascii_uppercase().as_str() {
+            "POST" => Ok(Method::Post),
+            "PUT" => Ok(Method::Put),
+            "GET" => Ok(Method::Get),
+            _ => Err(ConfigError::BadMethod(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the snapshot is rendered.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The getFileInfo `<result>` document.
+    Xml,
+    /// A JSON object.
+    Json,
+    /// URL query parameters.
+    Query,
+}
+
+impl Format {
+    /// The format's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Xml => "xml",
+            Format::Json => "json",
+            Format::Query => "query",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Format, ConfigError> {
+        match s.to_ascii_lowercase().as_str() {
+            "xml" => Ok(Format::Xml),
+            "json" => Ok(Format::Json),
+            "query" => Ok(Format::Query),
+            _ => Err(ConfigError::BadFormat(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where deliveries go.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum Target {
+    /// An `http://` or `https://` URL, as given (validated).
+    Http(String),
+    /// A `mailto:` address (the part after `mailto:`).
+    Mail(String),
+}
+
+impl Target {
+    /// The target as the URL the user wrote.
+    pub fn to_url(&self) -> String {
+        match self {
+            Target::Http(u) => u.clone(),
+            Target::Mail(a) => format!("mailto:{a}"),
+        }
+    }
+
+    fn parse(s: &str) -> Result<Target, ConfigError> {
+        let bad = |reason: &str| ConfigError::BadUrl {
+            url: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if s.len() > 2048 {
+            return Err(bad("longer than 2048 bytes"));
+        }
+        if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(bad("contains whitespace or control characters"));
+        }
+        let url = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
+        match url.scheme() {
+            "http" | "https" => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err(bad("no host"));
+                }
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err(bad(
+                        "credentials in the URL are not supported; send them with `headers`",
+                    ));
+                }
+                if url.fragment().is_some() {
+                    return Err(bad("a fragment (#…) is never sent to a server"));
+                }
+                Ok(Target::Http(s.to_owned()))
+            }
+            "mailto" => {
+                let addr = url.path();
+                let addr = addr.strip_prefix("//").unwrap_or(addr);
+                let valid = url.query().is_none()
+                    && matches!(addr.split_once('@'), Some((l, d)) if !l.is_empty() && !d.is_empty() && !d.contains('@'))
+                    && !addr.contains([',', ';', '<', '>', '%']);
+                if !valid {
+                    return Err(bad(
+                        "mailto takes exactly one plain address, as mailto:name@example.org",
+                    ));
+                }
+                Ok(Target::Mail(addr.to_owned()))
+            }
+            other => Err(bad(&format!(
+                "scheme {other:?} is not supported; use http, https or mailto"
+            ))),
+        }
+    }
+}
+
+/// One output parameter: the snapshot field `field`, emitted under the name `param`.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct FieldSpec {
+    /// The name in the payload (element, key or query parameter).
+    pub param: String,
+    /// The snapshot field it takes its value from.
+    pub field: String,
+}
+
+impl FieldSpec {
+    fn parse(entry: &str, format: Format) -> Result<FieldSpec, ConfigError> {
+        let bad = |reason| ConfigError::BadField {
+            entry: entry.to_owned(),
+            reason,
+        };
+        let (param, field) = entry.split_once('=').unwrap_or((entry, entry));
+        if param.is_empty() {
+            return Err(bad("the output name is empty"));
+        }
+        if !is_xml_name(field) {
+            return Err(bad("the snapshot field is not an XML name"));
+        }
+        if format == Format::Xml && !is_xml_name(param) {
+            return Err(bad("the output name must be an XML name for format xml"));
+        }
+        if param.chars().any(char::is_control) {
+            return Err(bad("the output name has control characters"));
+        }
+        Ok(FieldSpec {
+            param: param.to_owned(),
+            field: field.to_owned(),
+        })
+    }
+
+    fn to_entry(&self) -> String {
+        if self.param == self.field {
+            self.param.clone()
+        } else {
+            format!("{}={}", self.param, self.field)
+        }
+    }
+}
+
+/// Which snapshot fields a payload carries, and under which names.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum Projection {
+    /// Every field, in snapshot order, under its own name.
+    All,
+    /// The listed fields, in this order; fields missing from a snapshot are left out.
+    Fields(Vec<FieldSpec>),
+}
+
+/// An extra request header.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// The header name.
+    pub name: String,
+    /// The header value.
+    pub value: String,
+}
+
+/// Headers cb sets itself: framing and connection management (so a callback cannot break
+/// the shared keep-alive connection) and cb's own protocol headers.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "expect",
+    "cb-file-version",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+/// The default delays between attempts after failures (SPEC §3): 5 s, 30 s, 2 min, 10 min,
+/// 30 min, 1 h, then every 2 h.
+pub const DEFAULT_BACKOFF_SECS: [u32; 7] = [5, 30, 120, 600, 1800, 3600, 7200];
+/// Default coalescing window.
+pub const DEFAULT_WINDOW_SECS: u32 = 60;
+/// Default limit of one attempt.
+pub const DEFAULT_TIMEOUT_SECS: u32 = 15;
+/// Default retry horizon (48 h, as Screen9).
+pub const DEFAULT_RETRY_FOR_SECS: u32 = 172_800;
+
+/// The user-facing callback configuration, as given to `PUT …/callbacks/{name}` or in a
+/// change's `callbacks` list. Every field but `url` is optional.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackSpec {
+    /// `http://`, `https://` or `mailto:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `POST`, `PUT` or `GET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `xml`, `json` or `query`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Projection and renaming: `"name"` or `"param=field"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<String>>,
+    /// Extra request headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<Header>>,
+    /// Event kinds that trigger this callback, or `["all"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventSet>,
+    /// Coalescing window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_secs: Option<u64>,
+    /// Deliver the first change of a quiet file at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leading: Option<bool>,
+    /// One attempt's limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// How long failed deliveries are retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_for_secs: Option<u64>,
+    /// Delays between attempts; the last repeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_secs: Option<Vec<u64>>,
+    /// Standard Webhooks signing secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Per-file callbacks only: the callback's name within the file (default: its position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Per-file callbacks only: deliver on `published` (default true).
+    #[serde(default, alias = "onSuccess", skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<bool>,
+    /// Per-file callbacks only: deliver on `failed` (default true).
+    #[serde(default, alias = "onFailure", skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<bool>,
+    /// Per-file callbacks only: deliver on `encoding_progress` (default false).
+    #[serde(
+        default,
+        alias = "onProgressEncoding",
+        alias = "onProgress",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub on_progress: Option<bool>,
+}
+
+/// A validated callback with every default filled in.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(try_from = "CallbackSpec", into = "CallbackSpec")]
+pub struct Callback {
+    /// Where deliveries go.
+    pub target: Target,
+    /// HTTP method (ignored for mail).
+    pub method: Method,
+    /// Payload format.
+    pub format: Format,
+    /// Which fields, under which names.
+    pub projection: Projection,
+    /// Extra request headers.
+    pub headers: Vec<Header>,
+    /// Which events trigger a delivery.
+    pub events: EventSet,
+    /// Coalescing window `W`.
+    pub window_secs: u32,
+    /// `D = 0` instead of `W` for the first change of a quiet file.
+    pub leading: bool,
+    /// One attempt's limit.
+    pub timeout_secs: u32,
+    /// Retry horizon before a delivery is abandoned.
+    pub retry_for_secs: u32,
+    /// Delays after failures; the last repeats. Invariant: not empty.
+    pub backoff_secs: Vec<u32>,
+    /// Signing secret.
+    pub secret: Option<String>,
+}
+
+impl Callback {
+    /// True if a change of kind `event` triggers this callback (rule 2: others only update
+    /// the snapshot).
+    pub fn triggers(&self, event: EventKind) -> bool {
+        self.events.contains(event)
+    }
+
+    /// `D` of rule 1, in seconds.
+    pub fn initial_delay_secs(&self) -> u32 {
+        if self.leading {
+            0
+        } else {
+            self.window_secs
+        }
+    }
+
+    /// Parses a JSON callback configuration (a convenience for tests and tools).
+    pub fn from_json(json: &str) -> Result<Callback, String> {
+        let spec: CallbackSpec = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        spec.validate().map_err(|e| e.to_string())
+    }
+}
+
+/// A per-file callback (LightFlow): a callback carried by a change, applying to that file only.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(try_from = "CallbackSpec", into = "CallbackSpec")]
+pub struct FileCallback {
+    /// Its name within the file.
+    pub name: CallbackName,
+    /// The callback itself.
+    pub callback: Callback,
+    /// Deliver on `published`.
+    pub on_success: bool,
+    /// Deliver on `failed`.
+    pub on_failure: bool,
+    /// Deliver on `encoding_progress`.
+    pub on_progress: bool,
+}
+
+impl FileCallback {
+    /// True if a change of kind `event` triggers this callback: its `events` filter and its
+    /// `on_*` switches both allow it.
+    pub fn triggers(&self, event: EventKind) -> bool {
+        let switch = match event {
+            EventKind::Published => self.on_success,
+            EventKind::Failed => self.on_failure,
+            EventKind::EncodingProgress => self.on_progress,
+            _ => true,
+        };
+        switch && self.callback.triggers(event)
+    }
+
+    /// Validates the list of per-file callbacks given with a change; unnamed ones are named
+    /// after their position (`"0"`, `"1"`, …). Names must be unique.
+    pub fn validate_list(specs: Vec<CallbackSpec>) -> Result<Vec<FileCallback>, ConfigError> {
+        if specs.len() > MAX_FILE_CALLBACKS {
+            return Err(ConfigError::TooMany {
+                field: "callbacks",
+                len: specs.len(),
+                max: MAX_FILE_CALLBACKS,
+            });
+        }
+        let mut out: Vec<FileCallback> = Vec::with_capacity(specs.len());
+        for (i, mut spec) in specs.into_iter().enumerate() {
+            spec.name.get_or_insert_with(|| i.to_string());
+            let cb = FileCallback::try_from(spec)?;
+            if out.iter().any(|o| o.name == cb.name) {
+                return Err(ConfigError::DuplicateParam(format!(
+                    "callback name {}",
+                    cb.name
+                )));
+            }
+            out.push(cb);
+        }
+        Ok(out)
+    }
+}
+
+/// Most per-file callbacks one change may carry.
+pub const MAX_FILE_CALLBACKS: usize = 16;
+
+fn bounded(
+    field: &'static str,
+    value: Option<u64>,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32, ConfigError> {
+    let v = value.unwrap_or(u64::from(default));
+    if v < u64::from(min) || v > u64::from(max) {
+        return Err(ConfigError::OutOfRange {
+            field,
+            value: v,
+            min: min.into(),
+            max: max.into(),
+        });
+    }
+    // Lossless: v <= max, a u32.
+    Ok(v as u32)
+}
+
+impl CallbackSpec {
+    /// Validates a project callback, filling in defaults.
+    pub fn validate(self) -> Result<Callback, ConfigError> {
+        if self.on_success.is_some() {
+            return Err(ConfigError::PerFileOnly("on_success"));
+        }
+        if self.on_failure.is_some() {
+            return Err(ConfigError::PerFileOnly("on_failure"));
+        }
+        if self.on_progress.is_some() {
+            return Err(ConfigError::PerFileOnly("on_progress"));
+        }
+        if self.name.is_some() {
+            return Err(ConfigError::PerFileOnly(
+                "name (a project callback is named by its URL path)",
+            ));
+        }
+        self.validate_common()
+    }
+
+    fn validate_common(self) -> Result<Callback, ConfigError> {
+        let target = Target::parse(self.url.as_deref().ok_or(ConfigError::MissingUrl)?)?;
+        let method = self
+            .method
+            .as_deref()
+            .map(Method::parse)
+            .transpose()?
+            .unwrap_or(Method::Post);
+        let format = match self.format.as_deref().map(Format::parse).transpose()? {
+            Some(f) => f,
+            None if method == Method::Get => Format::Query,
+            None => Format::Xml,
+        };
+        // Mail carries any format as its body; HTTP needs the method and format to agree.
+        if matches!(target, Target::Http(_)) {
+            let fits = match method {
+                Method::Get => format == Format::Query,
+                Method::Post | Method::Put => format != Format::Query,
+            };
+            if !fits {
+                return Err(ConfigError::MethodFormat { method, format });
+            }
+        }
+        let projection = match self.fields {
+            None if format == Format::Query => Projection::Fields(
+                ["mediaid=id", "status", "title"]
+                    .iter()
+                    .map(|e| FieldSpec::parse(e, format))
+                    .collect::<Result<_, _>>()?,
+            ),
+            None => Projection::All,
+            Some(entries) => {
+                if entries.len() > MAX_FIELDS {
+                    return Err(ConfigError::TooMany {
+                        field: "fields",
+                        len: entries.len(),
+                        max: MAX_FIELDS,
+                    });
+                }
+                let specs = entries
+                    .iter()
+                    .map(|e| FieldSpec::parse(e, format))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut params: Vec<&str> = specs.iter().map(|s| s.param.as_str()).collect();
+                params.sort_unstable();
+                if let Some(w) = params.windows(2).find(|w| w[0] == w[1]) {
+                    return Err(ConfigError::DuplicateParam(w[0].to_owned()));
+                }
+                Projection::Fields(specs)
+            }
+        };
+        let headers = self.headers.unwrap_or_default();
+        if headers.len() > MAX_HEADERS {
+            return Err(ConfigError::TooMany {
+                field: "headers",
+                len: headers.len(),
+                max: MAX_HEADERS,
+            });
+        }
+        for h in &headers {
+            let name = http::HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| ConfigError::BadHeaderName(h.name.clone()))?;
+            if RESERVED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-") {
+                return Err(ConfigError::ReservedHeader(h.name.clone()));
+            }
+            if h.value.len() > 8192 || http::HeaderValue::from_str(&h.value).is_err() {
+                return Err(ConfigError::BadHeaderValue {
+                    name: h.name.clone(),
+                });
+            }
+        }
+        let backoff = self
+            .backoff_secs
+            .unwrap_or_else(|| DEFAULT_BACKOFF_SECS.iter().map(|&s| u64::from(s)).collect());
+        if backoff.is_empty() {
+            return Err(ConfigError::EmptyBackoff);
+        }
+        if backoff.len() > MAX_BACKOFF {
+            return Err(ConfigError::TooMany {
+                field: "backoff_secs",
+                len: backoff.len(),
+                max: MAX_BACKOFF,
+            });
+        }
+        let backoff_secs = backoff
+            .into_iter()
+            .map(|s| bounded("backoff_secs entry", Some(s), 0, 1, 86_400))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(secret) = &self.secret {
+            if secret.is_empty() || secret.len() > 256 {
+                return Err(ConfigError::BadSecret("it must be 1 to 256 characters"));
+            }
+            if !secret.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(ConfigError::BadSecret(
+                    "only printable ASCII without spaces is allowed",
+                ));
+            }
+        }
+        Ok(Callback {
+            target,
+            method,
+            format,
+            projection,
+            headers,
+            events: self.events.unwrap_or(EventSet::all()),
+            window_secs: bounded(
+                "window_secs",
+                self.window_secs,
+                DEFAULT_WINDOW_SECS,
+                0,
+                7 * 86_400,
+            )?,
+            leading: self.leading.unwrap_or(false),
+            timeout_secs: bounded(
+                "timeout_secs",
+                self.timeout_secs,
+                DEFAULT_TIMEOUT_SECS,
+                1,
+                600,
+            )?,
+            retry_for_secs: bounded(
+                "retry_for_secs",
+                self.retry_for_secs,
+                DEFAULT_RETRY_FOR_SECS,
+                0,
+                30 * 86_400,
+            )?,
+            backoff_secs,
+            secret: self.secret,
+        })
+    }
+}
+
+const MAX_FIELDS: usize = 1024;
+const MAX_HEADERS: usize = 32;
+const MAX_BACKOFF: usize = 32;
+
+impl TryFrom<CallbackSpec> for Callback {
+    type Error = ConfigError;
+    fn try_from(spec: CallbackSpec) -> Result<Callback, ConfigError> {
+        spec.validate()
+    }
+}
+
+impl From<Callback> for CallbackSpec {
+    fn from(c: Callback) -> CallbackSpec {
+        CallbackSpec {
+            url: Some(c.target.to_url()),
+            method: Some(c.method.as_str().to_owned()),
+            format: Some(c.format.as_str().to_owned()),
+            fields: match &c.projection {
+                Projection::All => None,
+                Projection::Fields(f) => Some(f.iter().map(FieldSpec::to_entry).collect()),
+            },
+            headers: Some(c.headers),
+            events: Some(c.events),
+            window_secs: Some(c.window_secs.into()),
+            leading: Some(c.leading),
+            timeout_secs: Some(c.timeout_secs.into()),
+            retry_for_secs: Some(c.retry_for_secs.into()),
+            backoff_secs: Some(c.backoff_secs.iter().map(|&s| u64::from(s)).collect()),
+            secret: c.secret,
+            ..CallbackSpec::default()
+        }
+    }
+}
+
+impl TryFrom<CallbackSpec> for FileCallback {
+    type Error = ConfigError;
+    fn try_from(mut spec: CallbackSpec) -> Result<FileCallback, ConfigError> {
+        let name = CallbackName::new(spec.name.as_deref().unwrap_or("0"))?;
+        let (on_success, on_failure, on_progress) = (
+            spec.on_success.take().unwrap_or(true),
+            spec.on_failure.take().unwrap_or(true),
+            spec.on_progress.take().unwrap_or(false),
+        );
+        spec.name = None;
+        Ok(FileCallback {
+            name,
+            callback: spec.validate_common()?,
+            on_success,
+            on_failure,
+            on_progress,
+        })
+    }
+}
+
+impl From<FileCallback> for CallbackSpec {
+    fn from(f: FileCallback) -> CallbackSpec {
+        CallbackSpec {
+            name: Some(f.name.to_string()),
+            on_success: Some(f.on_success),
+            on_failure: Some(f.on_failure),
+            on_progress: Some(f.on_progress),
+            ..CallbackSpec::from(f.callback)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Callback, String> {
+        Callback::from_json(json)
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = parse(r#"{"url":"https://example.org/cb"}"#).unwrap();
+        assert_eq!(c.method, Method::Post);
+        assert_eq!(c.format, Format::Xml);
+        assert_eq!(c.projection, Projection::All);
+        assert!(c.events.is_all());
+        assert_eq!(
+            (c.window_secs, c.leading, c.timeout_secs, c.retry_for_secs),
+            (60, false, 15, 172_800)
+        );
+        assert_eq!(c.backoff_secs, DEFAULT_BACKOFF_SECS);
+        let g = parse(r#"{"url":"http://cms.example.com","method":"get"}"#).unwrap();
+        assert_eq!(g.format, Format::Query);
+        assert_eq!(
+            g.projection,
+            Projection::Fields(vec![
+                FieldSpec {
+                    param: "mediaid".into(),
+                    field: "id".into()
+                },
+                FieldSpec {
+                    param: "status".into(),
+                    field: "status".into()
+                },
+                FieldSpec {
+                    param: "title".into(),
+                    field: "title".into()
+                },
+            ])
+        );
+    }
+
+    #[test]
+    fn rejects_what_cannot_work() {
+        let cases = [
+            (r#"{}"#, "url is required"),
+            (r#"{"url":"ftp://x.org/"}"#, "scheme \"ftp\""),
+            (r#"{"url":"http://"}"#, "invalid"),
+            (r#"{"url":"http://u:p@x.org/"}"#, "credentials"),
+            (r#"{"url":"mailto:nobody"}"#, "exactly one plain address"),
+            (
+                r#"{"url":"http://x.org/","method":"DELETE"}"#,
+                "method \"DELETE\"",
+            ),
+            (
+                r#"{"url":"http://x.org/","method":"GET","format":"xml"}"#,
+                "cannot carry",
+            ),
+            (
+                r#"{"url":"http://x.org/","format":"query"}"#,
+                "cannot carry",
+            ),
+            (
+                r#"{"url":"http://x.org/","fields":["a=1b"]}"#,
+                "not an XML name",
+            ),
+            (r#"{"url":"http://x.org/","fields":["a","a"]}"#, "twice"),
+            (
+                r#"{"url":"http://x.org/","headers":[{"name":"X-A","value":"a\r\nb"}]}"#,
+                "invalid value",
+            ),
+            (
+                r#"{"url":"http://x.org/","headers":[{"name":"X A","value":"a"}]}"#,
+                "header name",
+            ),
+            (
+                r#"{"url":"http://x.org/","headers":[{"name":"Host","value":"a"}]}"#,
+                "set by cb",
+            ),
+            (
+                r#"{"url":"http://x.org/","window_secs":999999999}"#,
+                "window_secs",
+            ),
+            (
+                r#"{"url":"http://x.org/","timeout_secs":0}"#,
+                "timeout_secs",
+            ),
+            (
+                r#"{"url":"http://x.org/","backoff_secs":[]}"#,
+                "at least one",
+            ),
+            (
+                r#"{"url":"http://x.org/","backoff_secs":[0]}"#,
+                "backoff_secs entry",
+            ),
+            (
+                r#"{"url":"http://x.org/","events":["nope"]}"#,
+                "unknown event",
+            ),
+            (r#"{"url":"http://x.org/","on_success":true}"#, "per-file"),
+            (r#"{"url":"http://x.org/","colour":"red"}"#, "unknown field"),
+        ];
+        for (json, want) in cases {
+            let err = parse(json).expect_err(json);
+            assert!(err.contains(want), "{json}: {err:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn file_callbacks_accept_lightflow_names() {
+        let specs: Vec<CallbackSpec> = serde_json::from_str(
+            r#"[{"url":"https://callback.epiclabs/ingest","headers":[{"name":"Authorization","value":"Bearer t"}],"method":"POST","onSuccess":false},
+                {"url":"mailto:johndoe@epiclabs.io","onProgressEncoding":true}]"#,
+        )
+        .unwrap();
+        let list = FileCallback::validate_list(specs).unwrap();
+        assert_eq!(list[0].name.as_str(), "0");
+        assert!(!list[0].triggers(EventKind::Published));
+        assert!(list[0].triggers(EventKind::Failed));
+        assert!(!list[0].triggers(EventKind::EncodingProgress));
+        assert_eq!(
+            list[1].callback.target,
+            Target::Mail("johndoe@epiclabs.io".into())
+        );
+        assert!(list[1].triggers(EventKind::EncodingProgress));
+    }
+
+    #[test]
+    fn serde_round_trip_is_identity() {
+        let c = parse(
+            r#"{"url":"http://cms.example.com","method":"GET","fields":["status","userid=uid","message","mediaid=id","title"],"events":["uploaded","cloned"],"window_secs":0,"leading":true,"backoff_secs":[1,2]}"#,
+        )
+        .unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        let back: Callback = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,228 @@
+//! The log record: every input of the core, in the past tense, stamped with its sequence
+//! number and the wall-clock time of its append.
+//!
+//! A change record names the file and the event but not the snapshot body: the fold decides
+//! *when* and *which version* to deliver, never *what the bytes are*, so it does not need the
+//! 1.5 KB body. The store keeps the body beside the record (see `cb-store`), and rendering
+//! ([`crate::render`]) reads it only when a payload is actually built.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Callback, FileCallback};
+use crate::digest::Digest;
+use crate::event::EventKind;
+use crate::ids::{
+    CallbackName, CallbackRef, DeliveryId, FileKey, MachineKey, ProjectId, Seq, Timestamp,
+};
+
+/// One entry of the log.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the log. Invariant: strictly increasing along any log the core folds.
+    pub seq: Seq,
+    /// When it was appended. Invariant: never less than the previous record's.
+    pub at: Timestamp,
+    /// What happened.
+    pub kind: RecordKind,
+}
+
+/// What a record says happened.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A file changed; its snapshot (stored beside the record) is the file's new full state,
+    /// and this record's `seq` is the file's new version.
+    ChangeAppended {
+        /// The file.
+        file: FileKey,
+        /// What happened.
+        event: EventKind,
+        /// Per-file callbacks given with the change: `Some` replaces the file's set (an empty
+        /// list removes them all), `None` keeps it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        callbacks: Option<Arc<[FileCallback]>>,
+    },
+    /// A project callback was created or replaced (and, if disabled, enabled again).
+    CallbackPut {
+        /// The project.
+        project: ProjectId,
+        /// The callback's name.
+        name: CallbackName,
+        /// The new configuration.
+        callback: Arc<Callback>,
+    },
+    /// A project callback was removed; its machines are dropped.
+    CallbackRemoved {
+        /// The project.
+        project: ProjectId,
+        /// The callback's name.
+        name: CallbackName,
+    },
+    /// A callback was disabled because its receiver answered `410 Gone` (rule 4). Appended by
+    /// the dispatcher in response to [`crate::Effect::DisableCallback`]; for a project
+    /// callback it stops the machines of every file, for a per-file callback that file's.
+    CallbackDisabled {
+        /// The machine whose attempt got the 410.
+        machine: MachineKey,
+        /// The sequence number of that attempt's outcome record.
+        cause: Seq,
+    },
+    /// Time passed; deadlines up to `at` fire. Carries nothing else.
+    Ticked,
+    /// An attempt ended.
+    AttemptFinished(AttemptReport),
+    /// An operator asked to deliver a file again (rule 6).
+    RedeliverRequested {
+        /// The file.
+        file: FileKey,
+        /// One callback, or `None` for every enabled callback of the file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        callback: Option<CallbackRef>,
+        /// The file's latest version as the store knows it at append time. The core may have
+        /// forgotten a file whose deliveries are all complete (that is how it stays small), so
+        /// the record brings the version along.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<Seq>,
+    },
+}
+
+/// What the dispatcher observed performing one attempt.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct AttemptReport {
+    /// The machine.
+    pub machine: MachineKey,
+    /// The delivery the attempt belongs to.
+    pub delivery: DeliveryId,
+    /// The attempt's number within the delivery, from 1.
+    pub attempt: u32,
+    /// The file version the attempt carried.
+    pub version: Seq,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// From start to outcome.
+    pub latency_ms: u32,
+    /// SHA-256 of the exact payload bytes sent.
+    pub digest: Digest,
+    /// A human-readable detail for operators (an error message); empty if none. Never read
+    /// by the fold.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// A 2xx answer (or an SMTP relay accepting the message: 250).
+    Delivered {
+        /// The status code.
+        status: u16,
+    },
+    /// Any non-2xx HTTP answer; 3xx are not followed and count here.
+    Status {
+        /// The status code.
+        status: u16,
+        /// `Retry-After` in seconds, as sent with a 429 or 503.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_secs: Option<u32>,
+    },
+    /// No complete answer within `timeout_secs`.
+    Timeout,
+    /// Could not connect: DNS failure, refused, reset, closed early.
+    Connect,
+    /// TLS handshake or certificate verification failed.
+    Tls,
+    /// The target resolved to a non-public address and private targets are not allowed.
+    TargetRefused,
+    /// The SMTP relay rejected the message.
+    Smtp {
+        /// The SMTP reply code.
+        code: u16,
+    },
+}
+
+impl Outcome {
+    /// Classifies an HTTP status: 2xx delivers, everything else fails.
+    pub fn from_status(status: u16, retry_after_secs: Option<u32>) -> Outcome {
+        if (200..300).contains(&status) {
+            Outcome::Delivered { status }
+        } else {
+            Outcome::Status {
+                status,
+                retry_after_secs,
+            }
+        }
+    }
+
+    /// True for a successful delivery.
+    pub fn is_delivered(self) -> bool {
+        matches!(self, Outcome::Delivered { .. })
+    }
+
+    /// A short name for metrics and tables (`2xx`, `5xx`, `timeout`, …).
+    pub fn class(self) -> &'static str {
+        match self {
+            Outcome::Delivered { .. } => "delivered",
+            Outcome::Status { status: 410, .. } => "gone",
+            Outcome::Status { status, .. } if status < 400 => "redirect",
+            Outcome::Status { status, .. } if status < 500 => "4xx",
+            Outcome::Status { .. } => "5xx",
+            Outcome::Timeout => "timeout",
+            Outcome::Connect => "connect",
+            Outcome::Tls => "tls",
+            Outcome::TargetRefused => "target_refused",
+            Outcome::Smtp { .. } => "smtp",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Delivered { status } => write!(f, "{status}"),
+            Outcome::Status {
+                status,
+                retry_after_secs: Some(s),
+            } => write!(f, "{status} retry-after={s}s"),
+            Outcome::Status { status, .. } => write!(f, "{status}"),
+            Outcome::Timeout => f.write_str("timeout"),
+            Outcome::Connect => f.write_str("connect-error"),
+            Outcome::Tls => f.write_str("tls-error"),
+            Outcome::TargetRefused => f.write_str("target-refused"),
+            Outcome::Smtp { code } => write!(f, "smtp-{code}"),
+        }
+    }
+}
+
+/// Which part of the log a record belongs to, so the store can index it without knowing the
+/// rules: one file's history is its own records plus its project's and the global ones.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Scope<'a> {
+    /// Concerns every file (ticks).
+    Global,
+    /// Concerns every file of a project (project callback configuration).
+    Project(&'a ProjectId),
+    /// Concerns one file.
+    File(&'a FileKey),
+}
+
+impl Record {
+    /// The record's scope; see [`Scope`].
+    pub fn scope(&self) -> Scope<'_> {
+        match &self.kind {
+            RecordKind::ChangeAppended { file, .. }
+            | RecordKind::RedeliverRequested { file, .. } => Scope::File(file),
+            RecordKind::AttemptFinished(r) => Scope::File(&r.machine.file),
+            RecordKind::CallbackPut { project, .. }
+            | RecordKind::CallbackRemoved { project, .. } => Scope::Project(project),
+            RecordKind::CallbackDisabled { machine, .. } => match machine.callback {
+                CallbackRef::Project(_) => Scope::Project(&machine.file.project),
+                CallbackRef::File(_) => Scope::File(&machine.file),
+            },
+            RecordKind::Ticked => Scope::Global,
+        }
+    }
+}

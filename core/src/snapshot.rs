@@ -1,0 +1,277 @@
+//! The file snapshot: a file's full current information as an ordered list of
+//! `(field, value)` string pairs, like the `<result>` document of `media.getFileInfo`.
+//!
+//! Stored compactly — one text buffer and one offset table — because there are millions of
+//! them in the store and the dispatcher's cache. Field names are XML names (without `:`, so
+//! the rendered document is also namespace-well-formed) and unique within a snapshot; values
+//! are any UTF-8, possibly empty.
+
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a snapshot is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// A field name is not an XML name.
+    #[error("field name {0:?} is not an XML name (letters, digits, _ . -, not starting with a digit, . or -)")]
+    BadFieldName(String),
+    /// A field name appears twice.
+    #[error("field {0:?} appears more than once")]
+    DuplicateField(String),
+    /// Too many fields.
+    #[error("a snapshot has at most {max} fields")]
+    TooManyFields {
+        /// The limit.
+        max: usize,
+    },
+    /// The text of the snapshot is too large.
+    #[error("a snapshot holds at most {max} bytes of names and values")]
+    TooLarge {
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// A file's full state: ordered `(field, value)` pairs.
+///
+/// Invariant: `ends` has an even length; pair `i` is the name
+/// `text[ends[2i-1]..ends[2i]]` (starting at 0 for `i = 0`) and the value that follows it up
+/// to `ends[2i+1]`; names are valid and unique (checked by [`SnapshotBuilder::finish`]).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    text: Box<str>,
+    ends: Box<[u32]>,
+}
+
+impl Snapshot {
+    /// Most fields one snapshot may hold.
+    pub const MAX_FIELDS: usize = 4096;
+    /// Most bytes of names and values one snapshot may hold.
+    pub const MAX_BYTES: usize = 4 << 20;
+
+    /// Starts an empty builder.
+    pub fn builder() -> SnapshotBuilder {
+        SnapshotBuilder::default()
+    }
+
+    /// Builds a snapshot from pairs, validating names and uniqueness.
+    pub fn from_pairs<'a, I>(pairs: I) -> Result<Snapshot, SnapshotError>
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)>,
+    {
+        let mut b = Snapshot::builder();
+        for (n, v) in pairs {
+            b.push(n, v)?;
+        }
+        b.finish()
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.ends.len() / 2
+    }
+
+    /// True if there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The fields in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        (0..self.len()).map(move |i| self.pair(i))
+    }
+
+    fn pair(&self, i: usize) -> (&str, &str) {
+        let start = if i == 0 {
+            0
+        } else {
+            self.ends[2 * i - 1] as usize
+        };
+        let mid = self.ends[2 * i] as usize;
+        let end = self.ends[2 * i + 1] as usize;
+        (&self.text[start..mid], &self.text[mid..end])
+    }
+
+    /// The value of field `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Accumulates fields for a [`Snapshot`].
+#[derive(Default, Debug)]
+pub struct SnapshotBuilder {
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl SnapshotBuilder {
+    /// Appends one field. Names are checked here; uniqueness in [`finish`](Self::finish).
+    pub fn push(&mut self, name: &str, value: &str) -> Result<&mut Self, SnapshotError> {
+        if !is_xml_name(name) {
+            return Err(SnapshotError::BadFieldName(name.to_owned()));
+        }
+        if self.ends.len() / 2 >= Snapshot::MAX_FIELDS {
+            return Err(SnapshotError::TooManyFields {
+                max: Snapshot::MAX_FIELDS,
+            });
+        }
+        if self.text.len() + name.len() + value.len() > Snapshot::MAX_BYTES {
+            return Err(SnapshotError::TooLarge {
+                max: Snapshot::MAX_BYTES,
+            });
+        }
+        self.text.push_str(name);
+        // Lossless: MAX_BYTES is far below u32::MAX.
+        self.ends.push(self.text.len() as u32);
+        self.text.push_str(value);
+        self.ends.push(self.text.len() as u32);
+        Ok(self)
+    }
+
+    /// Checks that names are unique and freezes the snapshot.
+    pub fn finish(self) -> Result<Snapshot, SnapshotError> {
+        let snapshot = Snapshot {
+            text: self.text.into_boxed_str(),
+            ends: self.ends.into_boxed_slice(),
+        };
+        // Sorting the names costs O(n log n) instead of a pairwise O(n²) scan; getFileInfo
+        // documents have ~50 fields and ingest sees 100,000 of them a second.
+        let mut names: Vec<&str> = snapshot.iter().map(|(n, _)| n).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(SnapshotError::DuplicateField(w[0].to_owned()));
+        }
+        Ok(snapshot)
+    }
+}
+
+/// True if `s` is an XML 1.0 (5th edition) `Name` without `:`.
+///
+/// Colons are excluded so that a rendered `<result>` is well-formed for namespace-aware
+/// parsers too (an undeclared prefix is an error there).
+pub fn is_xml_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if is_name_start(c) => chars.all(is_name_char),
+        _ => false,
+    }
+}
+
+fn is_name_start(c: char) -> bool {
+    matches!(c,
+        'A'..='Z' | '_' | 'a'..='z'
+        | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}' | '\u{F8}'..='\u{2FF}'
+        | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}' | '\u{200C}'..='\u{200D}'
+        | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}' | '\u{3001}'..='\u{D7FF}'
+        | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}' | '\u{10000}'..='\u{EFFFF}')
+}
+
+fn is_name_char(c: char) -> bool {
+    is_name_start(c)
+        || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+}
+
+/// Serialized as a map in field order (a JSON object whose key order is the field order).
+impl Serialize for Snapshot {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.len()))?;
+        for (n, v) in self.iter() {
+            m.serialize_entry(n, v)?;
+        }
+        m.end()
+    }
+}
+
+/// Deserialized from a map, keeping the document's key order (serde_json's own `Map` would
+/// sort it), rejecting duplicate keys and invalid names.
+impl<'de> Deserialize<'de> for Snapshot {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Snapshot;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of string fields")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Snapshot, A::Error> {
+                let mut b = Snapshot::builder();
+                while let Some((k, v)) =
+                    map.next_entry::<std::borrow::Cow<'de, str>, std::borrow::Cow<'de, str>>()?
+                {
+                    b.push(&k, &v).map_err(serde::de::Error::custom)?;
+                }
+                b.finish().map_err(serde::de::Error::custom)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_order_and_values() {
+        let s = Snapshot::from_pairs([
+            ("id", "556114"),
+            ("message", ""),
+            ("user_firstname", "エヴァート"),
+        ])
+        .unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            s.iter().collect::<Vec<_>>(),
+            vec![
+                ("id", "556114"),
+                ("message", ""),
+                ("user_firstname", "エヴァート")
+            ]
+        );
+        assert_eq!(s.get("message"), Some(""));
+        assert_eq!(s.get("nope"), None);
+    }
+
+    #[test]
+    fn rejects_bad_names_and_duplicates() {
+        assert_eq!(
+            Snapshot::from_pairs([("1abc", "")]),
+            Err(SnapshotError::BadFieldName("1abc".into()))
+        );
+        assert!(Snapshot::from_pairs([("a:b", "")]).is_err());
+        assert!(Snapshot::from_pairs([("", "")]).is_err());
+        assert_eq!(
+            Snapshot::from_pairs([("a", "1"), ("b", "2"), ("a", "3")]),
+            Err(SnapshotError::DuplicateField("a".into()))
+        );
+        assert!(is_xml_name("publicUrl"));
+        assert!(is_xml_name("user_name"));
+        assert!(is_xml_name("名前"));
+    }
+
+    #[test]
+    fn json_keeps_document_order() {
+        let s: Snapshot = serde_json::from_str(r#"{"z":"1","a":"2","m":""}"#).unwrap();
+        assert_eq!(
+            s.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            vec!["z", "a", "m"]
+        );
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"z":"1","a":"2","m":""}"#
+        );
+        let dup = serde_json::from_str::<Snapshot>(r#"{"a":"1","a":"2"}"#).unwrap_err();
+        assert!(dup.to_string().contains("more than once"), "{dup}");
+        let num = serde_json::from_str::<Snapshot>(r#"{"a":1}"#).unwrap_err();
+        assert!(num.to_string().contains("string"), "{num}");
+    }
+}
