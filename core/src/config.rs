@@ -7,6 +7,7 @@
 //! through it too, so an invalid callback cannot be read back from a log either.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -455,7 +456,7 @@ pub struct FileCallback {
     /// Its name within the file.
     pub name: CallbackName,
     /// The callback itself.
-    pub callback: Callback,
+    pub callback: Arc<Callback>,
     /// Deliver on `published`.
     pub on_success: bool,
     /// Deliver on `failed`.
@@ -725,7 +726,7 @@ impl TryFrom<CallbackSpec> for FileCallback {
         spec.name = None;
         Ok(FileCallback {
             name,
-            callback: spec.validate_common()?,
+            callback: Arc::new(spec.validate_common()?),
             on_success,
             on_failure,
             on_progress,
@@ -740,7 +741,7 @@ impl From<FileCallback> for CallbackSpec {
             on_success: Some(f.on_success),
             on_failure: Some(f.on_failure),
             on_progress: Some(f.on_progress),
-            ..CallbackSpec::from(f.callback)
+            ..CallbackSpec::from(Arc::unwrap_or_clone(f.callback))
         }
     }
 }

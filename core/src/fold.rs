@@ -1,0 +1,820 @@
+//! The fold: [`Core`] takes log records in order and hands effects out.
+//!
+//! It owns every delivery machine, the callback configuration, and the timers; it never
+//! performs anything. The driving contract (see the crate docs) is: `apply` each record in
+//! log order, perform the effects it pushed, and append a `Ticked` record once
+//! [`Core::next_deadline`] has passed.
+//!
+//! Time is only an input. A deadline `d` fires *before* the first record with `at >= d` is
+//! applied, and as of `d` itself — not as of that record. So a machine's decisions depend only
+//! on its own records and its deadlines, never on when ticks happen to arrive or on other
+//! files' records: folding one file's records (plus its project's configuration) reaches
+//! exactly the states and attempts the whole log reaches for that file. That is what makes
+//! `cbctl history` and `rewind` cheap and exact, and it is property-tested.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Callback, FileCallback};
+use crate::effect::{Attempt, Effect};
+use crate::event::EventKind;
+use crate::ids::{CallbackName, CallbackRef, FileKey, MachineKey, ProjectId, Seq, Timestamp};
+use crate::machine::{InFlight, Machine, Opening, OutcomeStep, State, StateName};
+use crate::record::{AttemptReport, Record, RecordKind};
+
+/// A project callback and whether a `410 Gone` disabled it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct CallbackSlot {
+    /// The configuration in force.
+    pub callback: Arc<Callback>,
+    /// The outcome record whose `410 Gone` disabled it, if any. A new put enables it again.
+    pub disabled_by: Option<Seq>,
+}
+
+/// A per-file callback and whether a `410 Gone` disabled it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct FileCallbackSlot {
+    /// The configuration in force.
+    pub callback: FileCallback,
+    /// The outcome record whose `410 Gone` disabled it, if any.
+    pub disabled_by: Option<Seq>,
+}
+
+/// What the core keeps of one file. Files with no machine and no per-file callback are
+/// forgotten; their next change starts afresh, which rule 1 makes exact.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// The file's version: the sequence number of its latest change the core has seen.
+    pub version: Seq,
+    /// Per-file callbacks. Invariant: sorted by name, names unique.
+    pub callbacks: Vec<FileCallbackSlot>,
+    /// The file's machines. Invariant: sorted by callback, each callback's slot exists.
+    pub machines: Vec<(CallbackRef, Machine)>,
+}
+
+impl FileEntry {
+    fn is_idle(&self) -> bool {
+        self.machines.is_empty() && self.callbacks.is_empty()
+    }
+
+    fn machine_pos(&self, callback: &CallbackRef) -> Result<usize, usize> {
+        self.machines.binary_search_by(|(r, _)| r.cmp(callback))
+    }
+
+    /// The machine for `callback`, if any.
+    pub fn machine(&self, callback: &CallbackRef) -> Option<&Machine> {
+        self.machine_pos(callback).ok().map(|i| &self.machines[i].1)
+    }
+
+    fn file_callback(&self, name: &CallbackName) -> Option<&FileCallbackSlot> {
+        self.callbacks.iter().find(|s| &s.callback.name == name)
+    }
+}
+
+/// What applying a record did. Records the rules cannot use are ignored deterministically
+/// and counted; they are not errors (a late outcome of a removed callback's attempt is normal).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    /// The record was used.
+    Applied,
+    /// The record changed nothing, for this reason.
+    Ignored(Ignored),
+}
+
+/// Why a record changed nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ignored {
+    /// An outcome that is not the one the machine's attempt in flight awaits (late,
+    /// duplicated, or its machine was dropped).
+    StaleOutcome,
+    /// The callback it names does not exist.
+    UnknownCallback,
+    /// The callback it names is disabled.
+    DisabledCallback,
+    /// A redeliver for a file with no known version.
+    NothingToRedeliver,
+    /// A redeliver while every target already had an attempt in flight.
+    AlreadyInFlight,
+}
+
+/// Machines per state, and other totals.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Census {
+    /// Files the core keeps.
+    pub files: u64,
+    /// Machines per state, in [`StateName::ALL`] order.
+    pub states: [u64; 5],
+    /// The earliest deadline.
+    pub next_deadline: Option<Timestamp>,
+    /// Records ignored so far.
+    pub ignored: u64,
+}
+
+/// One step of one machine; each maps to one `Machine` transition.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Trigger(Opening),
+    Due(Timestamp),
+    Outcome(&'a AttemptReport, Seq, Timestamp),
+    Redeliver(Seq, Timestamp),
+    Config,
+}
+
+/// The pure fold from log records to delivery machines.
+#[derive(Clone, Debug, Default)]
+pub struct Core {
+    /// The `at` of the latest record (or `advance`). Invariant: never decreases.
+    now: Timestamp,
+    /// Invariant: strictly increases with every record.
+    last_seq: Option<Seq>,
+    projects: BTreeMap<ProjectId, BTreeMap<CallbackName, CallbackSlot>>,
+    /// Never iterated where the order could reach an effect or a checkpoint (those sort), so
+    /// a fast hash map cannot make the fold nondeterministic.
+    files: FxHashMap<FileKey, FileEntry>,
+    /// Invariant: exactly `(m.deadline(), key)` for every machine with a deadline.
+    deadlines: BTreeSet<(Timestamp, MachineKey)>,
+    /// Invariant: exactly `(m.expiry(), key)` for every machine with an expiry.
+    expiries: BTreeSet<(Timestamp, MachineKey)>,
+    ignored: u64,
+}
+
+impl Core {
+    /// An empty core: no callbacks, no files, time zero.
+    pub fn new() -> Core {
+        Core::default()
+    }
+
+    /// Folds one record: fires the deadlines it passes, applies it, and pushes the effects to
+    /// perform onto `effects`. Cannot fail; records it cannot use are ignored and counted.
+    ///
+    /// # Panics
+    /// If `record` is out of order (its `seq` not above the previous one, or its `at` before
+    /// the previous one): logs are validated before they reach the core.
+    pub fn apply(&mut self, record: &Record, effects: &mut Vec<Effect>) -> Disposition {
+        assert!(
+            self.last_seq.is_none_or(|s| record.seq > s),
+            "record {} out of order (after {:?})",
+            record.seq,
+            self.last_seq
+        );
+        let before = self.next_deadline();
+        self.advance(record.at, effects);
+        self.last_seq = Some(record.seq);
+        let (seq, at) = (record.seq, record.at);
+        let disposition = match &record.kind {
+            RecordKind::ChangeAppended {
+                file,
+                event,
+                callbacks,
+            } => self.on_change(file, *event, callbacks.as_deref(), seq, at, effects),
+            RecordKind::CallbackPut {
+                project,
+                name,
+                callback,
+            } => self.on_callback_put(project, name, callback, effects),
+            RecordKind::CallbackRemoved { project, name } => {
+                self.on_callback_removed(project, name)
+            }
+            RecordKind::CallbackDisabled { machine, cause } => {
+                self.on_callback_disabled(machine, *cause)
+            }
+            RecordKind::Ticked => Disposition::Applied,
+            RecordKind::AttemptFinished(report) => {
+                self.step(&report.machine, Step::Outcome(report, seq, at), effects)
+            }
+            RecordKind::RedeliverRequested {
+                file,
+                callback,
+                version,
+            } => self.on_redeliver(file, callback.as_ref(), *version, seq, at, effects),
+        };
+        if let Disposition::Ignored(_) = disposition {
+            self.ignored += 1;
+        }
+        let after = self.next_deadline();
+        if after != before {
+            if let Some(t) = after {
+                effects.push(Effect::WakeAt(t));
+            }
+        }
+        disposition
+    }
+
+    /// Moves time to `to`: fires every deadline up to it, each as of its own time, in
+    /// (deadline, machine) order, and forgets machines whose `sent` window has elapsed.
+    /// `apply` does this first for every record; a per-file fold may call it to see a file's
+    /// state at a later time.
+    pub fn advance(&mut self, to: Timestamp, effects: &mut Vec<Effect>) {
+        assert!(
+            to >= self.now,
+            "time runs backwards: {to} after {}",
+            self.now
+        );
+        while let Some((t, _)) = self.deadlines.first() {
+            if *t > to {
+                break;
+            }
+            let (t, key) = self.deadlines.pop_first().expect("checked non-empty");
+            let fired = self.step(&key, Step::Due(t), effects);
+            assert_eq!(
+                fired,
+                Disposition::Applied,
+                "deadline of {key} without its machine"
+            );
+        }
+        while let Some((t, _)) = self.expiries.first() {
+            if *t > to {
+                break;
+            }
+            let (_, key) = self.expiries.pop_first().expect("checked non-empty");
+            self.drop_machine(&key);
+        }
+        self.now = to;
+    }
+
+    fn on_change(
+        &mut self,
+        file: &FileKey,
+        event: EventKind,
+        callbacks: Option<&[FileCallback]>,
+        seq: Seq,
+        at: Timestamp,
+        effects: &mut Vec<Effect>,
+    ) -> Disposition {
+        // Per-file callbacks come with the change and apply to it (LightFlow: defined when the
+        // asset is published).
+        if let Some(list) = callbacks {
+            self.replace_file_callbacks(file, list, seq, effects);
+        }
+        let mut triggered: Vec<CallbackRef> = self
+            .projects
+            .get(&file.project)
+            .into_iter()
+            .flatten()
+            .filter(|(_, slot)| slot.disabled_by.is_none() && slot.callback.triggers(event))
+            .map(|(name, _)| CallbackRef::Project(name.clone()))
+            .collect();
+        if let Some(entry) = self.files.get(file) {
+            triggered.extend(
+                entry
+                    .callbacks
+                    .iter()
+                    .filter(|s| s.disabled_by.is_none() && s.callback.triggers(event))
+                    .map(|s| CallbackRef::File(s.callback.name.clone())),
+            );
+        }
+        // Rule 2: every change moves the file's version, triggering or not. A file the core
+        // does not keep needs no version until something triggers.
+        match self.files.get_mut(file) {
+            Some(entry) => entry.version = seq,
+            None if !triggered.is_empty() => {
+                self.files.insert(
+                    file.clone(),
+                    FileEntry {
+                        version: seq,
+                        callbacks: Vec::new(),
+                        machines: Vec::new(),
+                    },
+                );
+            }
+            None => {}
+        }
+        let opening = Opening { seq, at };
+        for callback in triggered {
+            let key = MachineKey {
+                file: file.clone(),
+                callback,
+            };
+            self.step(&key, Step::Trigger(opening), effects);
+        }
+        Disposition::Applied
+    }
+
+    fn replace_file_callbacks(
+        &mut self,
+        file: &FileKey,
+        list: &[FileCallback],
+        seq: Seq,
+        effects: &mut Vec<Effect>,
+    ) {
+        if list.is_empty() && !self.files.contains_key(file) {
+            return;
+        }
+        let entry = self.files.entry(file.clone()).or_insert_with(|| FileEntry {
+            version: seq,
+            callbacks: Vec::new(),
+            machines: Vec::new(),
+        });
+        let mut slots: Vec<FileCallbackSlot> = list
+            .iter()
+            .map(|c| FileCallbackSlot {
+                callback: c.clone(),
+                disabled_by: None,
+            })
+            .collect();
+        slots.sort_by(|a, b| a.callback.name.cmp(&b.callback.name));
+        entry.callbacks = slots;
+        let affected: Vec<CallbackRef> = entry
+            .machines
+            .iter()
+            .filter_map(|(r, _)| matches!(r, CallbackRef::File(_)).then(|| r.clone()))
+            .collect();
+        for callback in affected {
+            let key = MachineKey {
+                file: file.clone(),
+                callback,
+            };
+            let kept = self
+                .files
+                .get(file)
+                .is_some_and(|e| e.file_callback(key.callback.name()).is_some());
+            if kept {
+                self.step(&key, Step::Config, effects);
+            } else {
+                self.drop_machine(&key);
+            }
+        }
+    }
+
+    fn on_callback_put(
+        &mut self,
+        project: &ProjectId,
+        name: &CallbackName,
+        callback: &Arc<Callback>,
+        effects: &mut Vec<Effect>,
+    ) -> Disposition {
+        // Rule 7: the new configuration applies from here on; a put also enables a callback
+        // a 410 disabled.
+        self.projects.entry(project.clone()).or_default().insert(
+            name.clone(),
+            CallbackSlot {
+                callback: callback.clone(),
+                disabled_by: None,
+            },
+        );
+        let callback = CallbackRef::Project(name.clone());
+        for key in self.machines_of(project, &callback) {
+            self.step(&key, Step::Config, effects);
+        }
+        Disposition::Applied
+    }
+
+    fn on_callback_removed(&mut self, project: &ProjectId, name: &CallbackName) -> Disposition {
+        let removed = self
+            .projects
+            .get_mut(project)
+            .and_then(|callbacks| callbacks.remove(name))
+            .is_some();
+        if !removed {
+            return Disposition::Ignored(Ignored::UnknownCallback);
+        }
+        if self.projects.get(project).is_some_and(BTreeMap::is_empty) {
+            self.projects.remove(project);
+        }
+        // Rule 7: a removed callback's machines stop.
+        for key in self.machines_of(project, &CallbackRef::Project(name.clone())) {
+            self.drop_machine(&key);
+        }
+        Disposition::Applied
+    }
+
+    fn on_callback_disabled(&mut self, machine: &MachineKey, cause: Seq) -> Disposition {
+        match &machine.callback {
+            CallbackRef::Project(name) => {
+                let Some(slot) = self
+                    .projects
+                    .get_mut(&machine.file.project)
+                    .and_then(|c| c.get_mut(name))
+                else {
+                    return Disposition::Ignored(Ignored::UnknownCallback);
+                };
+                // Rule 4: 410 Gone disables the callback; all its machines stop.
+                slot.disabled_by = Some(cause);
+                for key in self.machines_of(&machine.file.project, &machine.callback) {
+                    self.drop_machine(&key);
+                }
+            }
+            CallbackRef::File(name) => {
+                let Some(slot) = self
+                    .files
+                    .get_mut(&machine.file)
+                    .and_then(|e| e.callbacks.iter_mut().find(|s| &s.callback.name == name))
+                else {
+                    return Disposition::Ignored(Ignored::UnknownCallback);
+                };
+                slot.disabled_by = Some(cause);
+                self.drop_machine(machine);
+            }
+        }
+        Disposition::Applied
+    }
+
+    fn on_redeliver(
+        &mut self,
+        file: &FileKey,
+        callback: Option<&CallbackRef>,
+        version: Option<Seq>,
+        seq: Seq,
+        at: Timestamp,
+        effects: &mut Vec<Effect>,
+    ) -> Disposition {
+        let known = self.files.get(file).map(|e| e.version);
+        let Some(version) = known.max(version) else {
+            return Disposition::Ignored(Ignored::NothingToRedeliver);
+        };
+        let targets: Vec<CallbackRef> = match callback {
+            Some(c) => match self.callback_for(file, c) {
+                Some((_, true)) => vec![c.clone()],
+                Some((_, false)) => return Disposition::Ignored(Ignored::DisabledCallback),
+                None => return Disposition::Ignored(Ignored::UnknownCallback),
+            },
+            None => {
+                let mut all: Vec<CallbackRef> = self
+                    .projects
+                    .get(&file.project)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, s)| s.disabled_by.is_none())
+                    .map(|(n, _)| CallbackRef::Project(n.clone()))
+                    .collect();
+                if let Some(entry) = self.files.get(file) {
+                    all.extend(
+                        entry
+                            .callbacks
+                            .iter()
+                            .filter(|s| s.disabled_by.is_none())
+                            .map(|s| CallbackRef::File(s.callback.name.clone())),
+                    );
+                }
+                all
+            }
+        };
+        if targets.is_empty() {
+            return Disposition::Ignored(Ignored::UnknownCallback);
+        }
+        let entry = self.files.entry(file.clone()).or_insert_with(|| FileEntry {
+            version,
+            callbacks: Vec::new(),
+            machines: Vec::new(),
+        });
+        entry.version = version;
+        let mut started = false;
+        for callback in targets {
+            let key = MachineKey {
+                file: file.clone(),
+                callback,
+            };
+            started |= self.step(&key, Step::Redeliver(seq, at), effects) == Disposition::Applied;
+        }
+        if started {
+            Disposition::Applied
+        } else {
+            Disposition::Ignored(Ignored::AlreadyInFlight)
+        }
+    }
+
+    /// The configuration of `callback` for `file`, and whether it is enabled.
+    fn callback_for(
+        &self,
+        file: &FileKey,
+        callback: &CallbackRef,
+    ) -> Option<(Arc<Callback>, bool)> {
+        match callback {
+            CallbackRef::Project(name) => self
+                .projects
+                .get(&file.project)?
+                .get(name)
+                .map(|s| (s.callback.clone(), s.disabled_by.is_none())),
+            CallbackRef::File(name) => self
+                .files
+                .get(file)?
+                .file_callback(name)
+                .map(|s| (s.callback.callback.clone(), s.disabled_by.is_none())),
+        }
+    }
+
+    /// Every machine of `callback` among `project`'s files. Iterates the file map, so callers
+    /// must not let the order reach an effect: they only drop machines or reconfigure them
+    /// (which moves timers, an order-free set).
+    fn machines_of(&self, project: &ProjectId, callback: &CallbackRef) -> Vec<MachineKey> {
+        self.files
+            .iter()
+            .filter(|(k, e)| &k.project == project && e.machine(callback).is_some())
+            .map(|(k, _)| MachineKey {
+                file: k.clone(),
+                callback: callback.clone(),
+            })
+            .collect()
+    }
+
+    /// Runs one transition of one machine and keeps the timers and effects in step with it.
+    fn step(&mut self, key: &MachineKey, step: Step<'_>, effects: &mut Vec<Effect>) -> Disposition {
+        let Some((callback, enabled)) = self.callback_for(&key.file, &key.callback) else {
+            return match step {
+                Step::Outcome(..) => Disposition::Ignored(Ignored::StaleOutcome),
+                _ => Disposition::Ignored(Ignored::UnknownCallback),
+            };
+        };
+        if !enabled {
+            return match step {
+                Step::Outcome(..) => Disposition::Ignored(Ignored::StaleOutcome),
+                _ => Disposition::Ignored(Ignored::DisabledCallback),
+            };
+        }
+        let Some(entry) = self.files.get_mut(&key.file) else {
+            return Disposition::Ignored(Ignored::StaleOutcome);
+        };
+        let version = entry.version;
+        let pos = entry.machine_pos(&key.callback);
+        let mut slot = pos.ok().map(|i| entry.machines.remove(i).1);
+        let timers_before = slot
+            .as_ref()
+            .map_or((None, None), |m| (m.deadline(), m.expiry()));
+
+        let mut start: Option<InFlight> = None;
+        let mut disposition = Disposition::Applied;
+        match step {
+            Step::Trigger(opening) => Machine::on_trigger(&mut slot, opening, &callback),
+            Step::Due(at) => {
+                let m = slot.as_mut().expect("a deadline belongs to a machine");
+                start = Some(m.on_due(at, version, &callback));
+            }
+            Step::Outcome(report, seq, at) => match slot.as_mut() {
+                None => disposition = Disposition::Ignored(Ignored::StaleOutcome),
+                Some(m) => match m.on_outcome(report, seq, at, &callback) {
+                    OutcomeStep::Applied => {}
+                    OutcomeStep::Stale => disposition = Disposition::Ignored(Ignored::StaleOutcome),
+                    OutcomeStep::Gone => effects.push(Effect::DisableCallback {
+                        machine: key.clone(),
+                        cause: seq,
+                    }),
+                },
+            },
+            Step::Redeliver(seq, at) => {
+                start = Machine::on_redeliver(&mut slot, seq, at, version, &callback);
+                if start.is_none() {
+                    disposition = Disposition::Ignored(Ignored::AlreadyInFlight);
+                }
+            }
+            Step::Config => {
+                if let Some(m) = slot.as_mut() {
+                    m.on_config(&callback, self.now);
+                }
+            }
+        }
+
+        let timers_after = slot
+            .as_ref()
+            .map_or((None, None), |m| (m.deadline(), m.expiry()));
+        if let (Some(t), Step::Trigger(_) | Step::Outcome(..) | Step::Config) =
+            (timers_after.0, step)
+        {
+            // Invariant: a deadline is never set in the past of the record that sets it.
+            assert!(t >= self.now, "{key}: deadline {t} before now {}", self.now);
+        }
+        if let Some(m) = slot {
+            let i = pos.unwrap_or_else(|i| i);
+            entry.machines.insert(i, (key.callback.clone(), m));
+        }
+        sync_timer(&mut self.deadlines, key, timers_before.0, timers_after.0);
+        sync_timer(&mut self.expiries, key, timers_before.1, timers_after.1);
+        if let Some(flight) = start {
+            effects.push(Effect::StartAttempt(attempt_of(key, &flight, callback)));
+        }
+        disposition
+    }
+
+    /// Forgets a machine (and its file, if nothing else is kept for it).
+    fn drop_machine(&mut self, key: &MachineKey) {
+        let Some(entry) = self.files.get_mut(&key.file) else {
+            return;
+        };
+        let Ok(pos) = entry.machine_pos(&key.callback) else {
+            return;
+        };
+        let (_, m) = entry.machines.remove(pos);
+        sync_timer(&mut self.deadlines, key, m.deadline(), None);
+        sync_timer(&mut self.expiries, key, m.expiry(), None);
+        if entry.is_idle() {
+            self.files.remove(&key.file);
+        }
+    }
+
+    // ---- queries ----
+
+    /// The earliest deadline: when the driver should append a `Ticked` record.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.deadlines.first().map(|(t, _)| *t)
+    }
+
+    /// The time of the latest record folded.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// The sequence number of the latest record folded.
+    pub fn last_seq(&self) -> Option<Seq> {
+        self.last_seq
+    }
+
+    /// One machine.
+    pub fn machine(&self, key: &MachineKey) -> Option<&Machine> {
+        self.files.get(&key.file)?.machine(&key.callback)
+    }
+
+    /// What the core keeps of one file, if anything.
+    pub fn file(&self, file: &FileKey) -> Option<&FileEntry> {
+        self.files.get(file)
+    }
+
+    /// A project's callbacks, by name.
+    pub fn callbacks(
+        &self,
+        project: &ProjectId,
+    ) -> impl Iterator<Item = (&CallbackName, &CallbackSlot)> {
+        self.projects.get(project).into_iter().flatten()
+    }
+
+    /// Every project with callbacks.
+    pub fn projects(&self) -> impl Iterator<Item = &ProjectId> {
+        self.projects.keys()
+    }
+
+    /// Every attempt in flight, in machine order: what a restarted dispatcher performs again.
+    pub fn in_flight(&self) -> Vec<Attempt> {
+        let mut out: Vec<Attempt> = self
+            .files
+            .iter()
+            .flat_map(|(file, entry)| {
+                entry.machines.iter().filter_map(move |(callback, m)| {
+                    let flight = m.in_flight()?;
+                    let key = MachineKey {
+                        file: file.clone(),
+                        callback: callback.clone(),
+                    };
+                    let (cb, _) = self.callback_for(file, callback)?;
+                    Some(attempt_of(&key, flight, cb))
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.machine.cmp(&b.machine));
+        out
+    }
+
+    /// Totals per state.
+    pub fn census(&self) -> Census {
+        let mut c = Census {
+            files: self.files.len() as u64,
+            next_deadline: self.next_deadline(),
+            ignored: self.ignored,
+            ..Census::default()
+        };
+        for entry in self.files.values() {
+            for (_, m) in &entry.machines {
+                let i = StateName::ALL
+                    .iter()
+                    .position(|s| *s == m.state.name())
+                    .expect("every state is listed");
+                c.states[i] += 1;
+            }
+        }
+        c
+    }
+
+    /// Every machine in a given state, sorted (e.g. the abandoned list of `cbctl status`).
+    pub fn machines_in(&self, state: StateName) -> Vec<(MachineKey, &Machine)> {
+        let mut out: Vec<(MachineKey, &Machine)> = self
+            .files
+            .iter()
+            .flat_map(|(file, entry)| {
+                entry
+                    .machines
+                    .iter()
+                    .filter(|(_, m)| m.state.name() == state)
+                    .map(|(r, m)| {
+                        (
+                            MachineKey {
+                                file: file.clone(),
+                                callback: r.clone(),
+                            },
+                            m,
+                        )
+                    })
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    // ---- checkpoints ----
+
+    /// The whole state, in a canonical order: two cores that folded the same records give
+    /// byte-identical checkpoints.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let mut files: Vec<(FileKey, FileEntry)> = self
+            .files
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        Checkpoint {
+            now: self.now,
+            last_seq: self.last_seq,
+            ignored: self.ignored,
+            projects: self
+                .projects
+                .iter()
+                .map(|(p, cbs)| {
+                    (
+                        p.clone(),
+                        cbs.iter().map(|(n, s)| (n.clone(), s.clone())).collect(),
+                    )
+                })
+                .collect(),
+            files,
+        }
+    }
+
+    /// Rebuilds a core from a checkpoint; the timers are derived from the machines.
+    pub fn from_checkpoint(cp: Checkpoint) -> Core {
+        let mut core = Core {
+            now: cp.now,
+            last_seq: cp.last_seq,
+            ignored: cp.ignored,
+            projects: cp
+                .projects
+                .into_iter()
+                .map(|(p, cbs)| (p, cbs.into_iter().collect()))
+                .collect(),
+            ..Core::default()
+        };
+        for (file, entry) in cp.files {
+            for (callback, m) in &entry.machines {
+                let key = MachineKey {
+                    file: file.clone(),
+                    callback: callback.clone(),
+                };
+                sync_timer(&mut core.deadlines, &key, None, m.deadline());
+                sync_timer(&mut core.expiries, &key, None, m.expiry());
+            }
+            core.files.insert(file, entry);
+        }
+        core
+    }
+}
+
+/// The core's state at one point of the log, in canonical order.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Time of the latest record folded.
+    pub now: Timestamp,
+    /// The latest record folded.
+    pub last_seq: Option<Seq>,
+    /// Records ignored so far.
+    pub ignored: u64,
+    /// Project callbacks, sorted.
+    pub projects: Vec<(ProjectId, Vec<(CallbackName, CallbackSlot)>)>,
+    /// Files, sorted.
+    pub files: Vec<(FileKey, FileEntry)>,
+}
+
+fn sync_timer(
+    set: &mut BTreeSet<(Timestamp, MachineKey)>,
+    key: &MachineKey,
+    before: Option<Timestamp>,
+    after: Option<Timestamp>,
+) {
+    if before == after {
+        return;
+    }
+    if let Some(t) = before {
+        set.remove(&(t, key.clone()));
+    }
+    if let Some(t) = after {
+        set.insert((t, key.clone()));
+    }
+}
+
+fn attempt_of(key: &MachineKey, flight: &InFlight, callback: Arc<Callback>) -> Attempt {
+    Attempt {
+        machine: key.clone(),
+        delivery: flight.delivery,
+        attempt: flight.attempt,
+        version: flight.version,
+        started_at: flight.started_at,
+        redeliver: flight.redeliver,
+        callback,
+    }
+}
+
+impl State {
+    /// True if this state is `pending` (an attempt in flight).
+    pub fn is_pending(&self) -> bool {
+        matches!(self, State::Pending(_))
+    }
+}
