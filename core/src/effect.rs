@@ -23,8 +23,11 @@ pub enum Effect {
         /// The outcome record's sequence number.
         cause: Seq,
     },
-    /// The earliest deadline changed: append a `Ticked` record at or after this time.
-    WakeAt(Timestamp),
+    /// The earliest deadline changed: append a `Ticked` record at or after `at`.
+    WakeAt {
+        /// The new earliest deadline.
+        at: Timestamp,
+    },
 }
 
 /// One attempt to perform: the machine, the delivery, and the exact version to render.

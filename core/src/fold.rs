@@ -199,7 +199,7 @@ impl Core {
         let after = self.next_deadline();
         if after != before {
             if let Some(t) = after {
-                effects.push(Effect::WakeAt(t));
+                effects.push(Effect::WakeAt { at: t });
             }
         }
         disposition
@@ -322,7 +322,8 @@ impl Core {
         let affected: Vec<CallbackRef> = entry
             .machines
             .iter()
-            .filter_map(|(r, _)| matches!(r, CallbackRef::File(_)).then(|| r.clone()))
+            .filter(|(r, _)| matches!(r, CallbackRef::File(_)))
+            .map(|(r, _)| r.clone())
             .collect();
         for callback in affected {
             let key = MachineKey {

@@ -4,7 +4,7 @@
 //! A change record names the file and the event but not the snapshot body: the fold decides
 //! *when* and *which version* to deliver, never *what the bytes are*, so it does not need the
 //! 1.5 KB body. The store keeps the body beside the record (see `cb-store`), and rendering
-//! ([`crate::render`]) reads it only when a payload is actually built.
+//! ([`render`](mod@crate::render)) reads it only when a payload is actually built.
 
 use std::fmt;
 use std::sync::Arc;

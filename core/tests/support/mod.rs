@@ -124,7 +124,7 @@ pub fn run(history: &str) -> String {
                 Effect::DisableCallback { machine, cause } => {
                     let _ = write!(out, " => disable {} (cause {cause})", short(machine));
                 }
-                Effect::WakeAt(_) => {}
+                Effect::WakeAt { .. } => {}
             }
         }
         out.push('\n');
@@ -148,7 +148,7 @@ pub fn run(history: &str) -> String {
 }
 
 fn fmt_ms(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}", ms / 1000)
     } else {
         format!("{:.3}", ms as f64 / 1000.0)
