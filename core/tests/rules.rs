@@ -499,3 +499,102 @@ fn outcomes_that_do_not_match_the_attempt_in_flight_are_ignored() {
         "#]],
     );
 }
+
+mod per_file_callbacks {
+    //! LightFlow's per-file callbacks: given with a change, applying to that file only, with
+    //! `on_success` / `on_failure` / `on_progress` choosing which events trigger them.
+
+    use std::sync::Arc;
+
+    use cb_core::{
+        CallbackRef, CallbackSpec, Effect, EventKind, FileCallback, MachineKey, RecordKind,
+    };
+
+    use super::support::{file, Sim};
+
+    fn lightflow(on_progress: bool) -> Arc<[FileCallback]> {
+        let spec: CallbackSpec = serde_json::from_str(&format!(
+            r#"{{"url":"https://callback.epiclabs/ingest","method":"PUT","format":"json",
+                "window_secs":0,"onProgressEncoding":{on_progress}}}"#
+        ))
+        .unwrap();
+        FileCallback::validate_list(vec![spec]).unwrap().into()
+    }
+
+    fn change(sim: &mut Sim, at: u64, f: &str, event: EventKind, cbs: Option<Arc<[FileCallback]>>) {
+        let _ = sim.push(
+            at,
+            RecordKind::ChangeAppended {
+                file: file(f),
+                event,
+                callbacks: cbs,
+            },
+        );
+    }
+
+    fn started(sim: &Sim) -> Vec<String> {
+        sim.effects
+            .iter()
+            .flatten()
+            .filter_map(|e| match e {
+                Effect::StartAttempt(a) => Some(format!("{} v{}", a.machine, a.version)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn apply_to_their_file_only_and_follow_the_on_switches() {
+        let mut sim = Sim::default();
+        change(
+            &mut sim,
+            0,
+            "f1",
+            EventKind::EncodingProgress,
+            Some(lightflow(false)),
+        );
+        change(&mut sim, 0, "f2", EventKind::Published, None);
+        let _ = sim.push(0, RecordKind::Ticked);
+        // on_progress is false by default: encoding_progress started nothing; f2 has no callback.
+        assert!(started(&sim).is_empty(), "{:?}", started(&sim));
+        change(&mut sim, 1000, "f1", EventKind::Published, None);
+        let _ = sim.push(1000, RecordKind::Ticked);
+        assert_eq!(started(&sim), vec!["p/f1#file:0 v4"]);
+        let key = MachineKey {
+            file: file("f1"),
+            callback: CallbackRef::File("0".parse().unwrap()),
+        };
+        assert!(sim.core.machine(&key).unwrap().in_flight().is_some());
+        assert!(
+            sim.core.file(&file("f2")).is_none(),
+            "f2 is not kept at all"
+        );
+    }
+
+    #[test]
+    fn a_change_with_an_empty_list_removes_them_and_on_progress_opts_in() {
+        let mut sim = Sim::default();
+        change(
+            &mut sim,
+            0,
+            "f1",
+            EventKind::EncodingProgress,
+            Some(lightflow(true)),
+        );
+        let _ = sim.push(0, RecordKind::Ticked);
+        assert_eq!(started(&sim), vec!["p/f1#file:0 v1"]);
+        change(
+            &mut sim,
+            10,
+            "f1",
+            EventKind::Failed,
+            Some(Arc::from(Vec::new())),
+        );
+        let _ = sim.push(20_000, RecordKind::Ticked);
+        assert_eq!(started(&sim).len(), 1, "removed callbacks start nothing");
+        assert!(
+            sim.core.file(&file("f1")).is_none(),
+            "and the file is forgotten"
+        );
+    }
+}
