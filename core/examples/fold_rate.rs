@@ -43,7 +43,7 @@ fn main() {
     let mut core = Core::new();
     let mut effects = Vec::new();
     let mut at = Timestamp(1_700_000_000_000);
-    let mut push =
+    let push =
         |log: &mut Vec<Record>, core: &mut Core, effects: &mut Vec<Effect>, at: Timestamp, kind| {
             let record = Record {
                 seq: Seq(log.len() as u64 + 1),
