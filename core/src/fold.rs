@@ -30,6 +30,8 @@ use crate::record::{AttemptReport, Record, RecordKind};
 pub struct CallbackSlot {
     /// The configuration in force.
     pub callback: Arc<Callback>,
+    /// The `CallbackPut` record that set it; a disable caused by an earlier outcome is stale.
+    pub put_by: Seq,
     /// The outcome record whose `410 Gone` disabled it, if any. A new put enables it again.
     pub disabled_by: Option<Seq>,
 }
@@ -39,6 +41,8 @@ pub struct CallbackSlot {
 pub struct FileCallbackSlot {
     /// The configuration in force.
     pub callback: FileCallback,
+    /// The change that gave it; a disable caused by an earlier outcome is stale.
+    pub given_by: Seq,
     /// The outcome record whose `410 Gone` disabled it, if any.
     pub disabled_by: Option<Seq>,
 }
@@ -100,6 +104,8 @@ pub enum Ignored {
     NothingToRedeliver,
     /// A redeliver while every target already had an attempt in flight.
     AlreadyInFlight,
+    /// A `CallbackDisabled` whose 410 predates the callback's latest put.
+    SupersededDisable,
 }
 
 /// Machines per state, and other totals.
@@ -140,6 +146,10 @@ pub struct Core {
     deadlines: BTreeSet<(Timestamp, MachineKey)>,
     /// Invariant: exactly `(m.expiry(), key)` for every machine with an expiry.
     expiries: BTreeSet<(Timestamp, MachineKey)>,
+    /// 410s whose `CallbackDisabled` has not been appended yet, with the outcome's seq. Kept
+    /// in the state (and checkpoints) so a driver that crashed between the two appends can
+    /// append the disable after restart ([`Core::owed_disables`]).
+    owed_disables: BTreeMap<MachineKey, Seq>,
     ignored: u64,
 }
 
@@ -176,7 +186,7 @@ impl Core {
                 project,
                 name,
                 callback,
-            } => self.on_callback_put(project, name, callback, effects),
+            } => self.on_callback_put(project, name, callback, seq, effects),
             RecordKind::CallbackRemoved { project, name } => {
                 self.on_callback_removed(project, name)
             }
@@ -314,6 +324,7 @@ impl Core {
             .iter()
             .map(|c| FileCallbackSlot {
                 callback: c.clone(),
+                given_by: seq,
                 disabled_by: None,
             })
             .collect();
@@ -325,6 +336,10 @@ impl Core {
             .filter(|(r, _)| matches!(r, CallbackRef::File(_)))
             .map(|(r, _)| r.clone())
             .collect();
+        if entry.is_idle() {
+            self.files.remove(file);
+            return;
+        }
         for callback in affected {
             let key = MachineKey {
                 file: file.clone(),
@@ -347,6 +362,7 @@ impl Core {
         project: &ProjectId,
         name: &CallbackName,
         callback: &Arc<Callback>,
+        seq: Seq,
         effects: &mut Vec<Effect>,
     ) -> Disposition {
         // Rule 7: the new configuration applies from here on; a put also enables a callback
@@ -355,6 +371,7 @@ impl Core {
             name.clone(),
             CallbackSlot {
                 callback: callback.clone(),
+                put_by: seq,
                 disabled_by: None,
             },
         );
@@ -385,6 +402,8 @@ impl Core {
     }
 
     fn on_callback_disabled(&mut self, machine: &MachineKey, cause: Seq) -> Disposition {
+        // The disable this record owed has landed, whatever it finds below.
+        self.owed_disables.remove(machine);
         match &machine.callback {
             CallbackRef::Project(name) => {
                 let Some(slot) = self
@@ -394,6 +413,11 @@ impl Core {
                 else {
                     return Disposition::Ignored(Ignored::UnknownCallback);
                 };
+                // A put after the 410 is a newer decision than the 410 (rule 4: "a new PUT
+                // enables it again"), even if this record lands after the put.
+                if cause < slot.put_by {
+                    return Disposition::Ignored(Ignored::SupersededDisable);
+                }
                 // Rule 4: 410 Gone disables the callback; all its machines stop.
                 slot.disabled_by = Some(cause);
                 for key in self.machines_of(&machine.file.project, &machine.callback) {
@@ -408,6 +432,9 @@ impl Core {
                 else {
                     return Disposition::Ignored(Ignored::UnknownCallback);
                 };
+                if cause < slot.given_by {
+                    return Disposition::Ignored(Ignored::SupersededDisable);
+                }
                 slot.disabled_by = Some(cause);
                 self.drop_machine(machine);
             }
@@ -550,10 +577,13 @@ impl Core {
                 Some(m) => match m.on_outcome(report, seq, at, &callback) {
                     OutcomeStep::Applied => {}
                     OutcomeStep::Stale => disposition = Disposition::Ignored(Ignored::StaleOutcome),
-                    OutcomeStep::Gone => effects.push(Effect::DisableCallback {
-                        machine: key.clone(),
-                        cause: seq,
-                    }),
+                    OutcomeStep::Gone => {
+                        self.owed_disables.insert(key.clone(), seq);
+                        effects.push(Effect::DisableCallback {
+                            machine: key.clone(),
+                            cause: seq,
+                        });
+                    }
                 },
             },
             Step::Redeliver(seq, at) => {
@@ -667,6 +697,18 @@ impl Core {
         out
     }
 
+    /// Every `DisableCallback` effect whose `CallbackDisabled` record has not been folded:
+    /// what a restarted driver appends again (driving contract, step 5).
+    pub fn owed_disables(&self) -> Vec<Effect> {
+        self.owed_disables
+            .iter()
+            .map(|(machine, cause)| Effect::DisableCallback {
+                machine: machine.clone(),
+                cause: *cause,
+            })
+            .collect()
+    }
+
     /// Totals per state.
     pub fn census(&self) -> Census {
         let mut c = Census {
@@ -738,6 +780,11 @@ impl Core {
                 })
                 .collect(),
             files,
+            owed_disables: self
+                .owed_disables
+                .iter()
+                .map(|(k, s)| (k.clone(), *s))
+                .collect(),
         }
     }
 
@@ -752,6 +799,7 @@ impl Core {
                 .into_iter()
                 .map(|(p, cbs)| (p, cbs.into_iter().collect()))
                 .collect(),
+            owed_disables: cp.owed_disables.into_iter().collect(),
             ..Core::default()
         };
         for (file, entry) in cp.files {
@@ -782,6 +830,8 @@ pub struct Checkpoint {
     pub projects: Vec<(ProjectId, Vec<(CallbackName, CallbackSlot)>)>,
     /// Files, sorted.
     pub files: Vec<(FileKey, FileEntry)>,
+    /// 410s whose disable is not yet in the log, sorted.
+    pub owed_disables: Vec<(MachineKey, Seq)>,
 }
 
 fn sync_timer(

@@ -16,7 +16,11 @@
 //! 3. appends a [`RecordKind::CallbackDisabled`] for every [`Effect::DisableCallback`];
 //! 4. appends a [`RecordKind::Ticked`] once the wall clock reaches [`Core::next_deadline`]
 //!    (announced by [`Effect::WakeAt`]);
-//! 5. after a restart, performs [`Core::in_flight`] again: their outcomes were never logged.
+//! 5. after a restart, performs [`Core::in_flight`] again (their outcomes were never logged)
+//!    and appends the disables of [`Core::owed_disables`].
+//!
+//! Between a 410's outcome and its `CallbackDisabled` record other machines of that callback
+//! keep working; the driver closes that gap by appending the disable at once.
 //!
 //! Folding the same records always yields the same effects and the same [`Checkpoint`],
 //! byte for byte: the core has no I/O, no clock, no randomness, no threads and no async, and

@@ -20,8 +20,8 @@ pub struct Machine {
     /// Where the machine is.
     pub state: State,
     /// The earliest time rule 1 may schedule a new delivery: the start of the latest attempt
-    /// plus the window in force at that start. Invariant: set whenever an attempt starts,
-    /// never moved back; `None` only if no attempt ever started.
+    /// plus the window in force at that start. Invariant: set whenever an attempt starts;
+    /// `None` only if no attempt ever started.
     pub quiet_until: Option<Timestamp>,
     /// The first triggering change that arrived while an attempt was in flight, so no
     /// attempt carried it yet. Invariant: `Some` only in `Pending`.
@@ -413,15 +413,22 @@ impl Machine {
                 OutcomeStep::Gone
             }
             failure => {
-                // The retry will carry the latest snapshot, so nothing stays owed.
-                self.unsent = None;
+                // A retry carries the latest snapshot, so nothing stays owed unless the
+                // delivery is abandoned (below).
                 let first_failure_at = flight.first_failure_at.unwrap_or(at);
+                let owed = self.unsent.take();
                 self.state = if at >= first_failure_at.plus_secs(callback.retry_for_secs) {
-                    // Rule 4: retried for retry_for_secs without success.
-                    State::Abandoned {
-                        delivery: flight.delivery,
-                        attempts: flight.attempt,
-                        at,
+                    match owed {
+                        // Rule 1: a triggering change that arrived during the last attempt
+                        // of an abandoned delivery re-opens the machine, as it would had it
+                        // arrived just after the abandonment.
+                        Some(opening) => coalescing(opening, callback, self.quiet_until, at),
+                        // Rule 4: retried for retry_for_secs without success.
+                        None => State::Abandoned {
+                            delivery: flight.delivery,
+                            attempts: flight.attempt,
+                            at,
+                        },
                     }
                 } else {
                     // Rule 4: back off; Retry-After counts only on 429 and 503.

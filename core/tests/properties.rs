@@ -284,7 +284,9 @@ fn simulate((a, b, ops): &(Config, Config, Vec<Op>)) -> Sim {
     // Drain: every attempt succeeds, every deadline is ticked, until nothing is left.
     for _ in 0..10_000 {
         let flying = sim.core.in_flight();
-        if let Some(a) = flying.first() {
+        if !sim.core.owed_disables().is_empty() {
+            push(&mut sim, now, RecordKind::Ticked);
+        } else if let Some(a) = flying.first() {
             now += 50;
             push(
                 &mut sim,
@@ -299,20 +301,26 @@ fn simulate((a, b, ops): &(Config, Config, Vec<Op>)) -> Sim {
         }
     }
     assert!(
-        sim.core.in_flight().is_empty() && sim.core.next_deadline().is_none(),
+        sim.core.in_flight().is_empty()
+            && sim.core.next_deadline().is_none()
+            && sim.core.owed_disables().is_empty(),
         "drain ends"
     );
     sim
 }
 
-/// Appends a record and, like the dispatcher, a `CallbackDisabled` for every 410.
+/// Appends a record. Like a dispatcher that is slow to act on a 410, the
+/// `CallbackDisabled` it owes is appended at the next tick (or during the drain), so other
+/// records — puts among them — can come between a 410 and its disable.
 fn push(sim: &mut Sim, now: u64, kind: RecordKind) {
-    let effects = sim.push(now, kind).to_vec();
-    for e in effects {
-        if let Effect::DisableCallback { machine, cause } = e {
-            sim.push(now, RecordKind::CallbackDisabled { machine, cause });
+    if matches!(kind, RecordKind::Ticked) {
+        for e in sim.core.owed_disables() {
+            if let Effect::DisableCallback { machine, cause } = e {
+                let _ = sim.push(now, RecordKind::CallbackDisabled { machine, cause });
+            }
         }
     }
+    let _ = sim.push(now, kind);
 }
 
 fn collect_started(sim: &Sim, started: &mut Vec<Attempt>) {
@@ -367,12 +375,18 @@ struct Epoch {
     abandoned_by: Option<Seq>,
     /// Attempts (with the index of the record whose apply emitted them).
     attempts: Vec<(usize, Attempt)>,
+    /// The latest attempt number of each delivery.
+    attempt_numbers: BTreeMap<Seq, u32>,
+    /// The smallest `D` in force during the epoch (ms).
+    min_delay_ms: Option<u64>,
 }
 
 /// A configuration as the checker reads it from the records.
 #[derive(Clone)]
 struct Cfg {
     callback: Arc<Callback>,
+    /// The record that put (or gave) this configuration.
+    put_by: Seq,
     /// `on_*` switches for per-file callbacks.
     file: Option<(bool, bool, bool)>,
     enabled: bool,
@@ -398,6 +412,8 @@ struct Checker {
     all_attempts: BTreeMap<MachineKey, Vec<Attempt>>,
     delivered: BTreeMap<MachineKey, Vec<Seq>>,
     latest_change: BTreeMap<FileKey, Seq>,
+    /// Sequence numbers of `RedeliverRequested` records.
+    redelivers: std::collections::BTreeSet<Seq>,
     violations: Vec<String>,
 }
 
@@ -424,6 +440,9 @@ impl Checker {
         let mut c = Checker::default();
         for (i, record) in sim.log.iter().enumerate() {
             let prev_at = if i == 0 { record.at } else { sim.log[i - 1].at };
+            if matches!(record.kind, RecordKind::RedeliverRequested { .. }) {
+                c.redelivers.insert(record.seq);
+            }
             // Attempts this record's apply started were decided before the record itself
             // took effect (deadlines fire first; a redeliver starts its own).
             for e in &sim.effects[i] {
@@ -460,8 +479,47 @@ impl Checker {
                 record.seq, a.started_at, record.at
             ));
         }
+        if !cfg.enabled {
+            self.violations.push(format!(
+                "no spam: #{} attempt for disabled {key}",
+                record.seq
+            ));
+        }
+        // A redeliver attempt belongs to a delivery an operator's redeliver opened.
+        if a.redeliver != self.redelivers.contains(&a.delivery.0) {
+            self.violations.push(format!(
+                "no spam: #{} {key} {} claims redeliver={} against the log",
+                record.seq, a.delivery, a.redeliver
+            ));
+        }
         let window_ms = u64::from(cfg.callback.window_secs) * 1000;
+        let delay_ms = if cfg.callback.leading { 0 } else { window_ms };
         let e = self.epochs.entry(key.clone()).or_default();
+        e.min_delay_ms = Some(e.min_delay_ms.map_or(delay_ms, |d| d.min(delay_ms)));
+        // Attempts of a delivery are numbered 1, 2, 3, … with no gap.
+        let last = e
+            .attempt_numbers
+            .insert(a.delivery.0, a.attempt)
+            .unwrap_or(0);
+        if a.attempt != last + 1 {
+            self.violations.push(format!(
+                "no spam: #{} {key} {} attempt #{} follows #{last}",
+                record.seq, a.delivery, a.attempt
+            ));
+        }
+        // Rule 1's lower bound: a first attempt waits D after the change that opened it (the
+        // smallest D in force while it waited).
+        if a.attempt == 1 && !a.redeliver {
+            if let Some(&(_, opened_at)) = e.triggers.iter().find(|(s, _)| *s == a.delivery.0) {
+                let d = e.min_delay_ms.unwrap_or(0);
+                if a.started_at.0 < opened_at.0 + d {
+                    self.violations.push(format!(
+                        "spacing: #{} {key} {} started at {} before its change at {opened_at} + D {d} ms",
+                        record.seq, a.delivery, a.started_at
+                    ));
+                }
+            }
+        }
         // No spam: never two attempts in flight for one machine.
         if let Some(o) = &e.outstanding {
             self.violations.push(format!(
@@ -509,6 +567,7 @@ impl Checker {
             RecordKind::CallbackPut { name, callback, .. } => {
                 let cfg = Cfg {
                     callback: callback.clone(),
+                    put_by: record.seq,
                     file: None,
                     enabled: true,
                 };
@@ -522,9 +581,11 @@ impl Checker {
                 self.configs.remove(&(None, name.clone()));
                 self.end_epochs(|k| matches!(&k.callback, CallbackRef::Project(n) if n == name));
             }
-            RecordKind::CallbackDisabled { machine, .. } => {
-                if let Some(cfg) = self.configs.get_mut(&parts(machine)) {
-                    cfg.enabled = false;
+            RecordKind::CallbackDisabled { machine, cause } => {
+                // A put after the 410 wins over a disable that lands late.
+                match self.configs.get_mut(&parts(machine)) {
+                    Some(cfg) if *cause >= cfg.put_by => cfg.enabled = false,
+                    _ => return,
                 }
                 let target = machine.clone();
                 self.end_epochs(|k| match &target.callback {
@@ -549,6 +610,7 @@ impl Checker {
                     for fc in list.iter() {
                         let cfg = Cfg {
                             callback: fc.callback.clone(),
+                            put_by: record.seq,
                             file: Some((fc.on_success, fc.on_failure, fc.on_progress)),
                             enabled: true,
                         };
@@ -581,6 +643,12 @@ impl Checker {
                     let cfg = self.cfg(&key).unwrap().callback.clone();
                     let e = self.epochs.entry(key).or_default();
                     e.triggers.push((record.seq, record.at));
+                    let delay = if cfg.leading {
+                        0
+                    } else {
+                        u64::from(cfg.window_secs) * 1000
+                    };
+                    e.min_delay_ms = Some(e.min_delay_ms.map_or(delay, |d| d.min(delay)));
                     e.max_window_ms = e.max_window_ms.max(u64::from(cfg.window_secs) * 1000);
                     e.max_backoff_ms = e.max_backoff_ms.max(
                         cfg.backoff_secs
@@ -637,6 +705,12 @@ impl Checker {
     fn widen(&mut self, pred: impl Fn(&MachineKey) -> bool, cb: &Callback) {
         for (k, e) in self.epochs.iter_mut() {
             if pred(k) {
+                let delay = if cb.leading {
+                    0
+                } else {
+                    u64::from(cb.window_secs) * 1000
+                };
+                e.min_delay_ms = Some(e.min_delay_ms.map_or(delay, |d| d.min(delay)));
                 e.max_window_ms = e.max_window_ms.max(u64::from(cb.window_secs) * 1000);
                 e.max_backoff_ms = e.max_backoff_ms.max(
                     cb.backoff_secs

@@ -598,3 +598,118 @@ mod per_file_callbacks {
         );
     }
 }
+
+#[test]
+fn rule_4_a_put_after_a_410_wins_over_the_late_disable() {
+    check(
+        "put a window=0
+         @0 change f1 rated
+         @0 tick
+         @1 gone f1 a
+         @2 put a window=0
+         @3 disable f1 a 4
+         @4 change f1 rated
+         @4 tick",
+        expect![[r#"
+            #1  @0      put a window=0
+            #2  @0      change f1 rated
+                         f1#a: coalescing d2 due=0
+            #3  @0      tick                         => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #4  @1      gone f1 a                    => disable f1#a (cause 4)
+                         f1#a: abandoned d2 attempts=1
+            #5  @2      put a window=0
+                         f1#a: abandoned d2 attempts=1
+            #6  @3      disable f1 a 4               ignored:SupersededDisable
+                         f1#a: abandoned d2 attempts=1
+            #7  @4      change f1 rated
+                         f1#a: coalescing d7 due=4
+            #8  @4      tick                         => start f1#a d7#1 v7 @4
+                         f1#a: pending d7#1 v7
+        "#]],
+    );
+}
+
+#[test]
+fn rule_4_a_change_owed_when_a_delivery_is_abandoned_reopens_the_machine() {
+    check(
+        "put a window=0 retry_for=0
+         @0 change f1 rated
+         @0 tick
+         @1 change f1 moderated
+         @2 fail f1 a 500
+         @2 tick",
+        expect![[r#"
+            #1  @0      put a window=0 retry_for=0
+            #2  @0      change f1 rated
+                         f1#a: coalescing d2 due=0
+            #3  @0      tick                         => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #4  @1      change f1 moderated
+                         f1#a: pending d2#1 v2
+            #5  @2      fail f1 a 500
+                         f1#a: coalescing d4 due=2
+            #6  @2      tick                         => start f1#a d4#1 v4 @2
+                         f1#a: pending d4#1 v4
+        "#]],
+    );
+}
+
+#[test]
+fn rule_4_an_owed_disable_survives_a_checkpoint_until_its_record_lands() {
+    use cb_core::{Core, Effect, RecordKind};
+    let mut sim = support::Sim::default();
+    for line in ["put a window=0", "change f1 rated", "tick"] {
+        let _ = line;
+    }
+    let callback = std::sync::Arc::new(
+        cb_core::Callback::from_json(r#"{"url":"http://example.org/","window_secs":0}"#).unwrap(),
+    );
+    let _ = sim.push(
+        0,
+        RecordKind::CallbackPut {
+            project: support::project(),
+            name: support::name("a"),
+            callback,
+        },
+    );
+    let _ = sim.push(
+        0,
+        RecordKind::ChangeAppended {
+            file: support::file("f1"),
+            event: cb_core::EventKind::Rated,
+            callbacks: None,
+        },
+    );
+    let _ = sim.push(0, RecordKind::Ticked);
+    let key = support::machine("f1", "a");
+    let report = sim
+        .report_for(
+            &key,
+            cb_core::Outcome::Status {
+                status: 410,
+                retry_after_secs: None,
+            },
+        )
+        .unwrap();
+    let _ = sim.push(1, RecordKind::AttemptFinished(report));
+    // The driver crashes here, before appending CallbackDisabled; it restarts from a checkpoint.
+    let restored = Core::from_checkpoint(sim.core.checkpoint());
+    let owed = restored.owed_disables();
+    assert!(
+        matches!(&owed[..], [Effect::DisableCallback { machine, cause }] if machine == &key && cause.0 == 4),
+        "{owed:?}"
+    );
+    let _ = sim.push(
+        2,
+        RecordKind::CallbackDisabled {
+            machine: key,
+            cause: cb_core::Seq(4),
+        },
+    );
+    assert!(sim.core.owed_disables().is_empty());
+    assert!(sim
+        .core
+        .callbacks(&support::project())
+        .all(|(_, s)| s.disabled_by.is_some()));
+}

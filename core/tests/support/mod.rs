@@ -78,7 +78,8 @@ impl Sim {
 /// @T ok f1 a | fail f1 a 500 [retry_after=N] | timeout f1 a | gone f1 a
 /// @T stale f1 a d2 1 v2     an outcome for an explicit (delivery, attempt, version)
 /// @T redeliver f1 [a]
-/// @T disable f1 a           the CallbackDisabled a dispatcher appends after a 410
+/// @T disable f1 a [CAUSE]   the CallbackDisabled a dispatcher appends after a 410
+///                           (CAUSE: the 410's seq; default the previous record)
 /// @T rm a
 /// ```
 pub fn run(history: &str) -> String {
@@ -239,7 +240,9 @@ fn parse_record(sim: &Sim, w: &[&str]) -> RecordKind {
         },
         "disable" => RecordKind::CallbackDisabled {
             machine: machine(w[1], w[2]),
-            cause: Seq(sim.log.len() as u64),
+            cause: Seq(w
+                .get(3)
+                .map_or(sim.log.len() as u64, |c| c.parse().unwrap())),
         },
         "stale" => RecordKind::AttemptFinished(AttemptReport {
             machine: machine(w[1], w[2]),
