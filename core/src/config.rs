@@ -398,7 +398,7 @@ pub struct CallbackSpec {
 
 /// A validated callback with every default filled in.
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-#[serde(try_from = "CallbackSpec", into = "CallbackSpec")]
+#[serde(try_from = "CallbackRepr", into = "CallbackRepr")]
 pub struct Callback {
     /// Where deliveries go.
     pub target: Target,
@@ -451,7 +451,7 @@ impl Callback {
 
 /// A per-file callback (LightFlow): a callback carried by a change, applying to that file only.
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-#[serde(try_from = "CallbackSpec", into = "CallbackSpec")]
+#[serde(try_from = "FileCallbackRepr", into = "FileCallbackRepr")]
 pub struct FileCallback {
     /// Its name within the file.
     pub name: CallbackName,
@@ -743,6 +743,110 @@ impl From<FileCallback> for CallbackSpec {
             on_progress: Some(f.on_progress),
             ..CallbackSpec::from(Arc::unwrap_or_clone(f.callback))
         }
+    }
+}
+
+/// How a validated [`Callback`] is stored (log, checkpoints): every field explicit, none
+/// skipped, so binary formats that are not self-describing can read it back; reading goes
+/// through [`CallbackSpec::validate`] again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct CallbackRepr {
+    url: String,
+    method: Method,
+    format: Format,
+    /// `None` means every field (the projection `All`).
+    fields: Option<Vec<String>>,
+    headers: Vec<Header>,
+    events: EventSet,
+    window_secs: u32,
+    leading: bool,
+    timeout_secs: u32,
+    retry_for_secs: u32,
+    backoff_secs: Vec<u32>,
+    secret: Option<String>,
+}
+
+impl From<Callback> for CallbackRepr {
+    fn from(c: Callback) -> CallbackRepr {
+        CallbackRepr {
+            url: c.target.to_url(),
+            method: c.method,
+            format: c.format,
+            fields: match &c.projection {
+                Projection::All => None,
+                Projection::Fields(f) => Some(f.iter().map(FieldSpec::to_entry).collect()),
+            },
+            headers: c.headers,
+            events: c.events,
+            window_secs: c.window_secs,
+            leading: c.leading,
+            timeout_secs: c.timeout_secs,
+            retry_for_secs: c.retry_for_secs,
+            backoff_secs: c.backoff_secs,
+            secret: c.secret,
+        }
+    }
+}
+
+impl From<CallbackRepr> for CallbackSpec {
+    fn from(r: CallbackRepr) -> CallbackSpec {
+        CallbackSpec {
+            url: Some(r.url),
+            method: Some(r.method.as_str().to_owned()),
+            format: Some(r.format.as_str().to_owned()),
+            fields: r.fields,
+            headers: Some(r.headers),
+            events: Some(r.events),
+            window_secs: Some(r.window_secs.into()),
+            leading: Some(r.leading),
+            timeout_secs: Some(r.timeout_secs.into()),
+            retry_for_secs: Some(r.retry_for_secs.into()),
+            backoff_secs: Some(r.backoff_secs.into_iter().map(u64::from).collect()),
+            secret: r.secret,
+            ..CallbackSpec::default()
+        }
+    }
+}
+
+impl TryFrom<CallbackRepr> for Callback {
+    type Error = ConfigError;
+    fn try_from(r: CallbackRepr) -> Result<Callback, ConfigError> {
+        CallbackSpec::from(r).validate()
+    }
+}
+
+/// How a validated [`FileCallback`] is stored; see [`CallbackRepr`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct FileCallbackRepr {
+    name: CallbackName,
+    on_success: bool,
+    on_failure: bool,
+    on_progress: bool,
+    callback: CallbackRepr,
+}
+
+impl From<FileCallback> for FileCallbackRepr {
+    fn from(f: FileCallback) -> FileCallbackRepr {
+        FileCallbackRepr {
+            name: f.name,
+            on_success: f.on_success,
+            on_failure: f.on_failure,
+            on_progress: f.on_progress,
+            callback: CallbackRepr::from(Arc::unwrap_or_clone(f.callback)),
+        }
+    }
+}
+
+impl TryFrom<FileCallbackRepr> for FileCallback {
+    type Error = ConfigError;
+    fn try_from(r: FileCallbackRepr) -> Result<FileCallback, ConfigError> {
+        Ok(FileCallback {
+            name: r.name,
+            on_success: r.on_success,
+            on_failure: r.on_failure,
+            on_progress: r.on_progress,
+            callback: Arc::new(Callback::try_from(r.callback)?),
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use crate::ids::{DeliveryId, MachineKey, Seq, Timestamp};
 /// One thing to do, in imperative mood.
 #[must_use = "an effect that is not performed is a delivery that never happens"]
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(tag = "effect", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Effect {
     /// Perform one attempt and append its [`crate::AttemptReport`].
     StartAttempt(Attempt),

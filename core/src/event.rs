@@ -170,9 +170,13 @@ impl fmt::Debug for EventSet {
 impl Serialize for EventSet {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if self.is_all() {
-            return ["all"].serialize(s);
+            // A slice, not an array: an array is a fixed-size tuple to serde, which binary
+            // formats write without the length the reader expects.
+            return ["all"][..].serialize(s);
         }
-        s.collect_seq(self.iter().map(EventKind::as_str))
+        // A sequence of known length: binary formats (the log's bincode) need it up front.
+        let names: Vec<&str> = self.iter().map(EventKind::as_str).collect();
+        names.serialize(s)
     }
 }
 

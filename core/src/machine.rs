@@ -57,7 +57,7 @@ pub struct LastOutcome {
 
 /// The five states of SPEC §4, each holding only what is valid in it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum State {
     /// A change is waiting; the first attempt is due at `due_at`.
     Coalescing {

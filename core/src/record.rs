@@ -1,6 +1,10 @@
 //! The log record: every input of the core, in the past tense, stamped with its sequence
 //! number and the wall-clock time of its append.
 //!
+//! Serde derives here are the log's binary form (bincode 2 is not self-describing): enums are
+//! externally tagged and no field is ever skipped. The human-readable interchange (NDJSON)
+//! is a documented shape of its own, built by the store.
+//!
 //! A change record names the file and the event but not the snapshot body: the fold decides
 //! *when* and *which version* to deliver, never *what the bytes are*, so it does not need the
 //! 1.5 KB body. The store keeps the body beside the record (see `cb-store`), and rendering
@@ -31,7 +35,7 @@ pub struct Record {
 
 /// What a record says happened.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum RecordKind {
     /// A file changed; its snapshot (stored beside the record) is the file's new full state,
     /// and this record's `seq` is the file's new version.
@@ -42,7 +46,6 @@ pub enum RecordKind {
         event: EventKind,
         /// Per-file callbacks given with the change: `Some` replaces the file's set (an empty
         /// list removes them all), `None` keeps it.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         callbacks: Option<Arc<[FileCallback]>>,
     },
     /// A project callback was created or replaced (and, if disabled, enabled again).
@@ -79,12 +82,10 @@ pub enum RecordKind {
         /// The file.
         file: FileKey,
         /// One callback, or `None` for every enabled callback of the file.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         callback: Option<CallbackRef>,
         /// The file's latest version as the store knows it at append time. The core may have
         /// forgotten a file whose deliveries are all complete (that is how it stays small), so
         /// the record brings the version along.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<Seq>,
     },
 }
@@ -108,13 +109,12 @@ pub struct AttemptReport {
     pub digest: Digest,
     /// A human-readable detail for operators (an error message); empty if none. Never read
     /// by the fold.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
 
 /// How an attempt ended.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// A 2xx answer (or an SMTP relay accepting the message: 250).
     Delivered {
@@ -126,7 +126,6 @@ pub enum Outcome {
         /// The status code.
         status: u16,
         /// `Retry-After` in seconds, as sent with a 429 or 503.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_secs: Option<u32>,
     },
     /// No complete answer within `timeout_secs`.

@@ -83,6 +83,15 @@ impl Sim {
 /// @T rm a
 /// ```
 pub fn run(history: &str) -> String {
+    trace(history).1
+}
+
+/// Folds a history (same language as [`run`]) and returns the driver.
+pub fn sim(history: &str) -> Sim {
+    trace(history).0
+}
+
+fn trace(history: &str) -> (Sim, String) {
     let mut sim = Sim::default();
     let mut out = String::new();
     for line in history.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -141,11 +150,13 @@ pub fn run(history: &str) -> String {
             let _ = writeln!(out, "{:13}{}", "", states.join(" | "));
         }
     }
-    out.lines()
+    let out = out
+        .lines()
         .map(str::trim_end)
         .collect::<Vec<_>>()
         .join("\n")
-        + "\n"
+        + "\n";
+    (sim, out)
 }
 
 fn fmt_ms(ms: u64) -> String {
