@@ -261,23 +261,7 @@ impl Core {
         if let Some(list) = callbacks {
             self.replace_file_callbacks(file, list, seq, effects);
         }
-        let mut triggered: Vec<CallbackRef> = self
-            .projects
-            .get(&file.project)
-            .into_iter()
-            .flatten()
-            .filter(|(_, slot)| slot.disabled_by.is_none() && slot.callback.triggers(event))
-            .map(|(name, _)| CallbackRef::Project(name.clone()))
-            .collect();
-        if let Some(entry) = self.files.get(file) {
-            triggered.extend(
-                entry
-                    .callbacks
-                    .iter()
-                    .filter(|s| s.disabled_by.is_none() && s.callback.triggers(event))
-                    .map(|s| CallbackRef::File(s.callback.name.clone())),
-            );
-        }
+        let triggered = self.enabled_callbacks(file, Some(event));
         // Rule 2: every change moves the file's version, triggering or not. A file the core
         // does not keep needs no version until something triggers.
         match self.files.get_mut(file) {
@@ -461,26 +445,7 @@ impl Core {
                 Some((_, false)) => return Disposition::Ignored(Ignored::DisabledCallback),
                 None => return Disposition::Ignored(Ignored::UnknownCallback),
             },
-            None => {
-                let mut all: Vec<CallbackRef> = self
-                    .projects
-                    .get(&file.project)
-                    .into_iter()
-                    .flatten()
-                    .filter(|(_, s)| s.disabled_by.is_none())
-                    .map(|(n, _)| CallbackRef::Project(n.clone()))
-                    .collect();
-                if let Some(entry) = self.files.get(file) {
-                    all.extend(
-                        entry
-                            .callbacks
-                            .iter()
-                            .filter(|s| s.disabled_by.is_none())
-                            .map(|s| CallbackRef::File(s.callback.name.clone())),
-                    );
-                }
-                all
-            }
+            None => self.enabled_callbacks(file, None),
         };
         if targets.is_empty() {
             return Disposition::Ignored(Ignored::UnknownCallback);
@@ -504,6 +469,28 @@ impl Core {
         } else {
             Disposition::Ignored(Ignored::AlreadyInFlight)
         }
+    }
+
+    /// The enabled callbacks of `file` — the project's, by name, then its per-file ones — that
+    /// `event` triggers (every one, for `None`).
+    fn enabled_callbacks(&self, file: &FileKey, event: Option<EventKind>) -> Vec<CallbackRef> {
+        let project = self
+            .projects
+            .get(&file.project)
+            .into_iter()
+            .flatten()
+            .filter(|(_, s)| {
+                s.disabled_by.is_none() && event.is_none_or(|e| s.callback.triggers(e))
+            })
+            .map(|(name, _)| CallbackRef::Project(name.clone()));
+        let per_file = self
+            .files
+            .get(file)
+            .into_iter()
+            .flat_map(|entry| &entry.callbacks)
+            .filter(|s| s.disabled_by.is_none() && event.is_none_or(|e| s.callback.triggers(e)))
+            .map(|s| CallbackRef::File(s.callback.name.clone()));
+        project.chain(per_file).collect()
     }
 
     /// The configuration of `callback` for `file`, and whether it is enabled.

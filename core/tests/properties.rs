@@ -381,6 +381,23 @@ struct Epoch {
     min_delay_ms: Option<u64>,
 }
 
+impl Epoch {
+    /// A configuration was in force during the epoch: it bounds the delays the checks allow.
+    fn note_config(&mut self, cb: &Callback) {
+        let window_ms = u64::from(cb.window_secs) * 1000;
+        let delay_ms = if cb.leading { 0 } else { window_ms };
+        let backoff_ms = cb
+            .backoff_secs
+            .iter()
+            .map(|&s| u64::from(s) * 1000)
+            .max()
+            .unwrap();
+        self.min_delay_ms = Some(self.min_delay_ms.map_or(delay_ms, |d| d.min(delay_ms)));
+        self.max_window_ms = self.max_window_ms.max(window_ms);
+        self.max_backoff_ms = self.max_backoff_ms.max(backoff_ms);
+    }
+}
+
 /// A configuration as the checker reads it from the records.
 #[derive(Clone)]
 struct Cfg {
@@ -493,9 +510,9 @@ impl Checker {
             ));
         }
         let window_ms = u64::from(cfg.callback.window_secs) * 1000;
-        let delay_ms = if cfg.callback.leading { 0 } else { window_ms };
         let e = self.epochs.entry(key.clone()).or_default();
-        e.min_delay_ms = Some(e.min_delay_ms.map_or(delay_ms, |d| d.min(delay_ms)));
+        // The window in force at an attempt bounds when the next delivery may start.
+        e.note_config(&cfg.callback);
         // Attempts of a delivery are numbered 1, 2, 3, … with no gap.
         let last = e
             .attempt_numbers
@@ -554,8 +571,6 @@ impl Checker {
                 ));
             }
         }
-        // The window in force at an attempt bounds when the next delivery may start.
-        e.max_window_ms = e.max_window_ms.max(window_ms);
         e.last_start = Some((a.started_at, window_ms));
         e.outstanding = Some(a.clone());
         e.attempts.push((i, a.clone()));
@@ -643,20 +658,7 @@ impl Checker {
                     let cfg = self.cfg(&key).unwrap().callback.clone();
                     let e = self.epochs.entry(key).or_default();
                     e.triggers.push((record.seq, record.at));
-                    let delay = if cfg.leading {
-                        0
-                    } else {
-                        u64::from(cfg.window_secs) * 1000
-                    };
-                    e.min_delay_ms = Some(e.min_delay_ms.map_or(delay, |d| d.min(delay)));
-                    e.max_window_ms = e.max_window_ms.max(u64::from(cfg.window_secs) * 1000);
-                    e.max_backoff_ms = e.max_backoff_ms.max(
-                        cfg.backoff_secs
-                            .iter()
-                            .map(|&s| u64::from(s) * 1000)
-                            .max()
-                            .unwrap(),
-                    );
+                    e.note_config(&cfg);
                 }
             }
             RecordKind::AttemptFinished(r) => {
@@ -705,20 +707,7 @@ impl Checker {
     fn widen(&mut self, pred: impl Fn(&MachineKey) -> bool, cb: &Callback) {
         for (k, e) in self.epochs.iter_mut() {
             if pred(k) {
-                let delay = if cb.leading {
-                    0
-                } else {
-                    u64::from(cb.window_secs) * 1000
-                };
-                e.min_delay_ms = Some(e.min_delay_ms.map_or(delay, |d| d.min(delay)));
-                e.max_window_ms = e.max_window_ms.max(u64::from(cb.window_secs) * 1000);
-                e.max_backoff_ms = e.max_backoff_ms.max(
-                    cb.backoff_secs
-                        .iter()
-                        .map(|&s| u64::from(s) * 1000)
-                        .max()
-                        .unwrap(),
-                );
+                e.note_config(cb);
             }
         }
     }
