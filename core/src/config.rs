@@ -691,26 +691,10 @@ impl TryFrom<CallbackSpec> for Callback {
     }
 }
 
+/// The spec that validates back to `c`, every default spelled out.
 impl From<Callback> for CallbackSpec {
     fn from(c: Callback) -> CallbackSpec {
-        CallbackSpec {
-            url: Some(c.target.to_url()),
-            method: Some(c.method.as_str().to_owned()),
-            format: Some(c.format.as_str().to_owned()),
-            fields: match &c.projection {
-                Projection::All => None,
-                Projection::Fields(f) => Some(f.iter().map(FieldSpec::to_entry).collect()),
-            },
-            headers: Some(c.headers),
-            events: Some(c.events),
-            window_secs: Some(c.window_secs.into()),
-            leading: Some(c.leading),
-            timeout_secs: Some(c.timeout_secs.into()),
-            retry_for_secs: Some(c.retry_for_secs.into()),
-            backoff_secs: Some(c.backoff_secs.iter().map(|&s| u64::from(s)).collect()),
-            secret: c.secret,
-            ..CallbackSpec::default()
-        }
+        CallbackSpec::from(CallbackRepr::from(c))
     }
 }
 

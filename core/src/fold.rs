@@ -22,7 +22,7 @@ use crate::config::{Callback, FileCallback};
 use crate::effect::{Attempt, Effect};
 use crate::event::EventKind;
 use crate::ids::{CallbackName, CallbackRef, FileKey, MachineKey, ProjectId, Seq, Timestamp};
-use crate::machine::{InFlight, Machine, Opening, OutcomeStep, State, StateName};
+use crate::machine::{InFlight, Machine, Opening, OutcomeStep, StateName};
 use crate::record::{AttemptReport, Record, RecordKind};
 
 /// A project callback and whether a `410 Gone` disabled it.
@@ -847,12 +847,5 @@ fn attempt_of(key: &MachineKey, flight: &InFlight, callback: Arc<Callback>) -> A
         started_at: flight.started_at,
         redeliver: flight.redeliver,
         callback,
-    }
-}
-
-impl State {
-    /// True if this state is `pending` (an attempt in flight).
-    pub fn is_pending(&self) -> bool {
-        matches!(self, State::Pending(_))
     }
 }

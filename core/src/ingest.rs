@@ -363,20 +363,13 @@ fn append_text(out: &mut String, raw: &str, field: &str, references: bool) -> Re
                 run_start = i;
                 continue;
             }
-            b'\t' | b'\n' => {
-                i += 1;
-                continue;
-            }
-            0x00..=0x1F => (REPLACEMENT, 1),
-            0xEF if bytes.get(i + 1) == Some(&0xBF)
-                && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)) =>
-            {
-                (REPLACEMENT, 3)
-            }
-            _ => {
-                i += 1;
-                continue;
-            }
+            _ => match crate::render::forbidden_width(bytes, i) {
+                Some(width) => (REPLACEMENT, width),
+                None => {
+                    i += 1;
+                    continue;
+                }
+            },
         };
         out.push_str(&raw[run_start..i]);
         out.push(replacement);

@@ -19,7 +19,7 @@ mod xml;
 #[cfg(test)]
 pub(crate) mod fixtures;
 
-pub(crate) use xml::is_xml_char;
+pub(crate) use xml::{forbidden_width, is_xml_char};
 
 /// Where the rendered bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -61,21 +61,13 @@ fn escape_into(out: &mut Vec<u8>, text: &str) {
             b'\'' => (b"&apos;", 1),
             b'"' => (b"&quot;", 1),
             b'\r' => (b"&#13;", 1),
-            b'\t' | b'\n' => {
-                i += 1;
-                continue;
-            }
-            0x00..=0x1F => (REPLACEMENT, 1),
-            // U+FFFE and U+FFFF are EF BF BE and EF BF BF; 0xEF always leads a 3-byte char.
-            0xEF if bytes.get(i + 1) == Some(&0xBF)
-                && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)) =>
-            {
-                (REPLACEMENT, 3)
-            }
-            _ => {
-                i += 1;
-                continue;
-            }
+            _ => match forbidden_width(bytes, i) {
+                Some(width) => (REPLACEMENT, width),
+                None => {
+                    i += 1;
+                    continue;
+                }
+            },
         };
         out.extend_from_slice(&bytes[run_start..i]);
         out.extend_from_slice(replacement);
@@ -83,6 +75,23 @@ fn escape_into(out: &mut Vec<u8>, text: &str) {
         run_start = i;
     }
     out.extend_from_slice(&bytes[run_start..]);
+}
+
+/// If a character XML 1.0 forbids starts at `bytes[i]` (of valid UTF-8), its width in bytes.
+/// The byte-level form of [`is_xml_char`], for the escaper and the ingest decoder, which scan
+/// bytes so that unchanged runs are copied in one piece.
+pub(crate) fn forbidden_width(bytes: &[u8], i: usize) -> Option<usize> {
+    match bytes[i] {
+        b'\t' | b'\n' | b'\r' => None,
+        0x00..=0x1F => Some(1),
+        // U+FFFE and U+FFFF are EF BF BE and EF BF BF; 0xEF always leads a 3-byte char.
+        0xEF if bytes.get(i + 1) == Some(&0xBF)
+            && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)) =>
+        {
+            Some(3)
+        }
+        _ => None,
+    }
 }
 
 /// True if XML 1.0 allows `c` in a document (the `Char` production, minus the surrogates a
