@@ -225,6 +225,16 @@ pub enum CallbackRef {
 }
 
 impl CallbackRef {
+    /// Parses the [`Display`](fmt::Display) form: `name` for a project callback,
+    /// `file:name` for a per-file one (`:` is not part of the name grammar, so the two
+    /// never collide).
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        match s.strip_prefix("file:") {
+            Some(name) => Ok(CallbackRef::File(CallbackName::new(name)?)),
+            None => Ok(CallbackRef::Project(CallbackName::new(s)?)),
+        }
+    }
+
     /// The callback's name, whatever its scope.
     pub fn name(&self) -> &CallbackName {
         match self {
@@ -277,6 +287,15 @@ impl fmt::Display for DeliveryId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn callback_ref_round_trips_its_display_form() {
+        for s in ["hook", "file:hook", "file:file"] {
+            assert_eq!(CallbackRef::parse(s).unwrap().to_string(), s);
+        }
+        assert!(CallbackRef::parse("file:").is_err());
+        assert!(CallbackRef::parse("a:b").is_err());
+    }
 
     #[test]
     fn id_grammar() {

@@ -1,4 +1,4 @@
-//! Shared test fixtures: the getFileInfo sample of seed 001 (Filemobile's "Media Callback"
+//! Shared fixtures (tests, benchmarks, docs): the getFileInfo sample of seed 001 (Filemobile's "Media Callback"
 //! page), both as the verbatim document and as the snapshot it stands for, so the renderer
 //! and the ingest parser are checked against the same independent source of truth.
 
@@ -6,7 +6,7 @@ use crate::snapshot::Snapshot;
 
 /// The `<?xml …?>` … `</result>` block of seed 001, byte for byte — including the stray `i`
 /// after `</user_lastname>`, which real senders produce and ingest must tolerate.
-pub(crate) const SEED_001_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+pub const SEED_001_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <result>
   <id>556114</id>
   <status>3</status>
@@ -65,7 +65,7 @@ pub(crate) const SEED_001_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 
 /// The fields of [`SEED_001_XML`], in document order, listed literally rather than parsed
 /// so that a parser bug cannot hide in both sides of a comparison.
-pub(crate) const SEED_001_FIELDS: [(&str, &str); 52] = [
+pub const SEED_001_FIELDS: [(&str, &str); 52] = [
     ("id", "556114"),
     ("status", "3"),
     ("contenttype", "image/jpeg"),
@@ -121,6 +121,6 @@ pub(crate) const SEED_001_FIELDS: [(&str, &str); 52] = [
 ];
 
 /// [`SEED_001_FIELDS`] as a snapshot.
-pub(crate) fn seed_001_snapshot() -> Snapshot {
+pub fn seed_001_snapshot() -> Snapshot {
     Snapshot::from_pairs(SEED_001_FIELDS).expect("the seed sample is a valid snapshot")
 }

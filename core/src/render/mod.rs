@@ -16,8 +16,7 @@ mod json;
 mod query;
 mod xml;
 
-#[cfg(test)]
-pub(crate) mod fixtures;
+pub mod fixtures;
 
 pub(crate) use xml::{forbidden_width, is_xml_char};
 

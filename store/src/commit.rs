@@ -1,0 +1,339 @@
+//! Group commit: one thread stamps, writes and syncs every append, many at a time.
+//!
+//! Appenders hand a [`Request`] to the committer thread and wait for its reply. The thread
+//! takes the first request, then everything else already queued (up to
+//! [`StoreOptions::max_group_records`](crate::StoreOptions::max_group_records)), and commits
+//! the group: sequence numbers and one timestamp are assigned, every record, body and index
+//! entry goes into one sled batch, and the batch is made durable with one sled `flush` and
+//! one `fdatasync` — shared by every appender of the group. Only then are the replies sent.
+//! While one group syncs, the next one queues up, so the sync rate, not the append rate,
+//! sets the number of syncs.
+//!
+//! Being the only writer of the log is what makes sequence numbers dense and increasing and
+//! timestamps non-decreasing without a lock.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+
+use cb_core::{FileKey, Record, RecordKind, Scope, Seq, Timestamp};
+
+use crate::codec::{self, IndexTag, BODY, LOG};
+use crate::dir::sync_dir;
+use crate::error::{Error, Result};
+use crate::log::{latest_version_in, Appended, CommitHook, Durability};
+
+/// One appender's records, before sequence numbers are known.
+pub(crate) struct Request {
+    pub(crate) batch: Batch,
+    pub(crate) reply: Reply,
+}
+
+pub(crate) type Reply = Box<dyn FnOnce(Result<Appended>) + Send>;
+
+/// Records of one request; bodies are encoded by the appender, off the committer thread.
+pub(crate) enum Batch {
+    /// New records: the committer stamps `seq` and `at`.
+    Fresh(Vec<Prepared>),
+    /// Records that already have `seq` and `at` (an import); they must continue the log.
+    Stamped(Vec<(Record, Option<Vec<u8>>)>),
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Fresh(v) => v.len(),
+            Batch::Stamped(v) => v.len(),
+        }
+    }
+}
+
+/// A record kind with its encoded snapshot body (changes only).
+pub(crate) struct Prepared {
+    pub(crate) kind: RecordKind,
+    pub(crate) body: Option<Vec<u8>>,
+}
+
+/// What the committer needs besides the queue.
+pub(crate) struct Committer {
+    pub(crate) tree: sled::Tree,
+    pub(crate) db: sled::Db,
+    pub(crate) durability: Durability,
+    pub(crate) max_group_records: usize,
+    pub(crate) clock: Box<dyn FnMut() -> Timestamp + Send>,
+    pub(crate) on_commit: Option<CommitHook>,
+    /// sled's data file, opened for `fdatasync`.
+    pub(crate) data_file: File,
+    pub(crate) blobs_dir: PathBuf,
+    pub(crate) synced_blobs: HashSet<OsString>,
+    /// Invariant: the next record gets exactly this number.
+    pub(crate) next: Seq,
+    /// Invariant: no record gets an earlier `at`.
+    pub(crate) last_at: Timestamp,
+    /// The last durable sequence number, published for readers.
+    pub(crate) tip: Arc<AtomicU64>,
+    pub(crate) poisoned: Arc<Mutex<Option<String>>>,
+}
+
+impl Committer {
+    pub(crate) fn run(mut self, queue: Receiver<Request>) {
+        let mut group: Vec<Request> = Vec::new();
+        while let Ok(first) = queue.recv() {
+            let mut records = first.batch.len();
+            group.push(first);
+            while records < self.max_group_records {
+                match queue.try_recv() {
+                    Ok(req) => {
+                        records += req.batch.len();
+                        group.push(req);
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.commit(&mut group);
+        }
+    }
+
+    fn commit(&mut self, group: &mut Vec<Request>) {
+        if let Some(why) = self.poisoned.lock().expect("poison flag").clone() {
+            for req in group.drain(..) {
+                (req.reply)(Err(Error::Poisoned(why.clone())));
+            }
+            return;
+        }
+        let (first_of_group, at_before) = (self.next, self.last_at);
+        let at = self.last_at.max((self.clock)());
+        let mut batch = sled::Batch::default();
+        let mut records: Vec<Record> = Vec::new();
+        // Versions of files changed earlier in this group, not yet readable from the tree.
+        let mut staged_versions: HashMap<FileKey, Seq> = HashMap::new();
+        let mut accepted: Vec<(Reply, Appended)> = Vec::with_capacity(group.len());
+        for req in group.drain(..) {
+            let staged = match req.batch {
+                Batch::Fresh(items) => {
+                    self.stage_fresh(items, at, &mut batch, &mut records, &mut staged_versions)
+                }
+                Batch::Stamped(items) => {
+                    self.stage_stamped(items, &mut batch, &mut records, &mut staged_versions)
+                }
+            };
+            match staged {
+                Ok(appended) => accepted.push((req.reply, appended)),
+                Err(e) => (req.reply)(Err(e)),
+            }
+        }
+        if records.is_empty() {
+            return;
+        }
+        let written = self
+            .tree
+            .apply_batch(batch)
+            .map_err(Error::from)
+            .and_then(|()| self.make_durable());
+        if let Err(e) = written {
+            // The group may be partly on disk or not at all; only a reopen (sled's recovery
+            // to its last flush) can tell, so no number is handed out again until then.
+            self.next = first_of_group;
+            self.last_at = at_before;
+            let why = e.to_string();
+            *self.poisoned.lock().expect("poison flag") = Some(why.clone());
+            for (reply, _) in accepted {
+                reply(Err(Error::Poisoned(why.clone())));
+            }
+            return;
+        }
+        let last = records.last().expect("not empty").seq;
+        self.tip.store(last.0, Ordering::Release);
+        for (reply, appended) in accepted {
+            reply(Ok(appended));
+        }
+        if let Some(hook) = &mut self.on_commit {
+            hook(&records);
+        }
+    }
+
+    fn stage_fresh(
+        &mut self,
+        items: Vec<Prepared>,
+        at: Timestamp,
+        batch: &mut sled::Batch,
+        records: &mut Vec<Record>,
+        staged_versions: &mut HashMap<FileKey, Seq>,
+    ) -> Result<Appended> {
+        let first = self.next;
+        // Look the versions up before staging anything, so a failed read stages nothing;
+        // changes earlier in this request count, at the numbers they are about to get.
+        let mut own_versions: HashMap<&FileKey, Seq> = HashMap::new();
+        let mut versions = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match &item.kind {
+                RecordKind::ChangeAppended { file, .. } => {
+                    own_versions.insert(file, Seq(first.0 + i as u64));
+                }
+                RecordKind::RedeliverRequested { file, .. } => {
+                    let version = match own_versions.get(file).or(staged_versions.get(file)) {
+                        Some(v) => Some(*v),
+                        None => latest_version_in(&self.tree, file, Seq(u64::MAX))?,
+                    };
+                    versions.push(version);
+                }
+                _ => {}
+            }
+        }
+        drop(own_versions);
+        let mut versions = versions.into_iter();
+        let mut kinds = Vec::with_capacity(items.len());
+        for Prepared { mut kind, body } in items {
+            if let RecordKind::RedeliverRequested { version, .. } = &mut kind {
+                *version = versions.next().expect("one lookup per redeliver");
+            }
+            kinds.push((kind, body));
+        }
+        for (kind, body) in kinds {
+            let record = Record {
+                seq: self.next,
+                at,
+                kind,
+            };
+            self.stage(record, body, batch, records, staged_versions);
+        }
+        self.last_at = at;
+        Ok(Appended {
+            first,
+            count: self.next.0 - first.0,
+            at,
+        })
+    }
+
+    fn stage_stamped(
+        &mut self,
+        items: Vec<(Record, Option<Vec<u8>>)>,
+        batch: &mut sled::Batch,
+        records: &mut Vec<Record>,
+        staged_versions: &mut HashMap<FileKey, Seq>,
+    ) -> Result<Appended> {
+        let first = self.next;
+        let (mut expect, mut last_at) = (self.next, self.last_at);
+        for (record, body) in &items {
+            if record.seq != expect {
+                return Err(Error::Rejected(format!(
+                    "record {} does not continue the log: the next sequence number is {expect}",
+                    record.seq
+                )));
+            }
+            if record.at < last_at {
+                return Err(Error::Rejected(format!(
+                    "record {} is stamped {} ms, before the previous record ({} ms)",
+                    record.seq, record.at, last_at
+                )));
+            }
+            let is_change = matches!(record.kind, RecordKind::ChangeAppended { .. });
+            if is_change != body.is_some() {
+                return Err(Error::Rejected(format!(
+                    "record {}: a change needs its snapshot and nothing else has one",
+                    record.seq
+                )));
+            }
+            expect = Seq(expect.0 + 1);
+            last_at = record.at;
+        }
+        let at = items.last().map_or(self.last_at, |(r, _)| r.at);
+        for (record, body) in items {
+            self.stage(record, body, batch, records, staged_versions);
+        }
+        self.last_at = last_at;
+        Ok(Appended {
+            first,
+            count: self.next.0 - first.0,
+            at,
+        })
+    }
+
+    fn stage(
+        &mut self,
+        record: Record,
+        body: Option<Vec<u8>>,
+        batch: &mut sled::Batch,
+        records: &mut Vec<Record>,
+        staged_versions: &mut HashMap<FileKey, Seq>,
+    ) {
+        assert_eq!(record.seq, self.next, "sequence numbers are dense");
+        let seq = record.seq;
+        batch.insert(&codec::seq_key(LOG, seq), codec::encode_record(&record));
+        if let Some(body) = body {
+            batch.insert(&codec::seq_key(BODY, seq), body);
+        }
+        if let Some(tag) = IndexTag::of(&record.kind) {
+            let key = match record.scope() {
+                Scope::File(file) => Some(codec::file_prefix(file)),
+                Scope::Project(project) => Some(codec::project_prefix(project)),
+                Scope::Global => None,
+            };
+            if let Some(prefix) = key {
+                batch.insert(codec::with_seq(prefix, seq), vec![tag as u8]);
+            }
+        }
+        if let RecordKind::ChangeAppended { file, .. } = &record.kind {
+            staged_versions.insert(file.clone(), seq);
+        }
+        self.next = Seq(seq.0 + 1);
+        records.push(record);
+    }
+
+    fn make_durable(&mut self) -> Result<()> {
+        match self.durability {
+            Durability::Buffered => return Ok(()),
+            Durability::SledFlush => {
+                self.db.flush()?;
+                return Ok(());
+            }
+            Durability::Sync => {}
+        }
+        self.db.flush()?;
+        // sled's flush ends in sync_file_range, which neither writes the file's metadata
+        // (its grown size) nor flushes the drive's cache: fdatasync does both.
+        self.data_file
+            .sync_data()
+            .map_err(Error::io("fdatasync of the log"))?;
+        self.sync_new_blobs()
+    }
+
+    /// sled writes values too big for a log segment into `blobs/`, one file each, and never
+    /// syncs them; a durable record pointing at a lost blob would be a corrupt log.
+    fn sync_new_blobs(&mut self) -> Result<()> {
+        let entries = match std::fs::read_dir(&self.blobs_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("listing sled's blobs")(e)),
+        };
+        let mut present = HashSet::new();
+        let mut synced_any = false;
+        for entry in entries {
+            let entry = entry.map_err(Error::io("listing sled's blobs"))?;
+            let name = entry.file_name();
+            if !self.synced_blobs.contains(&name) {
+                match File::open(entry.path()).and_then(|f| f.sync_data()) {
+                    Ok(()) => synced_any = true,
+                    // Collected by sled between the listing and the open: nothing to keep.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(Error::io(format!(
+                            "syncing blob {}",
+                            entry.path().display()
+                        ))(e))
+                    }
+                }
+            }
+            present.insert(name);
+        }
+        if synced_any {
+            sync_dir(&self.blobs_dir)?;
+        }
+        self.synced_blobs = present;
+        Ok(())
+    }
+}

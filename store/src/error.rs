@@ -1,0 +1,93 @@
+//! The store's errors: what can go wrong opening, appending to and reading a data dir.
+//!
+//! Fatal conditions (the disk refused a write, the log is damaged) are kept apart from input
+//! the store refuses (an import line out of sequence), so callers can tell "stop the daemon"
+//! from "answer 4xx".
+
+use std::io;
+use std::path::PathBuf;
+
+use cb_core::Seq;
+
+/// Everything the store can report.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data dir cannot be created or written.
+    #[error("data dir {path} is not writable: {source}")]
+    NotWritable {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// Another process holds the data dir's lock.
+    #[error("data dir {path} is locked by another process{} — is cbd running?", pid_note(*.pid))]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+        /// The holder's process id, as it wrote it into the lock file.
+        pid: Option<u32>,
+    },
+    /// The data dir was written by a format this build does not read.
+    #[error("data dir {path} has log format {found}, this build reads format {supported}")]
+    UnknownFormat {
+        /// The directory.
+        path: PathBuf,
+        /// The format found, as stored (or a description when unreadable).
+        found: String,
+        /// The format this build reads and writes.
+        supported: u32,
+    },
+    /// A record of the log cannot be decoded or fails its checksum.
+    #[error("log record {seq} is corrupt: {reason}")]
+    Corrupt {
+        /// The record's sequence number.
+        seq: Seq,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The log does not hold a record that its own index or a caller says exists.
+    #[error("log record {seq} is missing")]
+    Missing {
+        /// The sequence number looked up.
+        seq: Seq,
+    },
+    /// Input the store refuses; nothing was appended for it.
+    #[error("{0}")]
+    Rejected(String),
+    /// An earlier write failed after it reached sled, so what is on disk is unknown; the
+    /// store accepts no more appends until it is reopened (which recovers to the last flush).
+    #[error("the store stopped accepting appends after a failed write: {0}")]
+    Poisoned(String),
+    /// The store is shutting down.
+    #[error("the store is closed")]
+    Closed,
+    /// sled reported an error.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// What the OS said.
+        source: io::Error,
+    },
+}
+
+fn pid_note(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!(" (pid {pid})"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}
+
+/// The store's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,509 @@
+//! [`Store`]: the durable event log — open, append (group commit), read, per-file index.
+//!
+//! The store is the only place records get their sequence number and timestamp, and the
+//! only writer of the sled tree; see `commit.rs` for how appends are grouped and made
+//! durable, and `codec.rs` for what is stored under which key.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cb_core::{EventKind, FileCallback, FileKey, Record, RecordKind, Seq, Snapshot, Timestamp};
+
+use crate::codec::{self, IndexTag, BODY, FORMAT_KEY, FORMAT_VERSION, LOG};
+use crate::commit::{Batch, Committer, Prepared, Request};
+use crate::dir::{sync_dir, DataDir};
+use crate::error::{Error, Result};
+
+/// How far an append goes before it is acknowledged.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Durability {
+    /// sled `flush`, then `fdatasync` of sled's data file and of any new blob file: the
+    /// records are on stable storage, metadata included (the default; what cbd promises).
+    #[default]
+    Sync,
+    /// sled `flush` only: written to the device with `sync_file_range`, but neither the
+    /// file's size nor the drive's write cache is flushed. Survives a process crash, not
+    /// necessarily a power loss. For measuring what the extra sync costs.
+    SledFlush,
+    /// No flush per append (sled writes in the background within about half a second):
+    /// for bulk imports that end with [`Store::sync`], and for tests.
+    Buffered,
+}
+
+/// Called with every durable group of records; see [`StoreOptions::on_commit`].
+pub type CommitHook = Box<dyn FnMut(&[Record]) + Send>;
+
+/// How to open a store.
+pub struct StoreOptions {
+    /// See [`Durability`].
+    pub durability: Durability,
+    /// The most records one group commit takes from the queue (a single request larger than
+    /// this is still committed whole).
+    pub max_group_records: usize,
+    /// sled's page cache, in bytes.
+    pub cache_capacity_bytes: u64,
+    /// Where record timestamps come from; the wall clock unless a test or a benchmark
+    /// supplies virtual time. Stamps never go backwards whatever it returns.
+    pub clock: Box<dyn FnMut() -> Timestamp + Send>,
+    /// Called on the commit thread with every durable group, in log order, after the
+    /// appenders got their replies: how a driver learns of records others appended. Keep it
+    /// short (hand the records to a channel).
+    pub on_commit: Option<CommitHook>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::Sync,
+            max_group_records: 16 * 1024,
+            cache_capacity_bytes: 256 * 1024 * 1024,
+            clock: Box::new(wall_clock),
+            on_commit: None,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn wall_clock() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    Timestamp(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// A change to append: a [`RecordKind::ChangeAppended`] with its snapshot body.
+#[derive(Clone, Debug)]
+pub struct Change {
+    /// The file.
+    pub file: FileKey,
+    /// What happened.
+    pub event: EventKind,
+    /// The file's full state after the change.
+    pub snapshot: Snapshot,
+    /// Per-file callbacks given with the change, if any.
+    pub callbacks: Option<Arc<[FileCallback]>>,
+}
+
+/// One input to append.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A change; its snapshot is stored beside the record.
+    Change(Change),
+    /// Any other record. `ChangeAppended` is refused here: a change needs its snapshot. A
+    /// `RedeliverRequested` gets the file's latest version filled in by the store.
+    Record(RecordKind),
+}
+
+/// Where an append landed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Appended {
+    /// The first record's sequence number; the others follow densely.
+    pub first: Seq,
+    /// How many records.
+    pub count: u64,
+    /// The timestamp the records got (imports: the last record's).
+    pub at: Timestamp,
+}
+
+impl Appended {
+    /// The last record's sequence number.
+    pub fn last(&self) -> Seq {
+        Seq(self.first.0 + self.count.saturating_sub(1))
+    }
+
+    /// Every sequence number appended, in order.
+    pub fn seqs(&self) -> impl Iterator<Item = Seq> {
+        (self.first.0..self.first.0 + self.count).map(Seq)
+    }
+}
+
+/// The durable event log of one data dir. Cheap to clone; every clone is the same store.
+/// Dropping the last clone stops the commit thread (after it finished the groups it has)
+/// and releases the data dir's lock.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    queue: Option<Sender<Request>>,
+    committer: Option<JoinHandle<()>>,
+    tree: sled::Tree,
+    db: sled::Db,
+    data_file: File,
+    /// The last durable sequence number (0: none). Readers never look past it.
+    tip: Arc<AtomicU64>,
+    poisoned: Arc<Mutex<Option<String>>>,
+    // Invariant: dropped last, after the commit thread has stopped writing.
+    dir: DataDir,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the data dir at `path` and takes its lock.
+    ///
+    /// Errors: [`Error::NotWritable`], [`Error::Locked`] (at once, never waiting),
+    /// [`Error::UnknownFormat`], [`Error::Corrupt`] for an unreadable last record, and
+    /// [`Error::Sled`] when sled cannot recover its files.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Store> {
+        let dir = DataDir::open(path)?;
+        let db = sled::Config::new()
+            .path(dir.log_path())
+            .cache_capacity(options.cache_capacity_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let tree = db.open_tree("cb")?;
+        check_format(&dir, &tree)?;
+        let data_file =
+            File::open(dir.log_path().join("db")).map_err(Error::io("opening sled's data file"))?;
+        // sled created its files (db, conf, snapshots) in there.
+        sync_dir(&dir.log_path())?;
+
+        let (next, last_at) = match last_record(&tree)? {
+            Some(r) => (Seq(r.seq.0 + 1), r.at),
+            None => (Seq(1), Timestamp(0)),
+        };
+        let tip = Arc::new(AtomicU64::new(next.0 - 1));
+        let poisoned = Arc::new(Mutex::new(None));
+        let committer = Committer {
+            tree: tree.clone(),
+            db: db.clone(),
+            durability: options.durability,
+            max_group_records: options.max_group_records.max(1),
+            clock: options.clock,
+            on_commit: options.on_commit,
+            data_file: data_file
+                .try_clone()
+                .map_err(Error::io("opening sled's data file"))?,
+            blobs_dir: dir.log_path().join("blobs"),
+            synced_blobs: Default::default(),
+            next,
+            last_at,
+            tip: tip.clone(),
+            poisoned: poisoned.clone(),
+        };
+        let (queue, inbox) = mpsc::channel();
+        let committer = std::thread::Builder::new()
+            .name("cb-store-commit".into())
+            .spawn(move || committer.run(inbox))
+            .map_err(Error::io("starting the commit thread"))?;
+        Ok(Store {
+            shared: Arc::new(Shared {
+                queue: Some(queue),
+                committer: Some(committer),
+                tree,
+                db,
+                data_file,
+                tip,
+                poisoned,
+                dir,
+            }),
+        })
+    }
+
+    /// The data dir.
+    pub fn dir(&self) -> &DataDir {
+        &self.shared.dir
+    }
+
+    /// Appends `inputs` as consecutive records and returns once they are durable.
+    ///
+    /// **Guarantee** (with [`Durability::Sync`], the default): when this returns `Ok`, every
+    /// record, its snapshot body and its index entries have been written by sled, sled's
+    /// `flush` has completed, and `fdatasync` has returned on sled's data file and on every
+    /// blob file sled created — so they survive a process crash and, provided the drive
+    /// honours flush requests (as the kernel asks it to on `fdatasync`), a power loss.
+    /// The records are committed atomically with the rest of their group: after a crash
+    /// either all of them are in the log or none is. When this returns `Err`, none of them
+    /// was acknowledged; after [`Error::Poisoned`] they may or may not be in the log.
+    ///
+    /// Sequence numbers are dense and increasing across all appenders; all records of one
+    /// call are consecutive and share one timestamp, never earlier than any before it.
+    /// Concurrent calls are grouped and share one flush.
+    pub fn append(&self, inputs: Vec<Input>) -> Result<Appended> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.append_then(inputs, move |result| {
+            let _ = tx.send(result);
+        });
+        rx.recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// [`append`](Self::append) without blocking: `reply` is called on the commit thread
+    /// with the outcome, under the same guarantee. It must be quick (send on a channel).
+    pub fn append_then(
+        &self,
+        inputs: Vec<Input>,
+        reply: impl FnOnce(Result<Appended>) + Send + 'static,
+    ) {
+        match prepare(inputs) {
+            Ok(prepared) => self.submit(Batch::Fresh(prepared), Box::new(reply)),
+            Err(e) => reply(Err(e)),
+        }
+    }
+
+    /// Appends records that already carry their sequence number and timestamp (an import,
+    /// or a generated benchmark log). They must continue this log exactly — the first one
+    /// numbered [`next_seq`](Self::next_seq), densely, timestamps never decreasing — and
+    /// each change must come with its snapshot and nothing else with one. Same durability
+    /// as [`append`](Self::append).
+    pub fn append_stamped(&self, records: Vec<(Record, Option<Snapshot>)>) -> Result<Appended> {
+        let mut items = Vec::with_capacity(records.len());
+        for (record, body) in records {
+            let body = body.as_ref().map(codec::encode_body);
+            items.push((record, body));
+        }
+        if items.is_empty() {
+            return Err(Error::Rejected("nothing to append".into()));
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(
+            Batch::Stamped(items),
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        rx.recv().unwrap_or(Err(Error::Closed))
+    }
+
+    fn submit(&self, batch: Batch, reply: crate::commit::Reply) {
+        let queue = self.shared.queue.as_ref().expect("queue lives until drop");
+        if let Err(mpsc::SendError(req)) = queue.send(Request { batch, reply }) {
+            (req.reply)(Err(Error::Closed));
+        }
+    }
+
+    /// Makes everything appended so far durable, whatever the [`Durability`]: sled `flush`
+    /// and `fdatasync` of its data file and blob files.
+    pub fn sync(&self) -> Result<()> {
+        self.shared.db.flush()?;
+        self.shared
+            .data_file
+            .sync_data()
+            .map_err(Error::io("fdatasync of the log"))?;
+        let blobs = self.shared.dir.log_path().join("blobs");
+        if let Ok(entries) = std::fs::read_dir(&blobs) {
+            for entry in entries.flatten() {
+                if let Ok(f) = File::open(entry.path()) {
+                    f.sync_data()
+                        .map_err(Error::io(format!("syncing {}", entry.path().display())))?;
+                }
+            }
+            sync_dir(&blobs)?;
+        }
+        Ok(())
+    }
+
+    /// Why appends are refused, if an earlier write failed.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned.lock().expect("poison flag").clone()
+    }
+
+    /// The last durable record's sequence number; `None` for an empty log.
+    pub fn last_seq(&self) -> Option<Seq> {
+        match self.shared.tip.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(Seq(n)),
+        }
+    }
+
+    /// The number the next record will get (1 for an empty log).
+    pub fn next_seq(&self) -> Seq {
+        Seq(self.shared.tip.load(Ordering::Acquire) + 1)
+    }
+
+    /// The durable records from `from` on, in order, up to the last durable one when called.
+    pub fn records(&self, from: Seq) -> impl Iterator<Item = Result<Record>> + 'static {
+        let tip = Seq(self.shared.tip.load(Ordering::Acquire));
+        self.records_between(from, tip)
+    }
+
+    /// The durable records numbered `from..=to`, in order.
+    pub fn records_between(
+        &self,
+        from: Seq,
+        to: Seq,
+    ) -> impl Iterator<Item = Result<Record>> + 'static {
+        let to = to.min(Seq(self.shared.tip.load(Ordering::Acquire)));
+        self.shared
+            .tree
+            .range(codec::seq_key(LOG, from)..=codec::seq_key(LOG, to))
+            .map(|entry| {
+                let (key, value) = entry?;
+                let seq = codec::seq_of_key(&key).expect("log keys end with a seq");
+                codec::decode_record(seq, &value)
+            })
+    }
+
+    /// One durable record.
+    pub fn record(&self, seq: Seq) -> Result<Option<Record>> {
+        if seq.0 > self.shared.tip.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        match self.shared.tree.get(codec::seq_key(LOG, seq))? {
+            Some(bytes) => codec::decode_record(seq, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The snapshot that change `version` appended (`None` if `version` is not a change).
+    pub fn snapshot(&self, version: Seq) -> Result<Option<Snapshot>> {
+        if version.0 > self.shared.tip.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        match self.shared.tree.get(codec::seq_key(BODY, version))? {
+            Some(bytes) => codec::decode_body(version, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The file's latest version: the sequence number of its last durable change.
+    pub fn latest_version(&self, file: &FileKey) -> Result<Option<Seq>> {
+        let tip = Seq(self.shared.tip.load(Ordering::Acquire));
+        latest_version_in(&self.shared.tree, file, tip)
+    }
+
+    /// Sequence numbers of every durable record one file's fold needs, in order: the file's
+    /// own records and its project's (callback configuration), found through the indexes
+    /// without scanning the log. Ticks are left out: a per-file fold fires deadlines when
+    /// it reaches the next record or the time it is asked about.
+    pub fn file_seqs(&self, file: &FileKey) -> Result<Vec<Seq>> {
+        let tip = self.shared.tip.load(Ordering::Acquire);
+        let mut seqs = Vec::new();
+        for prefix in [
+            codec::file_prefix(file),
+            codec::project_prefix(&file.project),
+        ] {
+            for entry in self.shared.tree.scan_prefix(&prefix).keys() {
+                let key = entry?;
+                if let Some(seq) = codec::seq_of_key(&key).filter(|s| s.0 <= tip) {
+                    seqs.push(seq);
+                }
+            }
+        }
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    /// The records [`file_seqs`](Self::file_seqs) names, decoded.
+    pub fn file_records(&self, file: &FileKey) -> Result<Vec<Record>> {
+        self.file_seqs(file)?
+            .into_iter()
+            .map(|seq| self.record(seq)?.ok_or(Error::Missing { seq }))
+            .collect()
+    }
+
+    /// The last durable record (what a restart continues from).
+    pub fn last_record(&self) -> Result<Option<Record>> {
+        match self.last_seq() {
+            Some(seq) => self.record(seq),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored bytes under `key`, undecoded.
+    pub(crate) fn raw(&self, key: impl AsRef<[u8]>) -> Result<Option<sled::IVec>> {
+        Ok(self.shared.tree.get(key)?)
+    }
+
+    /// sled's size on disk, in bytes.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.shared.db.size_on_disk()?)
+    }
+}
+
+fn prepare(inputs: Vec<Input>) -> Result<Vec<Prepared>> {
+    if inputs.is_empty() {
+        return Err(Error::Rejected("nothing to append".into()));
+    }
+    inputs
+        .into_iter()
+        .map(|input| match input {
+            Input::Change(c) => Ok(Prepared {
+                body: Some(codec::encode_body(&c.snapshot)),
+                kind: RecordKind::ChangeAppended {
+                    file: c.file,
+                    event: c.event,
+                    callbacks: c.callbacks,
+                },
+            }),
+            Input::Record(RecordKind::ChangeAppended { file, .. }) => Err(Error::Rejected(
+                format!("a change to {file} needs its snapshot: append it as Input::Change"),
+            )),
+            Input::Record(kind) => Ok(Prepared { kind, body: None }),
+        })
+        .collect()
+}
+
+/// The file's last change at or before `max`, from the per-file index.
+pub(crate) fn latest_version_in(
+    tree: &sled::Tree,
+    file: &FileKey,
+    max: Seq,
+) -> Result<Option<Seq>> {
+    for entry in tree.scan_prefix(codec::file_prefix(file)).rev() {
+        let (key, tag) = entry?;
+        let Some(seq) = codec::seq_of_key(&key) else {
+            continue;
+        };
+        if seq <= max && tag.as_ref() == [IndexTag::Change as u8] {
+            return Ok(Some(seq));
+        }
+    }
+    Ok(None)
+}
+
+fn check_format(dir: &DataDir, tree: &sled::Tree) -> Result<()> {
+    let unknown = |found: String| Error::UnknownFormat {
+        path: dir.path().to_owned(),
+        found,
+        supported: FORMAT_VERSION,
+    };
+    match tree.get(FORMAT_KEY)? {
+        Some(bytes) => {
+            let raw: [u8; 4] = bytes
+                .as_ref()
+                .try_into()
+                .map_err(|_| unknown(format!("{:?} (unreadable)", bytes.as_ref())))?;
+            let found = u32::from_le_bytes(raw);
+            if found != FORMAT_VERSION {
+                return Err(unknown(found.to_string()));
+            }
+            Ok(())
+        }
+        None if tree.is_empty() => {
+            tree.insert(FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())?;
+            tree.flush()?;
+            Ok(())
+        }
+        None => Err(unknown(
+            "none (the log has records but no format mark)".into(),
+        )),
+    }
+}
+
+fn last_record(tree: &sled::Tree) -> Result<Option<Record>> {
+    match tree
+        .range(codec::seq_key(LOG, Seq(0))..=codec::seq_key(LOG, Seq(u64::MAX)))
+        .next_back()
+    {
+        Some(entry) => {
+            let (key, value) = entry?;
+            let seq = codec::seq_of_key(&key).expect("log keys end with a seq");
+            codec::decode_record(seq, &value).map(Some)
+        }
+        None => Ok(None),
+    }
+}

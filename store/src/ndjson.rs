@@ -1,0 +1,477 @@
+//! The NDJSON interchange: the log as text, one record a line, for `cbctl export/import`,
+//! `GET /v1/log` and bug reports. Documented in `docs/interchange.md`; the shape is stable.
+//!
+//! A line is a JSON object with `seq`, `at` (milliseconds since the Unix epoch, exact),
+//! `time` (the same instant in RFC 3339, for people; ignored on import) and `kind`, plus the
+//! fields of its kind. A change line is the `POST /v1/changes` body with the snapshot under
+//! `file` in its field order; an attempt line carries `digest`, the lowercase hex SHA-256
+//! of the bytes sent. This module is a shape of its own, not the core's serde: the binary
+//! log may change its encoding behind a format version, the interchange may not.
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use cb_core::{
+    AttemptReport, Callback, CallbackName, CallbackRef, DeliveryId, Digest, EventKind,
+    FileCallback, FileId, FileKey, MachineKey, Outcome, ProjectId, Record, RecordKind, Seq,
+    Snapshot, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::log::Store;
+
+/// One line of the interchange.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Line {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// When it was appended, in milliseconds since the Unix epoch.
+    pub at: u64,
+    /// `at` in RFC 3339 (UTC, milliseconds), for people; not read back.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: LineKind,
+}
+
+/// The kinds of line, tagged by `kind`.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LineKind {
+    /// A file changed.
+    Change {
+        /// The project.
+        project: ProjectId,
+        /// The file.
+        file_id: FileId,
+        /// The event.
+        event: EventKind,
+        /// The snapshot after the change, fields in order.
+        file: Snapshot,
+        /// Per-file callbacks given with the change (absent: keep the file's set).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        callbacks: Option<Vec<FileCallback>>,
+    },
+    /// A project callback was created or replaced.
+    CallbackPut {
+        /// The project.
+        project: ProjectId,
+        /// The callback's name.
+        name: CallbackName,
+        /// Its configuration, every field explicit.
+        callback: Callback,
+    },
+    /// A project callback was removed.
+    CallbackRemoved {
+        /// The project.
+        project: ProjectId,
+        /// The callback's name.
+        name: CallbackName,
+    },
+    /// A callback was disabled by a `410 Gone`.
+    CallbackDisabled {
+        /// The project.
+        project: ProjectId,
+        /// The file whose attempt got the 410.
+        file_id: FileId,
+        /// `name`, or `file:name` for a per-file callback.
+        #[serde(with = "callback_ref")]
+        callback: CallbackRef,
+        /// The seq of the attempt line that got the 410.
+        cause: u64,
+    },
+    /// Time passed (deadlines fired).
+    Tick,
+    /// An attempt ended.
+    Attempt {
+        /// The project.
+        project: ProjectId,
+        /// The file.
+        file_id: FileId,
+        /// `name`, or `file:name` for a per-file callback.
+        #[serde(with = "callback_ref")]
+        callback: CallbackRef,
+        /// The seq of the record that opened the delivery.
+        delivery: u64,
+        /// The attempt's number within the delivery, from 1.
+        attempt: u32,
+        /// The file version it carried.
+        version: u64,
+        /// How it ended.
+        outcome: OutcomeLine,
+        /// From start to outcome.
+        latency_ms: u32,
+        /// Lowercase hex SHA-256 of the exact bytes sent.
+        digest: Digest,
+        /// An operator-facing detail (an error message), possibly empty.
+        #[serde(default)]
+        detail: String,
+    },
+    /// An operator asked for a redelivery.
+    Redeliver {
+        /// The project.
+        project: ProjectId,
+        /// The file.
+        file_id: FileId,
+        /// One callback (`name` or `file:name`), or absent for all.
+        #[serde(
+            default,
+            with = "opt_callback_ref",
+            skip_serializing_if = "Option::is_none"
+        )]
+        callback: Option<CallbackRef>,
+        /// The file's latest version when it was asked, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u64>,
+    },
+}
+
+/// An attempt's outcome, tagged by `kind`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OutcomeLine {
+    /// 2xx (or SMTP 250).
+    Delivered {
+        /// The status.
+        status: u16,
+    },
+    /// Any other HTTP status.
+    Status {
+        /// The status.
+        status: u16,
+        /// `Retry-After` of a 429 or 503, in seconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_secs: Option<u32>,
+    },
+    /// No complete answer in time.
+    Timeout,
+    /// Could not connect.
+    Connect,
+    /// TLS failed.
+    Tls,
+    /// The target is not a public address.
+    TargetRefused,
+    /// The SMTP relay rejected the message.
+    Smtp {
+        /// The reply code.
+        code: u16,
+    },
+}
+
+impl From<Outcome> for OutcomeLine {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Delivered { status } => OutcomeLine::Delivered { status },
+            Outcome::Status {
+                status,
+                retry_after_secs,
+            } => OutcomeLine::Status {
+                status,
+                retry_after_secs,
+            },
+            Outcome::Timeout => OutcomeLine::Timeout,
+            Outcome::Connect => OutcomeLine::Connect,
+            Outcome::Tls => OutcomeLine::Tls,
+            Outcome::TargetRefused => OutcomeLine::TargetRefused,
+            Outcome::Smtp { code } => OutcomeLine::Smtp { code },
+        }
+    }
+}
+
+impl From<OutcomeLine> for Outcome {
+    fn from(o: OutcomeLine) -> Self {
+        match o {
+            OutcomeLine::Delivered { status } => Outcome::Delivered { status },
+            OutcomeLine::Status {
+                status,
+                retry_after_secs,
+            } => Outcome::Status {
+                status,
+                retry_after_secs,
+            },
+            OutcomeLine::Timeout => Outcome::Timeout,
+            OutcomeLine::Connect => Outcome::Connect,
+            OutcomeLine::Tls => Outcome::Tls,
+            OutcomeLine::TargetRefused => Outcome::TargetRefused,
+            OutcomeLine::Smtp { code } => Outcome::Smtp { code },
+        }
+    }
+}
+
+/// The last instant RFC 3339 can write with a four-digit year.
+const LAST_RFC3339_MS: u64 = 253_402_300_799_999;
+
+/// `at` as RFC 3339 with milliseconds, when it has a four-digit year.
+pub fn rfc3339(at: Timestamp) -> Option<String> {
+    (at.0 <= LAST_RFC3339_MS).then(|| {
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(at.0)).to_string()
+    })
+}
+
+impl Line {
+    /// The line for `record`; a change needs its snapshot.
+    pub fn from_record(record: &Record, snapshot: Option<&Snapshot>) -> Result<Line> {
+        let kind = match &record.kind {
+            RecordKind::ChangeAppended {
+                file,
+                event,
+                callbacks,
+            } => LineKind::Change {
+                project: file.project.clone(),
+                file_id: file.file_id.clone(),
+                event: *event,
+                file: snapshot
+                    .cloned()
+                    .ok_or(Error::Missing { seq: record.seq })?,
+                callbacks: callbacks.as_ref().map(|c| c.to_vec()),
+            },
+            RecordKind::CallbackPut {
+                project,
+                name,
+                callback,
+            } => LineKind::CallbackPut {
+                project: project.clone(),
+                name: name.clone(),
+                callback: Callback::clone(callback),
+            },
+            RecordKind::CallbackRemoved { project, name } => LineKind::CallbackRemoved {
+                project: project.clone(),
+                name: name.clone(),
+            },
+            RecordKind::CallbackDisabled { machine, cause } => LineKind::CallbackDisabled {
+                project: machine.file.project.clone(),
+                file_id: machine.file.file_id.clone(),
+                callback: machine.callback.clone(),
+                cause: cause.0,
+            },
+            RecordKind::Ticked => LineKind::Tick,
+            RecordKind::AttemptFinished(r) => LineKind::Attempt {
+                project: r.machine.file.project.clone(),
+                file_id: r.machine.file.file_id.clone(),
+                callback: r.machine.callback.clone(),
+                delivery: r.delivery.0 .0,
+                attempt: r.attempt,
+                version: r.version.0,
+                outcome: r.outcome.into(),
+                latency_ms: r.latency_ms,
+                digest: r.digest,
+                detail: r.detail.clone(),
+            },
+            RecordKind::RedeliverRequested {
+                file,
+                callback,
+                version,
+            } => LineKind::Redeliver {
+                project: file.project.clone(),
+                file_id: file.file_id.clone(),
+                callback: callback.clone(),
+                version: version.map(|v| v.0),
+            },
+        };
+        Ok(Line {
+            seq: record.seq.0,
+            at: record.at.0,
+            time: rfc3339(record.at),
+            kind,
+        })
+    }
+
+    /// The record this line describes, and its snapshot for a change.
+    pub fn into_record(self) -> (Record, Option<Snapshot>) {
+        let mut snapshot = None;
+        let machine = |project, file_id, callback| MachineKey {
+            file: FileKey::new(project, file_id),
+            callback,
+        };
+        let kind = match self.kind {
+            LineKind::Change {
+                project,
+                file_id,
+                event,
+                file,
+                callbacks,
+            } => {
+                snapshot = Some(file);
+                RecordKind::ChangeAppended {
+                    file: FileKey::new(project, file_id),
+                    event,
+                    callbacks: callbacks.map(Arc::from),
+                }
+            }
+            LineKind::CallbackPut {
+                project,
+                name,
+                callback,
+            } => RecordKind::CallbackPut {
+                project,
+                name,
+                callback: Arc::new(callback),
+            },
+            LineKind::CallbackRemoved { project, name } => {
+                RecordKind::CallbackRemoved { project, name }
+            }
+            LineKind::CallbackDisabled {
+                project,
+                file_id,
+                callback,
+                cause,
+            } => RecordKind::CallbackDisabled {
+                machine: machine(project, file_id, callback),
+                cause: Seq(cause),
+            },
+            LineKind::Tick => RecordKind::Ticked,
+            LineKind::Attempt {
+                project,
+                file_id,
+                callback,
+                delivery,
+                attempt,
+                version,
+                outcome,
+                latency_ms,
+                digest,
+                detail,
+            } => RecordKind::AttemptFinished(AttemptReport {
+                machine: machine(project, file_id, callback),
+                delivery: DeliveryId(Seq(delivery)),
+                attempt,
+                version: Seq(version),
+                outcome: outcome.into(),
+                latency_ms,
+                digest,
+                detail,
+            }),
+            LineKind::Redeliver {
+                project,
+                file_id,
+                callback,
+                version,
+            } => RecordKind::RedeliverRequested {
+                file: FileKey::new(project, file_id),
+                callback,
+                version: version.map(Seq),
+            },
+        };
+        let record = Record {
+            seq: Seq(self.seq),
+            at: Timestamp(self.at),
+            kind,
+        };
+        (record, snapshot)
+    }
+}
+
+/// Lines per `append_stamped` call during an import.
+const IMPORT_BATCH: usize = 1000;
+
+impl Store {
+    /// Writes every durable record from `from` on as NDJSON; returns how many.
+    pub fn export(&self, from: Seq, out: &mut impl Write) -> Result<u64> {
+        let mut n = 0;
+        let mut buf = Vec::with_capacity(4096);
+        for record in self.records(from) {
+            let record = record?;
+            let snapshot = match record.kind {
+                RecordKind::ChangeAppended { .. } => Some(
+                    self.snapshot(record.seq)?
+                        .ok_or(Error::Missing { seq: record.seq })?,
+                ),
+                _ => None,
+            };
+            let line = Line::from_record(&record, snapshot.as_ref())?;
+            buf.clear();
+            serde_json::to_writer(&mut buf, &line).expect("a Line always serializes");
+            buf.push(b'\n');
+            out.write_all(&buf)
+                .map_err(Error::io("writing the export"))?;
+            n += 1;
+        }
+        out.flush().map_err(Error::io("writing the export"))?;
+        Ok(n)
+    }
+
+    /// Reads NDJSON lines and appends them with their own `seq` and `at`: they must
+    /// continue this log (the first numbered [`next_seq`](Self::next_seq)). Blank lines are
+    /// skipped. A bad line stops the import with its line number; the lines before it that
+    /// were appended stay (they are a valid prefix). Ends with [`Store::sync`]. Returns how
+    /// many records were appended; `progress` is called with that count as it grows.
+    pub fn import(&self, input: impl BufRead, mut progress: impl FnMut(u64)) -> Result<u64> {
+        let mut batch = Vec::with_capacity(IMPORT_BATCH);
+        let mut first_line = 0;
+        let mut n = 0;
+        let flush = |batch: &mut Vec<(Record, Option<Snapshot>)>, first_line: usize| {
+            if batch.is_empty() {
+                return Ok(0);
+            }
+            let count = batch.len() as u64;
+            self.append_stamped(std::mem::take(batch))
+                .map_err(|e| match e {
+                    Error::Rejected(why) => Error::Rejected(format!(
+                        "lines {first_line}–{}: {why}",
+                        first_line + count as usize - 1
+                    )),
+                    other => other,
+                })
+                .map(|_| count)
+        };
+        for (i, line) in input.lines().enumerate() {
+            let number = i + 1;
+            let line = line.map_err(Error::io(format!("reading line {number}")))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let parsed: Line = serde_json::from_str(&line)
+                .map_err(|e| Error::Rejected(format!("line {number}: {e}")))?;
+            if batch.is_empty() {
+                first_line = number;
+            }
+            batch.push(parsed.into_record());
+            if batch.len() == IMPORT_BATCH {
+                n += flush(&mut batch, first_line)?;
+                progress(n);
+            }
+        }
+        n += flush(&mut batch, first_line)?;
+        progress(n);
+        self.sync()?;
+        Ok(n)
+    }
+}
+
+mod callback_ref {
+    use cb_core::CallbackRef;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(c: &CallbackRef, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(c)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<CallbackRef, D::Error> {
+        let s = String::deserialize(d)?;
+        CallbackRef::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_callback_ref {
+    use cb_core::CallbackRef;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(c: &Option<CallbackRef>, s: S) -> Result<S::Ok, S::Error> {
+        match c {
+            Some(c) => s.collect_str(c),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CallbackRef>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => CallbackRef::parse(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The log's contract: what is appended reads back identical and in order, numbered densely,
+//! stamped monotonically, indexed per file, across reopen and concurrent appenders; damage
+//! and misuse get typed errors.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cb_core::{FileKey, Record, RecordKind, Seq, Snapshot, Timestamp};
+use cb_store::{Durability, Error, Input, Store};
+use proptest::prelude::*;
+use support::*;
+
+/// What the store should hold after `chunks` were appended one call each, the clock moved
+/// by `steps[i]` ms before call i (sometimes backwards).
+fn expected(chunks: &[Vec<Input>], stamps: &[Timestamp]) -> Vec<(Record, Option<Snapshot>)> {
+    let mut out = Vec::new();
+    let mut latest: HashMap<FileKey, Seq> = HashMap::new();
+    for (chunk, at) in chunks.iter().zip(stamps) {
+        for input in chunk {
+            let seq = Seq(out.len() as u64 + 1);
+            let (kind, body) = match input.clone() {
+                Input::Change(c) => {
+                    latest.insert(c.file.clone(), seq);
+                    (
+                        RecordKind::ChangeAppended {
+                            file: c.file,
+                            event: c.event,
+                            callbacks: c.callbacks,
+                        },
+                        Some(c.snapshot),
+                    )
+                }
+                Input::Record(RecordKind::RedeliverRequested { file, callback, .. }) => {
+                    let version = latest.get(&file).copied();
+                    (
+                        RecordKind::RedeliverRequested {
+                            file,
+                            callback,
+                            version,
+                        },
+                        None,
+                    )
+                }
+                Input::Record(kind) => (kind, None),
+            };
+            out.push((Record { seq, at: *at, kind }, body));
+        }
+    }
+    out
+}
+
+fn read_all(store: &Store) -> Vec<(Record, Option<Snapshot>)> {
+    store
+        .records(Seq(1))
+        .map(|r| {
+            let r = r.unwrap();
+            let body = store.snapshot(r.seq).unwrap();
+            (r, body)
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Any sequence of inputs, appended in any chunking, reads back identical and in
+    /// order — before and after a reopen — with dense numbers, monotonic stamps, the
+    /// redelivers' versions filled in, and a per-file index that agrees with a scan.
+    #[test]
+    fn round_trip(
+        chunks in prop::collection::vec(prop::collection::vec(input_strategy(), 1..6), 1..12),
+        steps in prop::collection::vec(-3_000i64..3_000, 12),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = VirtualClock::at(1_000_000);
+        let mut stamps = Vec::new();
+        {
+            let store = open(tmp.path(), &clock);
+            let mut last = Timestamp(0);
+            for (chunk, step) in chunks.iter().zip(&steps) {
+                clock.set((clock.now().0 as i64 + step) as u64);
+                let appended = store.append(chunk.clone()).unwrap();
+                prop_assert_eq!(appended.count, chunk.len() as u64);
+                prop_assert!(appended.at >= last, "stamps never go backwards");
+                last = appended.at;
+                stamps.push(appended.at);
+            }
+        }
+        let want = expected(&chunks, &stamps);
+        let store = open(tmp.path(), &clock);
+        let got = read_all(&store);
+        prop_assert_eq!(&got, &want);
+        prop_assert_eq!(store.next_seq(), Seq(want.len() as u64 + 1));
+
+        for f in 0..4 {
+            let key = file(f);
+            let scan: Vec<Seq> = want
+                .iter()
+                .filter(|(r, _)| match r.scope() {
+                    cb_core::Scope::File(k) => *k == key,
+                    cb_core::Scope::Project(p) => *p == key.project,
+                    cb_core::Scope::Global => false,
+                })
+                .map(|(r, _)| r.seq)
+                .collect();
+            prop_assert_eq!(store.file_seqs(&key).unwrap(), scan);
+            let latest = want
+                .iter()
+                .rev()
+                .find(|(r, _)| matches!(&r.kind, RecordKind::ChangeAppended { file, .. } if *file == key))
+                .map(|(r, _)| r.seq);
+            prop_assert_eq!(store.latest_version(&key).unwrap(), latest);
+        }
+
+        // The NDJSON interchange carries the same log into a new dir.
+        let mut text = Vec::new();
+        prop_assert_eq!(store.export(Seq(1), &mut text).unwrap(), want.len() as u64);
+        let other = tempfile::tempdir().unwrap();
+        let copy = open(other.path(), &VirtualClock::default());
+        prop_assert_eq!(copy.import(&text[..], |_| {}).unwrap(), want.len() as u64);
+        prop_assert_eq!(read_all(&copy), want);
+    }
+}
+
+#[test]
+fn concurrent_appenders_get_dense_numbers_and_their_own_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = VirtualClock::at(5);
+    let store = Store::open(tmp.path(), options(&clock, Durability::Sync)).unwrap();
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for i in 0..50u64 {
+                    let key = file(t);
+                    let n = 1 + (i % 3);
+                    let inputs = (0..n)
+                        .map(|j| change(key.clone(), EVENTS[0], seed_like(&key, i * 10 + j)))
+                        .collect();
+                    let a = store.append(inputs).unwrap();
+                    assert_eq!(a.count, n);
+                    mine.extend(a.seqs().zip((0..n).map(move |j| i * 10 + j)));
+                }
+                (t, mine)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for th in threads {
+        let (t, mine) = th.join().unwrap();
+        let key = file(t);
+        for (seq, n) in &mine {
+            assert_eq!(store.snapshot(*seq).unwrap(), Some(seed_like(&key, *n)));
+            let r = store.record(*seq).unwrap().unwrap();
+            assert!(matches!(r.kind, RecordKind::ChangeAppended { ref file, .. } if *file == key));
+        }
+        all.extend(mine.into_iter().map(|(s, _)| s));
+    }
+    all.sort();
+    let dense: Vec<Seq> = (1..=all.len() as u64).map(Seq).collect();
+    assert_eq!(all, dense, "every number handed out once, none skipped");
+    assert_eq!(store.last_seq(), Some(Seq(all.len() as u64)));
+}
+
+#[test]
+fn numbering_and_time_continue_after_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = VirtualClock::at(10_000);
+    {
+        let store = open(tmp.path(), &clock);
+        store
+            .append(vec![Input::Record(RecordKind::Ticked)])
+            .unwrap();
+    }
+    clock.set(500); // the wall clock went backwards across the restart
+    let store = open(tmp.path(), &clock);
+    let a = store
+        .append(vec![Input::Record(RecordKind::Ticked)])
+        .unwrap();
+    assert_eq!(a.first, Seq(2));
+    assert_eq!(a.at, Timestamp(10_000));
+}
+
+#[test]
+fn a_change_without_its_snapshot_and_an_empty_append_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), &VirtualClock::default());
+    let err = store
+        .append(vec![Input::Record(RecordKind::ChangeAppended {
+            file: file(0),
+            event: EVENTS[0],
+            callbacks: None,
+        })])
+        .unwrap_err();
+    assert!(matches!(err, Error::Rejected(_)), "{err}");
+    assert!(matches!(store.append(vec![]), Err(Error::Rejected(_))));
+    assert_eq!(store.last_seq(), None, "nothing appended");
+}
+
+#[test]
+fn stamped_records_must_continue_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), &VirtualClock::default());
+    let tick = |seq, at| {
+        (
+            Record {
+                seq: Seq(seq),
+                at: Timestamp(at),
+                kind: RecordKind::Ticked,
+            },
+            None,
+        )
+    };
+    let err = store.append_stamped(vec![tick(2, 10)]).unwrap_err();
+    assert!(
+        err.to_string().contains("next sequence number is 1"),
+        "{err}"
+    );
+    store
+        .append_stamped(vec![tick(1, 10), tick(2, 20)])
+        .unwrap();
+    let err = store.append_stamped(vec![tick(3, 19)]).unwrap_err();
+    assert!(
+        err.to_string().contains("before the previous record"),
+        "{err}"
+    );
+    let err = store
+        .append_stamped(vec![(
+            tick(3, 20).0,
+            Some(Snapshot::builder().finish().unwrap()),
+        )])
+        .unwrap_err();
+    assert!(err.to_string().contains("needs its snapshot"), "{err}");
+    assert_eq!(store.last_seq(), Some(Seq(2)));
+}
+
+/// Opens the store's sled tree directly, as damage from outside would.
+fn with_raw_tree(dir: &std::path::Path, f: impl FnOnce(&sled::Tree)) {
+    let db = sled::open(dir.join("log")).unwrap();
+    let tree = db.open_tree("cb").unwrap();
+    f(&tree);
+    db.flush().unwrap();
+}
+
+fn log_key(seq: u64) -> Vec<u8> {
+    let mut k = vec![b'L'];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+#[test]
+fn a_corrupt_or_truncated_record_is_named_by_its_seq() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = open(tmp.path(), &VirtualClock::default());
+        for i in 0..5 {
+            let key = file(i);
+            store
+                .append(vec![change(key.clone(), EVENTS[0], seed_like(&key, i))])
+                .unwrap();
+        }
+    }
+    with_raw_tree(tmp.path(), |tree| {
+        let mut v = tree.get(log_key(2)).unwrap().unwrap().to_vec();
+        let mid = v.len() / 2;
+        v[mid] ^= 0x40;
+        tree.insert(log_key(2), v).unwrap();
+        let v = tree.get(log_key(4)).unwrap().unwrap().to_vec();
+        tree.insert(log_key(4), &v[..v.len() - 3]).unwrap();
+    });
+    let store = open(tmp.path(), &VirtualClock::default());
+    let results: Vec<_> = store.records(Seq(1)).collect();
+    assert!(results[0].is_ok() && results[2].is_ok() && results[4].is_ok());
+    for (i, seq) in [(1, 2), (3, 4)] {
+        match &results[i] {
+            Err(Error::Corrupt { seq: s, .. }) => assert_eq!(*s, Seq(seq)),
+            other => panic!("record {seq}: expected Corrupt, got {other:?}"),
+        }
+    }
+    assert!(store.record(Seq(2)).is_err());
+    drop(store);
+
+    // Damage to the last record is found at open: the store cannot continue the log.
+    with_raw_tree(tmp.path(), |tree| {
+        tree.insert(log_key(5), &b"\x00\x01"[..]).unwrap();
+    });
+    let err = Store::open(tmp.path(), Default::default())
+        .err()
+        .expect("refused");
+    assert!(matches!(err, Error::Corrupt { seq: Seq(5), .. }), "{err}");
+}
+
+#[test]
+fn a_data_dir_of_another_format_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(open(tmp.path(), &VirtualClock::default()));
+    with_raw_tree(tmp.path(), |tree| {
+        tree.insert("Mformat", &99u32.to_le_bytes()).unwrap();
+    });
+    let err = Store::open(tmp.path(), Default::default())
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&err, Error::UnknownFormat { found, supported: 1, .. } if found == "99"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_locked_data_dir_is_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _held = open(tmp.path(), &VirtualClock::default());
+    let t0 = std::time::Instant::now();
+    let err = Store::open(tmp.path(), Default::default())
+        .err()
+        .expect("refused");
+    assert!(t0.elapsed() < std::time::Duration::from_millis(500));
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("is cbd running?"));
+}
+
+#[test]
+fn the_commit_hook_sees_every_record_once_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let options = cb_store::StoreOptions {
+        durability: Durability::Buffered,
+        on_commit: Some(Box::new(move |records: &[Record]| {
+            sink.lock().unwrap().extend(records.iter().map(|r| r.seq));
+        })),
+        ..Default::default()
+    };
+    let store = Store::open(tmp.path(), options).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    store
+                        .append(vec![Input::Record(RecordKind::Ticked)])
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(store);
+    let seen = seen.lock().unwrap();
+    assert_eq!(*seen, (1..=400).map(Seq).collect::<Vec<_>>());
+}
