@@ -7,7 +7,7 @@
 //! "CBCHECKP"  8 bytes, magic
 //! format      u32 LE, the log format (codec::FORMAT_VERSION)
 //! seq         u64 LE, the last record folded into it
-//! anchor      u32 LE, the CRC-32 of that record's stored bytes in the log
+//! anchor      u32 LE, the CRC-32 stored in that record's frame in the log
 //! length      u64 LE, the frame's length (so a truncated file says so)
 //! frame       CRC-32 + bincode of cb_core::Checkpoint (codec.rs)
 //! ```
@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 
 use cb_core::{Checkpoint, Core, Seq};
 
-use crate::codec::{self, FORMAT_VERSION, LOG};
+use crate::codec::{self, FORMAT_VERSION};
 use crate::dir::sync_dir;
 use crate::error::{Error, Result};
 use crate::log::Store;
@@ -228,14 +228,12 @@ impl Store {
         Ok(cp)
     }
 
-    /// The CRC-32 of the stored bytes of durable record `seq`.
+    /// The CRC-32 in the frame of durable record `seq`: it differs between two logs whose
+    /// record `seq` differs.
     fn anchor(&self, seq: Seq) -> Result<Option<u32>> {
-        if self.last_seq().is_none_or(|tip| seq > tip) {
-            return Ok(None);
-        }
         Ok(self
-            .raw(codec::seq_key(LOG, seq))?
-            .map(|bytes| crc32fast::hash(&bytes)))
+            .record_frame(seq)?
+            .and_then(|frame| codec::frame_crc(&frame)))
     }
 }
 

@@ -1,23 +1,34 @@
-//! The on-disk form: sled keys and checksummed bincode frames.
+//! The on-disk form: sled keys, chunks of records and bodies, checksummed bincode frames.
 //!
-//! Everything lives in one sled tree, so that one `apply_batch` writes a group of records,
-//! their bodies and their index entries atomically. A one-byte prefix keeps each kind of key
+//! Everything lives in one sled tree, so that one `apply_batch` writes a group commit's
+//! records, bodies and index entries atomically. A one-byte prefix keeps each kind of key
 //! in its own contiguous range, and sequence numbers are big-endian so that byte order is
 //! log order:
 //!
 //! | key | value |
 //! |---|---|
-//! | `L` seq | frame of the [`Record`] (no snapshot body: replay never reads bodies) |
-//! | `B` seq | frame of the [`Snapshot`] that change `seq` appended |
+//! | `R` first_seq | a chunk of consecutive records from `first_seq` (no snapshot bodies) |
+//! | `B` first_seq | a chunk of snapshot bodies of changes, the first being change `first_seq` |
 //! | `F` project `\0` file_id `\0` seq | one [`IndexTag`] byte: the file's records |
 //! | `P` project `\0` seq | one [`IndexTag`] byte: the project's records |
 //! | `M` name | store metadata (the format version) |
 //!
 //! Ids cannot contain `\0` (SPEC §3 grammars), so the separators are unambiguous.
 //!
-//! A frame is the CRC-32 of the payload (4 bytes, little-endian) followed by the payload,
-//! bincode 2 with its standard configuration. sled checksums its own log too; ours also
-//! catches a value written by something other than this code, and names the record.
+//! **Why chunks**: sled's cost is per key (several microseconds an insert), not per byte, so
+//! a group commit writes its records as a few chunks of up to [`CHUNK_BUDGET`] bytes rather
+//! than one key each; the budget keeps a chunk under sled's inline limit (a quarter of its
+//! 512 KiB segment), so chunks never become separate blob files. Replay reads a chunk and
+//! decodes its records in a row; one record is found with a range lookup of the chunk that
+//! starts at or before it. Records and bodies are chunked apart so that replay never reads
+//! a body.
+//!
+//! A **frame** is the CRC-32 of the payload (4 bytes, little-endian) followed by the payload,
+//! bincode 2 with its standard configuration. Every record and every body has its own
+//! frame, so damage is named by sequence number. A records chunk is `count: u32` then, per
+//! record, `len: u32` and the frame; a bodies chunk is `count: u32` then, per body,
+//! `seq: u64`, `len: u32` and the frame (all little-endian). sled checksums its own log too;
+//! ours also catches a value written by something other than this code.
 
 use cb_core::{FileKey, ProjectId, Record, RecordKind, Seq, Snapshot};
 use serde::{de::DeserializeOwned, Serialize};
@@ -26,10 +37,12 @@ use crate::error::{Error, Result};
 
 /// The log format this build reads and writes. Bump it whenever a record's encoding
 /// changes; a store with another number refuses to open rather than misread.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
-pub(crate) const LOG: u8 = b'L';
-pub(crate) const BODY: u8 = b'B';
+pub(crate) const RECORDS: u8 = b'R';
+pub(crate) const BODIES: u8 = b'B';
+/// The most bytes of frames one chunk takes (an entry larger than this gets a chunk alone).
+pub const CHUNK_BUDGET: usize = 96 * 1024;
 pub(crate) const FILE_INDEX: u8 = b'F';
 pub(crate) const PROJECT_INDEX: u8 = b'P';
 pub(crate) const FORMAT_KEY: &[u8] = b"Mformat";
@@ -145,13 +158,14 @@ pub(crate) fn encode_record(record: &Record) -> Vec<u8> {
     frame(record)
 }
 
-/// Decodes the record stored under `seq`, and checks that it says it is that record.
+/// Decodes the record framed as `bytes` at position `seq`, and checks that it says it is
+/// that record.
 pub(crate) fn decode_record(seq: Seq, bytes: &[u8]) -> Result<Record> {
     let record: Record = unframe(bytes).map_err(|reason| Error::Corrupt { seq, reason })?;
     if record.seq != seq {
         return Err(Error::Corrupt {
             seq,
-            reason: format!("stored under {seq} but says it is {}", record.seq),
+            reason: format!("stored as {seq} but says it is {}", record.seq),
         });
     }
     Ok(record)
@@ -166,6 +180,162 @@ pub(crate) fn decode_body(seq: Seq, bytes: &[u8]) -> Result<Snapshot> {
         seq,
         reason: format!("snapshot body: {reason}"),
     })
+}
+
+/// The CRC-32 stored at the head of a frame.
+pub(crate) fn frame_crc(frame: &[u8]) -> Option<u32> {
+    frame.first_chunk::<4>().map(|c| u32::from_le_bytes(*c))
+}
+
+/// Packs consecutive framed records, the first numbered `first`, into chunks of at most
+/// [`CHUNK_BUDGET`] bytes; returns each chunk with its first seq.
+pub(crate) fn records_chunks(first: Seq, frames: &[Vec<u8>]) -> Vec<(Seq, Vec<u8>)> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while start < frames.len() {
+        let mut end = start;
+        let mut size = 0;
+        while end < frames.len() && (end == start || size + frames[end].len() <= CHUNK_BUDGET) {
+            size += frames[end].len();
+            end += 1;
+        }
+        let mut buf = Vec::with_capacity(4 + size + 4 * (end - start));
+        buf.extend_from_slice(&u32::try_from(end - start).expect("bounded").to_le_bytes());
+        for f in &frames[start..end] {
+            buf.extend_from_slice(
+                &u32::try_from(f.len())
+                    .expect("frames < 4 GiB")
+                    .to_le_bytes(),
+            );
+            buf.extend_from_slice(f);
+        }
+        chunks.push((Seq(first.0 + start as u64), buf));
+        start = end;
+    }
+    chunks
+}
+
+/// Packs framed bodies (with their changes' seqs, increasing) into chunks of at most
+/// [`CHUNK_BUDGET`] bytes; returns each chunk with its first seq.
+pub(crate) fn bodies_chunks(bodies: &[(Seq, Vec<u8>)]) -> Vec<(Seq, Vec<u8>)> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while start < bodies.len() {
+        let mut end = start;
+        let mut size = 0;
+        while end < bodies.len() && (end == start || size + bodies[end].1.len() <= CHUNK_BUDGET) {
+            size += bodies[end].1.len();
+            end += 1;
+        }
+        let mut buf = Vec::with_capacity(4 + size + 12 * (end - start));
+        buf.extend_from_slice(&u32::try_from(end - start).expect("bounded").to_le_bytes());
+        for (seq, f) in &bodies[start..end] {
+            buf.extend_from_slice(&seq.0.to_le_bytes());
+            buf.extend_from_slice(
+                &u32::try_from(f.len())
+                    .expect("frames < 4 GiB")
+                    .to_le_bytes(),
+            );
+            buf.extend_from_slice(f);
+        }
+        chunks.push((bodies[start].0, buf));
+        start = end;
+    }
+    chunks
+}
+
+/// A cursor over the frames of a records chunk, yielding `(seq, frame)`.
+pub(crate) struct RecordFrames<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    next_seq: Seq,
+    left: u32,
+}
+
+impl<'a> RecordFrames<'a> {
+    /// Starts reading the chunk stored under `first`.
+    pub(crate) fn new(first: Seq, bytes: &'a [u8]) -> Result<RecordFrames<'a>> {
+        let count = bytes
+            .first_chunk::<4>()
+            .map(|c| u32::from_le_bytes(*c))
+            .ok_or_else(|| Error::Corrupt {
+                seq: first,
+                reason: format!("records chunk of {} bytes has no header", bytes.len()),
+            })?;
+        Ok(RecordFrames {
+            bytes,
+            at: 4,
+            next_seq: first,
+            left: count,
+        })
+    }
+}
+
+impl<'a> Iterator for RecordFrames<'a> {
+    type Item = Result<(Seq, &'a [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        let seq = self.next_seq;
+        let entry = take_entry(self.bytes, self.at, 0);
+        match entry {
+            Ok((frame, next)) => {
+                self.at = next;
+                self.left -= 1;
+                self.next_seq = Seq(seq.0 + 1);
+                Some(Ok((seq, frame)))
+            }
+            Err(reason) => {
+                // The chunk's structure is broken: nothing after this point can be located.
+                self.left = 0;
+                Some(Err(Error::Corrupt { seq, reason }))
+            }
+        }
+    }
+}
+
+/// Finds change `seq`'s body frame in the bodies chunk stored under `first`.
+pub(crate) fn find_body(first: Seq, bytes: &[u8], seq: Seq) -> Result<Option<&[u8]>> {
+    let corrupt = |reason| Error::Corrupt { seq, reason };
+    let count = bytes
+        .first_chunk::<4>()
+        .map(|c| u32::from_le_bytes(*c))
+        .ok_or_else(|| corrupt(format!("bodies chunk {first} has no header")))?;
+    let mut at = 4;
+    for _ in 0..count {
+        let (frame, next) =
+            take_entry(bytes, at, 8).map_err(|r| corrupt(format!("bodies chunk {first}: {r}")))?;
+        let this = Seq(u64::from_le_bytes(
+            bytes[at..at + 8].try_into().expect("checked by take_entry"),
+        ));
+        if this == seq {
+            return Ok(Some(frame));
+        }
+        if this > seq {
+            break;
+        }
+        at = next;
+    }
+    Ok(None)
+}
+
+/// Reads one entry at `at`: `skip` bytes (a seq), a `u32` length, then that many bytes.
+fn take_entry(bytes: &[u8], at: usize, skip: usize) -> std::result::Result<(&[u8], usize), String> {
+    let len_at = at + skip;
+    let len = bytes
+        .get(len_at..len_at + 4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+        .ok_or_else(|| format!("chunk truncated at byte {at} of {}", bytes.len()))?;
+    let start = len_at + 4;
+    let frame = bytes.get(start..start + len).ok_or_else(|| {
+        format!(
+            "chunk truncated: an entry of {len} bytes at byte {start}, the chunk has {}",
+            bytes.len()
+        )
+    })?;
+    Ok((frame, start + len))
 }
 
 /// Frames any serde value (checkpoints use the same frame as records).
@@ -183,10 +353,18 @@ mod tests {
     use super::*;
     use cb_core::Timestamp;
 
+    fn tick(seq: u64) -> Record {
+        Record {
+            seq: Seq(seq),
+            at: Timestamp(1),
+            kind: RecordKind::Ticked,
+        }
+    }
+
     #[test]
     fn keys_sort_in_log_order() {
-        let a = seq_key(LOG, Seq(255));
-        let b = seq_key(LOG, Seq(256));
+        let a = seq_key(RECORDS, Seq(255));
+        let b = seq_key(RECORDS, Seq(256));
         assert!(a < b);
         assert_eq!(seq_of_key(&b), Some(Seq(256)));
         let file = FileKey::parse("p/f").unwrap();
@@ -196,12 +374,43 @@ mod tests {
     }
 
     #[test]
+    fn chunks_split_at_the_budget_and_read_back_in_order() {
+        let frames: Vec<Vec<u8>> = (10..110).map(|s| encode_record(&tick(s))).collect();
+        let per = frames[0].len() + 4;
+        let chunks = records_chunks(Seq(10), &frames);
+        assert_eq!(chunks.len(), 1, "{per} bytes a record fit one chunk");
+        let mut seqs = Vec::new();
+        for (first, bytes) in &chunks {
+            for entry in RecordFrames::new(*first, bytes).unwrap() {
+                let (seq, frame) = entry.unwrap();
+                assert_eq!(decode_record(seq, frame).unwrap(), tick(seq.0));
+                seqs.push(seq.0);
+            }
+        }
+        assert_eq!(seqs, (10..110).collect::<Vec<_>>());
+
+        let big = vec![vec![0u8; CHUNK_BUDGET / 2 + 1]; 3];
+        let chunks = records_chunks(Seq(1), &big);
+        assert_eq!(
+            chunks.iter().map(|c| c.0).collect::<Vec<_>>(),
+            [Seq(1), Seq(2), Seq(3)]
+        );
+        let bodies: Vec<(Seq, Vec<u8>)> = vec![(Seq(4), vec![1; 10]), (Seq(9), vec![2; 20])];
+        let chunks = bodies_chunks(&bodies);
+        assert_eq!(chunks.len(), 1);
+        let (first, bytes) = &chunks[0];
+        assert_eq!(*first, Seq(4));
+        assert_eq!(
+            find_body(*first, bytes, Seq(9)).unwrap(),
+            Some(&[2u8; 20][..])
+        );
+        assert_eq!(find_body(*first, bytes, Seq(5)).unwrap(), None);
+        assert!(find_body(*first, &bytes[..bytes.len() - 1], Seq(9)).is_err());
+    }
+
+    #[test]
     fn a_flipped_bit_is_named_by_seq() {
-        let r = Record {
-            seq: Seq(42),
-            at: Timestamp(1),
-            kind: RecordKind::Ticked,
-        };
+        let r = tick(42);
         let mut bytes = encode_record(&r);
         assert_eq!(decode_record(Seq(42), &bytes).unwrap(), r);
         let last = bytes.len() - 1;
@@ -215,5 +424,13 @@ mod tests {
         assert!(matches!(err, Error::Corrupt { seq: Seq(42), .. }), "{err}");
         let err = decode_record(Seq(43), &encode_record(&r)).unwrap_err();
         assert!(err.to_string().contains("says it is 42"), "{err}");
+
+        let chunk = &records_chunks(Seq(42), &[encode_record(&r), encode_record(&tick(43))])[0].1;
+        let cut = &chunk[..chunk.len() - 2];
+        let entries: Vec<_> = RecordFrames::new(Seq(42), cut).unwrap().collect();
+        assert!(entries[0].is_ok());
+        assert!(
+            matches!(&entries[1], Err(Error::Corrupt { seq: Seq(43), reason }) if reason.contains("truncated"))
+        );
     }
 }

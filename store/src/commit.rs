@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use cb_core::{FileKey, Record, RecordKind, Scope, Seq, Timestamp};
 
-use crate::codec::{self, IndexTag, BODY, LOG};
+use crate::codec::{self, IndexTag, BODIES, RECORDS};
 use crate::dir::sync_dir;
 use crate::error::{Error, Result};
 use crate::log::{latest_version_in, Appended, CommitHook, Durability};
@@ -56,6 +56,17 @@ impl Batch {
 pub(crate) struct Prepared {
     pub(crate) kind: RecordKind,
     pub(crate) body: Option<Vec<u8>>,
+}
+
+/// One group's records on their way into chunks.
+#[derive(Default)]
+struct Staging {
+    records: Vec<Record>,
+    /// Invariant: `frames[i]` is `records[i]` framed; they are consecutive from the group's
+    /// first seq.
+    frames: Vec<Vec<u8>>,
+    /// Framed bodies of the group's changes, by seq.
+    bodies: Vec<(Seq, Vec<u8>)>,
 }
 
 /// What the committer needs besides the queue.
@@ -108,17 +119,17 @@ impl Committer {
         let (first_of_group, at_before) = (self.next, self.last_at);
         let at = self.last_at.max((self.clock)());
         let mut batch = sled::Batch::default();
-        let mut records: Vec<Record> = Vec::new();
+        let mut staging = Staging::default();
         // Versions of files changed earlier in this group, not yet readable from the tree.
         let mut staged_versions: HashMap<FileKey, Seq> = HashMap::new();
         let mut accepted: Vec<(Reply, Appended)> = Vec::with_capacity(group.len());
         for req in group.drain(..) {
             let staged = match req.batch {
                 Batch::Fresh(items) => {
-                    self.stage_fresh(items, at, &mut batch, &mut records, &mut staged_versions)
+                    self.stage_fresh(items, at, &mut batch, &mut staging, &mut staged_versions)
                 }
                 Batch::Stamped(items) => {
-                    self.stage_stamped(items, &mut batch, &mut records, &mut staged_versions)
+                    self.stage_stamped(items, &mut batch, &mut staging, &mut staged_versions)
                 }
             };
             match staged {
@@ -126,9 +137,16 @@ impl Committer {
                 Err(e) => (req.reply)(Err(e)),
             }
         }
-        if records.is_empty() {
+        if staging.records.is_empty() {
             return;
         }
+        for (first, chunk) in codec::records_chunks(first_of_group, &staging.frames) {
+            batch.insert(&codec::seq_key(RECORDS, first), chunk);
+        }
+        for (first, chunk) in codec::bodies_chunks(&staging.bodies) {
+            batch.insert(&codec::seq_key(BODIES, first), chunk);
+        }
+        let records = staging.records;
         let written = self
             .tree
             .apply_batch(batch)
@@ -161,7 +179,7 @@ impl Committer {
         items: Vec<Prepared>,
         at: Timestamp,
         batch: &mut sled::Batch,
-        records: &mut Vec<Record>,
+        staging: &mut Staging,
         staged_versions: &mut HashMap<FileKey, Seq>,
     ) -> Result<Appended> {
         let first = self.next;
@@ -199,7 +217,7 @@ impl Committer {
                 at,
                 kind,
             };
-            self.stage(record, body, batch, records, staged_versions);
+            self.stage(record, body, batch, staging, staged_versions);
         }
         self.last_at = at;
         Ok(Appended {
@@ -213,7 +231,7 @@ impl Committer {
         &mut self,
         items: Vec<(Record, Option<Vec<u8>>)>,
         batch: &mut sled::Batch,
-        records: &mut Vec<Record>,
+        staging: &mut Staging,
         staged_versions: &mut HashMap<FileKey, Seq>,
     ) -> Result<Appended> {
         let first = self.next;
@@ -243,7 +261,7 @@ impl Committer {
         }
         let at = items.last().map_or(self.last_at, |(r, _)| r.at);
         for (record, body) in items {
-            self.stage(record, body, batch, records, staged_versions);
+            self.stage(record, body, batch, staging, staged_versions);
         }
         self.last_at = last_at;
         Ok(Appended {
@@ -258,14 +276,14 @@ impl Committer {
         record: Record,
         body: Option<Vec<u8>>,
         batch: &mut sled::Batch,
-        records: &mut Vec<Record>,
+        staging: &mut Staging,
         staged_versions: &mut HashMap<FileKey, Seq>,
     ) {
         assert_eq!(record.seq, self.next, "sequence numbers are dense");
         let seq = record.seq;
-        batch.insert(&codec::seq_key(LOG, seq), codec::encode_record(&record));
+        staging.frames.push(codec::encode_record(&record));
         if let Some(body) = body {
-            batch.insert(&codec::seq_key(BODY, seq), body);
+            staging.bodies.push((seq, body));
         }
         if let Some(tag) = IndexTag::of(&record.kind) {
             let key = match record.scope() {
@@ -281,7 +299,7 @@ impl Committer {
             staged_versions.insert(file.clone(), seq);
         }
         self.next = Seq(seq.0 + 1);
-        records.push(record);
+        staging.records.push(record);
     }
 
     fn make_durable(&mut self) -> Result<()> {

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cb_core::{EventKind, FileCallback, FileKey, Record, RecordKind, Seq, Snapshot, Timestamp};
 
-use crate::codec::{self, IndexTag, BODY, FORMAT_KEY, FORMAT_VERSION, LOG};
+use crate::codec::{self, IndexTag, RecordFrames, BODIES, FORMAT_KEY, FORMAT_VERSION, RECORDS};
 use crate::commit::{Batch, Committer, Prepared, Request};
 use crate::dir::{sync_dir, DataDir};
 use crate::error::{Error, Result};
@@ -337,34 +337,58 @@ impl Store {
         to: Seq,
     ) -> impl Iterator<Item = Result<Record>> + 'static {
         let to = to.min(Seq(self.shared.tip.load(Ordering::Acquire)));
-        self.shared
-            .tree
-            .range(codec::seq_key(LOG, from)..=codec::seq_key(LOG, to))
-            .map(|entry| {
-                let (key, value) = entry?;
-                let seq = codec::seq_of_key(&key).expect("log keys end with a seq");
-                codec::decode_record(seq, &value)
-            })
+        let start = match chunk_at_or_before(&self.shared.tree, RECORDS, from) {
+            Ok(Some((first, _))) => first,
+            Ok(None) => from,
+            Err(e) => return Records::failed(e),
+        };
+        Records {
+            chunks: Some(
+                self.shared
+                    .tree
+                    .range(codec::seq_key(RECORDS, start)..=codec::seq_key(RECORDS, to)),
+            ),
+            decoded: std::collections::VecDeque::new(),
+            from,
+            to,
+        }
     }
 
     /// One durable record.
     pub fn record(&self, seq: Seq) -> Result<Option<Record>> {
-        if seq.0 > self.shared.tip.load(Ordering::Acquire) {
-            return Ok(None);
-        }
-        match self.shared.tree.get(codec::seq_key(LOG, seq))? {
-            Some(bytes) => codec::decode_record(seq, &bytes).map(Some),
+        match self.record_frame(seq)? {
+            Some(frame) => codec::decode_record(seq, &frame).map(Some),
             None => Ok(None),
         }
     }
 
-    /// The snapshot that change `version` appended (`None` if `version` is not a change).
-    pub fn snapshot(&self, version: Seq) -> Result<Option<Snapshot>> {
-        if version.0 > self.shared.tip.load(Ordering::Acquire) {
+    /// The stored frame of durable record `seq`.
+    pub(crate) fn record_frame(&self, seq: Seq) -> Result<Option<Vec<u8>>> {
+        if seq.0 == 0 || seq.0 > self.shared.tip.load(Ordering::Acquire) {
             return Ok(None);
         }
-        match self.shared.tree.get(codec::seq_key(BODY, version))? {
-            Some(bytes) => codec::decode_body(version, &bytes).map(Some),
+        let Some((first, chunk)) = chunk_at_or_before(&self.shared.tree, RECORDS, seq)? else {
+            return Ok(None);
+        };
+        for entry in RecordFrames::new(first, &chunk)? {
+            let (this, frame) = entry?;
+            if this == seq {
+                return Ok(Some(frame.to_vec()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The snapshot that change `version` appended (`None` if `version` is not a change).
+    pub fn snapshot(&self, version: Seq) -> Result<Option<Snapshot>> {
+        if version.0 == 0 || version.0 > self.shared.tip.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let Some((first, chunk)) = chunk_at_or_before(&self.shared.tree, BODIES, version)? else {
+            return Ok(None);
+        };
+        match codec::find_body(first, &chunk, version)? {
+            Some(frame) => codec::decode_body(version, frame).map(Some),
             None => Ok(None),
         }
     }
@@ -411,11 +435,6 @@ impl Store {
             Some(seq) => self.record(seq),
             None => Ok(None),
         }
-    }
-
-    /// The stored bytes under `key`, undecoded.
-    pub(crate) fn raw(&self, key: impl AsRef<[u8]>) -> Result<Option<sled::IVec>> {
-        Ok(self.shared.tree.get(key)?)
     }
 
     /// sled's size on disk, in bytes.
@@ -495,15 +514,84 @@ fn check_format(dir: &DataDir, tree: &sled::Tree) -> Result<()> {
 }
 
 fn last_record(tree: &sled::Tree) -> Result<Option<Record>> {
+    let Some((first, chunk)) = chunk_at_or_before(tree, RECORDS, Seq(u64::MAX))? else {
+        return Ok(None);
+    };
+    let mut last = None;
+    for entry in RecordFrames::new(first, &chunk)? {
+        let (seq, frame) = entry?;
+        last = Some(codec::decode_record(seq, frame)?);
+    }
+    Ok(last)
+}
+
+/// The chunk of `prefix` kind whose first seq is the greatest at or before `seq`.
+fn chunk_at_or_before(
+    tree: &sled::Tree,
+    prefix: u8,
+    seq: Seq,
+) -> Result<Option<(Seq, sled::IVec)>> {
     match tree
-        .range(codec::seq_key(LOG, Seq(0))..=codec::seq_key(LOG, Seq(u64::MAX)))
+        .range(codec::seq_key(prefix, Seq(0))..=codec::seq_key(prefix, seq))
         .next_back()
     {
         Some(entry) => {
             let (key, value) = entry?;
-            let seq = codec::seq_of_key(&key).expect("log keys end with a seq");
-            codec::decode_record(seq, &value).map(Some)
+            let first = codec::seq_of_key(&key).expect("chunk keys end with a seq");
+            Ok(Some((first, value)))
         }
         None => Ok(None),
+    }
+}
+
+/// Iterates records chunk by chunk, decoding each chunk's records in a row.
+struct Records {
+    chunks: Option<sled::Iter>,
+    decoded: std::collections::VecDeque<Result<Record>>,
+    from: Seq,
+    to: Seq,
+}
+
+impl Records {
+    fn failed(e: Error) -> Records {
+        Records {
+            chunks: None,
+            decoded: [Err(e)].into(),
+            from: Seq(0),
+            to: Seq(u64::MAX),
+        }
+    }
+
+    fn decode_chunk(&mut self, entry: sled::Result<(sled::IVec, sled::IVec)>) {
+        let (key, chunk) = match entry {
+            Ok(kv) => kv,
+            Err(e) => return self.decoded.push_back(Err(e.into())),
+        };
+        let first = codec::seq_of_key(&key).expect("chunk keys end with a seq");
+        let frames = match RecordFrames::new(first, &chunk) {
+            Ok(frames) => frames,
+            Err(e) => return self.decoded.push_back(Err(e)),
+        };
+        for entry in frames {
+            match entry {
+                Ok((seq, _)) if seq < self.from || seq > self.to => {}
+                Ok((seq, frame)) => self.decoded.push_back(codec::decode_record(seq, frame)),
+                Err(e) => self.decoded.push_back(Err(e)),
+            }
+        }
+    }
+}
+
+impl Iterator for Records {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        loop {
+            if let Some(r) = self.decoded.pop_front() {
+                return Some(r);
+            }
+            let entry = self.chunks.as_mut()?.next()?;
+            self.decode_chunk(entry);
+        }
     }
 }

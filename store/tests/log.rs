@@ -72,6 +72,7 @@ proptest! {
     fn round_trip(
         chunks in prop::collection::vec(prop::collection::vec(input_strategy(), 1..6), 1..12),
         steps in prop::collection::vec(-3_000i64..3_000, 12),
+        from_pick in any::<prop::sample::Index>(),
     ) {
         let tmp = tempfile::tempdir().unwrap();
         let clock = VirtualClock::at(1_000_000);
@@ -92,6 +93,13 @@ proptest! {
         let store = open(tmp.path(), &clock);
         let got = read_all(&store);
         prop_assert_eq!(&got, &want);
+        // Reading from any point, mid-chunk included, gives the same tail.
+        let from = 1 + from_pick.index(want.len()) as u64;
+        let tail: Vec<Record> = store.records(Seq(from)).map(|r| r.unwrap()).collect();
+        let want_tail: Vec<Record> = want[from as usize - 1..].iter().map(|(r, _)| r.clone()).collect();
+        prop_assert_eq!(tail, want_tail);
+        let one: Vec<Record> = store.records_between(Seq(from), Seq(from)).map(|r| r.unwrap()).collect();
+        prop_assert_eq!(one, vec![want[from as usize - 1].0.clone()]);
         prop_assert_eq!(store.next_seq(), Seq(want.len() as u64 + 1));
 
         for f in 0..4 {
@@ -245,8 +253,10 @@ fn with_raw_tree(dir: &std::path::Path, f: impl FnOnce(&sled::Tree)) {
     db.flush().unwrap();
 }
 
+/// The key of the records chunk starting at `seq` (each append below is its own group, so
+/// its own chunk).
 fn log_key(seq: u64) -> Vec<u8> {
-    let mut k = vec![b'L'];
+    let mut k = vec![b'R'];
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
@@ -265,8 +275,8 @@ fn a_corrupt_or_truncated_record_is_named_by_its_seq() {
     }
     with_raw_tree(tmp.path(), |tree| {
         let mut v = tree.get(log_key(2)).unwrap().unwrap().to_vec();
-        let mid = v.len() / 2;
-        v[mid] ^= 0x40;
+        let inside = v.len() - 5; // within the record's frame
+        v[inside] ^= 0x40;
         tree.insert(log_key(2), v).unwrap();
         let v = tree.get(log_key(4)).unwrap().unwrap().to_vec();
         tree.insert(log_key(4), &v[..v.len() - 3]).unwrap();
@@ -285,7 +295,8 @@ fn a_corrupt_or_truncated_record_is_named_by_its_seq() {
 
     // Damage to the last record is found at open: the store cannot continue the log.
     with_raw_tree(tmp.path(), |tree| {
-        tree.insert(log_key(5), &b"\x00\x01"[..]).unwrap();
+        tree.insert(log_key(5), &b"\x01\x00\x00\x00\x09"[..])
+            .unwrap();
     });
     let err = Store::open(tmp.path(), Default::default())
         .err()
@@ -304,7 +315,7 @@ fn a_data_dir_of_another_format_is_refused() {
         .err()
         .expect("refused");
     assert!(
-        matches!(&err, Error::UnknownFormat { found, supported: 1, .. } if found == "99"),
+        matches!(&err, Error::UnknownFormat { found, supported: cb_store::FORMAT_VERSION, .. } if found == "99"),
         "{err}"
     );
 }
@@ -353,4 +364,40 @@ fn the_commit_hook_sees_every_record_once_in_order() {
     drop(store);
     let seen = seen.lock().unwrap();
     assert_eq!(*seen, (1..=400).map(Seq).collect::<Vec<_>>());
+}
+
+#[test]
+fn large_groups_span_chunks_and_big_bodies_read_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), options(&VirtualClock::at(1), Durability::Sync)).unwrap();
+    // 300 seed-sized changes in one call: several chunks of records and of bodies.
+    let inputs: Vec<Input> = (0..300)
+        .map(|i| change(file(i % 7), EVENTS[1], seed_like(&file(i % 7), i)))
+        .collect();
+    let a = store.append(inputs).unwrap();
+    // A body far over the chunk budget gets a chunk of its own (a sled blob file).
+    let mut b = Snapshot::builder();
+    b.push("id", "big").unwrap();
+    b.push("description", &"エヴァート ".repeat(40_000))
+        .unwrap();
+    let big = b.finish().unwrap();
+    let b = store
+        .append(vec![change(file(1), EVENTS[0], big.clone())])
+        .unwrap();
+    drop(store);
+    let store = open(tmp.path(), &VirtualClock::default());
+    for (i, seq) in a.seqs().enumerate() {
+        let i = i as u64;
+        assert_eq!(
+            store.snapshot(seq).unwrap(),
+            Some(seed_like(&file(i % 7), i))
+        );
+    }
+    assert_eq!(store.snapshot(b.first).unwrap(), Some(big));
+    assert_eq!(store.records(Seq(1)).count(), 301);
+    assert_eq!(
+        store.records(Seq(150)).next().unwrap().unwrap().seq,
+        Seq(150)
+    );
+    assert_eq!(store.latest_version(&file(1)).unwrap(), Some(b.first));
 }

@@ -1,0 +1,452 @@
+//! The store's benchmark: durable appends (batches of 1000; 64 concurrent single-record
+//! appenders), the fold rate from the log, and restart from a checkpoint — each beside the
+//! raw sled ceiling measured in the same run on the same disk. Prints what it measured.
+//!
+//! `cargo run --release -p cb-store --example store_bench -- [--changes N] [--files N]
+//!  [--seconds S] [--dir PATH]`
+//! (defaults: 1,000,000 changes over 100,000 files for the fold and restart; 5 s per append
+//! measurement; a temporary dir under the system temp dir).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cb_core::render::fixtures::seed_001_snapshot;
+use cb_core::{
+    AttemptReport, Callback, CallbackName, Core, Effect, EventKind, FileId, FileKey, Outcome,
+    ProjectId, Record, RecordKind, Seq, Snapshot, Timestamp,
+};
+use cb_store::{Change, Durability, Input, Store, StoreOptions};
+
+struct Args {
+    changes: u64,
+    files: u64,
+    seconds: f64,
+    dir: Option<PathBuf>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        changes: 1_000_000,
+        files: 100_000,
+        seconds: 5.0,
+        dir: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--changes" => a.changes = value().parse().expect("--changes N"),
+            "--files" => a.files = value().parse().expect("--files N"),
+            "--seconds" => a.seconds = value().parse().expect("--seconds S"),
+            "--dir" => a.dir = Some(PathBuf::from(value())),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+fn project() -> ProjectId {
+    ProjectId::new("acme").unwrap()
+}
+
+fn file(i: u64) -> FileKey {
+    FileKey::new(project(), FileId::new(&format!("{}", 556_114 + i)).unwrap())
+}
+
+/// The seed's 52-field sample with this file's id and a varying title and date.
+fn seed_like(file: &FileKey, n: u64) -> Snapshot {
+    let mut b = Snapshot::builder();
+    for (name, value) in seed_001_snapshot().iter() {
+        match name {
+            "id" => b.push(name, file.file_id.as_str()),
+            "title" => b.push(
+                name,
+                &format!("Yankees should definitely sign guy, take {n}"),
+            ),
+            "hits" => b.push(name, &n.to_string()),
+            _ => b.push(name, value),
+        }
+        .unwrap();
+    }
+    b.finish().unwrap()
+}
+
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn fresh(root: &Path, name: &str) -> PathBuf {
+    let p = root.join(name);
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+fn main() {
+    let a = args();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = a.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&root).unwrap();
+    let window = Duration::from_secs_f64(a.seconds);
+    let sample = seed_like(&file(0), 0);
+    let body_bytes: usize = sample.iter().map(|(n, v)| n.len() + v.len()).sum();
+    println!(
+        "# cb-store benchmark: {} on {}",
+        env!("CARGO_PKG_VERSION"),
+        root.display()
+    );
+    println!(
+        "snapshot: {} fields, {} bytes of names and values ({} bytes as XML)",
+        sample.len(),
+        body_bytes,
+        cb_core::render(
+            &sample,
+            &Callback::from_json(r#"{"url":"https://x.org"}"#).unwrap()
+        )
+        .bytes
+        .len()
+    );
+
+    // ---- ceilings: raw sled on the same disk ----
+    let value = vec![7u8; 1500];
+    {
+        let db = sled::Config::new()
+            .path(fresh(&root, "raw-sled"))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .unwrap();
+        let data = std::fs::File::open(root.join("raw-sled").join("db")).unwrap();
+        let (mut n, mut k) = (0u64, 0u64);
+        let t = Instant::now();
+        while t.elapsed() < window {
+            db.insert(k.to_be_bytes(), value.as_slice()).unwrap();
+            k += 1;
+            db.flush().unwrap();
+            n += 1;
+        }
+        println!(
+            "ceiling  sled insert 1.5 KB + flush, one thread:            {:>10.0} flushes/s",
+            rate(n, t.elapsed())
+        );
+        let (mut n, t) = (0u64, Instant::now());
+        while t.elapsed() < window {
+            db.insert(k.to_be_bytes(), value.as_slice()).unwrap();
+            k += 1;
+            db.flush().unwrap();
+            data.sync_data().unwrap();
+            n += 1;
+        }
+        println!(
+            "ceiling  sled insert 1.5 KB + flush + fdatasync, one thread: {:>10.0} syncs/s",
+            rate(n, t.elapsed())
+        );
+        let (mut n, t) = (0u64, Instant::now());
+        while t.elapsed() < window {
+            let mut batch = sled::Batch::default();
+            for _ in 0..1000 {
+                batch.insert(&k.to_be_bytes(), value.as_slice());
+                k += 1;
+            }
+            db.apply_batch(batch).unwrap();
+            db.flush().unwrap();
+            data.sync_data().unwrap();
+            n += 1000;
+        }
+        println!(
+            "ceiling  sled batches of 1000 x 1.5 KB + flush + fdatasync:  {:>10.0} values/s",
+            rate(n, t.elapsed())
+        );
+    }
+
+    // ---- durable appends through the store ----
+    for durability in [Durability::Sync, Durability::SledFlush] {
+        let store = Store::open(
+            &fresh(&root, "append-batch"),
+            StoreOptions {
+                durability,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        let (mut n, mut x) = (0u64, 0x9e37_79b9_7f4a_7c15u64);
+        let mut prepare_time = Duration::ZERO;
+        let t = Instant::now();
+        while t.elapsed() < window {
+            let p = Instant::now();
+            let inputs: Vec<Input> = (0..1000)
+                .map(|i| {
+                    let f = file(xorshift(&mut x) % a.files);
+                    let snapshot = seed_like(&f, n + i);
+                    Input::Change(Change {
+                        file: f,
+                        event: EventKind::Rated,
+                        snapshot,
+                        callbacks: None,
+                    })
+                })
+                .collect();
+            prepare_time += p.elapsed();
+            store.append(inputs).unwrap();
+            n += 1000;
+        }
+        let elapsed = t.elapsed();
+        println!(
+            "store    batches of 1000, one appender, {:<10}             {:>10.0} changes/s  ({:.0} without building the inputs)",
+            format!("{durability:?}:"),
+            rate(n, elapsed),
+            rate(n, elapsed - prepare_time),
+        );
+    }
+    for durability in [Durability::Sync, Durability::SledFlush] {
+        let store = Store::open(
+            &fresh(&root, "append-concurrent"),
+            StoreOptions {
+                durability,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let t = Instant::now();
+        let threads: Vec<_> = (0..64u64)
+            .map(|c| {
+                let (store, stop, count) = (store.clone(), stop.clone(), count.clone());
+                let files = a.files;
+                std::thread::spawn(move || {
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (c + 1);
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let f = file(xorshift(&mut x) % files);
+                        let snapshot = seed_like(&f, i);
+                        store
+                            .append(vec![Input::Change(Change {
+                                file: f,
+                                event: EventKind::Rated,
+                                snapshot,
+                                callbacks: None,
+                            })])
+                            .unwrap();
+                        count.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
+        let n = count.load(Ordering::Relaxed);
+        let elapsed = t.elapsed();
+        for th in threads {
+            th.join().unwrap();
+        }
+        println!(
+            "store    64 concurrent single-record appenders, {:<10}     {:>10.0} changes/s",
+            format!("{durability:?}:"),
+            rate(n, elapsed)
+        );
+    }
+
+    // ---- a realistic log: fold rate and restart ----
+    let dir = fresh(&root, "log");
+    let t = Instant::now();
+    let (records, last_checkpointable) = build_log(&dir, a.changes, a.files);
+    println!(
+        "log      built {records} records ({} changes over {} files, with ticks and outcomes) in {:.1} s",
+        a.changes,
+        a.files,
+        t.elapsed().as_secs_f64()
+    );
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    println!(
+        "log      sled size on disk: {:.0} MB",
+        store.size_on_disk().unwrap() as f64 / 1e6
+    );
+    // Decode only, then decode + fold (what `cbctl replay` does), from a warm cache.
+    for pass in ["cold", "warm"] {
+        let t = Instant::now();
+        let mut n = 0u64;
+        for r in store.records(Seq(1)) {
+            std::hint::black_box(r.unwrap());
+            n += 1;
+        }
+        println!(
+            "fold     read + decode only ({pass}):                          {:>10.0} records/s",
+            rate(n, t.elapsed())
+        );
+    }
+    let t = Instant::now();
+    let mut core = Core::new();
+    let mut effects = Vec::new();
+    let mut n = 0u64;
+    for r in store.records(Seq(1)) {
+        core.apply(&r.unwrap(), &mut effects);
+        effects.clear();
+        n += 1;
+    }
+    let fold_time = t.elapsed();
+    println!(
+        "fold     read + decode + fold from the log:                  {:>10.0} records/s  ({n} records in {:.2} s)",
+        rate(n, fold_time),
+        fold_time.as_secs_f64()
+    );
+    let census = core.census();
+    println!("fold     end state: {census:?}");
+
+    // A checkpoint a little before the end, as the daemon would have written one.
+    let mut core = Core::new();
+    for r in store.records_between(Seq(1), last_checkpointable) {
+        core.apply(&r.unwrap(), &mut effects);
+        effects.clear();
+    }
+    let t = Instant::now();
+    let cp = core.checkpoint();
+    let taken = t.elapsed();
+    let t = Instant::now();
+    let written = store.write_checkpoint(&cp).unwrap();
+    println!(
+        "restart  checkpoint at {}: {} files in state, {:.1} MB; taking it {:.0} ms, writing it {:.0} ms",
+        written.seq,
+        cp.files.len(),
+        written.bytes as f64 / 1e6,
+        taken.as_secs_f64() * 1e3,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    drop(store);
+    for attempt in ["first", "second"] {
+        let t = Instant::now();
+        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        let opened = t.elapsed();
+        let restored = store.restore().unwrap();
+        let total = t.elapsed();
+        println!(
+            "restart  ({attempt}) open {:.0} ms + restore {:.0} ms (checkpoint {:?}, {} tail records) = {:.0} ms",
+            opened.as_secs_f64() * 1e3,
+            (total - opened).as_secs_f64() * 1e3,
+            restored.checkpoint,
+            restored.tail_records,
+            total.as_secs_f64() * 1e3
+        );
+        drop(store);
+    }
+}
+
+/// Appends stamped records in batches and folds each, as the dispatcher would have.
+struct LogWriter {
+    store: Store,
+    core: Core,
+    effects: Vec<Effect>,
+    batch: Vec<(Record, Option<Snapshot>)>,
+    seq: u64,
+}
+
+impl LogWriter {
+    fn push(&mut self, kind: RecordKind, body: Option<Snapshot>, at: Timestamp) {
+        self.seq += 1;
+        let record = Record {
+            seq: Seq(self.seq),
+            at,
+            kind,
+        };
+        self.core.apply(&record, &mut self.effects);
+        self.batch.push((record, body));
+        if self.batch.len() >= 2000 {
+            self.store
+                .append_stamped(std::mem::take(&mut self.batch))
+                .unwrap();
+        }
+    }
+}
+
+/// Writes a log shaped like the daemon's: a project callback (60 s window), `changes`
+/// changes at 1000 a second of simulated time over `files` files, a tick whenever a
+/// deadline passes, and a 200 outcome (with the digest of the real payload) 20 ms after
+/// every attempt starts. Returns the number of records and a seq about 10,000 records
+/// before the end, for the checkpoint.
+fn build_log(dir: &Path, changes: u64, files: u64) -> (u64, Seq) {
+    let store = Store::open(
+        dir,
+        StoreOptions {
+            durability: Durability::Buffered,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let mut w = LogWriter {
+        store,
+        core: Core::new(),
+        effects: Vec::new(),
+        batch: Vec::with_capacity(2000),
+        seq: 0,
+    };
+    let mut at = Timestamp(1_700_000_000_000);
+    let mut started: std::collections::VecDeque<(Timestamp, cb_core::Attempt)> = Default::default();
+    let callback = Arc::new(
+        Callback::from_json(r#"{"url":"https://example.org/cb","window_secs":60}"#).unwrap(),
+    );
+    w.push(
+        RecordKind::CallbackPut {
+            project: project(),
+            name: CallbackName::new("site").unwrap(),
+            callback,
+        },
+        None,
+        at,
+    );
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..changes {
+        at = at.plus_ms(1);
+        // Outcomes of attempts that started 20 ms ago or more.
+        while started.front().is_some_and(|(t, _)| t.plus_ms(20) <= at) {
+            let (_, a) = started.pop_front().expect("checked");
+            // Change `v` carried seed_like(file, v): render what the dispatcher sent.
+            let digest =
+                cb_core::render(&seed_like(&a.machine.file, a.version.0), &a.callback).digest();
+            let kind = RecordKind::AttemptFinished(AttemptReport {
+                machine: a.machine.clone(),
+                delivery: a.delivery,
+                attempt: a.attempt,
+                version: a.version,
+                outcome: Outcome::Delivered { status: 200 },
+                latency_ms: 20,
+                digest,
+                detail: String::new(),
+            });
+            w.push(kind, None, at);
+        }
+        if w.core.next_deadline().is_some_and(|t| t <= at) {
+            w.push(RecordKind::Ticked, None, at);
+        }
+        let f = file(xorshift(&mut x) % files);
+        let body = seed_like(&f, w.seq + 1);
+        w.push(
+            RecordKind::ChangeAppended {
+                file: f,
+                event: EventKind::Rated,
+                callbacks: None,
+            },
+            Some(body),
+            at,
+        );
+        for e in w.effects.drain(..) {
+            if let Effect::StartAttempt(a) = e {
+                started.push_back((at, a));
+            }
+        }
+    }
+    if !w.batch.is_empty() {
+        w.store
+            .append_stamped(std::mem::take(&mut w.batch))
+            .unwrap();
+    }
+    w.store.sync().unwrap();
+    (w.seq, Seq(w.seq.saturating_sub(10_000).max(1)))
+}
