@@ -9,9 +9,9 @@
 //! |---|---|
 //! | `R` first_seq | a chunk of consecutive records from `first_seq` (no snapshot bodies) |
 //! | `B` first_seq | a chunk of snapshot bodies of changes, the first being change `first_seq` |
-//! | `F` project `\0` file_id `\0` seq | one [`IndexTag`] byte: the file's records |
+//! | `X` segment_first_seq first_file_key | a part of a per-file index segment (`index.rs`) |
 //! | `P` project `\0` seq | one [`IndexTag`] byte: the project's records |
-//! | `M` name | store metadata (the format version) |
+//! | `M` name | store metadata: the format version, the index mark |
 //!
 //! Ids cannot contain `\0` (SPEC §3 grammars), so the separators are unambiguous.
 //!
@@ -30,7 +30,7 @@
 //! `seq: u64`, `len: u32` and the frame (all little-endian). sled checksums its own log too;
 //! ours also catches a value written by something other than this code.
 
-use cb_core::{FileKey, ProjectId, Record, RecordKind, Seq, Snapshot};
+use cb_core::{ProjectId, Record, RecordKind, Seq, Snapshot};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
@@ -43,7 +43,6 @@ pub(crate) const RECORDS: u8 = b'R';
 pub(crate) const BODIES: u8 = b'B';
 /// The most bytes of frames one chunk takes (an entry larger than this gets a chunk alone).
 pub const CHUNK_BUDGET: usize = 96 * 1024;
-pub(crate) const FILE_INDEX: u8 = b'F';
 pub(crate) const PROJECT_INDEX: u8 = b'P';
 pub(crate) const FORMAT_KEY: &[u8] = b"Mformat";
 
@@ -67,6 +66,19 @@ pub enum IndexTag {
 }
 
 impl IndexTag {
+    pub(crate) fn from_byte(b: u8) -> Option<IndexTag> {
+        [
+            IndexTag::Change,
+            IndexTag::Attempt,
+            IndexTag::Redeliver,
+            IndexTag::Disabled,
+            IndexTag::Put,
+            IndexTag::Removed,
+        ]
+        .into_iter()
+        .find(|t| *t as u8 == b)
+    }
+
     pub(crate) fn of(kind: &RecordKind) -> Option<IndexTag> {
         Some(match kind {
             RecordKind::ChangeAppended { .. } => IndexTag::Change,
@@ -95,17 +107,6 @@ pub(crate) fn seq_key(prefix: u8, seq: Seq) -> [u8; 9] {
 pub(crate) fn seq_of_key(key: &[u8]) -> Option<Seq> {
     let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
     Some(Seq(u64::from_be_bytes(tail)))
-}
-
-/// `F project \0 file_id \0`: the prefix of every index entry of one file.
-pub(crate) fn file_prefix(file: &FileKey) -> Vec<u8> {
-    let mut k = Vec::with_capacity(3 + file.project.as_str().len() + file.file_id.as_str().len());
-    k.push(FILE_INDEX);
-    k.extend_from_slice(file.project.as_str().as_bytes());
-    k.push(0);
-    k.extend_from_slice(file.file_id.as_str().as_bytes());
-    k.push(0);
-    k
 }
 
 /// `P project \0`: the prefix of every index entry of one project.
@@ -338,6 +339,29 @@ fn take_entry(bytes: &[u8], at: usize, skip: usize) -> std::result::Result<(&[u8
     Ok((frame, start + len))
 }
 
+/// Frames bytes that are not bincode (the index's own layout).
+pub(crate) fn raw_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + payload.len());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Checks a [`raw_frame`] and returns its payload.
+pub(crate) fn raw_unframe(bytes: &[u8]) -> std::result::Result<&[u8], String> {
+    let (crc, payload) = bytes
+        .split_first_chunk::<4>()
+        .ok_or_else(|| format!("{} bytes, shorter than a frame header", bytes.len()))?;
+    let (want, got) = (u32::from_le_bytes(*crc), crc32fast::hash(payload));
+    if want != got {
+        return Err(format!(
+            "checksum mismatch (stored {want:08x}, computed {got:08x}) over {} bytes",
+            payload.len()
+        ));
+    }
+    Ok(payload)
+}
+
 /// Frames any serde value (checkpoints use the same frame as records).
 pub(crate) fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
     frame(value)
@@ -367,9 +391,8 @@ mod tests {
         let b = seq_key(RECORDS, Seq(256));
         assert!(a < b);
         assert_eq!(seq_of_key(&b), Some(Seq(256)));
-        let file = FileKey::parse("p/f").unwrap();
-        let k = with_seq(file_prefix(&file), Seq(7));
-        assert_eq!(&k[..5], b"Fp\0f\0");
+        let k = with_seq(project_prefix(&ProjectId::new("p").unwrap()), Seq(7));
+        assert_eq!(&k[..3], b"Pp\0");
         assert_eq!(seq_of_key(&k), Some(Seq(7)));
     }
 

@@ -4,10 +4,12 @@
 //! takes the first request, then everything else already queued (up to
 //! [`StoreOptions::max_group_records`](crate::StoreOptions::max_group_records)), and commits
 //! the group: sequence numbers and one timestamp are assigned, every record, body and index
-//! entry goes into one sled batch, and the batch is made durable with one sled `flush` and
-//! one `fdatasync` — shared by every appender of the group. Only then are the replies sent.
-//! While one group syncs, the next one queues up, so the sync rate, not the append rate,
-//! sets the number of syncs.
+//! entry goes into one sled batch, and sled `flush`es it. The group then passes to the sync
+//! thread, which `fdatasync`s and only then replies — one sync shared by every appender of
+//! the group. The two threads form a pipeline: while one group waits for the disk's cache
+//! flush, the next is already being written, so a group costs the longer of the two steps,
+//! not their sum; and while a group syncs, the next one queues up, so the sync rate, not the
+//! append rate, sets the number of syncs.
 //!
 //! Being the only writer of the log is what makes sequence numbers dense and increasing and
 //! timestamps non-decreasing without a lock.
@@ -17,7 +19,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 
 use cb_core::{FileKey, Record, RecordKind, Scope, Seq, Timestamp};
@@ -25,7 +27,8 @@ use cb_core::{FileKey, Record, RecordKind, Scope, Seq, Timestamp};
 use crate::codec::{self, IndexTag, BODIES, RECORDS};
 use crate::dir::sync_dir;
 use crate::error::{Error, Result};
-use crate::log::{latest_version_in, Appended, CommitHook, Durability};
+use crate::index::FileIndex;
+use crate::log::{Appended, CommitHook, Durability};
 
 /// One appender's records, before sequence numbers are known.
 pub(crate) struct Request {
@@ -73,18 +76,35 @@ struct Staging {
 pub(crate) struct Committer {
     pub(crate) tree: sled::Tree,
     pub(crate) db: sled::Db,
+    pub(crate) index: Arc<FileIndex>,
     pub(crate) durability: Durability,
     pub(crate) max_group_records: usize,
     pub(crate) clock: Box<dyn FnMut() -> Timestamp + Send>,
+    /// Invariant: the next record gets exactly this number.
+    pub(crate) next: Seq,
+    /// Invariant: no record gets an earlier `at`.
+    pub(crate) last_at: Timestamp,
+    pub(crate) poisoned: Arc<Mutex<Option<String>>>,
+    /// The second stage, moved to its own thread when the committer starts.
+    pub(crate) syncer: Option<Syncer>,
+}
+
+/// A group written to sled, on its way to the disk.
+struct Written {
+    records: Vec<Record>,
+    accepted: Vec<(Reply, Appended)>,
+}
+
+/// The second stage: makes written groups durable, then replies, in log order.
+pub(crate) struct Syncer {
+    pub(crate) tree: sled::Tree,
+    pub(crate) index: Arc<FileIndex>,
+    pub(crate) durability: Durability,
     pub(crate) on_commit: Option<CommitHook>,
     /// sled's data file, opened for `fdatasync`.
     pub(crate) data_file: File,
     pub(crate) blobs_dir: PathBuf,
     pub(crate) synced_blobs: HashSet<OsString>,
-    /// Invariant: the next record gets exactly this number.
-    pub(crate) next: Seq,
-    /// Invariant: no record gets an earlier `at`.
-    pub(crate) last_at: Timestamp,
     /// The last durable sequence number, published for readers.
     pub(crate) tip: Arc<AtomicU64>,
     pub(crate) poisoned: Arc<Mutex<Option<String>>>,
@@ -92,6 +112,25 @@ pub(crate) struct Committer {
 
 impl Committer {
     pub(crate) fn run(mut self, queue: Receiver<Request>) {
+        // Two groups in the pipeline at most: one syncing, one written and waiting.
+        let (to_sync, written) = mpsc::sync_channel::<Written>(1);
+        let syncer = self.syncer.take().expect("a committer runs once");
+        let sync_thread = std::thread::Builder::new()
+            .name("cb-store-sync".into())
+            .spawn(move || syncer.run(written));
+        let sync_thread = match sync_thread {
+            Ok(t) => t,
+            Err(e) => {
+                *self.poisoned.lock().expect("poison flag") =
+                    Some(format!("cannot start the sync thread: {e}"));
+                for req in queue {
+                    (req.reply)(Err(Error::Poisoned(format!(
+                        "cannot start the sync thread: {e}"
+                    ))));
+                }
+                return;
+            }
+        };
         let mut group: Vec<Request> = Vec::new();
         while let Ok(first) = queue.recv() {
             let mut records = first.batch.len();
@@ -105,22 +144,32 @@ impl Committer {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            self.commit(&mut group);
+            if let Some(w) = self.commit(&mut group) {
+                if let Err(mpsc::SendError(w)) = to_sync.send(w) {
+                    for (reply, _) in w.accepted {
+                        reply(Err(Error::Closed));
+                    }
+                }
+            }
         }
+        drop(to_sync);
+        let _ = sync_thread.join();
     }
 
-    fn commit(&mut self, group: &mut Vec<Request>) {
+    /// Stages and writes one group; returns it for the sync thread, or `None` when nothing
+    /// was written (every request refused, or the write failed and was answered).
+    fn commit(&mut self, group: &mut Vec<Request>) -> Option<Written> {
         if let Some(why) = self.poisoned.lock().expect("poison flag").clone() {
             for req in group.drain(..) {
                 (req.reply)(Err(Error::Poisoned(why.clone())));
             }
-            return;
+            return None;
         }
         let (first_of_group, at_before) = (self.next, self.last_at);
         let at = self.last_at.max((self.clock)());
         let mut batch = sled::Batch::default();
         let mut staging = Staging::default();
-        // Versions of files changed earlier in this group, not yet readable from the tree.
+        // Versions of files changed earlier in this group, not yet readable from the index.
         let mut staged_versions: HashMap<FileKey, Seq> = HashMap::new();
         let mut accepted: Vec<(Reply, Appended)> = Vec::with_capacity(group.len());
         for req in group.drain(..) {
@@ -138,7 +187,7 @@ impl Committer {
             }
         }
         if staging.records.is_empty() {
-            return;
+            return None;
         }
         for (first, chunk) in codec::records_chunks(first_of_group, &staging.frames) {
             batch.insert(&codec::seq_key(RECORDS, first), chunk);
@@ -151,7 +200,12 @@ impl Committer {
             .tree
             .apply_batch(batch)
             .map_err(Error::from)
-            .and_then(|()| self.make_durable());
+            .and_then(|()| match self.durability {
+                Durability::Buffered => Ok(()),
+                Durability::SledFlush | Durability::Sync => {
+                    self.db.flush().map(drop).map_err(Error::from)
+                }
+            });
         if let Err(e) = written {
             // The group may be partly on disk or not at all; only a reopen (sled's recovery
             // to its last flush) can tell, so no number is handed out again until then.
@@ -162,16 +216,12 @@ impl Committer {
             for (reply, _) in accepted {
                 reply(Err(Error::Poisoned(why.clone())));
             }
-            return;
+            return None;
         }
-        let last = records.last().expect("not empty").seq;
-        self.tip.store(last.0, Ordering::Release);
-        for (reply, appended) in accepted {
-            reply(Ok(appended));
-        }
-        if let Some(hook) = &mut self.on_commit {
-            hook(&records);
-        }
+        // Indexed now, not once durable, so that the next group's redelivers see these
+        // changes; readers never look past the durable tip.
+        self.index.note(&records);
+        Some(Written { records, accepted })
     }
 
     fn stage_fresh(
@@ -195,7 +245,7 @@ impl Committer {
                 RecordKind::RedeliverRequested { file, .. } => {
                     let version = match own_versions.get(file).or(staged_versions.get(file)) {
                         Some(v) => Some(*v),
-                        None => latest_version_in(&self.tree, file, Seq(u64::MAX))?,
+                        None => self.index.latest_change(&self.tree, file, Seq(u64::MAX))?,
                     };
                     versions.push(version);
                 }
@@ -286,13 +336,12 @@ impl Committer {
             staging.bodies.push((seq, body));
         }
         if let Some(tag) = IndexTag::of(&record.kind) {
-            let key = match record.scope() {
-                Scope::File(file) => Some(codec::file_prefix(file)),
-                Scope::Project(project) => Some(codec::project_prefix(project)),
-                Scope::Global => None,
-            };
-            if let Some(prefix) = key {
-                batch.insert(codec::with_seq(prefix, seq), vec![tag as u8]);
+            // File-scoped records are indexed in memory once durable (index.rs).
+            if let Scope::Project(project) = record.scope() {
+                batch.insert(
+                    codec::with_seq(codec::project_prefix(project), seq),
+                    vec![tag as u8],
+                );
             }
         }
         if let RecordKind::ChangeAppended { file, .. } = &record.kind {
@@ -301,18 +350,43 @@ impl Committer {
         self.next = Seq(seq.0 + 1);
         staging.records.push(record);
     }
+}
+
+impl Syncer {
+    fn run(mut self, written: Receiver<Written>) {
+        for w in written {
+            let failed = self.poisoned.lock().expect("poison flag").clone();
+            let result = match failed {
+                Some(why) => Err(why),
+                None => self.make_durable().map_err(|e| e.to_string()),
+            };
+            if let Err(why) = result {
+                *self.poisoned.lock().expect("poison flag") = Some(why.clone());
+                for (reply, _) in w.accepted {
+                    reply(Err(Error::Poisoned(why.clone())));
+                }
+                continue;
+            }
+            let last = w.records.last().expect("groups are not empty").seq;
+            self.tip.store(last.0, Ordering::Release);
+            for (reply, appended) in w.accepted {
+                reply(Ok(appended));
+            }
+            if let Some(hook) = &mut self.on_commit {
+                hook(&w.records);
+            }
+            if let Err(e) = self.index.maybe_write_segment(&self.tree) {
+                *self.poisoned.lock().expect("poison flag") =
+                    Some(format!("writing a per-file index segment: {e}"));
+            }
+        }
+    }
 
     fn make_durable(&mut self) -> Result<()> {
-        match self.durability {
-            Durability::Buffered => return Ok(()),
-            Durability::SledFlush => {
-                self.db.flush()?;
-                return Ok(());
-            }
-            Durability::Sync => {}
+        if self.durability != Durability::Sync {
+            return Ok(());
         }
-        self.db.flush()?;
-        // sled's flush ends in sync_file_range, which neither writes the file's metadata
+        // The committer's sled flush ended in sync_file_range, which neither writes the file's metadata
         // (its grown size) nor flushes the drive's cache: fdatasync does both.
         self.data_file
             .sync_data()

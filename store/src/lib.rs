@@ -5,8 +5,8 @@
 //! ([`Store::append`] says exactly what that means). Many appenders share one flush (group
 //! commit, `commit.rs`). Changes keep their snapshot body beside the record, so folding the
 //! log ([`Store::records`]) never decodes a body; rendering reads one with
-//! [`Store::snapshot`]. A per-file index finds one file's records without a scan
-//! ([`Store::file_records`]), for `cbctl history` and `rewind`.
+//! [`Store::snapshot`]. A per-file index (`index.rs`) finds one file's records without a
+//! scan ([`Store::file_records`]), for `cbctl history` and `rewind`.
 //!
 //! Restarting folds only the tail after the newest valid checkpoint ([`Store::restore`],
 //! [`CheckpointWriter`]). The log leaves the store as NDJSON ([`Store::export`],
@@ -21,6 +21,7 @@ mod codec;
 mod commit;
 mod dir;
 mod error;
+mod index;
 mod log;
 pub mod ndjson;
 
@@ -28,4 +29,5 @@ pub use checkpoint::{CheckpointFile, CheckpointWriter, Damaged, Restored, KEEP};
 pub use codec::{IndexTag, FORMAT_VERSION};
 pub use dir::DataDir;
 pub use error::{Error, Result};
+pub use index::SEGMENT_SPAN;
 pub use log::{wall_clock, Appended, Change, CommitHook, Durability, Input, Store, StoreOptions};

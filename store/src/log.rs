@@ -14,10 +14,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cb_core::{EventKind, FileCallback, FileKey, Record, RecordKind, Seq, Snapshot, Timestamp};
 
-use crate::codec::{self, IndexTag, RecordFrames, BODIES, FORMAT_KEY, FORMAT_VERSION, RECORDS};
-use crate::commit::{Batch, Committer, Prepared, Request};
+use crate::codec::{self, RecordFrames, BODIES, FORMAT_KEY, FORMAT_VERSION, RECORDS};
+use crate::commit::{Batch, Committer, Prepared, Request, Syncer};
 use crate::dir::{sync_dir, DataDir};
 use crate::error::{Error, Result};
+use crate::index::FileIndex;
 
 /// How far an append goes before it is acknowledged.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -47,6 +48,9 @@ pub struct StoreOptions {
     pub max_group_records: usize,
     /// sled's page cache, in bytes.
     pub cache_capacity_bytes: u64,
+    /// Records per per-file index segment ([`SEGMENT_SPAN`](crate::SEGMENT_SPAN)); tests
+    /// lower it to exercise segments with small logs.
+    pub index_segment_span: u64,
     /// Where record timestamps come from; the wall clock unless a test or a benchmark
     /// supplies virtual time. Stamps never go backwards whatever it returns.
     pub clock: Box<dyn FnMut() -> Timestamp + Send>,
@@ -62,6 +66,7 @@ impl Default for StoreOptions {
             durability: Durability::Sync,
             max_group_records: 16 * 1024,
             cache_capacity_bytes: 256 * 1024 * 1024,
+            index_segment_span: crate::SEGMENT_SPAN,
             clock: Box::new(wall_clock),
             on_commit: None,
         }
@@ -135,6 +140,7 @@ struct Shared {
     committer: Option<JoinHandle<()>>,
     tree: sled::Tree,
     db: sled::Db,
+    index: Arc<FileIndex>,
     data_file: File,
     /// The last durable sequence number (0: none). Readers never look past it.
     tip: Arc<AtomicU64>,
@@ -176,24 +182,37 @@ impl Store {
             Some(r) => (Seq(r.seq.0 + 1), r.at),
             None => (Seq(1), Timestamp(0)),
         };
+        let index = Arc::new(FileIndex::open(
+            &tree,
+            Seq(next.0 - 1),
+            options.index_segment_span,
+        )?);
         let tip = Arc::new(AtomicU64::new(next.0 - 1));
         let poisoned = Arc::new(Mutex::new(None));
-        let committer = Committer {
+        let syncer = Syncer {
             tree: tree.clone(),
-            db: db.clone(),
+            index: index.clone(),
             durability: options.durability,
-            max_group_records: options.max_group_records.max(1),
-            clock: options.clock,
             on_commit: options.on_commit,
             data_file: data_file
                 .try_clone()
                 .map_err(Error::io("opening sled's data file"))?,
             blobs_dir: dir.log_path().join("blobs"),
             synced_blobs: Default::default(),
-            next,
-            last_at,
             tip: tip.clone(),
             poisoned: poisoned.clone(),
+        };
+        let committer = Committer {
+            tree: tree.clone(),
+            db: db.clone(),
+            index: index.clone(),
+            durability: options.durability,
+            max_group_records: options.max_group_records.max(1),
+            clock: options.clock,
+            next,
+            last_at,
+            poisoned: poisoned.clone(),
+            syncer: Some(syncer),
         };
         let (queue, inbox) = mpsc::channel();
         let committer = std::thread::Builder::new()
@@ -206,6 +225,7 @@ impl Store {
                 committer: Some(committer),
                 tree,
                 db,
+                index,
                 data_file,
                 tip,
                 poisoned,
@@ -337,21 +357,7 @@ impl Store {
         to: Seq,
     ) -> impl Iterator<Item = Result<Record>> + 'static {
         let to = to.min(Seq(self.shared.tip.load(Ordering::Acquire)));
-        let start = match chunk_at_or_before(&self.shared.tree, RECORDS, from) {
-            Ok(Some((first, _))) => first,
-            Ok(None) => from,
-            Err(e) => return Records::failed(e),
-        };
-        Records {
-            chunks: Some(
-                self.shared
-                    .tree
-                    .range(codec::seq_key(RECORDS, start)..=codec::seq_key(RECORDS, to)),
-            ),
-            decoded: std::collections::VecDeque::new(),
-            from,
-            to,
-        }
+        read_records(&self.shared.tree, from, to)
     }
 
     /// One durable record.
@@ -396,7 +402,9 @@ impl Store {
     /// The file's latest version: the sequence number of its last durable change.
     pub fn latest_version(&self, file: &FileKey) -> Result<Option<Seq>> {
         let tip = Seq(self.shared.tip.load(Ordering::Acquire));
-        latest_version_in(&self.shared.tree, file, tip)
+        self.shared
+            .index
+            .latest_change(&self.shared.tree, file, tip)
     }
 
     /// Sequence numbers of every durable record one file's fold needs, in order: the file's
@@ -405,16 +413,23 @@ impl Store {
     /// it reaches the next record or the time it is asked about.
     pub fn file_seqs(&self, file: &FileKey) -> Result<Vec<Seq>> {
         let tip = self.shared.tip.load(Ordering::Acquire);
-        let mut seqs = Vec::new();
-        for prefix in [
-            codec::file_prefix(file),
-            codec::project_prefix(&file.project),
-        ] {
-            for entry in self.shared.tree.scan_prefix(&prefix).keys() {
-                let key = entry?;
-                if let Some(seq) = codec::seq_of_key(&key).filter(|s| s.0 <= tip) {
-                    seqs.push(seq);
-                }
+        let mut seqs: Vec<Seq> = self
+            .shared
+            .index
+            .entries(&self.shared.tree, file)?
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .filter(|seq| seq.0 <= tip)
+            .collect();
+        for entry in self
+            .shared
+            .tree
+            .scan_prefix(codec::project_prefix(&file.project))
+            .keys()
+        {
+            let key = entry?;
+            if let Some(seq) = codec::seq_of_key(&key).filter(|s| s.0 <= tip) {
+                seqs.push(seq);
             }
         }
         seqs.sort_unstable();
@@ -466,24 +481,6 @@ fn prepare(inputs: Vec<Input>) -> Result<Vec<Prepared>> {
         .collect()
 }
 
-/// The file's last change at or before `max`, from the per-file index.
-pub(crate) fn latest_version_in(
-    tree: &sled::Tree,
-    file: &FileKey,
-    max: Seq,
-) -> Result<Option<Seq>> {
-    for entry in tree.scan_prefix(codec::file_prefix(file)).rev() {
-        let (key, tag) = entry?;
-        let Some(seq) = codec::seq_of_key(&key) else {
-            continue;
-        };
-        if seq <= max && tag.as_ref() == [IndexTag::Change as u8] {
-            return Ok(Some(seq));
-        }
-    }
-    Ok(None)
-}
-
 fn check_format(dir: &DataDir, tree: &sled::Tree) -> Result<()> {
     let unknown = |found: String| Error::UnknownFormat {
         path: dir.path().to_owned(),
@@ -510,6 +507,21 @@ fn check_format(dir: &DataDir, tree: &sled::Tree) -> Result<()> {
         None => Err(unknown(
             "none (the log has records but no format mark)".into(),
         )),
+    }
+}
+
+/// The records numbered `from..=to` in `tree`, in order, chunk by chunk.
+pub(crate) fn read_records(tree: &sled::Tree, from: Seq, to: Seq) -> Records {
+    let start = match chunk_at_or_before(tree, RECORDS, from) {
+        Ok(Some((first, _))) => first,
+        Ok(None) => from,
+        Err(e) => return Records::failed(e),
+    };
+    Records {
+        chunks: Some(tree.range(codec::seq_key(RECORDS, start)..=codec::seq_key(RECORDS, to))),
+        decoded: std::collections::VecDeque::new(),
+        from,
+        to,
     }
 }
 
@@ -545,7 +557,7 @@ fn chunk_at_or_before(
 }
 
 /// Iterates records chunk by chunk, decoding each chunk's records in a row.
-struct Records {
+pub(crate) struct Records {
     chunks: Option<sled::Iter>,
     decoded: std::collections::VecDeque<Result<Record>>,
     from: Seq,

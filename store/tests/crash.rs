@@ -17,6 +17,8 @@ use cb_store::{CheckpointWriter, Durability, Input, Store, StoreOptions};
 use support::*;
 
 const THREADS: u64 = 4;
+/// Small per-file index segments, so that kills also land while one is written.
+const SPAN: u64 = 50;
 
 /// The child: appends until killed. Does nothing when run as an ordinary test.
 #[test]
@@ -29,6 +31,7 @@ fn crash_child() {
     let (records_tx, records_rx) = mpsc::channel();
     let options = StoreOptions {
         durability: Durability::Sync,
+        index_segment_span: SPAN,
         on_commit: Some(Box::new(move |records: &[cb_core::Record]| {
             let _ = records_tx.send(records.to_vec());
         })),
@@ -180,8 +183,27 @@ fn kill_at_random_moments(rounds: usize, checkpoints: bool) {
         assert!(!acks.is_empty());
         acked.extend(acks);
 
-        let store = Store::open(tmp.path(), StoreOptions::default())
-            .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        let store = Store::open(
+            tmp.path(),
+            StoreOptions {
+                index_segment_span: SPAN,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        let mut by_file: BTreeMap<u64, Vec<Seq>> = BTreeMap::new();
+        for (&seq, &(f, _)) in &acked {
+            by_file.entry(f).or_default().push(Seq(seq));
+        }
+        for (f, seqs) in &by_file {
+            let indexed = store.file_seqs(&file(*f)).unwrap();
+            for seq in seqs {
+                assert!(
+                    indexed.binary_search(seq).is_ok(),
+                    "round {round}: record {seq} missing from the index of file {f}"
+                );
+            }
+        }
         for (&seq, &(f, n)) in &acked {
             let record = store
                 .record(Seq(seq))

@@ -35,10 +35,12 @@ impl VirtualClock {
     }
 }
 
+/// Test stores use small per-file index segments, so that lookups cross many of them.
 pub fn options(clock: &VirtualClock, durability: Durability) -> StoreOptions {
     let clock = clock.clone();
     StoreOptions {
         durability,
+        index_segment_span: 7,
         clock: Box::new(move || clock.now()),
         cache_capacity_bytes: 16 * 1024 * 1024,
         ..StoreOptions::default()
