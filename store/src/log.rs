@@ -512,6 +512,14 @@ fn check_format(dir: &DataDir, tree: &sled::Tree) -> Result<()> {
 
 /// The records numbered `from..=to` in `tree`, in order, chunk by chunk.
 pub(crate) fn read_records(tree: &sled::Tree, from: Seq, to: Seq) -> Records {
+    if from > to {
+        return Records {
+            chunks: None,
+            decoded: Default::default(),
+            from,
+            to,
+        };
+    }
     let start = match chunk_at_or_before(tree, RECORDS, from) {
         Ok(Some((first, _))) => first,
         Ok(None) => from,

@@ -401,3 +401,24 @@ fn large_groups_span_chunks_and_big_bodies_read_back() {
     );
     assert_eq!(store.latest_version(&file(1)).unwrap(), Some(b.first));
 }
+
+#[test]
+fn reading_past_the_end_or_backwards_yields_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), &VirtualClock::default());
+    assert_eq!(store.records(Seq(1)).count(), 0, "empty log");
+    assert_eq!(store.records(Seq(0)).count(), 0);
+    assert_eq!(store.record(Seq(0)).unwrap(), None);
+    assert_eq!(store.snapshot(Seq(1)).unwrap(), None);
+    assert_eq!(store.file_seqs(&file(0)).unwrap(), vec![]);
+    assert_eq!(store.latest_version(&file(0)).unwrap(), None);
+    let inputs = (0..5)
+        .map(|i| change(file(i), EVENTS[0], seed_like(&file(i), i)))
+        .collect();
+    store.append(inputs).unwrap();
+    assert_eq!(store.records(Seq(6)).count(), 0);
+    assert_eq!(store.records(Seq(99)).count(), 0);
+    assert_eq!(store.records_between(Seq(4), Seq(2)).count(), 0);
+    assert_eq!(store.records_between(Seq(0), Seq(2)).count(), 2);
+    assert_eq!(store.record(Seq(6)).unwrap(), None);
+}
