@@ -104,7 +104,12 @@ impl Store {
         write().map_err(Error::io(format!("writing checkpoint {}", path.display())))?;
         sync_dir(&dir)?;
 
-        for old in self.checkpoints()?.into_iter().skip(KEEP) {
+        // Keep the newest KEEP up to this one; one numbered past the durable log cannot be
+        // valid (left from another log) and must not push this one out.
+        let tip = self.last_seq().unwrap_or(Seq(0));
+        let files = self.checkpoints()?;
+        let (stale, current): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| f.seq > tip);
+        for old in stale.iter().chain(current.iter().skip(KEEP)) {
             fs::remove_file(&old.path)
                 .map_err(Error::io(format!("removing {}", old.path.display())))?;
         }

@@ -146,8 +146,12 @@ impl Committer {
             }
             if let Some(w) = self.commit(&mut group) {
                 if let Err(mpsc::SendError(w)) = to_sync.send(w) {
+                    // The sync thread is gone (a reply or the hook panicked): what was just
+                    // written may or may not reach the disk, so stop here.
+                    let why = "the sync thread stopped".to_string();
+                    *self.poisoned.lock().expect("poison flag") = Some(why.clone());
                     for (reply, _) in w.accepted {
-                        reply(Err(Error::Closed));
+                        reply(Err(Error::Poisoned(why.clone())));
                     }
                 }
             }
@@ -218,8 +222,8 @@ impl Committer {
             }
             return None;
         }
-        // Indexed now, not once durable, so that the next group's redelivers see these
-        // changes; readers never look past the durable tip.
+        // Indexed now, after the flush but before the sync, so that the next group's
+        // redelivers see these changes; readers never look past the durable tip.
         self.index.note(&records);
         Some(Written { records, accepted })
     }
@@ -233,6 +237,8 @@ impl Committer {
         staged_versions: &mut HashMap<FileKey, Seq>,
     ) -> Result<Appended> {
         let first = self.next;
+        // An import earlier in this group may have moved time past the group's stamp.
+        let at = at.max(self.last_at);
         // Look the versions up before staging anything, so a failed read stages nothing;
         // changes earlier in this request count, at the numbers they are about to get.
         let mut own_versions: HashMap<&FileKey, Seq> = HashMap::new();

@@ -5,7 +5,7 @@
 //! is built like a small LSM tree instead:
 //!
 //! - the **tail** — file-scoped records after the last segment — is indexed in memory
-//!   ([`FileIndex::note`] after each durable group) and rebuilt at open by reading those
+//!   ([`FileIndex::note`] after each group is written) and rebuilt at open by reading those
 //!   records (at most about [`SEGMENT_SPAN`] of them);
 //! - every [`SEGMENT_SPAN`] records the tail is written out as a **segment**: its entries
 //!   sorted by file, packed into parts of at most [`CHUNK_BUDGET`](crate::codec::CHUNK_BUDGET)
@@ -139,11 +139,16 @@ impl FileIndex {
     }
 
     /// Writes the tail out as a segment once it spans [`SEGMENT_SPAN`] records. Called by
-    /// the commit thread between groups.
+    /// the sync thread after each group.
     pub(crate) fn maybe_write_segment(&self, tree: &sled::Tree) -> Result<()> {
         let (first, last, sorted) = {
             let state = self.state.lock().expect("index lock");
-            if state.noted_through.0 - state.indexed_through.0 < self.span {
+            if state
+                .noted_through
+                .0
+                .saturating_sub(state.indexed_through.0)
+                < self.span
+            {
                 return Ok(());
             }
             let sorted: BTreeMap<Vec<u8>, Entries> = state

@@ -54,7 +54,7 @@ pub struct StoreOptions {
     /// Where record timestamps come from; the wall clock unless a test or a benchmark
     /// supplies virtual time. Stamps never go backwards whatever it returns.
     pub clock: Box<dyn FnMut() -> Timestamp + Send>,
-    /// Called on the commit thread with every durable group, in log order, after the
+    /// Called on the sync thread with every durable group, in log order, after the
     /// appenders got their replies: how a driver learns of records others appended. Keep it
     /// short (hand the records to a channel).
     pub on_commit: Option<CommitHook>,
@@ -177,6 +177,11 @@ impl Store {
             File::open(dir.log_path().join("db")).map_err(Error::io("opening sled's data file"))?;
         // sled created its files (db, conf, snapshots) in there.
         sync_dir(&dir.log_path())?;
+        // What sled recovered may have been written but never synced (a crash between a
+        // group's flush and its fdatasync): make it durable before anyone acts on it.
+        data_file
+            .sync_data()
+            .map_err(Error::io("fdatasync of the recovered log"))?;
 
         let (next, last_at) = match last_record(&tree)? {
             Some(r) => (Seq(r.seq.0 + 1), r.at),

@@ -398,7 +398,14 @@ impl Store {
     /// skipped. A bad line stops the import with its line number; the lines before it that
     /// were appended stay (they are a valid prefix). Ends with [`Store::sync`]. Returns how
     /// many records were appended; `progress` is called with that count as it grows.
-    pub fn import(&self, input: impl BufRead, mut progress: impl FnMut(u64)) -> Result<u64> {
+    pub fn import(&self, input: impl BufRead, progress: impl FnMut(u64)) -> Result<u64> {
+        let result = self.import_lines(input, progress);
+        // What was appended stays, and is made durable even when a later line failed.
+        self.sync()?;
+        result
+    }
+
+    fn import_lines(&self, input: impl BufRead, mut progress: impl FnMut(u64)) -> Result<u64> {
         let mut batch = Vec::with_capacity(IMPORT_BATCH);
         let mut first_line = 0;
         let mut n = 0;
@@ -436,7 +443,6 @@ impl Store {
         }
         n += flush(&mut batch, first_line)?;
         progress(n);
-        self.sync()?;
         Ok(n)
     }
 }

@@ -239,3 +239,31 @@ fn the_background_writer_takes_one_checkpoint_at_a_time() {
     let restored = driver.store.restore().unwrap();
     assert_eq!(restored.core.checkpoint(), driver.core.checkpoint());
 }
+
+#[test]
+fn checkpoints_numbered_past_the_log_never_push_out_a_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = VirtualClock::at(1);
+    let mut driver = Driver::new(open(tmp.path(), &clock), clock.clone());
+    driver.step(&Op::Change { file: 0, event: 0 });
+    let dir = tmp.path().join("checkpoints");
+    for seq in [1_000_000u64, 1_000_001, 1_000_002] {
+        std::fs::write(dir.join(format!("{seq:020}.cp")), b"left from another log").unwrap();
+    }
+    let written = driver
+        .store
+        .write_checkpoint(&driver.core.checkpoint())
+        .unwrap();
+    assert!(written.path.exists());
+    let kept: Vec<Seq> = driver
+        .store
+        .checkpoints()
+        .unwrap()
+        .iter()
+        .map(|f| f.seq)
+        .collect();
+    assert_eq!(kept, vec![written.seq]);
+    let restored = driver.store.restore().unwrap();
+    assert_eq!(restored.checkpoint, Some(written.seq));
+    assert!(restored.damaged.is_empty());
+}

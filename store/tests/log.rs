@@ -422,3 +422,20 @@ fn reading_past_the_end_or_backwards_yields_nothing() {
     assert_eq!(store.records_between(Seq(0), Seq(2)).count(), 2);
     assert_eq!(store.record(Seq(6)).unwrap(), None);
 }
+
+#[test]
+fn appends_after_an_import_from_a_clock_ahead_are_not_stamped_earlier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = VirtualClock::at(1_000);
+    let store = open(tmp.path(), &clock);
+    let ahead = Record {
+        seq: Seq(1),
+        at: Timestamp(6_000),
+        kind: RecordKind::Ticked,
+    };
+    store.append_stamped(vec![(ahead, None)]).unwrap();
+    let a = store
+        .append(vec![Input::Record(RecordKind::Ticked)])
+        .unwrap();
+    assert_eq!(a.at, Timestamp(6_000));
+}
