@@ -191,47 +191,47 @@ pub(crate) fn frame_crc(frame: &[u8]) -> Option<u32> {
 /// Packs consecutive framed records, the first numbered `first`, into chunks of at most
 /// [`CHUNK_BUDGET`] bytes; returns each chunk with its first seq.
 pub(crate) fn records_chunks(first: Seq, frames: &[Vec<u8>]) -> Vec<(Seq, Vec<u8>)> {
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    while start < frames.len() {
-        let mut end = start;
-        let mut size = 0;
-        while end < frames.len() && (end == start || size + frames[end].len() <= CHUNK_BUDGET) {
-            size += frames[end].len();
-            end += 1;
-        }
-        let mut buf = Vec::with_capacity(4 + size + 4 * (end - start));
-        buf.extend_from_slice(&u32::try_from(end - start).expect("bounded").to_le_bytes());
-        for f in &frames[start..end] {
-            buf.extend_from_slice(
-                &u32::try_from(f.len())
-                    .expect("frames < 4 GiB")
-                    .to_le_bytes(),
-            );
-            buf.extend_from_slice(f);
-        }
-        chunks.push((Seq(first.0 + start as u64), buf));
-        start = end;
-    }
-    chunks
+    pack(frames, |f| f.as_slice(), |_, _| {})
+        .into_iter()
+        .map(|(start, chunk)| (Seq(first.0 + start as u64), chunk))
+        .collect()
 }
 
 /// Packs framed bodies (with their changes' seqs, increasing) into chunks of at most
 /// [`CHUNK_BUDGET`] bytes; returns each chunk with its first seq.
 pub(crate) fn bodies_chunks(bodies: &[(Seq, Vec<u8>)]) -> Vec<(Seq, Vec<u8>)> {
+    pack(
+        bodies,
+        |(_, f)| f.as_slice(),
+        |buf, (seq, _)| buf.extend_from_slice(&seq.0.to_le_bytes()),
+    )
+    .into_iter()
+    .map(|(start, chunk)| (bodies[start].0, chunk))
+    .collect()
+}
+
+/// Greedy packing shared by both chunk kinds: `count: u32`, then per item its `prefix`,
+/// `len: u32` and frame. Returns each chunk with the index of its first item.
+fn pack<T>(
+    items: &[T],
+    frame: impl Fn(&T) -> &[u8],
+    prefix: impl Fn(&mut Vec<u8>, &T),
+) -> Vec<(usize, Vec<u8>)> {
     let mut chunks = Vec::new();
     let mut start = 0;
-    while start < bodies.len() {
+    while start < items.len() {
         let mut end = start;
         let mut size = 0;
-        while end < bodies.len() && (end == start || size + bodies[end].1.len() <= CHUNK_BUDGET) {
-            size += bodies[end].1.len();
+        while end < items.len() && (end == start || size + frame(&items[end]).len() <= CHUNK_BUDGET)
+        {
+            size += frame(&items[end]).len();
             end += 1;
         }
         let mut buf = Vec::with_capacity(4 + size + 12 * (end - start));
         buf.extend_from_slice(&u32::try_from(end - start).expect("bounded").to_le_bytes());
-        for (seq, f) in &bodies[start..end] {
-            buf.extend_from_slice(&seq.0.to_le_bytes());
+        for item in &items[start..end] {
+            let f = frame(item);
+            prefix(&mut buf, item);
             buf.extend_from_slice(
                 &u32::try_from(f.len())
                     .expect("frames < 4 GiB")
@@ -239,7 +239,7 @@ pub(crate) fn bodies_chunks(bodies: &[(Seq, Vec<u8>)]) -> Vec<(Seq, Vec<u8>)> {
             );
             buf.extend_from_slice(f);
         }
-        chunks.push((bodies[start].0, buf));
+        chunks.push((start, buf));
         start = end;
     }
     chunks

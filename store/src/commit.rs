@@ -403,35 +403,44 @@ impl Syncer {
     /// sled writes values too big for a log segment into `blobs/`, one file each, and never
     /// syncs them; a durable record pointing at a lost blob would be a corrupt log.
     fn sync_new_blobs(&mut self) -> Result<()> {
-        let entries = match std::fs::read_dir(&self.blobs_dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io("listing sled's blobs")(e)),
-        };
-        let mut present = HashSet::new();
-        let mut synced_any = false;
-        for entry in entries {
-            let entry = entry.map_err(Error::io("listing sled's blobs"))?;
-            let name = entry.file_name();
-            if !self.synced_blobs.contains(&name) {
-                match File::open(entry.path()).and_then(|f| f.sync_data()) {
-                    Ok(()) => synced_any = true,
-                    // Collected by sled between the listing and the open: nothing to keep.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        return Err(Error::io(format!(
-                            "syncing blob {}",
-                            entry.path().display()
-                        ))(e))
-                    }
+        sync_blobs(&self.blobs_dir, &mut self.synced_blobs)
+    }
+}
+
+/// `fdatasync`s every file in sled's `blobs/` not in `synced`, then the directory if any
+/// was new; `synced` becomes the set of files present.
+pub(crate) fn sync_blobs(
+    blobs_dir: &std::path::Path,
+    synced: &mut HashSet<OsString>,
+) -> Result<()> {
+    let entries = match std::fs::read_dir(blobs_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("listing sled's blobs")(e)),
+    };
+    let mut present = HashSet::new();
+    let mut synced_any = false;
+    for entry in entries {
+        let entry = entry.map_err(Error::io("listing sled's blobs"))?;
+        let name = entry.file_name();
+        if !synced.contains(&name) {
+            match File::open(entry.path()).and_then(|f| f.sync_data()) {
+                Ok(()) => synced_any = true,
+                // Collected by sled between the listing and the open: nothing to keep.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(Error::io(format!(
+                        "syncing blob {}",
+                        entry.path().display()
+                    ))(e))
                 }
             }
-            present.insert(name);
         }
-        if synced_any {
-            sync_dir(&self.blobs_dir)?;
-        }
-        self.synced_blobs = present;
-        Ok(())
+        present.insert(name);
     }
+    if synced_any {
+        sync_dir(blobs_dir)?;
+    }
+    *synced = present;
+    Ok(())
 }

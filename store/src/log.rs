@@ -318,17 +318,10 @@ impl Store {
             .data_file
             .sync_data()
             .map_err(Error::io("fdatasync of the log"))?;
-        let blobs = self.shared.dir.log_path().join("blobs");
-        if let Ok(entries) = std::fs::read_dir(&blobs) {
-            for entry in entries.flatten() {
-                if let Ok(f) = File::open(entry.path()) {
-                    f.sync_data()
-                        .map_err(Error::io(format!("syncing {}", entry.path().display())))?;
-                }
-            }
-            sync_dir(&blobs)?;
-        }
-        Ok(())
+        crate::commit::sync_blobs(
+            &self.shared.dir.log_path().join("blobs"),
+            &mut Default::default(),
+        )
     }
 
     /// Why appends are refused, if an earlier write failed.
