@@ -34,6 +34,7 @@ pub mod digest;
 pub mod effect;
 pub mod event;
 pub mod fold;
+pub mod history;
 pub mod ids;
 pub mod ingest;
 pub mod machine;
@@ -49,6 +50,7 @@ pub use digest::Digest;
 pub use effect::{Attempt, Effect};
 pub use event::{EventKind, EventSet, UnknownEvent};
 pub use fold::{Census, Checkpoint, Core, Disposition, FileEntry, Ignored};
+pub use history::{Cause, FileHistory, Step};
 pub use ids::{
     CallbackName, CallbackRef, DeliveryId, FileId, FileKey, IdError, MachineKey, ProjectId, Seq,
     Timestamp,

@@ -1,0 +1,640 @@
+//! The HTTP API of SPEC §6 on hyper: routing, authentication, body limits, and one handler
+//! per route.
+//!
+//! Handlers validate everything (`ingest`) before they append, append through the
+//! dispatcher's [`Handle`] (group commit: the 202 is sent only once the records are durable),
+//! and read state through [`Handle::query`] (the live core, caught up with the log) or the
+//! store's per-file index. Every refusal is a 4xx `{"error","detail"}`; a handler never
+//! panics on input.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cb_core::{CallbackName, CallbackRef, FileHistory, FileKey, RecordKind, Seq, StateName};
+use cb_dispatcher::Handle;
+use cb_store::Input;
+use futures_util::stream;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, LengthLimitError, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+use tracing::{debug, info};
+
+use crate::error::ApiError;
+use crate::ingest::{self, Rules};
+use crate::token::Token;
+use crate::view;
+
+/// A response body: whole, or streamed (`/v1/log`).
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Everything a request handler needs.
+pub struct Api {
+    /// The dispatcher.
+    pub handle: Handle,
+    /// The bearer token.
+    pub token: Token,
+    /// Ingest rules.
+    pub rules: Rules,
+    /// Largest body, batches excepted.
+    pub max_body: usize,
+    /// Largest batch body.
+    pub max_batch: usize,
+    /// Prometheus registry (the dispatcher's metrics are registered in it).
+    pub registry: Registry,
+}
+
+impl Api {
+    /// Builds the API state and registers the metrics.
+    pub fn new(
+        handle: Handle,
+        token: Token,
+        rules: Rules,
+        max_body: usize,
+        max_batch: usize,
+    ) -> Api {
+        let mut registry = Registry::default();
+        handle.metrics().register(&mut registry);
+        Api {
+            handle,
+            token,
+            rules,
+            max_body,
+            max_batch,
+            registry,
+        }
+    }
+}
+
+/// Answers one request. Never fails: errors are JSON answers.
+pub async fn serve(api: Arc<Api>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let response = match route(&api, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status.is_server_error() {
+                tracing::error!(%method, %path, code = e.code, detail = %e.detail, "request failed");
+            } else {
+                info!(%method, %path, status = e.status.as_u16(), code = e.code, detail = %e.detail, "request refused");
+            }
+            json_response(e.status, &e.body())
+        }
+    };
+    debug!(%method, %path, status = response.status().as_u16(), "request");
+    Ok(response)
+}
+
+async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    if segments.first() == Some(&"v1") {
+        let auth = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+        if !api.token.accepts(auth) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send Authorization: Bearer <token> (CBD_TOKEN, or the file DIR/token)",
+            ));
+        }
+    }
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => healthz(api),
+        (&Method::GET, ["metrics"]) => metrics(api).await,
+        (&Method::POST, ["v1", "changes"]) => post_change(api, req).await,
+        (&Method::POST, ["v1", "changes", "batch"]) => post_batch(api, req).await,
+        (&Method::GET, ["v1", "projects", p, "callbacks"]) => list_callbacks(api, p).await,
+        (&Method::GET, ["v1", "projects", p, "callbacks", n]) => get_callback(api, p, n).await,
+        (&Method::PUT, ["v1", "projects", p, "callbacks", n]) => {
+            let (p, n) = (p.to_string(), n.to_string());
+            put_callback(api, &p, &n, req).await
+        }
+        (&Method::DELETE, ["v1", "projects", p, "callbacks", n]) => {
+            delete_callback(api, p, n).await
+        }
+        (&Method::GET, ["v1", "files", p, f]) => file_state(api, p, f).await,
+        (&Method::GET, ["v1", "files", p, f, "history"]) => file_history(api, p, f).await,
+        (&Method::POST, ["v1", "files", p, f, "redeliver"]) => {
+            let q = query(req.uri().query());
+            redeliver(api, p, f, q.get("callback").map(String::as_str)).await
+        }
+        (&Method::GET, ["v1", "log"]) => log(api, req.uri().query()),
+        (&Method::GET, ["v1", "status"]) => status(api).await,
+        (_, ["healthz" | "metrics"])
+        | (_, ["v1", "changes" | "log" | "status"])
+        | (_, ["v1", "changes", "batch"])
+        | (_, ["v1", "projects", _, "callbacks", ..])
+        | (_, ["v1", "files", _, _, ..]) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(ApiError::not_found(format!("no route {path}"))),
+    }
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+    bytes.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(full(bytes))
+        .expect("static headers are valid")
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+fn query(q: Option<&str>) -> std::collections::HashMap<String, String> {
+    form_urlencoded::parse(q.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// Reads the body, refusing it past `limit` bytes without reading further.
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<(http::request::Parts, Bytes), ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok((parts, c.to_bytes())),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(
+            "bad_body",
+            format!("reading the body: {e}"),
+        )),
+    }
+}
+
+async fn append(api: &Api, inputs: Vec<Input>) -> Result<cb_store::Appended, ApiError> {
+    api.handle
+        .append(inputs)
+        .await
+        .map_err(|e| ApiError::store(&e))
+}
+
+fn healthz(api: &Api) -> Result<Response<Body>, ApiError> {
+    let store = api.handle.store();
+    match store.poisoned() {
+        None => Ok(json_response(
+            StatusCode::OK,
+            &json!({"status": "ok", "last_seq": store.last_seq().map(|s| s.0)}),
+        )),
+        Some(reason) => Ok(json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "failing", "detail": reason}),
+        )),
+    }
+}
+
+async fn metrics(api: &Api) -> Result<Response<Body>, ApiError> {
+    let census = api.handle.query(|core| core.census()).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "driver_stopped",
+            e.to_string(),
+        )
+    })?;
+    let m = api.handle.metrics();
+    for (state, count) in StateName::ALL.iter().zip(census.states) {
+        m.machines
+            .get_or_create(&cb_dispatcher::metrics::StateLabel {
+                state: state.as_str(),
+            })
+            .set(count as i64);
+    }
+    m.files.set(census.files as i64);
+    m.log_seq
+        .set(api.handle.store().last_seq().map_or(0, |s| s.0 as i64));
+    let now = cb_store::wall_clock();
+    let lag = census
+        .next_deadline
+        .map_or(0.0, |d| now.0.saturating_sub(d.0) as f64 / 1000.0);
+    m.deadline_lag_seconds.set(lag);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &api.registry)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e.to_string()))?;
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+        .body(full(text))
+        .expect("static headers are valid"))
+}
+
+fn is_xml(parts: &http::request::Parts, body: &[u8]) -> bool {
+    let ct = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match ct.as_deref() {
+        Some("application/xml" | "text/xml") => true,
+        Some(t) if t.ends_with("+xml") => true,
+        Some("application/json") => false,
+        // No or another type: go by the first byte, as liberal ingest is safe here.
+        _ => body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<'),
+    }
+}
+
+async fn post_change(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = read_body(req, api.max_body).await?;
+    let input = if is_xml(&parts, &body) {
+        let q = query(parts.uri.query());
+        ingest::xml_change(
+            &body,
+            q.get("project").map(String::as_str),
+            q.get("event").map(String::as_str),
+        )?
+    } else {
+        ingest::json_change(&body, api.rules)?
+    };
+    let appended = append(api, vec![input]).await?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"seq": appended.first.0}),
+    ))
+}
+
+async fn post_batch(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (_, body) = read_body(req, api.max_batch).await?;
+    let inputs = ingest::ndjson_batch(&body, api.rules)?;
+    let appended = append(api, inputs).await?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"seq": appended.last().0, "first": appended.first.0, "count": appended.count}),
+    ))
+}
+
+fn callback_name(s: &str) -> Result<CallbackName, ApiError> {
+    CallbackName::new(s).map_err(|e| ApiError::bad_request("bad_id", format!("callback name: {e}")))
+}
+
+async fn list_callbacks(api: &Api, project: &str) -> Result<Response<Body>, ApiError> {
+    let project = ingest::project(project)?;
+    let list = api
+        .handle
+        .query(move |core| {
+            core.callbacks(&project)
+                .map(|(n, s)| view::callback(n, &s.callback, s.disabled_by.is_none(), s.put_by.0))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(driver_stopped)?;
+    Ok(json_response(StatusCode::OK, &json!({ "callbacks": list })))
+}
+
+async fn get_callback(api: &Api, project: &str, name: &str) -> Result<Response<Body>, ApiError> {
+    let project = ingest::project(project)?;
+    let name = callback_name(name)?;
+    let found = {
+        let name = name.clone();
+        api.handle
+            .query(move |core| {
+                core.callbacks(&project)
+                    .find(|(n, _)| **n == name)
+                    .map(|(n, s)| {
+                        view::callback(n, &s.callback, s.disabled_by.is_none(), s.put_by.0)
+                    })
+            })
+            .await
+            .map_err(driver_stopped)?
+    };
+    match found {
+        Some(v) => Ok(json_response(StatusCode::OK, &v)),
+        None => Err(ApiError::not_found(format!("no callback {name}"))),
+    }
+}
+
+fn driver_stopped(e: cb_dispatcher::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "driver_stopped",
+        e.to_string(),
+    )
+}
+
+async fn put_callback(
+    api: &Api,
+    project: &str,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let project = ingest::project(project)?;
+    let name = callback_name(name)?;
+    let (_, body) = read_body(req, api.max_body).await?;
+    let callback = Arc::new(ingest::callback(&body, api.rules)?);
+    let appended = append(
+        api,
+        vec![Input::Record(RecordKind::CallbackPut {
+            project: project.clone(),
+            name: name.clone(),
+            callback: callback.clone(),
+        })],
+    )
+    .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "seq": appended.first.0,
+            "project": project.as_str(),
+            "name": name.as_str(),
+            "callback": &*callback,
+        }),
+    ))
+}
+
+async fn delete_callback(api: &Api, project: &str, name: &str) -> Result<Response<Body>, ApiError> {
+    let project = ingest::project(project)?;
+    let name = callback_name(name)?;
+    let exists = {
+        let (project, name) = (project.clone(), name.clone());
+        api.handle
+            .query(move |core| core.callbacks(&project).any(|(n, _)| *n == name))
+            .await
+            .map_err(driver_stopped)?
+    };
+    if !exists {
+        return Err(ApiError::not_found(format!(
+            "no callback {name} in {project}"
+        )));
+    }
+    let appended = append(
+        api,
+        vec![Input::Record(RecordKind::CallbackRemoved { project, name })],
+    )
+    .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"seq": appended.first.0}),
+    ))
+}
+
+fn file_key(project: &str, file_id: &str) -> Result<FileKey, ApiError> {
+    Ok(FileKey::new(
+        ingest::project(project)?,
+        ingest::file_id(file_id)?,
+    ))
+}
+
+/// The file's records (and its project's) folded on their own, up to the live core's time:
+/// the same states the live core has (the projection property), plus what it forgot.
+async fn fold_file(api: &Api, file: &FileKey) -> Result<(FileHistory, Option<Seq>), ApiError> {
+    let now = api
+        .handle
+        .query(|core| core.now())
+        .await
+        .map_err(driver_stopped)?;
+    let store = api.handle.store().clone();
+    let key = file.clone();
+    let (records, version) = tokio::task::spawn_blocking(move || {
+        Ok::<_, cb_store::Error>((store.file_records(&key)?, store.latest_version(&key)?))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| ApiError::store(&e))?;
+    let file_records = records
+        .iter()
+        .filter(|r| matches!(r.scope(), cb_core::Scope::File(_)))
+        .count();
+    if file_records == 0 {
+        return Err(ApiError::not_found(format!("no record of file {file}")));
+    }
+    Ok((FileHistory::fold(file, records, Some(now)), version))
+}
+
+async fn file_state(api: &Api, project: &str, file_id: &str) -> Result<Response<Body>, ApiError> {
+    let file = file_key(project, file_id)?;
+    let (history, version) = fold_file(api, &file).await?;
+    let snapshot = match version {
+        Some(v) => api
+            .handle
+            .store()
+            .snapshot(v)
+            .map_err(|e| ApiError::store(&e))?,
+        None => None,
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &view::file_state(&history, version.map(|v| v.0), snapshot.as_ref()),
+    ))
+}
+
+async fn file_history(api: &Api, project: &str, file_id: &str) -> Result<Response<Body>, ApiError> {
+    let file = file_key(project, file_id)?;
+    let (history, _) = fold_file(api, &file).await?;
+    Ok(json_response(StatusCode::OK, &view::history(&history)))
+}
+
+async fn redeliver(
+    api: &Api,
+    project: &str,
+    file_id: &str,
+    callback: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let file = file_key(project, file_id)?;
+    let callback = callback
+        .map(|c| {
+            CallbackRef::parse(c)
+                .map_err(|e| ApiError::bad_request("bad_id", format!("callback: {e}")))
+        })
+        .transpose()?;
+    if api
+        .handle
+        .store()
+        .latest_version(&file)
+        .map_err(|e| ApiError::store(&e))?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "file {file} has no change to deliver"
+        )));
+    }
+    if let Some(cb) = callback.clone() {
+        let key = file.clone();
+        // Rule 6: a disabled or removed callback cannot be redelivered.
+        let found = api
+            .handle
+            .query(move |core| match &cb {
+                CallbackRef::Project(name) => core
+                    .callbacks(&key.project)
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, s)| s.disabled_by.is_none()),
+                CallbackRef::File(name) => core.file(&key).and_then(|e| {
+                    e.callbacks
+                        .iter()
+                        .find(|s| s.callback.name == *name)
+                        .map(|s| s.disabled_by.is_none())
+                }),
+            })
+            .await
+            .map_err(driver_stopped)?;
+        match found {
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "file {file} has no callback {}",
+                    callback.as_ref().expect("some")
+                )))
+            }
+            Some(false) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "callback_disabled",
+                    "the callback is disabled (its receiver answered 410 Gone); PUT it again to enable it",
+                ))
+            }
+            Some(true) => {}
+        }
+    }
+    let appended = append(
+        api,
+        vec![Input::Record(RecordKind::RedeliverRequested {
+            file,
+            callback,
+            version: None,
+        })],
+    )
+    .await?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"seq": appended.first.0}),
+    ))
+}
+
+async fn status(api: &Api) -> Result<Response<Body>, ApiError> {
+    let v = api
+        .handle
+        .query(|core| {
+            let census = core.census();
+            let states: serde_json::Map<String, Value> = StateName::ALL
+                .iter()
+                .zip(census.states)
+                .map(|(s, n)| (s.as_str().to_owned(), n.into()))
+                .collect();
+            let abandoned: Vec<Value> = core
+                .machines_in(StateName::Abandoned)
+                .iter()
+                .map(|(k, m)| {
+                    let mut v = view::machine(&k.callback, m);
+                    v["file"] = k.file.to_string().into();
+                    v
+                })
+                .collect();
+            let mut disabled = Vec::new();
+            for p in core.projects() {
+                for (n, s) in core.callbacks(p) {
+                    if let Some(by) = s.disabled_by {
+                        disabled.push(
+                            json!({"project": p.as_str(), "name": n.as_str(), "disabled_by": by.0}),
+                        );
+                    }
+                }
+            }
+            json!({
+                "folded_seq": core.last_seq().map(|s| s.0),
+                "files": census.files,
+                "machines": states,
+                "next_deadline": census.next_deadline.map(|t| t.0),
+                "ignored_records": census.ignored,
+                "abandoned": abandoned,
+                "disabled_callbacks": disabled,
+            })
+        })
+        .await
+        .map_err(driver_stopped)?;
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+/// `GET /v1/log?from=SEQ`: the log as NDJSON, streamed as the store reads it.
+fn log(api: &Api, q: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let q = query(q);
+    let from = match q.get("from") {
+        Some(s) => s.parse::<u64>().map_err(|_| {
+            ApiError::bad_request("bad_query", format!("from={s}: not a sequence number"))
+        })?,
+        None => 1,
+    };
+    let store = api.handle.store().clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkSender {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let result = store
+            .export(Seq(from.max(1)), &mut out)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|_| out.flush());
+        if let Err(e) = result {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                let _ = tx.blocking_send(Err(e));
+            }
+        }
+    });
+    let frames = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/x-ndjson")
+        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .expect("static headers are valid"))
+}
+
+const CHUNK: usize = 64 * 1024;
+
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(Frame::data(chunk)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}

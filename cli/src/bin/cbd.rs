@@ -1,0 +1,148 @@
+//! `cbd`: the daemon. Resolves settings, opens the data dir through the dispatcher (which
+//! restores the core and resumes attempts in flight), loads or creates the token, serves the
+//! API, and on SIGTERM/SIGINT stops accepting, lets attempts in flight finish (bounded),
+//! writes a final checkpoint and exits 0.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cb_cli::api::Api;
+use cb_cli::ingest::Rules;
+use cb_cli::settings::{Args, LogFormat, Settings};
+use cb_cli::token::{Source, Token};
+use cb_dispatcher::Dispatcher;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let settings = match Settings::resolve(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cbd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_from_env("CBD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    match settings.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cbd")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cbd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("cbd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Stop {
+    Signal(&'static str),
+    DriverStopped,
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let (mut dispatcher, started) = Dispatcher::start(settings.dispatcher())
+        .await
+        .with_context(|| format!("opening data dir {}", settings.data_dir.display()))?;
+    info!(
+        data_dir = %settings.data_dir.display(),
+        last_seq = started.last_seq.map(|s| s.0),
+        checkpoint = started.checkpoint.map(|s| s.0),
+        tail_records = started.tail_records,
+        resumed_attempts = started.resumed_attempts,
+        "log restored"
+    );
+    let (token, source) = Token::load(&settings.data_dir, std::env::var("CBD_TOKEN").ok())
+        .context("loading the API token")?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("listening on {}", settings.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    // Two plain lines on stdout, for people and for scripts that start cbd on port 0.
+    match &source {
+        Source::Env => println!("cbd: token from CBD_TOKEN"),
+        Source::File(p) => println!("cbd: token in {}", p.display()),
+        Source::Generated(p) => println!("cbd: token generated into {}", p.display()),
+    }
+    println!("cbd: listening on http://{addr}");
+    info!(%addr, allow_private_targets = settings.allow_private_targets, smtp = ?settings.smtp, "serving");
+
+    let api = Arc::new(Api::new(
+        dispatcher.handle(),
+        token,
+        Rules {
+            smtp: settings.smtp.is_some(),
+        },
+        settings.max_body_bytes,
+        settings.max_batch_bytes,
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(cb_cli::server::serve(
+        listener,
+        api,
+        async move {
+            let _ = stop_rx.await;
+        },
+        settings.shutdown_grace,
+    ));
+
+    let stop = tokio::select! {
+        s = signal() => Stop::Signal(s),
+        () = dispatcher.stopped() => Stop::DriverStopped,
+    };
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    match stop {
+        Stop::Signal(name) => {
+            info!(signal = name, "stopping");
+            dispatcher.shutdown().await.context("shutting down")?;
+            info!("stopped");
+            Ok(())
+        }
+        Stop::DriverStopped => {
+            dispatcher.join().await.context("the dispatcher stopped")?;
+            anyhow::bail!("the dispatcher stopped unexpectedly")
+        }
+    }
+}
+
+async fn signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers cbd still runs; it stops when killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,72 @@
+//! The API's error answer: a status and `{"error": code, "detail": text}` (plus `"line"` for
+//! a batch), so a client can branch on `error` and a person can read `detail`.
+
+use hyper::StatusCode;
+
+/// A refused or failed request.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable, machine-readable code (`bad_json`, `unknown_event`, …).
+    pub code: &'static str,
+    /// What is wrong, for people.
+    pub detail: String,
+    /// The line of a batch the error is on, from 1.
+    pub line: Option<usize>,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            line: None,
+        }
+    }
+
+    /// 400 with `code`.
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    /// 404.
+    pub fn not_found(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    /// 500/503 from the log: it could not take or give the records.
+    pub fn store(e: &cb_store::Error) -> ApiError {
+        match e {
+            cb_store::Error::Rejected(reason) => ApiError::bad_request("rejected", reason.clone()),
+            cb_store::Error::Poisoned(_) | cb_store::Error::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "log_unavailable",
+                e.to_string(),
+            ),
+            _ => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "log_error",
+                e.to_string(),
+            ),
+        }
+    }
+
+    /// The same error, on line `line` of a batch.
+    pub fn at_line(mut self, line: usize) -> ApiError {
+        self.line = Some(line);
+        self.detail = format!("line {line}: {}", self.detail);
+        self
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({ "error": self.code, "detail": self.detail });
+        if let Some(line) = self.line {
+            v["line"] = line.into();
+        }
+        v
+    }
+}

@@ -1,0 +1,237 @@
+//! Turning request bodies into log inputs: one change as JSON or as a getFileInfo XML
+//! document, a batch of changes as NDJSON, a callback configuration.
+//!
+//! Everything is validated here, before anything is appended, and every refusal is an
+//! [`ApiError`] naming what is wrong — so bad input gets a 4xx and the log never holds a
+//! record the core would have to ignore.
+
+use std::sync::Arc;
+
+use cb_core::ingest::parse_result_xml;
+use cb_core::{
+    Callback, CallbackSpec, EventKind, FileCallback, FileId, FileKey, ProjectId, Snapshot, Target,
+};
+use cb_store::{Change, Input};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+/// The JSON shape of one change (`POST /v1/changes`, one line of a batch).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeBody {
+    project: String,
+    file_id: String,
+    event: String,
+    file: Snapshot,
+    #[serde(default)]
+    callbacks: Option<Vec<CallbackSpec>>,
+}
+
+/// What ingest needs to know about the daemon.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    /// An SMTP relay is configured, so `mailto:` callbacks can be delivered.
+    pub smtp: bool,
+}
+
+/// Parses a project id from a path or query.
+pub fn project(s: &str) -> Result<ProjectId, ApiError> {
+    ProjectId::new(s).map_err(|e| ApiError::bad_request("bad_id", format!("project: {e}")))
+}
+
+/// Parses a file id from a path or query.
+pub fn file_id(s: &str) -> Result<FileId, ApiError> {
+    FileId::new(s).map_err(|e| ApiError::bad_request("bad_id", format!("file_id: {e}")))
+}
+
+/// Parses an event kind.
+pub fn event(s: &str) -> Result<EventKind, ApiError> {
+    s.parse::<EventKind>()
+        .map_err(|e| ApiError::bad_request("unknown_event", e.to_string()))
+}
+
+/// One change from a JSON object.
+pub fn json_change(body: &[u8], rules: Rules) -> Result<Input, ApiError> {
+    let parsed: ChangeBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?;
+    change_from(parsed, rules)
+}
+
+fn change_from(body: ChangeBody, rules: Rules) -> Result<Input, ApiError> {
+    let file = FileKey::new(project(&body.project)?, file_id(&body.file_id)?);
+    let event = event(&body.event)?;
+    let callbacks = match body.callbacks {
+        None => None,
+        Some(specs) => {
+            let list = FileCallback::validate_list(specs)
+                .map_err(|e| ApiError::bad_request("bad_callback", e.to_string()))?;
+            for cb in &list {
+                check_deliverable(&cb.callback, rules)?;
+            }
+            Some(Arc::from(list))
+        }
+    };
+    Ok(Input::Change(Change {
+        file,
+        event,
+        snapshot: body.file,
+        callbacks,
+    }))
+}
+
+/// One change from a getFileInfo `<result>` document; the project and event come from the
+/// query string, the file id from the document's `<id>`.
+pub fn xml_change(
+    body: &[u8],
+    project_param: Option<&str>,
+    event_param: Option<&str>,
+) -> Result<Input, ApiError> {
+    let project = project(project_param.ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_id",
+            "an XML change needs ?project=…&event=… in the URL",
+        )
+    })?)?;
+    let event = event(event_param.ok_or_else(|| {
+        ApiError::bad_request("unknown_event", "an XML change needs ?event=… in the URL")
+    })?)?;
+    let snapshot =
+        parse_result_xml(body).map_err(|e| ApiError::bad_request("bad_xml", e.to_string()))?;
+    let id = snapshot.get("id").ok_or_else(|| {
+        ApiError::bad_request("bad_xml", "the <result> document has no <id> field")
+    })?;
+    let file = FileKey::new(project, file_id(id.trim())?);
+    Ok(Input::Change(Change {
+        file,
+        event,
+        snapshot,
+        callbacks: None,
+    }))
+}
+
+/// A batch: one JSON change a line (blank lines skipped). All or nothing: the first bad line
+/// refuses the whole batch, naming its number.
+pub fn ndjson_batch(body: &[u8], rules: Rules) -> Result<Vec<Input>, ApiError> {
+    let mut inputs = Vec::new();
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let input = json_change(line, rules).map_err(|e| e.at_line(i + 1))?;
+        inputs.push(input);
+    }
+    if inputs.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_json",
+            "the batch holds no change",
+        ));
+    }
+    Ok(inputs)
+}
+
+/// A project callback from its JSON configuration.
+pub fn callback(body: &[u8], rules: Rules) -> Result<Callback, ApiError> {
+    let spec: CallbackSpec = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?;
+    let cb = spec
+        .validate()
+        .map_err(|e| ApiError::bad_request("bad_callback", e.to_string()))?;
+    check_deliverable(&cb, rules)?;
+    Ok(cb)
+}
+
+fn check_deliverable(cb: &Callback, rules: Rules) -> Result<(), ApiError> {
+    if let Target::Mail(addr) = &cb.target {
+        if !rules.smtp {
+            return Err(ApiError::bad_request(
+                "bad_callback",
+                format!("mailto:{addr} needs an SMTP relay: start cbd with --smtp HOST:PORT"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: Rules = Rules { smtp: false };
+
+    #[test]
+    fn json_change_keeps_field_order() {
+        let input = json_change(
+            br#"{"project":"p","file_id":"556114","event":"rated","file":{"z":"1","a":"2"}}"#,
+            RULES,
+        )
+        .unwrap();
+        let Input::Change(c) = input else { panic!() };
+        assert_eq!(c.file.to_string(), "p/556114");
+        assert_eq!(
+            c.snapshot.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            ["z", "a"]
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"{", "bad_json"),
+            (br#"{"project":"p","file_id":"1","event":"exploded","file":{}}"#, "unknown_event"),
+            (br#"{"project":"p q","file_id":"1","event":"rated","file":{}}"#, "bad_id"),
+            (br#"{"project":"p","file_id":"1/2","event":"rated","file":{}}"#, "bad_id"),
+            (br#"{"project":"p","file_id":"1","event":"rated","file":{},"extra":1}"#, "bad_json"),
+            (br#"{"project":"p","file_id":"1","event":"published","file":{},"callbacks":[{"url":"mailto:a@b.c"}]}"#, "bad_callback"),
+            (br#"{"project":"p","file_id":"1","event":"published","file":{},"callbacks":[{"url":"http://x/","headers":[{"name":"X","value":"a\r\nb"}]}]}"#, "bad_callback"),
+        ];
+        for (body, code) in cases {
+            let e = json_change(body, RULES).err().unwrap();
+            assert_eq!(
+                e.code,
+                *code,
+                "{}: {}",
+                String::from_utf8_lossy(body),
+                e.detail
+            );
+        }
+    }
+
+    #[test]
+    fn batch_names_the_bad_line() {
+        let good = br#"{"project":"p","file_id":"1","event":"rated","file":{}}"#;
+        let mut body = Vec::new();
+        body.extend_from_slice(good);
+        body.extend_from_slice(b"\n\n");
+        body.extend_from_slice(good);
+        body.extend_from_slice(b"\n{oops\n");
+        let e = ndjson_batch(&body, RULES).err().unwrap();
+        assert_eq!(e.line, Some(4));
+        body.truncate(body.len() - 7);
+        assert_eq!(ndjson_batch(&body, RULES).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn xml_change_takes_the_id_from_the_document() {
+        let body = cb_core::render::fixtures::SEED_001_XML.as_bytes();
+        let Input::Change(c) = xml_change(body, Some("newzulu"), Some("rated")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.file.file_id.as_str(), "556114");
+        assert_eq!(c.snapshot.len(), 52);
+        assert_eq!(
+            xml_change(body, None, Some("rated")).err().unwrap().code,
+            "bad_id"
+        );
+        let dtd =
+            b"<?xml version=\"1.0\"?><!DOCTYPE r [<!ENTITY x \"y\">]><result><id>1</id></result>";
+        assert_eq!(
+            xml_change(dtd, Some("p"), Some("rated"))
+                .err()
+                .unwrap()
+                .code,
+            "bad_xml"
+        );
+    }
+}

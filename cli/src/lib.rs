@@ -1,0 +1,13 @@
+//! cb-cli: the binaries' shared code. `cbd` (the daemon) is `settings` + `token` + `api` +
+//! `server` around a `cb_dispatcher::Dispatcher`; `ingest` validates request bodies, `view`
+//! renders state as JSON, `error` is the API's error answer.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod error;
+pub mod ingest;
+pub mod server;
+pub mod settings;
+pub mod token;
+pub mod view;

@@ -1,0 +1,277 @@
+//! cbd's settings: command-line flags, `CBD_*` environment variables and an optional TOML
+//! file (`--config`), in that order of precedence, over built-in defaults — so `cbd` with no
+//! arguments starts and works.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cb_dispatcher::{DeliveryConfig, DispatcherOptions, LimitsConfig};
+use clap::Parser;
+use serde::Deserialize;
+
+/// The default request body limit (SPEC §6).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The default batch body limit: a thousand 1.5 KB changes do not fit in 1 MiB.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// `cbd` — cb's media callback daemon.
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "cbd",
+    version,
+    about = "cb's media callback daemon: durable, coalesced, auditable callbacks",
+    after_help = "Settings come from flags, then CBD_* environment variables, then the --config \
+TOML file (keys as the long flags, with underscores: data_dir = \"/var/lib/cb\"), then defaults.\n\
+The API token comes from CBD_TOKEN, or is generated into DIR/token (mode 0600) on first start.\n\n\
+Examples:\n  cbd\n  cbd --data-dir /var/lib/cb --listen 0.0.0.0:8650 --smtp mail.example.org:25\n  \
+CBD_TOKEN=s3cret cbd --config /etc/cb/cbd.toml"
+)]
+pub struct Args {
+    /// TOML file with settings.
+    #[arg(long, env = "CBD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the log, checkpoints and token live [default: ./cbd-data].
+    #[arg(long, env = "CBD_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the HTTP API [default: 127.0.0.1:8650].
+    #[arg(long, env = "CBD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// SMTP relay for mailto: callbacks.
+    #[arg(long, env = "CBD_SMTP", value_name = "HOST:PORT")]
+    pub smtp: Option<String>,
+    /// Allow callbacks to loopback, private and other non-public addresses.
+    #[arg(long, env = "CBD_ALLOW_PRIVATE_TARGETS")]
+    pub allow_private_targets: bool,
+    /// Largest request body [default: 1048576].
+    #[arg(long, env = "CBD_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Largest POST /v1/changes/batch body [default: 67108864].
+    #[arg(long, env = "CBD_MAX_BATCH_BYTES", value_name = "BYTES")]
+    pub max_batch_bytes: Option<usize>,
+    /// First attempts in flight, all receivers together [default: 1024].
+    #[arg(long, env = "CBD_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// First attempts in flight to one origin [default: 16].
+    #[arg(long, env = "CBD_MAX_IN_FLIGHT_PER_ORIGIN", value_name = "N")]
+    pub max_in_flight_per_origin: Option<usize>,
+    /// How long shutdown waits for attempts in flight [default: 10].
+    #[arg(long, env = "CBD_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "CBD_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
+/// The TOML file: the same settings, every one optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    smtp: Option<String>,
+    allow_private_targets: Option<bool>,
+    max_body_bytes: Option<usize>,
+    max_batch_bytes: Option<usize>,
+    max_in_flight: Option<usize>,
+    max_in_flight_per_origin: Option<usize>,
+    shutdown_grace_secs: Option<u64>,
+    log_format: Option<LogFormat>,
+}
+
+/// Resolved settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// API address.
+    pub listen: SocketAddr,
+    /// SMTP relay.
+    pub smtp: Option<String>,
+    /// See [`Args::allow_private_targets`].
+    pub allow_private_targets: bool,
+    /// Request body limit.
+    pub max_body_bytes: usize,
+    /// Batch body limit.
+    pub max_batch_bytes: usize,
+    /// Global bound on first attempts in flight.
+    pub max_in_flight: usize,
+    /// Per-origin bound.
+    pub max_in_flight_per_origin: usize,
+    /// Shutdown grace.
+    pub shutdown_grace: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Why the settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The TOML file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML file is malformed or has unknown keys.
+    #[error("{path}: {source}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Resolves `args` (flags and environment, as clap read them) over the TOML file over
+    /// the defaults.
+    pub fn resolve(args: Args) -> Result<Settings, SettingsError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let s = Settings {
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./cbd-data")),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8650))),
+            smtp: args.smtp.or(file.smtp).filter(|s| !s.is_empty()),
+            allow_private_targets: args.allow_private_targets
+                || file.allow_private_targets.unwrap_or(false),
+            max_body_bytes: args
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            max_batch_bytes: args
+                .max_batch_bytes
+                .or(file.max_batch_bytes)
+                .unwrap_or(DEFAULT_MAX_BATCH_BYTES),
+            max_in_flight: args
+                .max_in_flight
+                .or(file.max_in_flight)
+                .unwrap_or(LimitsConfig::default().global),
+            max_in_flight_per_origin: args
+                .max_in_flight_per_origin
+                .or(file.max_in_flight_per_origin)
+                .unwrap_or(LimitsConfig::default().per_origin),
+            shutdown_grace: Duration::from_secs(
+                args.shutdown_grace_secs
+                    .or(file.shutdown_grace_secs)
+                    .unwrap_or(10),
+            ),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        };
+        if s.max_in_flight == 0 || s.max_in_flight_per_origin == 0 {
+            return Err(SettingsError::Invalid(
+                "max_in_flight and max_in_flight_per_origin must be at least 1".into(),
+            ));
+        }
+        if s.max_body_bytes < 1024 || s.max_batch_bytes < 1024 {
+            return Err(SettingsError::Invalid(
+                "max_body_bytes and max_batch_bytes must be at least 1024".into(),
+            ));
+        }
+        if let Some(smtp) = &s.smtp {
+            if !smtp.contains(':') {
+                return Err(SettingsError::Invalid(format!(
+                    "--smtp {smtp:?}: give HOST:PORT, as mail.example.org:25"
+                )));
+            }
+        }
+        Ok(s)
+    }
+
+    /// The dispatcher's options.
+    pub fn dispatcher(&self) -> DispatcherOptions {
+        let mut o = DispatcherOptions::new(self.data_dir.clone());
+        o.delivery = DeliveryConfig {
+            allow_private_targets: self.allow_private_targets,
+            limits: LimitsConfig {
+                global: self.max_in_flight,
+                per_origin: self.max_in_flight_per_origin,
+            },
+            smtp: self.smtp.clone(),
+        };
+        o.shutdown_grace = self.shutdown_grace;
+        o
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| SettingsError::Toml {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_anything() {
+        let s = Settings::resolve(Args::default()).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("./cbd-data"));
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8650");
+        assert_eq!(s.max_body_bytes, 1024 * 1024);
+        assert!(!s.allow_private_targets);
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cbd.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/from/file\"\nlisten = \"127.0.0.1:9000\"\nallow_private_targets = true\n",
+        )
+        .unwrap();
+        let args = Args::try_parse_from([
+            "cbd",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9001",
+        ])
+        .unwrap();
+        let s = Settings::resolve(args).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9001");
+        assert!(s.allow_private_targets);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cbd.toml");
+        std::fs::write(&path, "datadir = \"x\"\n").unwrap();
+        let args = Args::try_parse_from(["cbd", "--config", path.to_str().unwrap()]).unwrap();
+        let e = Settings::resolve(args).unwrap_err().to_string();
+        assert!(e.contains("datadir"), "{e}");
+    }
+}

@@ -1,0 +1,230 @@
+//! JSON views for the API (and `cbctl --json`): machines, records, callbacks, a file's
+//! state and history. Times are given twice: `…_at` in milliseconds since the epoch (exact,
+//! as the log holds them) and `…_time` in RFC 3339 (for people).
+
+use cb_core::{
+    Callback, CallbackName, CallbackRef, Cause, Effect, FileHistory, Machine, Record, RecordKind,
+    Snapshot, State, Step, Timestamp,
+};
+use cb_store::ndjson::rfc3339;
+use serde_json::{json, Map, Value};
+
+fn time(v: &mut Map<String, Value>, name: &str, at: Timestamp) {
+    v.insert(format!("{name}_at"), at.0.into());
+    if let Some(t) = rfc3339(at) {
+        v.insert(format!("{name}_time"), t.into());
+    }
+}
+
+/// One machine's state.
+pub fn machine(callback: &CallbackRef, m: &Machine) -> Value {
+    let mut v = Map::new();
+    v.insert("callback".into(), callback.to_string().into());
+    v.insert("state".into(), m.state.name().as_str().into());
+    v.insert("delivery".into(), m.state.delivery().0 .0.into());
+    match m.state {
+        State::Coalescing { since, due_at, .. } => {
+            time(&mut v, "since", since);
+            time(&mut v, "due", due_at);
+        }
+        State::Pending(f) => {
+            v.insert("attempt".into(), f.attempt.into());
+            v.insert("version".into(), f.version.0.into());
+            v.insert("redeliver".into(), f.redeliver.into());
+            time(&mut v, "started", f.started_at);
+        }
+        State::Sent { version, at, .. } => {
+            v.insert("version".into(), version.0.into());
+            time(&mut v, "sent", at);
+        }
+        State::Retrying {
+            failed,
+            next_at,
+            first_failure_at,
+            redeliver,
+            ..
+        } => {
+            v.insert("attempts".into(), failed.into());
+            v.insert("redeliver".into(), redeliver.into());
+            time(&mut v, "next", next_at);
+            time(&mut v, "first_failure", first_failure_at);
+        }
+        State::Abandoned { attempts, at, .. } => {
+            v.insert("attempts".into(), attempts.into());
+            time(&mut v, "abandoned", at);
+        }
+    }
+    if let Some(d) = m.delivered {
+        v.insert("delivered_version".into(), d.0.into());
+    }
+    if let Some(o) = m.last_outcome {
+        let mut lo = Map::new();
+        lo.insert("seq".into(), o.seq.0.into());
+        time(&mut lo, "", o.at);
+        lo.insert("attempt".into(), o.attempt.into());
+        lo.insert("outcome".into(), o.outcome.to_string().into());
+        lo.insert("class".into(), o.outcome.class().into());
+        // `time(…, "")` named them `_at`/`_time`; give them plain names.
+        if let Some(at) = lo.remove("_at") {
+            lo.insert("at".into(), at);
+        }
+        if let Some(t) = lo.remove("_time") {
+            lo.insert("time".into(), t);
+        }
+        v.insert("last_outcome".into(), Value::Object(lo));
+    }
+    Value::Object(v)
+}
+
+/// A project callback with its status.
+pub fn callback(name: &CallbackName, cb: &Callback, enabled: bool, put_by: u64) -> Value {
+    json!({
+        "name": name.as_str(),
+        "enabled": enabled,
+        "put_by": put_by,
+        "callback": cb,
+    })
+}
+
+/// One record, compactly (no snapshot body).
+pub fn record(r: &Record) -> Value {
+    let mut v = Map::new();
+    v.insert("seq".into(), r.seq.0.into());
+    v.insert("at".into(), r.at.0.into());
+    if let Some(t) = rfc3339(r.at) {
+        v.insert("time".into(), t.into());
+    }
+    let (kind, what) = match &r.kind {
+        RecordKind::ChangeAppended {
+            event, callbacks, ..
+        } => {
+            let mut w = json!({ "event": event.as_str() });
+            if let Some(list) = callbacks {
+                w["callbacks"] = list
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .into();
+            }
+            ("change", w)
+        }
+        RecordKind::CallbackPut { name, callback, .. } => (
+            "callback_put",
+            json!({ "name": name.as_str(), "callback": callback }),
+        ),
+        RecordKind::CallbackRemoved { name, .. } => {
+            ("callback_removed", json!({ "name": name.as_str() }))
+        }
+        RecordKind::CallbackDisabled { machine, cause } => (
+            "callback_disabled",
+            json!({ "callback": machine.callback.to_string(), "cause": cause.0 }),
+        ),
+        RecordKind::Ticked => ("tick", json!({})),
+        RecordKind::AttemptFinished(a) => (
+            "attempt",
+            json!({
+                "callback": a.machine.callback.to_string(),
+                "delivery": a.delivery.0.0,
+                "attempt": a.attempt,
+                "version": a.version.0,
+                "outcome": a.outcome.to_string(),
+                "class": a.outcome.class(),
+                "latency_ms": a.latency_ms,
+                "digest": a.digest.to_hex(),
+                "detail": a.detail,
+            }),
+        ),
+        RecordKind::RedeliverRequested {
+            callback, version, ..
+        } => (
+            "redeliver",
+            json!({
+                "callback": callback.as_ref().map(ToString::to_string),
+                "version": version.map(|s| s.0),
+            }),
+        ),
+    };
+    v.insert("kind".into(), kind.into());
+    if let Value::Object(w) = what {
+        v.extend(w);
+    }
+    Value::Object(v)
+}
+
+fn step(s: &Step) -> Value {
+    let mut v = match &s.cause {
+        Cause::Record(r, disposition) => {
+            let mut v = record(r);
+            if let cb_core::Disposition::Ignored(why) = disposition {
+                v["ignored"] = serde_json::to_value(why).unwrap_or(Value::Null);
+            }
+            v
+        }
+        Cause::Deadline(t) => {
+            let mut m = Map::new();
+            m.insert("kind".into(), "deadline".into());
+            m.insert("at".into(), t.0.into());
+            if let Some(tt) = rfc3339(*t) {
+                m.insert("time".into(), tt.into());
+            }
+            Value::Object(m)
+        }
+    };
+    let started: Vec<Value> = s
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::StartAttempt(a) => Some(json!({
+                "callback": a.machine.callback.to_string(),
+                "delivery": a.delivery.0.0,
+                "attempt": a.attempt,
+                "version": a.version.0,
+            })),
+            _ => None,
+        })
+        .collect();
+    if !started.is_empty() {
+        v["attempts_started"] = started.into();
+    }
+    v["version"] = s.version.map(|x| x.0).into();
+    v["machines"] = s
+        .machines
+        .iter()
+        .map(|(r, m)| machine(r, m))
+        .collect::<Vec<_>>()
+        .into();
+    v
+}
+
+/// A file's history: every step with the machines after it.
+pub fn history(h: &FileHistory) -> Value {
+    json!({
+        "project": h.file.project.as_str(),
+        "file_id": h.file.file_id.as_str(),
+        "steps": h.steps.iter().map(step).collect::<Vec<_>>(),
+    })
+}
+
+/// A file's current state: latest snapshot and each machine.
+pub fn file_state(h: &FileHistory, version: Option<u64>, snapshot: Option<&Snapshot>) -> Value {
+    let machines: Vec<Value> = h
+        .latest_machines()
+        .iter()
+        .map(|(r, m, kept)| {
+            let mut v = machine(r, m);
+            if !kept {
+                // The core forgot it: a `sent` machine whose window elapsed is exactly a
+                // fresh one. Shown as it last was.
+                v["retained"] = false.into();
+            }
+            v
+        })
+        .collect();
+    json!({
+        "project": h.file.project.as_str(),
+        "file_id": h.file.file_id.as_str(),
+        "version": version,
+        "file": snapshot,
+        "machines": machines,
+    })
+}

@@ -1,0 +1,143 @@
+//! One file's story: the fold of that file's records (plus its project's configuration),
+//! step by step, with the file's machines after each step.
+//!
+//! The projection property (`fold.rs` module docs) makes this exact: folding only these
+//! records reaches the same states and attempts the whole log reaches for the file. Each
+//! deadline that fires between two records is a step of its own, at its own time, so a reader
+//! sees "due → attempt 1 started" where it happened rather than folded into the next record.
+//! `GET /v1/files/…/history`, `cbctl history` and `cbctl rewind` are views of this.
+
+use crate::effect::Effect;
+use crate::fold::{Core, Disposition};
+use crate::ids::{CallbackRef, FileKey, Seq, Timestamp};
+use crate::machine::{Machine, StateName};
+use crate::record::Record;
+
+/// What moved the file's fold one step.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Cause {
+    /// A record of the file or its project.
+    Record(Record, Disposition),
+    /// Deadlines that fell due at this time, between records.
+    Deadline(Timestamp),
+}
+
+/// One step of a file's story.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Step {
+    /// What happened.
+    pub cause: Cause,
+    /// The effects it produced for this file (attempts started, disables owed).
+    pub effects: Vec<Effect>,
+    /// The file's version after it.
+    pub version: Option<Seq>,
+    /// The file's machines after it, by callback.
+    pub machines: Vec<(CallbackRef, Machine)>,
+}
+
+impl Step {
+    /// When the step happened.
+    pub fn at(&self) -> Timestamp {
+        match &self.cause {
+            Cause::Record(r, _) => r.at,
+            Cause::Deadline(t) => *t,
+        }
+    }
+}
+
+/// A file's fold, kept step by step.
+#[derive(Clone, Debug)]
+pub struct FileHistory {
+    /// The file.
+    pub file: FileKey,
+    /// Every step, in order.
+    pub steps: Vec<Step>,
+    /// The fold's core after the last step (per-file: it knows only this file).
+    pub core: Core,
+}
+
+impl FileHistory {
+    /// Folds `records` (the file's and its project's, in log order) and then lets time run
+    /// to `until`, if given and later, firing the deadlines it passes.
+    pub fn fold(
+        file: &FileKey,
+        records: impl IntoIterator<Item = Record>,
+        until: Option<Timestamp>,
+    ) -> FileHistory {
+        let mut h = FileHistory {
+            file: file.clone(),
+            steps: Vec::new(),
+            core: Core::new(),
+        };
+        for record in records {
+            if h.core.last_seq().is_some_and(|s| record.seq <= s) {
+                continue;
+            }
+            h.fire_deadlines_until(record.at);
+            let mut effects = Vec::new();
+            let disposition = h.core.apply(&record, &mut effects);
+            h.push(Cause::Record(record, disposition), effects);
+        }
+        if let Some(until) = until {
+            if until >= h.core.now() {
+                h.fire_deadlines_until(until);
+                h.core.advance(until, &mut Vec::new());
+            }
+        }
+        h
+    }
+
+    fn fire_deadlines_until(&mut self, to: Timestamp) {
+        while let Some(t) = self.core.next_deadline().filter(|t| *t <= to) {
+            let mut effects = Vec::new();
+            self.core.advance(t, &mut effects);
+            self.push(Cause::Deadline(t), effects);
+        }
+    }
+
+    fn push(&mut self, cause: Cause, mut effects: Vec<Effect>) {
+        effects.retain(|e| match e {
+            Effect::StartAttempt(a) => a.machine.file == self.file,
+            Effect::DisableCallback { machine, .. } => machine.file == self.file,
+            Effect::WakeAt { .. } => false,
+        });
+        let entry = self.core.file(&self.file);
+        self.steps.push(Step {
+            cause,
+            effects,
+            version: entry.map(|e| e.version),
+            machines: entry.map(|e| e.machines.clone()).unwrap_or_default(),
+        });
+    }
+
+    /// The latest state each callback's machine had, as of the end: the machine itself if
+    /// the core keeps it, else the last state it had before the core forgot it (a `sent`
+    /// machine whose window elapsed), flagged `false`.
+    pub fn latest_machines(&self) -> Vec<(CallbackRef, Machine, bool)> {
+        let mut out: Vec<(CallbackRef, Machine, bool)> = Vec::new();
+        let kept = self
+            .core
+            .file(&self.file)
+            .map(|e| e.machines.clone())
+            .unwrap_or_default();
+        for (r, m) in &kept {
+            out.push((r.clone(), m.clone(), true));
+        }
+        let mut seen: Vec<&CallbackRef> = kept.iter().map(|(r, _)| r).collect();
+        for step in self.steps.iter().rev() {
+            for (r, m) in &step.machines {
+                if seen.contains(&r) {
+                    continue;
+                }
+                seen.push(r);
+                // Only a `sent` machine is forgotten on its own; one dropped with its
+                // callback (removed, disabled) has no latest state to show.
+                if m.state.name() == StateName::Sent {
+                    out.push((r.clone(), m.clone(), false));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}

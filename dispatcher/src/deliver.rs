@@ -1,0 +1,354 @@
+//! Performing one attempt: load the version, render it, send it, classify what happened.
+//!
+//! The result is always an [`AttemptReport`] — a failed delivery is an outcome to record,
+//! never a Rust error — carrying the digest of the exact bytes rendered for the request, the
+//! latency from the moment the attempt got its slot, and a one-line detail for operators.
+//! Requests go through one pooled keep-alive client (HTTP/1.1, rustls with the webpki roots)
+//! whose TCP layer is the [`GuardedConnector`], so every connection is checked against the
+//! target policy.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cb_core::render::request_url;
+use cb_core::{
+    render, Attempt, AttemptReport, Digest, MachineKey, Method, Outcome, Placement, Target,
+};
+use cb_store::Store;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use hyper::{Request, StatusCode};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sha2::{Digest as _, Sha256};
+
+use crate::limits::{Limits, LimitsConfig, Pool};
+use crate::target::{GuardedConnector, Refused};
+
+/// What a response body may be before cb stops reading it (and drops the connection).
+const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
+/// The longest detail an outcome record carries.
+const DETAIL_LIMIT: usize = 300;
+/// `User-Agent` of every request.
+pub const USER_AGENT_VALUE: &str = concat!("cb/", env!("CARGO_PKG_VERSION"));
+
+/// How deliveries are made.
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryConfig {
+    /// Connect to loopback, private and other non-public addresses too.
+    pub allow_private_targets: bool,
+    /// Bounds on attempts in flight.
+    pub limits: LimitsConfig,
+    /// The SMTP relay for `mailto:` callbacks (`host:port`), if any.
+    pub smtp: Option<String>,
+}
+
+type HttpClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
+
+/// Performs attempts. One per daemon; shared by every attempt task.
+pub struct Deliverer {
+    client: HttpClient,
+    limits: Limits,
+    store: Store,
+    smtp: Option<String>,
+}
+
+impl Deliverer {
+    /// A deliverer reading versions from `store`.
+    pub fn new(store: Store, config: &DeliveryConfig) -> Deliverer {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(GuardedConnector {
+                allow_private: config.allow_private_targets,
+            });
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(config.limits.per_origin * 2)
+            .build(https);
+        Deliverer {
+            client,
+            limits: Limits::new(config.limits),
+            store,
+            smtp: config.smtp.clone(),
+        }
+    }
+
+    /// Performs `attempt` and reports how it ended. Waits for a slot first (SPEC §6
+    /// "Isolation"); the attempt's timeout and latency start when it has one.
+    pub async fn perform(&self, attempt: &Attempt) -> AttemptReport {
+        let pool = if attempt.attempt <= 1 {
+            Pool::First
+        } else {
+            Pool::Retry
+        };
+        let origin = origin_of(&attempt.callback.target);
+        let _slot = self.limits.acquire(&origin, pool).await;
+        let started = Instant::now();
+        let (outcome, digest, detail) = self.attempt(attempt).await;
+        AttemptReport {
+            machine: attempt.machine.clone(),
+            delivery: attempt.delivery,
+            attempt: attempt.attempt,
+            version: attempt.version,
+            outcome,
+            latency_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
+            digest,
+            detail: clip(detail),
+        }
+    }
+
+    async fn attempt(&self, attempt: &Attempt) -> (Outcome, Digest, String) {
+        let snapshot = match self.store.snapshot(attempt.version) {
+            Ok(Some(s)) => s,
+            // The log names a version it cannot produce: record it, so the delivery retries
+            // and the operator sees why (and `cbctl replay` flags the digest).
+            Ok(None) => {
+                return (
+                    Outcome::Connect,
+                    Digest::of(b""),
+                    format!("cb could not find version {} in its log", attempt.version),
+                )
+            }
+            Err(e) => {
+                return (
+                    Outcome::Connect,
+                    Digest::of(b""),
+                    format!("cb could not read version {}: {e}", attempt.version),
+                )
+            }
+        };
+        let rendered = render(&snapshot, &attempt.callback);
+        let digest = rendered.digest();
+        let timeout = Duration::from_secs(u64::from(attempt.callback.timeout_secs));
+        let (outcome, detail) = match &attempt.callback.target {
+            Target::Http(url) => {
+                let url = request_url(url, &rendered);
+                let request = match build_request(attempt, &url, &rendered) {
+                    Ok(r) => r,
+                    Err(detail) => return (Outcome::Connect, digest, detail),
+                };
+                match tokio::time::timeout(timeout, self.exchange(request)).await {
+                    Ok(result) => result,
+                    Err(_) => (
+                        Outcome::Timeout,
+                        format!("no complete answer within {}s", timeout.as_secs()),
+                    ),
+                }
+            }
+            Target::Mail(address) => match &self.smtp {
+                None => (
+                    Outcome::Connect,
+                    format!(
+                        "no SMTP relay configured (start cbd with --smtp) for mailto:{address}"
+                    ),
+                ),
+                Some(relay) => (
+                    Outcome::Connect,
+                    format!("mail delivery through {relay} is not available in this build"),
+                ),
+            },
+        };
+        (outcome, digest, detail)
+    }
+
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> (Outcome, String) {
+        let response = match self.client.request(request).await {
+            Ok(r) => r,
+            Err(e) => return classify_error(&e),
+        };
+        let status = response.status();
+        let retry_after = match status {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after),
+            _ => None,
+        };
+        // Read the answer (bounded) so the connection can carry the next request.
+        let body = Limited::new(response.into_body(), RESPONSE_BODY_LIMIT)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let outcome = Outcome::from_status(status.as_u16(), retry_after);
+        let detail = if outcome.is_delivered() {
+            String::new()
+        } else {
+            let text = String::from_utf8_lossy(&body);
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            format!(
+                "HTTP {status}{}{text}",
+                if text.is_empty() { "" } else { ": " }
+            )
+        };
+        (outcome, detail)
+    }
+}
+
+/// `scheme://host:port` of an HTTP target; one origin for all mail.
+fn origin_of(target: &Target) -> String {
+    match target {
+        Target::Http(url) => match url.parse::<hyper::Uri>() {
+            Ok(uri) => format!(
+                "{}://{}",
+                uri.scheme_str().unwrap_or("http"),
+                uri.authority().map_or("", |a| a.as_str())
+            )
+            .to_ascii_lowercase(),
+            Err(_) => url.clone(),
+        },
+        Target::Mail(_) => "smtp:".to_owned(),
+    }
+}
+
+/// The `webhook-id` of a delivery: stable across its retries, unique per machine (delivery
+/// ids are shared by every callback a change triggers).
+pub fn webhook_id(machine: &MachineKey, delivery: cb_core::DeliveryId) -> String {
+    let mut h = Sha256::new();
+    h.update(machine.to_string().as_bytes());
+    let h = h.finalize();
+    format!("msg_{}_{}", delivery.0 .0, hex::encode(&h[..8]))
+}
+
+fn build_request(
+    attempt: &Attempt,
+    url: &str,
+    rendered: &cb_core::Rendered,
+) -> Result<Request<Full<Bytes>>, String> {
+    let cb = &attempt.callback;
+    let method = match cb.method {
+        Method::Post => hyper::Method::POST,
+        Method::Put => hyper::Method::PUT,
+        Method::Get => hyper::Method::GET,
+    };
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(url)
+        .header(USER_AGENT, USER_AGENT_VALUE)
+        .header("cb-file-version", attempt.version.0.to_string())
+        .header("webhook-id", webhook_id(&attempt.machine, attempt.delivery));
+    let body = match rendered.placement {
+        Placement::Body { content_type } => {
+            builder = builder.header(CONTENT_TYPE, content_type);
+            Bytes::copy_from_slice(&rendered.bytes)
+        }
+        Placement::Query => Bytes::new(),
+    };
+    for h in &cb.headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|e| format!("header name {:?}: {e}", h.name))?;
+        let value = HeaderValue::from_str(&h.value)
+            .map_err(|e| format!("header {:?} value: {e}", h.name))?;
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(Full::new(body))
+        .map_err(|e| format!("cannot build the request for {url}: {e}"))
+}
+
+/// Seconds from a `Retry-After` value: delta-seconds or an HTTP date.
+fn parse_retry_after(value: &str) -> Option<u32> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(u32::try_from(secs).unwrap_or(u32::MAX));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    let secs = when
+        .duration_since(std::time::SystemTime::now())
+        .map_or(0, |d| d.as_secs());
+    Some(u32::try_from(secs).unwrap_or(u32::MAX))
+}
+
+/// Maps a client error to an outcome: the target policy, TLS, or anything else that kept a
+/// complete answer from arriving (connect, reset, closed early).
+fn classify_error(e: &hyper_util::client::legacy::Error) -> (Outcome, String) {
+    let mut chain: Vec<String> = Vec::new();
+    let mut outcome = Outcome::Connect;
+    let mut current: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = current {
+        if err.downcast_ref::<Refused>().is_some() {
+            outcome = Outcome::TargetRefused;
+        }
+        if err.downcast_ref::<rustls::Error>().is_some() && outcome == Outcome::Connect {
+            outcome = Outcome::Tls;
+        }
+        // `io::Error::source` skips the error it wraps; look inside explicitly.
+        let mut next = err.source();
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if inner.downcast_ref::<rustls::Error>().is_some() && outcome == Outcome::Connect {
+                    outcome = Outcome::Tls;
+                }
+                if inner.downcast_ref::<Refused>().is_some() {
+                    outcome = Outcome::TargetRefused;
+                }
+                next = Some(inner as &(dyn StdError + 'static));
+                if chain.last().map(String::as_str) != Some(&io.to_string()) {
+                    chain.push(io.to_string());
+                }
+                current = next;
+                continue;
+            }
+        }
+        let text = err.to_string();
+        if chain.last() != Some(&text) {
+            chain.push(text);
+        }
+        current = next;
+    }
+    (outcome, chain.join(": "))
+}
+
+fn clip(mut s: String) -> String {
+    if s.len() > DETAIL_LIMIT {
+        let mut end = DETAIL_LIMIT;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+/// A shareable deliverer.
+pub type SharedDeliverer = Arc<Deliverer>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("120"), Some(120));
+        assert_eq!(parse_retry_after(" 7 "), Some(7));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(0));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn origins() {
+        assert_eq!(
+            origin_of(&Target::Http("https://Example.org:8443/cb?x=1".into())),
+            "https://example.org:8443"
+        );
+        assert_eq!(
+            origin_of(&Target::Http("http://example.org/cb".into())),
+            "http://example.org"
+        );
+    }
+
+    #[test]
+    fn clip_keeps_char_boundaries() {
+        let s = "é".repeat(400);
+        let c = clip(s);
+        assert!(c.len() <= DETAIL_LIMIT + 3);
+        assert!(c.ends_with('…'));
+    }
+}

@@ -1,0 +1,22 @@
+//! cb-dispatcher: the side effects. The [`Dispatcher`]'s driver owns the log and the pure
+//! core, folds every durable record, performs the effects the core hands out — HTTP(S)
+//! deliveries through one pooled keep-alive client, timers as `Ticked` records, disables —
+//! and appends every outcome back into the log.
+//!
+//! Map: `driver` (the loop, the [`Handle`] others use), `deliver` (one attempt: render,
+//! request, classify), `target` (which addresses may be reached, and the connector that
+//! checks every resolved address), `limits` (attempts in flight, globally and per origin),
+//! `metrics` (Prometheus).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod deliver;
+pub mod driver;
+pub mod limits;
+pub mod metrics;
+pub mod target;
+
+pub use deliver::{webhook_id, Deliverer, DeliveryConfig};
+pub use driver::{Dispatcher, DispatcherOptions, Error, Handle, Started};
+pub use limits::LimitsConfig;
+pub use metrics::Metrics;

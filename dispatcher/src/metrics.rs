@@ -1,0 +1,137 @@
+//! The dispatcher's Prometheus metrics: what the driver folded and what attempts did.
+//!
+//! Counters are fed by the driver as it folds (so they count durable records, the same
+//! ones `cbctl replay` counts) and by attempt tasks; machine states and lag are gauges the
+//! API sets from a census when it is scraped.
+
+use cb_core::{Disposition, Record, RecordKind};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label: a record kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `change`, `callback_put`, …
+    pub kind: &'static str,
+}
+
+/// Label: an attempt outcome class (`delivered`, `5xx`, `timeout`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// See `cb_core::Outcome::class`.
+    pub outcome: &'static str,
+}
+
+/// Label: a machine state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// `coalescing`, `pending`, …
+    pub state: &'static str,
+}
+
+/// Every metric of the dispatcher. Clones of a metric share its value.
+#[derive(Default)]
+pub struct Metrics {
+    /// Changes folded.
+    pub changes: Counter,
+    /// Records folded, by kind.
+    pub records: Family<KindLabel, Counter>,
+    /// Records the core ignored (late outcomes and the like).
+    pub ignored: Counter,
+    /// Attempt outcomes folded, by class.
+    pub attempts: Family<OutcomeLabel, Counter>,
+    /// Attempts started and not yet recorded.
+    pub in_flight: Gauge,
+    /// The last sequence number the core folded.
+    pub folded_seq: Gauge,
+    /// The last durable sequence number (set at scrape).
+    pub log_seq: Gauge,
+    /// Machines per state (set at scrape).
+    pub machines: Family<StateLabel, Gauge>,
+    /// Files the core keeps (set at scrape).
+    pub files: Gauge,
+    /// How far the earliest deadline is in the past, in seconds (set at scrape; 0 if none).
+    pub deadline_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Checkpoints written.
+    pub checkpoints: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric under the `cb_` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("cb");
+        r.register("changes", "Changes folded", self.changes.clone());
+        r.register("records", "Records folded, by kind", self.records.clone());
+        r.register(
+            "ignored_records",
+            "Records the core ignored",
+            self.ignored.clone(),
+        );
+        r.register(
+            "attempts",
+            "Attempt outcomes, by class",
+            self.attempts.clone(),
+        );
+        r.register(
+            "attempts_in_flight",
+            "Attempts started and not yet recorded",
+            self.in_flight.clone(),
+        );
+        r.register(
+            "folded_seq",
+            "Last sequence number folded by the core",
+            self.folded_seq.clone(),
+        );
+        r.register(
+            "log_seq",
+            "Last durable sequence number in the log",
+            self.log_seq.clone(),
+        );
+        r.register(
+            "machines",
+            "Delivery machines per state",
+            self.machines.clone(),
+        );
+        r.register("files", "Files the core keeps", self.files.clone());
+        r.register(
+            "deadline_lag_seconds",
+            "How long the earliest deadline has been due (0 if none is)",
+            self.deadline_lag_seconds.clone(),
+        );
+        r.register(
+            "checkpoints",
+            "Checkpoints written",
+            self.checkpoints.clone(),
+        );
+    }
+
+    /// Counts one folded record.
+    pub fn observe(&self, record: &Record, disposition: Disposition) {
+        let kind = match &record.kind {
+            RecordKind::ChangeAppended { .. } => {
+                self.changes.inc();
+                "change"
+            }
+            RecordKind::CallbackPut { .. } => "callback_put",
+            RecordKind::CallbackRemoved { .. } => "callback_removed",
+            RecordKind::CallbackDisabled { .. } => "callback_disabled",
+            RecordKind::Ticked => "tick",
+            RecordKind::AttemptFinished(report) => {
+                self.attempts
+                    .get_or_create(&OutcomeLabel {
+                        outcome: report.outcome.class(),
+                    })
+                    .inc();
+                "attempt"
+            }
+            RecordKind::RedeliverRequested { .. } => "redeliver",
+        };
+        self.records.get_or_create(&KindLabel { kind }).inc();
+        if let Disposition::Ignored(_) = disposition {
+            self.ignored.inc();
+        }
+    }
+}
