@@ -1,0 +1,151 @@
+//! Bad input, auth, and the read routes.
+
+use serde_json::{json, Value};
+
+use crate::support::{snapshot, Cbd, Receiver};
+
+/// method, path, content type, body, expected status, expected error code.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+
+/// Every kind of bad input in SPEC §6 → its 4xx with a JSON error, nothing appended, the
+/// daemon alive.
+#[test]
+fn bad_input_is_refused_and_appends_nothing() {
+    let cbd = Cbd::start(&[]);
+    cbd.put_callback("p", "site", json!({"url": "https://example.org/cb"}));
+    let before = cbd.last_seq();
+    let xml = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/examples/getFileInfo-556114.xml"
+    ))
+    .unwrap();
+    let big = vec![b' '; 1024 * 1024 + 10];
+    let change = |event: &str, project: &str, file_id: &str| {
+        serde_json::to_vec(&json!({"project": project, "file_id": file_id, "event": event, "file": snapshot("1", 1)})).unwrap()
+    };
+    let cases: Vec<Case> = vec![
+        ("POST", "/v1/changes", Some("application/json"), b"{\"project\":".to_vec(), 400, "bad_json"),
+        ("POST", "/v1/changes", Some("application/json"), b"[1,2]".to_vec(), 400, "bad_json"),
+        ("POST", "/v1/changes?project=p&event=rated", Some("application/xml"), b"<result><id>1</id>".to_vec(), 400, "bad_xml"),
+        ("POST", "/v1/changes?project=p&event=rated", Some("application/xml"),
+            b"<?xml version=\"1.0\"?><!DOCTYPE lolz [<!ENTITY lol \"lol\">]><result><id>&lol;</id></result>".to_vec(), 400, "bad_xml"),
+        ("POST", "/v1/changes?project=p&event=exploded", Some("application/xml"), xml.clone(), 400, "unknown_event"),
+        ("POST", "/v1/changes?project=bad%20project&event=rated", Some("application/xml"), xml.clone(), 400, "bad_id"),
+        ("POST", "/v1/changes", Some("application/json"), change("exploded", "p", "1"), 400, "unknown_event"),
+        ("POST", "/v1/changes", Some("application/json"), change("rated", "p/q", "1"), 400, "bad_id"),
+        ("POST", "/v1/changes", Some("application/json"), change("rated", "p", &"x".repeat(129)), 400, "bad_id"),
+        ("POST", "/v1/changes", Some("application/json"), big.clone(), 413, "too_large"),
+        ("POST", "/v1/changes/batch", Some("application/x-ndjson"),
+            [change("rated", "p", "1"), b"\n".to_vec(), change("rated", "p", "bad id"), b"\n".to_vec()].concat(), 400, "bad_id"),
+        ("PUT", "/v1/projects/p/callbacks/x", Some("application/json"), br#"{"url":"ftp://example.org/"}"#.to_vec(), 400, "bad_callback"),
+        ("PUT", "/v1/projects/p/callbacks/x", Some("application/json"), br#"{"url":"not a url"}"#.to_vec(), 400, "bad_callback"),
+        ("PUT", "/v1/projects/p/callbacks/x", Some("application/json"),
+            br#"{"url":"https://example.org/","headers":[{"name":"X-A","value":"a\r\nInjected: 1"}]}"#.to_vec(), 400, "bad_callback"),
+        ("PUT", "/v1/projects/p/callbacks/x", Some("application/json"), br#"{"url":"mailto:ops@example.org"}"#.to_vec(), 400, "bad_callback"),
+        ("PUT", "/v1/projects/p/callbacks/x", Some("application/json"), br#"{"url":"https://example.org/","window":5}"#.to_vec(), 400, "bad_json"),
+        ("PUT", "/v1/projects/p/callbacks/bad%20name", Some("application/json"), br#"{"url":"https://example.org/"}"#.to_vec(), 400, "bad_id"),
+        ("DELETE", "/v1/projects/p/callbacks/nope", None, vec![], 404, "not_found"),
+        ("GET", "/v1/files/p/never", None, vec![], 404, "not_found"),
+        ("GET", "/v1/log?from=abc", None, vec![], 400, "bad_query"),
+        ("GET", "/v1/nothing", None, vec![], 404, "not_found"),
+        ("DELETE", "/v1/changes", None, vec![], 405, "method_not_allowed"),
+    ];
+    for (method, path, ct, body, status, code) in cases {
+        let body = if method == "GET" || method == "DELETE" {
+            None
+        } else {
+            Some(body.as_slice())
+        };
+        let (got, text) = cbd.call(method, path, ct, body);
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+        assert_eq!(got, status, "{method} {path}: {v}");
+        assert_eq!(v["error"], code, "{method} {path}: {v}");
+        assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+        if path.ends_with("batch") {
+            assert_eq!(v["line"], 2, "the bad line is named: {v}");
+        }
+    }
+    assert_eq!(cbd.last_seq(), before, "nothing was appended");
+    // Still alive and still accepting good input.
+    let (status, _) = cbd.call(
+        "POST",
+        "/v1/changes?project=p&event=rated",
+        Some("application/xml"),
+        Some(&xml),
+    );
+    assert_eq!(status, 202);
+    assert_eq!(cbd.last_seq(), before + 1);
+}
+
+/// No or a wrong token → 401 on every /v1 route; /healthz is open.
+#[test]
+fn auth() {
+    let cbd = Cbd::start(&[]);
+    for (method, path) in [
+        ("GET", "/v1/projects/p/callbacks"),
+        ("POST", "/v1/changes"),
+        ("GET", "/v1/log"),
+        ("GET", "/v1/files/p/1"),
+    ] {
+        for token in [None, Some("wrong-token-0123456789")] {
+            let (status, text) = cbd.call_with(method, path, None, Some(b"{}"), token);
+            assert_eq!(status, 401, "{method} {path} with {token:?}: {text}");
+            assert!(text.contains("unauthorized"));
+        }
+    }
+    let (status, text) = cbd.call_with("GET", "/healthz", None, None, None);
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = cbd.call_with("GET", "/metrics", None, None, None);
+    assert_eq!(status, 200);
+    assert!(text.contains("cb_changes_total"), "{text}");
+}
+
+/// The read routes show what was configured and what happened.
+#[test]
+fn callbacks_crud_and_file_views() {
+    let receiver = Receiver::start();
+    let cbd = Cbd::start(&["--allow-private-targets"]);
+    cbd.put_callback(
+        "p",
+        "a",
+        json!({"url": receiver.url("/a"), "leading": true}),
+    );
+    cbd.put_callback(
+        "p",
+        "b",
+        json!({"url": receiver.url("/b"), "method": "GET", "window_secs": 1}),
+    );
+    let list = cbd.get("/v1/projects/p/callbacks");
+    let names: Vec<&str> = list["callbacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(list["callbacks"][1]["callback"]["format"], "query");
+    let v = cbd.change("p", "7", "rated", snapshot("7", 1));
+    receiver.wait_for_count(2, std::time::Duration::from_secs(5));
+    let file = cbd.get("/v1/files/p/7");
+    assert_eq!(file["version"], v);
+    assert_eq!(file["file"]["title"], "change 1");
+    assert_eq!(file["machines"].as_array().unwrap().len(), 2);
+    let get = receiver
+        .received()
+        .into_iter()
+        .find(|r| r.method == "GET")
+        .unwrap();
+    assert!(
+        get.uri.starts_with("/b?mediaid=7&status=3&title=change+1"),
+        "{}",
+        get.uri
+    );
+    let (status, _) = cbd.json("DELETE", "/v1/projects/p/callbacks/b", None);
+    assert_eq!(status, 200);
+    let list = cbd.get("/v1/projects/p/callbacks");
+    assert_eq!(list["callbacks"].as_array().unwrap().len(), 1);
+    let log = cbd.log();
+    assert_eq!(log.first().unwrap()["kind"], "callback_put");
+    assert_eq!(log.last().unwrap()["kind"], "callback_removed");
+}

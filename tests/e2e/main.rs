@@ -1,0 +1,15 @@
+//! End-to-end tests: the real `cbd` binary on a temp data dir and port 0, real HTTP receivers
+//! on 127.0.0.1:0 (in this process, with scripted answers), a real HTTP client. Each test
+//! starts its own daemon and receivers, so they run in parallel.
+//!
+//! Map (issue 4's list): `delivery` — coalescing, many files over few connections, retries,
+//! abandon, redeliver; `restart` — SIGKILL under load, windows kept across a restart,
+//! graceful stop; `api` — bad input, auth, reads; `targets` — the address policy;
+//! `isolation` — slow and failing receivers, `Retry-After`, `410 Gone`.
+
+mod api;
+mod delivery;
+mod isolation;
+mod restart;
+mod support;
+mod targets;
