@@ -26,6 +26,7 @@ use hyper_util::rt::TokioExecutor;
 use sha2::{Digest as _, Sha256};
 
 use crate::limits::{Limits, LimitsConfig, Pool};
+use crate::mail::Mailer;
 use crate::target::{GuardedConnector, Refused};
 
 /// What a response body may be before cb stops reading it (and drops the connection).
@@ -53,7 +54,7 @@ pub struct Deliverer {
     client: HttpClient,
     limits: Limits,
     store: Store,
-    smtp: Option<String>,
+    mailer: Option<Result<Mailer, String>>,
 }
 
 impl Deliverer {
@@ -74,7 +75,7 @@ impl Deliverer {
             client,
             limits: Limits::new(config.limits),
             store,
-            smtp: config.smtp.clone(),
+            mailer: config.smtp.as_deref().map(Mailer::new),
         }
     }
 
@@ -140,17 +141,28 @@ impl Deliverer {
                     ),
                 }
             }
-            Target::Mail(address) => match &self.smtp {
+            Target::Mail(address) => match &self.mailer {
                 None => (
                     Outcome::Connect,
                     format!(
                         "no SMTP relay configured (start cbd with --smtp) for mailto:{address}"
                     ),
                 ),
-                Some(relay) => (
-                    Outcome::Connect,
-                    format!("mail delivery through {relay} is not available in this build"),
-                ),
+                Some(Err(e)) => (Outcome::Connect, e.clone()),
+                Some(Ok(mailer)) => {
+                    let id = webhook_id(&attempt.machine, attempt.delivery);
+                    let send = mailer.send(address, attempt, &rendered, &id);
+                    match tokio::time::timeout(timeout, send).await {
+                        Ok(result) => result,
+                        Err(_) => (
+                            Outcome::Timeout,
+                            format!(
+                                "the SMTP relay did not finish within {}s",
+                                timeout.as_secs()
+                            ),
+                        ),
+                    }
+                }
             },
         };
         (outcome, digest, detail)

@@ -5,7 +5,7 @@
 //!
 //! Map: `driver` (the loop, the [`Handle`] others use), `deliver` (one attempt: render,
 //! request, classify), `target` (which addresses may be reached, and the connector that
-//! checks every resolved address), `limits` (attempts in flight, globally and per origin),
+//! checks every resolved address), `limits` (attempts in flight, globally and per origin), `mail` (`mailto:` through the SMTP relay),
 //! `metrics` (Prometheus).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -13,6 +13,7 @@
 pub mod deliver;
 pub mod driver;
 pub mod limits;
+pub mod mail;
 pub mod metrics;
 pub mod target;
 

@@ -5,11 +5,13 @@
 //! Map (issue 4's list): `delivery` — coalescing, many files over few connections, retries,
 //! abandon, redeliver; `restart` — SIGKILL under load, windows kept across a restart,
 //! graceful stop; `api` — bad input, auth, reads; `targets` — the address policy;
-//! `isolation` — slow and failing receivers, `Retry-After`, `410 Gone`.
+//! `isolation` — slow and failing receivers, `Retry-After`, `410 Gone`; `mail` —
+//! `mailto:` through a local SMTP sink.
 
 mod api;
 mod delivery;
 mod isolation;
+mod mail;
 mod restart;
 mod support;
 mod targets;

@@ -515,3 +515,99 @@ pub fn snapshot(id: &str, counter: usize) -> Value {
         "message": "",
     })
 }
+
+// ---------------------------------------------------------------------------------------
+// A minimal SMTP sink: enough of RFC 5321 for one relay client, accepting or rejecting.
+
+/// A local SMTP server that stores every message's DATA, or rejects recipients with 550.
+pub struct SmtpSink {
+    pub addr: SocketAddr,
+    messages: Arc<Mutex<Vec<String>>>,
+    attempts: Arc<AtomicUsize>,
+}
+
+impl SmtpSink {
+    pub fn start(reject: bool) -> SmtpSink {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let messages: Arc<Mutex<Vec<String>>> = Arc::default();
+        let attempts = Arc::new(AtomicUsize::new(0));
+        {
+            let (messages, attempts) = (messages.clone(), attempts.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let (messages, attempts) = (messages.clone(), attempts.clone());
+                    std::thread::spawn(move || {
+                        let _ = smtp_session(stream, reject, &messages, &attempts);
+                    });
+                }
+            });
+        }
+        SmtpSink {
+            addr,
+            messages,
+            attempts,
+        }
+    }
+
+    pub fn messages(&self) -> Vec<String> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// Recipients offered (accepted or not).
+    pub fn attempts(&self) -> usize {
+        self.attempts.load(Ordering::SeqCst)
+    }
+}
+
+fn smtp_session(
+    stream: std::net::TcpStream,
+    reject: bool,
+    messages: &Mutex<Vec<String>>,
+    attempts: &AtomicUsize,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = stream.try_clone()?;
+    let mut lines = BufReader::new(stream);
+    out.write_all(b"220 sink ESMTP\r\n")?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            out.write_all(b"250 sink\r\n")?;
+        } else if upper.starts_with("MAIL") {
+            out.write_all(b"250 ok\r\n")?;
+        } else if upper.starts_with("RCPT") {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            if reject {
+                out.write_all(b"550 no such mailbox\r\n")?;
+            } else {
+                out.write_all(b"250 ok\r\n")?;
+            }
+        } else if upper.starts_with("DATA") {
+            out.write_all(b"354 go ahead\r\n")?;
+            let mut data = String::new();
+            loop {
+                line.clear();
+                if lines.read_line(&mut line)? == 0 {
+                    return Ok(());
+                }
+                if line == ".\r\n" || line == ".\n" {
+                    break;
+                }
+                data.push_str(&line);
+            }
+            messages.lock().unwrap().push(data);
+            out.write_all(b"250 queued\r\n")?;
+        } else if upper.starts_with("QUIT") {
+            out.write_all(b"221 bye\r\n")?;
+            return Ok(());
+        } else {
+            out.write_all(b"250 ok\r\n")?;
+        }
+    }
+}

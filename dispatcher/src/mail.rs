@@ -1,0 +1,106 @@
+//! `mailto:` deliveries through the SMTP relay given with `--smtp HOST:PORT`.
+//!
+//! The rendered payload is the mail body (with its content type); the subject names the
+//! project, file and version. An SMTP rejection is `Outcome::Smtp { code }`, an unreachable
+//! relay `Outcome::Connect`: both are failed attempts, retried like any other (rule 4).
+
+use std::time::Duration;
+
+use cb_core::{Attempt, Outcome, Placement, Rendered};
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::AsyncSmtpTransport;
+use lettre::{AsyncTransport, Message, Tokio1Executor};
+
+/// An SMTP relay connection pool.
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    relay: String,
+}
+
+impl Mailer {
+    /// A mailer for `relay` (`host:port`, plain SMTP as a local relay speaks it).
+    pub fn new(relay: &str) -> Result<Mailer, String> {
+        let (host, port) = relay
+            .rsplit_once(':')
+            .ok_or_else(|| format!("--smtp {relay:?}: give HOST:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("--smtp {relay:?}: {port:?} is not a port"))?;
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(port)
+            .timeout(Some(Duration::from_secs(30)))
+            .build();
+        let from = "cb <cb@localhost>"
+            .parse()
+            .map_err(|e| format!("sender address: {e}"))?;
+        Ok(Mailer {
+            transport,
+            from,
+            relay: relay.to_owned(),
+        })
+    }
+
+    /// Sends one attempt's payload to `address`.
+    pub async fn send(
+        &self,
+        address: &str,
+        attempt: &Attempt,
+        rendered: &Rendered,
+        webhook_id: &str,
+    ) -> (Outcome, String) {
+        let to: Mailbox = match address.parse() {
+            Ok(m) => m,
+            Err(e) => {
+                return (
+                    Outcome::Smtp { code: 553 },
+                    format!("address {address}: {e}"),
+                )
+            }
+        };
+        let content_type = match rendered.placement {
+            Placement::Body { content_type } => content_type,
+            Placement::Query => "application/x-www-form-urlencoded",
+        };
+        let content_type = ContentType::parse(content_type).unwrap_or(ContentType::TEXT_PLAIN);
+        let file = &attempt.machine.file;
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(format!(
+                "[cb] {}/{} changed (version {})",
+                file.project, file.file_id, attempt.version
+            ))
+            .message_id(Some(format!("<{webhook_id}.{}@cb>", attempt.attempt)))
+            .header(content_type)
+            .body(String::from_utf8_lossy(&rendered.bytes).into_owned());
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                return (
+                    Outcome::Smtp { code: 554 },
+                    format!("building the message: {e}"),
+                )
+            }
+        };
+        match self.transport.send(message).await {
+            Ok(response) => (
+                Outcome::Delivered {
+                    status: u16::from(response.code()),
+                },
+                String::new(),
+            ),
+            Err(e) => match e.status() {
+                Some(code) => (
+                    Outcome::Smtp {
+                        code: u16::from(code),
+                    },
+                    format!("{} refused the message: {e}", self.relay),
+                ),
+                None if e.is_timeout() => (Outcome::Timeout, format!("{}: {e}", self.relay)),
+                None => (Outcome::Connect, format!("{}: {e}", self.relay)),
+            },
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! `mailto:` callbacks through a real (local) SMTP relay.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{snapshot, Cbd, SmtpSink};
+
+#[test]
+fn mail_is_delivered_through_the_relay() {
+    let sink = SmtpSink::start(false);
+    let relay = sink.addr.to_string();
+    let cbd = Cbd::start(&["--smtp", &relay]);
+    cbd.put_callback(
+        "p",
+        "ops",
+        json!({"url": "mailto:ops@example.org", "leading": true}),
+    );
+    let v = cbd.change("p", "556114", "rated", snapshot("556114", 1));
+    cbd.wait_for("a message", Duration::from_secs(10), || {
+        !sink.messages().is_empty()
+    });
+    let m = &sink.messages()[0];
+    assert!(m.contains("Subject: [cb] p/556114 changed (version"), "{m}");
+    assert!(m.contains("To: ops@example.org"), "{m}");
+    assert!(m.contains("<id>556114</id>"), "{m}");
+    cbd.wait_for("sent", Duration::from_secs(5), || {
+        cbd.machine("p", "556114", "ops")["state"] == "sent"
+    });
+    assert_eq!(cbd.machine("p", "556114", "ops")["delivered_version"], v);
+}
+
+#[test]
+fn a_rejecting_relay_means_retries() {
+    let sink = SmtpSink::start(true);
+    let relay = sink.addr.to_string();
+    let cbd = Cbd::start(&["--smtp", &relay]);
+    cbd.put_callback(
+        "p",
+        "ops",
+        json!({"url": "mailto:ops@example.org", "leading": true, "backoff_secs": [1]}),
+    );
+    cbd.change("p", "1", "rated", snapshot("1", 1));
+    cbd.wait_for("two attempts", Duration::from_secs(10), || {
+        sink.attempts() >= 2
+    });
+    let m = cbd.machine("p", "1", "ops");
+    assert_eq!(m["last_outcome"]["class"], "smtp", "{m}");
+    assert_eq!(m["last_outcome"]["outcome"], "smtp-550", "{m}");
+    assert!(sink.messages().is_empty());
+}
