@@ -204,6 +204,7 @@ impl Dispatcher {
             inbox: inbox_rx,
             inbox_tx: handle.inbox.clone(),
             attempts: JoinSet::new(),
+            unrecorded: Arc::default(),
             waiting: VecDeque::new(),
             checkpoints,
             folded_since_checkpoint: restored.tail_records,
@@ -275,6 +276,8 @@ struct Driver {
     inbox: mpsc::UnboundedReceiver<Command>,
     inbox_tx: mpsc::UnboundedSender<Command>,
     attempts: JoinSet<()>,
+    /// Outcomes handed to the log and not yet acknowledged.
+    unrecorded: Arc<Unrecorded>,
     /// Queries waiting for the core to catch up with the log, in arrival order.
     waiting: VecDeque<(Seq, Query)>,
     checkpoints: CheckpointWriter,
@@ -439,6 +442,7 @@ impl Driver {
         let store = self.store.clone();
         let inbox = self.inbox_tx.clone();
         let metrics = self.metrics.clone();
+        let unrecorded = self.unrecorded.clone();
         metrics.in_flight.inc();
         self.attempts.spawn(async move {
             let report = deliverer.perform(&attempt).await;
@@ -449,23 +453,20 @@ impl Driver {
                 info!(machine = %report.machine, attempt = report.attempt, outcome = %report.outcome,
                       detail = %report.detail, "attempt failed");
             }
-            let (tx, rx) = oneshot::channel();
+            // The task ends here; the reply closes the books on the sync thread. A task per
+            // attempt waiting for its group commit would put thousands of wake-ups in front
+            // of the connections' I/O at every commit.
+            unrecorded.begin();
             store.append_then(
                 vec![Input::Record(RecordKind::AttemptFinished(report))],
                 move |r| {
-                    let _ = tx.send(r);
+                    if let Err(e) = r {
+                        let _ = inbox.send(Command::Fatal(format!("appending an outcome: {e}")));
+                    }
+                    metrics.in_flight.dec();
+                    unrecorded.end();
                 },
             );
-            match rx.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    let _ = inbox.send(Command::Fatal(format!("appending an outcome: {e}")));
-                }
-                Err(_) => {
-                    let _ = inbox.send(Command::Fatal("the log closed".into()));
-                }
-            }
-            metrics.in_flight.dec();
         });
     }
 
@@ -502,7 +503,13 @@ impl Driver {
                 }
             }
         }
-        // Fold every outcome that was acknowledged, so the checkpoint includes them.
+        // Wait for the outcomes to be durable, then fold them, so the checkpoint has them.
+        if tokio::time::timeout(Duration::from_secs(10), self.unrecorded.none())
+            .await
+            .is_err()
+        {
+            warn!("outcomes still unacknowledged by the log after 10 s");
+        }
         let target = self.store.last_seq();
         while self.core.last_seq() < target {
             match tokio::time::timeout(Duration::from_secs(5), self.records.recv()).await {
@@ -520,6 +527,35 @@ impl Driver {
         }
         self.store.sync()?;
         Ok(())
+    }
+}
+
+/// A count of outcome appends in progress, and a way to wait for none.
+#[derive(Default)]
+struct Unrecorded {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Unrecorded {
+    fn begin(&self) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn end(&self) {
+        if self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    async fn none(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 }
 

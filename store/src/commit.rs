@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use cb_core::{FileKey, Record, RecordKind, Scope, Seq, Timestamp};
 
@@ -104,7 +105,7 @@ pub(crate) struct Syncer {
     /// sled's data file, opened for `fdatasync`.
     pub(crate) data_file: File,
     pub(crate) blobs_dir: PathBuf,
-    pub(crate) synced_blobs: HashSet<OsString>,
+    pub(crate) synced_blobs: BlobsSynced,
     /// The last durable sequence number, published for readers.
     pub(crate) tip: Arc<AtomicU64>,
     pub(crate) poisoned: Arc<Mutex<Option<String>>>,
@@ -409,10 +410,39 @@ impl Syncer {
 
 /// `fdatasync`s every file in sled's `blobs/` not in `synced`, then the directory if any
 /// was new; `synced` becomes the set of files present.
-pub(crate) fn sync_blobs(
-    blobs_dir: &std::path::Path,
-    synced: &mut HashSet<OsString>,
-) -> Result<()> {
+/// What the sync thread knows of sled's `blobs/` dir: the files it already synced, and the
+/// dir's mtime at the last listing.
+#[derive(Default)]
+pub(crate) struct BlobsSynced {
+    names: HashSet<OsString>,
+    /// The dir's mtime when it was last listed, and the wall-clock time of that listing.
+    listed: Option<(SystemTime, SystemTime)>,
+}
+
+/// How long a dir's mtime must have been still before a listing trusts it: creating a file
+/// sets the mtime to the (coarse, a few ms) current time, so a file created after a listing
+/// taken this long after the last change always moves the mtime.
+const MTIME_SETTLE: Duration = Duration::from_secs(2);
+
+/// `fdatasync`s every file in `blobs_dir` not synced before (sled writes blobs with no sync
+/// of its own), then the dir if any was new.
+///
+/// Listing the dir at every group commit costs a `getdents` per commit, growing with the
+/// number of blobs; so if the dir's mtime has not moved since a listing taken well after its
+/// last change, nothing was added and the listing is skipped (the "racy mtime" guard of
+/// `MTIME_SETTLE` keeps a same-tick creation from hiding).
+pub(crate) fn sync_blobs(blobs_dir: &std::path::Path, known: &mut BlobsSynced) -> Result<()> {
+    let mtime = match std::fs::metadata(blobs_dir).and_then(|m| m.modified()) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => None,
+    };
+    if let (Some(now), Some((then, listed_at))) = (mtime, known.listed) {
+        if now == then && then + MTIME_SETTLE <= listed_at {
+            return Ok(());
+        }
+    }
+    let listed_at = SystemTime::now();
     let entries = match std::fs::read_dir(blobs_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -423,7 +453,7 @@ pub(crate) fn sync_blobs(
     for entry in entries {
         let entry = entry.map_err(Error::io("listing sled's blobs"))?;
         let name = entry.file_name();
-        if !synced.contains(&name) {
+        if !known.names.contains(&name) {
             match File::open(entry.path()).and_then(|f| f.sync_data()) {
                 Ok(()) => synced_any = true,
                 // Collected by sled between the listing and the open: nothing to keep.
@@ -441,6 +471,39 @@ pub(crate) fn sync_blobs(
     if synced_any {
         sync_dir(blobs_dir)?;
     }
-    *synced = present;
+    known.names = present;
+    known.listed = mtime.map(|m| (m, listed_at));
     Ok(())
+}
+
+#[cfg(test)]
+mod blob_tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_blobs_dir_is_not_listed_again_and_a_new_blob_is_always_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs");
+        std::fs::create_dir(&blobs).unwrap();
+        std::fs::write(blobs.join("1"), b"a").unwrap();
+        // Make the dir look quiet for a while.
+        let past = SystemTime::now() - Duration::from_secs(60);
+        File::open(&blobs).unwrap().set_modified(past).unwrap();
+        let mut known = BlobsSynced::default();
+        sync_blobs(&blobs, &mut known).unwrap();
+        assert_eq!(known.names.len(), 1);
+        let listed = known.listed;
+        assert!(listed.is_some());
+        // Nothing changed: the listing is skipped (its record is untouched).
+        sync_blobs(&blobs, &mut known).unwrap();
+        assert_eq!(known.listed, listed);
+        // A new blob moves the mtime: it is listed and synced.
+        std::fs::write(blobs.join("2"), b"b").unwrap();
+        sync_blobs(&blobs, &mut known).unwrap();
+        assert_eq!(known.names.len(), 2, "the new blob was seen");
+        // Listed right after a change: not trusted yet, so the next call lists again.
+        std::fs::write(blobs.join("3"), b"c").unwrap();
+        sync_blobs(&blobs, &mut known).unwrap();
+        assert_eq!(known.names.len(), 3);
+    }
 }
