@@ -138,7 +138,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
     }
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     let mut bytes = serde_json::to_vec(value).unwrap_or_default();
     bytes.push(b'\n');
     Response::builder()

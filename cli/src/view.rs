@@ -206,7 +206,24 @@ pub fn history(h: &FileHistory) -> Value {
 }
 
 /// A file's current state: latest snapshot and each machine.
-pub fn file_state(h: &FileHistory, version: Option<u64>, snapshot: Option<&Snapshot>) -> Value {
+///
+/// A struct rather than a `Value`: serde_json's `Value` map sorts keys, and the snapshot must
+/// keep its field order.
+#[derive(serde::Serialize)]
+pub struct FileState<'a> {
+    project: &'a str,
+    file_id: &'a str,
+    version: Option<u64>,
+    file: Option<&'a Snapshot>,
+    machines: Vec<Value>,
+}
+
+/// See [`FileState`].
+pub fn file_state<'a>(
+    h: &'a FileHistory,
+    version: Option<u64>,
+    snapshot: Option<&'a Snapshot>,
+) -> FileState<'a> {
     let machines: Vec<Value> = h
         .latest_machines()
         .iter()
@@ -220,11 +237,11 @@ pub fn file_state(h: &FileHistory, version: Option<u64>, snapshot: Option<&Snaps
             v
         })
         .collect();
-    json!({
-        "project": h.file.project.as_str(),
-        "file_id": h.file.file_id.as_str(),
-        "version": version,
-        "file": snapshot,
-        "machines": machines,
-    })
+    FileState {
+        project: h.file.project.as_str(),
+        file_id: h.file.file_id.as_str(),
+        version,
+        file: snapshot,
+        machines,
+    }
 }

@@ -125,12 +125,31 @@ fn callbacks_crud_and_file_views() {
         .collect();
     assert_eq!(names, ["a", "b"]);
     assert_eq!(list["callbacks"][1]["callback"]["format"], "query");
-    let v = cbd.change("p", "7", "rated", snapshot("7", 1));
+    // Raw text: a `json!` value would sort the fields before they are sent.
+    let body = r#"{"project":"p","file_id":"7","event":"rated","file":{"id":"7","status":"3","title":"change 1","counter":"1","message":""}}"#;
+    let (status, text) = cbd.call(
+        "POST",
+        "/v1/changes",
+        Some("application/json"),
+        Some(body.as_bytes()),
+    );
+    assert_eq!(status, 202, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let v = v["seq"].as_u64().unwrap();
     receiver.wait_for_count(2, std::time::Duration::from_secs(5));
     let file = cbd.get("/v1/files/p/7");
     assert_eq!(file["version"], v);
     assert_eq!(file["file"]["title"], "change 1");
     assert_eq!(file["machines"].as_array().unwrap().len(), 2);
+    // The snapshot keeps its field order (a JSON map in document order, not sorted).
+    let (_, raw) = cbd.call("GET", "/v1/files/p/7", None, None);
+    let pos = |k: &str| raw.find(&format!("\"{k}\":")).unwrap();
+    assert!(
+        pos("id") < pos("status")
+            && pos("title") < pos("counter")
+            && pos("counter") < pos("message"),
+        "{raw}"
+    );
     let get = receiver
         .received()
         .into_iter()
