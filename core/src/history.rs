@@ -141,3 +141,89 @@ impl FileHistory {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::digest::Digest;
+    use crate::event::EventKind;
+    use crate::ids::{CallbackName, CallbackRef, DeliveryId, MachineKey, ProjectId};
+    use crate::record::{AttemptReport, Outcome, RecordKind};
+    use crate::Callback;
+
+    fn rec(seq: u64, at: u64, kind: RecordKind) -> Record {
+        Record {
+            seq: Seq(seq),
+            at: Timestamp(at),
+            kind,
+        }
+    }
+
+    #[test]
+    fn deadlines_are_steps_of_their_own_and_forgotten_sent_machines_stay_visible() {
+        let project = ProjectId::new("p").unwrap();
+        let file = FileKey::new(project.clone(), crate::FileId::new("1").unwrap());
+        let name = CallbackName::new("a").unwrap();
+        let callback = Arc::new(
+            Callback::from_json(r#"{"url":"http://x.example/","window_secs":10}"#).unwrap(),
+        );
+        let machine = MachineKey {
+            file: file.clone(),
+            callback: CallbackRef::Project(name.clone()),
+        };
+        let records = vec![
+            rec(
+                1,
+                0,
+                RecordKind::CallbackPut {
+                    project,
+                    name,
+                    callback,
+                },
+            ),
+            rec(
+                2,
+                1_000,
+                RecordKind::ChangeAppended {
+                    file: file.clone(),
+                    event: EventKind::Rated,
+                    callbacks: None,
+                },
+            ),
+            rec(
+                3,
+                11_050,
+                RecordKind::AttemptFinished(AttemptReport {
+                    machine,
+                    delivery: DeliveryId(Seq(2)),
+                    attempt: 1,
+                    version: Seq(2),
+                    outcome: Outcome::Delivered { status: 200 },
+                    latency_ms: 50,
+                    digest: Digest::of(b""),
+                    detail: String::new(),
+                }),
+            ),
+        ];
+        let h = FileHistory::fold(&file, records, Some(Timestamp(60_000)));
+        let kinds: Vec<String> = h
+            .steps
+            .iter()
+            .map(|s| match &s.cause {
+                Cause::Record(r, _) => format!("{}@{}", r.seq, r.at.0),
+                Cause::Deadline(t) => format!("deadline@{}", t.0),
+            })
+            .collect();
+        assert_eq!(kinds, ["1@0", "2@1000", "deadline@11000", "3@11050"]);
+        assert!(matches!(h.steps[2].effects[..], [Effect::StartAttempt(_)]));
+        assert_eq!(h.steps[3].machines[0].1.state.name(), StateName::Sent);
+        // By 60 s the window has elapsed and the core forgot the machine; the view keeps it.
+        assert!(h.core.file(&file).is_none());
+        let latest = h.latest_machines();
+        assert_eq!(latest.len(), 1);
+        assert_eq!(latest[0].1.state.name(), StateName::Sent);
+        assert!(!latest[0].2, "flagged as forgotten");
+    }
+}
