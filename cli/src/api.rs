@@ -82,7 +82,16 @@ pub async fn serve(api: Arc<Api>, req: Request<Incoming>) -> Result<Response<Bod
             } else {
                 info!(%method, %path, status = e.status.as_u16(), code = e.code, detail = %e.detail, "request refused");
             }
-            json_response(e.status, &e.body())
+            let mut response = json_response(e.status, &e.body());
+            if matches!(e.code, "too_large" | "body_timeout") {
+                // The rest of the body was never read, so this connection cannot carry another
+                // request; say so, or a pooling client would send its next one into the void.
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            response
         }
     };
     debug!(%method, %path, status = response.status().as_u16(), "request");
@@ -160,6 +169,9 @@ fn query(q: Option<&str>) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
+/// How long a request body may take to arrive.
+const BODY_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Reads the body, refusing it past `limit` bytes without reading further.
 async fn read_body(
     req: Request<Incoming>,
@@ -181,12 +193,21 @@ async fn read_body(
         return Err(too_large());
     }
     let (parts, body) = req.into_parts();
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok((parts, c.to_bytes())),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request(
+    let read = tokio::time::timeout(BODY_READ_LIMIT, Limited::new(body, limit).collect());
+    match read.await {
+        Ok(Ok(c)) => Ok((parts, c.to_bytes())),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::bad_request(
             "bad_body",
             format!("reading the body: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body did not arrive within {}s",
+                BODY_READ_LIMIT.as_secs()
+            ),
         )),
     }
 }
@@ -372,7 +393,7 @@ async fn put_callback(
             "seq": appended.first.0,
             "project": project.as_str(),
             "name": name.as_str(),
-            "callback": &*callback,
+            "callback": view::callback_config(&callback),
         }),
     ))
 }
@@ -420,20 +441,26 @@ async fn fold_file(api: &Api, file: &FileKey) -> Result<(FileHistory, Option<Seq
         .map_err(driver_stopped)?;
     let store = api.handle.store().clone();
     let key = file.clone();
-    let (records, version) = tokio::task::spawn_blocking(move || {
-        Ok::<_, cb_store::Error>((store.file_records(&key)?, store.latest_version(&key)?))
+    // The records and the fold off the async workers: a file with a long history takes a while.
+    let folded = tokio::task::spawn_blocking(move || {
+        let records = store.file_records(&key)?;
+        // The version from the same records that are folded, so the two always agree.
+        let version = records
+            .iter()
+            .filter(|r| matches!(r.kind, RecordKind::ChangeAppended { .. }))
+            .map(|r| r.seq)
+            .max();
+        let has_file_records = records
+            .iter()
+            .any(|r| matches!(r.scope(), cb_core::Scope::File(_)));
+        Ok::<_, cb_store::Error>(
+            has_file_records.then(|| (FileHistory::fold(&key, records, Some(now)), version)),
+        )
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
     .map_err(|e| ApiError::store(&e))?;
-    let file_records = records
-        .iter()
-        .filter(|r| matches!(r.scope(), cb_core::Scope::File(_)))
-        .count();
-    if file_records == 0 {
-        return Err(ApiError::not_found(format!("no record of file {file}")));
-    }
-    Ok((FileHistory::fold(file, records, Some(now)), version))
+    folded.ok_or_else(|| ApiError::not_found(format!("no record of file {file}")))
 }
 
 async fn file_state(api: &Api, project: &str, file_id: &str) -> Result<Response<Body>, ApiError> {
@@ -482,6 +509,25 @@ async fn redeliver(
         return Err(ApiError::not_found(format!(
             "file {file} has no change to deliver"
         )));
+    }
+    if callback.is_none() {
+        let key = file.clone();
+        let any = api
+            .handle
+            .query(move |core| {
+                core.callbacks(&key.project)
+                    .any(|(_, s)| s.disabled_by.is_none())
+                    || core
+                        .file(&key)
+                        .is_some_and(|e| e.callbacks.iter().any(|s| s.disabled_by.is_none()))
+            })
+            .await
+            .map_err(driver_stopped)?;
+        if !any {
+            return Err(ApiError::not_found(format!(
+                "file {file} has no enabled callback to redeliver to"
+            )));
+        }
     }
     if let Some(cb) = callback.clone() {
         let key = file.clone();

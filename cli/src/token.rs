@@ -70,14 +70,22 @@ impl Token {
                 let mut bytes = [0u8; 24];
                 getrandom::fill(&mut bytes).map_err(|e| TokenError::Random(e.to_string()))?;
                 let token = hex_string(&bytes);
+                // Written aside and renamed into place, so a crash never leaves an empty
+                // token file behind (which would stop every later start).
+                let temp = dir.join("token.tmp");
+                let _ = std::fs::remove_file(&temp);
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(&path)
+                    .open(&temp)
                     .map_err(io)?;
                 f.write_all(format!("{token}\n").as_bytes()).map_err(io)?;
                 f.sync_all().map_err(io)?;
+                std::fs::rename(&temp, &path).map_err(io)?;
+                if let Ok(d) = std::fs::File::open(dir) {
+                    let _ = d.sync_all();
+                }
                 Ok((Token(token), Source::Generated(path)))
             }
             Err(e) => Err(io(e)),

@@ -76,13 +76,23 @@ pub fn machine(callback: &CallbackRef, m: &Machine) -> Value {
     Value::Object(v)
 }
 
+/// A callback's configuration as the API shows it: every field explicit, the signing secret
+/// redacted (it is a credential; the log and `/v1/log` keep it for replay).
+pub fn callback_config(cb: &Callback) -> Value {
+    let mut v = serde_json::to_value(cb).unwrap_or(Value::Null);
+    if cb.secret.is_some() {
+        v["secret"] = "(set)".into();
+    }
+    v
+}
+
 /// A project callback with its status.
 pub fn callback(name: &CallbackName, cb: &Callback, enabled: bool, put_by: u64) -> Value {
     json!({
         "name": name.as_str(),
         "enabled": enabled,
         "put_by": put_by,
-        "callback": cb,
+        "callback": callback_config(cb),
     })
 }
 

@@ -31,6 +31,8 @@ use crate::target::{GuardedConnector, Refused};
 
 /// What a response body may be before cb stops reading it (and drops the connection).
 const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
+/// How long a response body may take to drain after the status arrived.
+const BODY_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// The longest detail an outcome record carries.
 const DETAIL_LIMIT: usize = 300;
 /// `User-Agent` of every request.
@@ -88,9 +90,14 @@ impl Deliverer {
             Pool::Retry
         };
         let origin = origin_of(&attempt.callback.target);
-        let _slot = self.limits.acquire(&origin, pool).await;
+        let slot = self.limits.acquire(&origin, pool).await;
         let started = Instant::now();
         let (outcome, digest, detail) = self.attempt(attempt).await;
+        slot.settle(matches!(
+            outcome,
+            Outcome::Timeout | Outcome::Connect | Outcome::Tls
+        ));
+        drop(slot);
         AttemptReport {
             machine: attempt.machine.clone(),
             delivery: attempt.delivery,
@@ -133,13 +140,7 @@ impl Deliverer {
                     Ok(r) => r,
                     Err(detail) => return (Outcome::Connect, digest, detail),
                 };
-                match tokio::time::timeout(timeout, self.exchange(request)).await {
-                    Ok(result) => result,
-                    Err(_) => (
-                        Outcome::Timeout,
-                        format!("no complete answer within {}s", timeout.as_secs()),
-                    ),
-                }
+                self.exchange(request, timeout).await
             }
             Target::Mail(address) => match &self.mailer {
                 None => (
@@ -168,10 +169,24 @@ impl Deliverer {
         (outcome, digest, detail)
     }
 
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> (Outcome, String) {
-        let response = match self.client.request(request).await {
-            Ok(r) => r,
-            Err(e) => return classify_error(&e),
+    /// Sends the request; the answer is its status line and headers, which must arrive
+    /// within `timeout`. The body is then drained (bounded in size and time) only so the
+    /// connection can carry the next request: a receiver that said 2xx and then stalls its
+    /// body has still answered 2xx, and a second delivery would be a duplicate.
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> (Outcome, String) {
+        let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return classify_error(&e),
+            Err(_) => {
+                return (
+                    Outcome::Timeout,
+                    format!("no answer within {}s", timeout.as_secs()),
+                )
+            }
         };
         let status = response.status();
         let retry_after = match status {
@@ -182,12 +197,12 @@ impl Deliverer {
                 .and_then(parse_retry_after),
             _ => None,
         };
-        // Read the answer (bounded) so the connection can carry the next request.
-        let body = Limited::new(response.into_body(), RESPONSE_BODY_LIMIT)
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
+        let drain = Limited::new(response.into_body(), RESPONSE_BODY_LIMIT).collect();
+        // A stalled or oversized body only costs its connection (dropped with the future).
+        let body = match tokio::time::timeout(BODY_DRAIN_LIMIT.min(timeout), drain).await {
+            Ok(Ok(c)) => c.to_bytes(),
+            _ => Bytes::new(),
+        };
         let outcome = Outcome::from_status(status.as_u16(), retry_after);
         let detail = if outcome.is_delivered() {
             String::new()

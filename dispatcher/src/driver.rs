@@ -15,12 +15,14 @@
 //! API client whose append was acknowledged).
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cb_core::{Core, Effect, Record, RecordKind, Seq, Timestamp};
 use cb_store::{wall_clock, Appended, CheckpointWriter, Input, Store, StoreOptions};
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -315,8 +317,8 @@ impl Driver {
         checkpoint_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self.wake_at();
+            // Not `biased`: a steady stream of records must not starve queries and ticks.
             tokio::select! {
-                biased;
                 batch = self.records.recv() => match batch {
                     Some(batch) => self.fold(batch),
                     None => return Err(Error::Fatal("the log's commit hook closed".into())),
@@ -445,7 +447,27 @@ impl Driver {
         let unrecorded = self.unrecorded.clone();
         metrics.in_flight.inc();
         self.attempts.spawn(async move {
-            let report = deliverer.perform(&attempt).await;
+            // A bug in performing an attempt must not leave its machine `pending` forever:
+            // a panic is recorded as a failed attempt, so rule 4 retries it.
+            let report = match AssertUnwindSafe(deliverer.perform(&attempt))
+                .catch_unwind()
+                .await
+            {
+                Ok(report) => report,
+                Err(_) => {
+                    error!(machine = %attempt.machine, attempt = attempt.attempt, "performing the attempt panicked");
+                    cb_core::AttemptReport {
+                        machine: attempt.machine.clone(),
+                        delivery: attempt.delivery,
+                        attempt: attempt.attempt,
+                        version: attempt.version,
+                        outcome: cb_core::Outcome::Connect,
+                        latency_ms: 0,
+                        digest: cb_core::Digest::of(b""),
+                        detail: "internal error: cb panicked performing this attempt (see its log)".into(),
+                    }
+                }
+            };
             debug!(machine = %report.machine, delivery = report.delivery.0.0, attempt = report.attempt,
                    version = report.version.0, outcome = %report.outcome, latency_ms = report.latency_ms,
                    "attempt finished");

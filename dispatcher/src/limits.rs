@@ -7,8 +7,15 @@
 //! that are failing) from standing in front of fresh deliveries. Waiting is FIFO within a
 //! pool (tokio's semaphore is fair), and the origin's permit is taken before the global one,
 //! so an attempt queued behind its own dead origin holds no global slot while it waits.
+//!
+//! An origin whose last [`FAILING_AFTER`] attempts each failed to get an answer (timeout,
+//! connection or TLS failure: the failures that hold a slot for long) is *failing*: its
+//! attempts go through a single probe slot until one gets an answer. Without that, a few dozen
+//! dead customer sites, each holding its full per-origin share for `timeout_secs`, would take
+//! every global slot and healthy receivers would wait.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -40,6 +47,9 @@ pub enum Pool {
     Retry,
 }
 
+/// Consecutive answerless failures after which an origin is probed one attempt at a time.
+pub const FAILING_AFTER: u32 = 3;
+
 struct Pair {
     first: Arc<Semaphore>,
     retry: Arc<Semaphore>,
@@ -61,17 +71,55 @@ impl Pair {
     }
 }
 
+/// One origin's slots and health.
+struct Origin {
+    pools: Pair,
+    /// The single slot of a failing origin.
+    probe: Arc<Semaphore>,
+    /// Consecutive attempts that got no answer.
+    failures: AtomicU32,
+}
+
+impl Origin {
+    fn is_idle(self: &Arc<Self>) -> bool {
+        // Nobody waits (the table's Arc is the only one) and nobody holds a permit.
+        Arc::strong_count(self) == 1
+            && Arc::strong_count(&self.pools.first) == 1
+            && Arc::strong_count(&self.pools.retry) == 1
+            && Arc::strong_count(&self.probe) == 1
+    }
+}
+
 /// The semaphores; cheap to share.
 pub struct Limits {
     config: LimitsConfig,
     global: Pair,
-    origins: Mutex<HashMap<String, Arc<Pair>>>,
+    origins: Mutex<OriginTable>,
+}
+
+struct OriginTable {
+    map: HashMap<String, Arc<Origin>>,
+    /// Prune idle origins when the table grows past this (then doubled: amortized O(1)).
+    prune_at: usize,
 }
 
 /// Held while an attempt is in flight; dropping it frees the slots.
 pub struct Slot {
-    _origin: OwnedSemaphorePermit,
+    origin: Arc<Origin>,
+    _origin_permit: OwnedSemaphorePermit,
     _global: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// Records how the attempt went: `unanswered` for a timeout or a connection or TLS
+    /// failure, which count towards marking the origin failing; anything else clears it.
+    pub fn settle(&self, unanswered: bool) {
+        if unanswered {
+            self.origin.failures.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.origin.failures.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Limits {
@@ -80,30 +128,39 @@ impl Limits {
         Limits {
             config,
             global: Pair::new(config.global, config.global / 4),
-            origins: Mutex::new(HashMap::new()),
+            origins: Mutex::new(OriginTable {
+                map: HashMap::new(),
+                prune_at: 1024,
+            }),
         }
     }
 
-    /// Waits for a slot to `origin` in `pool`.
+    /// Waits for a slot to `origin` in `pool` (or the origin's probe slot, if it is failing).
     pub async fn acquire(&self, origin: &str, pool: Pool) -> Slot {
-        let origin_sem = {
-            let mut origins = self.origins.lock().expect("origin table");
-            if origins.len() > 10_000 {
-                // Forget idle origins (nobody holds or waits on their semaphores).
-                origins.retain(|_, p| Arc::strong_count(p) > 1);
+        let entry = {
+            let mut table = self.origins.lock().expect("origin table");
+            if table.map.len() >= table.prune_at {
+                table.map.retain(|_, o| !o.is_idle());
+                table.prune_at = (table.map.len() * 2).max(1024);
             }
-            origins
+            table
+                .map
                 .entry(origin.to_owned())
                 .or_insert_with(|| {
-                    Arc::new(Pair::new(
-                        self.config.per_origin,
-                        self.config.per_origin / 2,
-                    ))
+                    Arc::new(Origin {
+                        pools: Pair::new(self.config.per_origin, self.config.per_origin / 2),
+                        probe: Arc::new(Semaphore::new(1)),
+                        failures: AtomicU32::new(0),
+                    })
                 })
                 .clone()
         };
-        let origin_permit = origin_sem
-            .get(pool)
+        let semaphore = if entry.failures.load(Ordering::Relaxed) >= FAILING_AFTER {
+            entry.probe.clone()
+        } else {
+            entry.pools.get(pool)
+        };
+        let origin_permit = semaphore
             .acquire_owned()
             .await
             .expect("semaphores are never closed");
@@ -114,7 +171,8 @@ impl Limits {
             .await
             .expect("semaphores are never closed");
         Slot {
-            _origin: origin_permit,
+            origin: entry,
+            _origin_permit: origin_permit,
             _global: global_permit,
         }
     }
@@ -167,5 +225,58 @@ mod tests {
         )
         .await;
         assert!(first.is_ok(), "first attempts have their own pool");
+    }
+
+    #[tokio::test]
+    async fn a_failing_origin_gets_one_probe_slot_until_it_answers() {
+        let limits = Limits::new(LimitsConfig {
+            global: 64,
+            per_origin: 8,
+        });
+        for _ in 0..FAILING_AFTER {
+            limits
+                .acquire("http://dead", Pool::First)
+                .await
+                .settle(true);
+        }
+        let probe = limits.acquire("http://dead", Pool::First).await;
+        let second = tokio::time::timeout(
+            Duration::from_millis(50),
+            limits.acquire("http://dead", Pool::First),
+        )
+        .await;
+        assert!(second.is_err(), "a failing origin has one slot");
+        probe.settle(false);
+        drop(probe);
+        let a = limits.acquire("http://dead", Pool::First).await;
+        let b = tokio::time::timeout(
+            Duration::from_millis(50),
+            limits.acquire("http://dead", Pool::First),
+        )
+        .await;
+        assert!(b.is_ok(), "an answer restores the full share");
+        drop(a);
+    }
+
+    #[tokio::test]
+    async fn pruning_never_forgets_an_origin_with_attempts_in_flight() {
+        let limits = Limits::new(LimitsConfig {
+            global: 4096,
+            per_origin: 1,
+        });
+        let held = limits.acquire("http://busy", Pool::First).await;
+        for i in 0..3000 {
+            drop(limits.acquire(&format!("http://o{i}"), Pool::First).await);
+        }
+        let again = tokio::time::timeout(
+            Duration::from_millis(50),
+            limits.acquire("http://busy", Pool::First),
+        )
+        .await;
+        assert!(
+            again.is_err(),
+            "the busy origin's bound still holds after pruning"
+        );
+        drop(held);
     }
 }

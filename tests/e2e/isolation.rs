@@ -124,3 +124,48 @@ fn gone_disables_the_callback_until_it_is_put_again() {
     receiver.wait_for_count(2, Duration::from_secs(5));
     assert_eq!(receiver.received()[1].field("id").as_deref(), Some("3"));
 }
+
+/// A receiver that answers `200` and then stalls its body has answered: the delivery is
+/// `sent` and nothing is sent again (a timeout here would mean a duplicate delivery).
+#[test]
+fn a_2xx_whose_body_stalls_is_delivered_once() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let requests = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let requests = requests.clone();
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut buf = [0u8; 65536];
+                    // One read takes the whole small request on loopback.
+                    if stream.read(&mut buf).unwrap_or(0) > 0 {
+                        requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial");
+                        std::thread::sleep(Duration::from_secs(30));
+                    }
+                });
+            }
+        });
+    }
+    let cbd = Cbd::start(&["--allow-private-targets"]);
+    cbd.put_callback(
+        "p",
+        "site",
+        json!({"url": format!("http://{addr}/cb"), "leading": true, "timeout_secs": 1, "backoff_secs": [1]}),
+    );
+    cbd.change("p", "1", "rated", snapshot("1", 1));
+    cbd.wait_for("sent", Duration::from_secs(10), || {
+        cbd.machine("p", "1", "site")["state"] == "sent"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "delivered once"
+    );
+}
