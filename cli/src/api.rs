@@ -16,7 +16,7 @@ use cb_core::{CallbackName, CallbackRef, FileHistory, FileKey, RecordKind, Seq, 
 use cb_dispatcher::Handle;
 use cb_store::Input;
 use futures_util::stream;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, LengthLimitError, Limited, StreamBody};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -83,7 +83,7 @@ pub async fn serve(api: Arc<Api>, req: Request<Incoming>) -> Result<Response<Bod
                 info!(%method, %path, status = e.status.as_u16(), code = e.code, detail = %e.detail, "request refused");
             }
             let mut response = json_response(e.status, &e.body());
-            if matches!(e.code, "too_large" | "body_timeout") {
+            if e.close {
                 // The rest of the body was never read, so this connection cannot carry another
                 // request; say so, or a pooling client would send its next one into the void.
                 response.headers_mut().insert(
@@ -184,33 +184,63 @@ async fn read_body(
             format!("the body is larger than the limit of {limit} bytes"),
         )
     };
+    // Past the limit nothing more is kept, but the rest is read and dropped (up to
+    // DRAIN_EXTRA more): a client still writing its body when the 413 comes back and the
+    // connection closes would get a broken pipe instead of the answer.
+    let drain_cap = limit.saturating_add(DRAIN_EXTRA);
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+    if declared.is_some_and(|n| n > drain_cap as u64) {
+        return Err(too_large().closing());
     }
-    let (parts, body) = req.into_parts();
-    let read = tokio::time::timeout(BODY_READ_LIMIT, Limited::new(body, limit).collect());
-    match read.await {
-        Ok(Ok(c)) => Ok((parts, c.to_bytes())),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(e)) => Err(ApiError::bad_request(
-            "bad_body",
-            format!("reading the body: {e}"),
-        )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            format!(
-                "the body did not arrive within {}s",
-                BODY_READ_LIMIT.as_secs()
-            ),
-        )),
+    let (parts, mut body) = req.into_parts();
+    let mut kept: Vec<u8> = Vec::new();
+    let mut seen: usize = 0;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ApiError::bad_request("bad_body", format!("reading the body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                seen = seen.saturating_add(data.len());
+                if seen <= limit {
+                    kept.extend_from_slice(&data);
+                } else if seen > drain_cap {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok::<bool, ApiError>(true)
+    };
+    let drained = match tokio::time::timeout(BODY_READ_LIMIT, read).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {}s",
+                    BODY_READ_LIMIT.as_secs()
+                ),
+            )
+            .closing())
+        }
+    };
+    if seen > limit {
+        return Err(if drained {
+            too_large()
+        } else {
+            too_large().closing()
+        });
     }
+    Ok((parts, Bytes::from(kept)))
 }
+
+/// How much of an oversize body beyond the limit is read (and dropped) before the
+/// connection is closed.
+const DRAIN_EXTRA: usize = 4 * 1024 * 1024;
 
 async fn append(api: &Api, inputs: Vec<Input>) -> Result<cb_store::Appended, ApiError> {
     api.handle

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub detail: String,
     /// The line of a batch the error is on, from 1.
     pub line: Option<usize>,
+    /// Close the connection after answering (the request body was not read to its end).
+    pub close: bool,
 }
 
 impl ApiError {
@@ -24,7 +26,14 @@ impl ApiError {
             code,
             detail: detail.into(),
             line: None,
+            close: false,
         }
+    }
+
+    /// The same error, closing the connection after the answer.
+    pub fn closing(mut self) -> ApiError {
+        self.close = true;
+        self
     }
 
     /// 400 with `code`.
