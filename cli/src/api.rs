@@ -21,7 +21,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::registry::Registry;
-use serde_json::{json, Value};
+use serde_json::json;
 use tracing::{debug, info};
 
 use crate::error::ApiError;
@@ -613,42 +613,7 @@ async fn redeliver(
 async fn status(api: &Api) -> Result<Response<Body>, ApiError> {
     let v = api
         .handle
-        .query(|core| {
-            let census = core.census();
-            let states: serde_json::Map<String, Value> = StateName::ALL
-                .iter()
-                .zip(census.states)
-                .map(|(s, n)| (s.as_str().to_owned(), n.into()))
-                .collect();
-            let abandoned: Vec<Value> = core
-                .machines_in(StateName::Abandoned)
-                .iter()
-                .map(|(k, m)| {
-                    let mut v = view::machine(&k.callback, m);
-                    v["file"] = k.file.to_string().into();
-                    v
-                })
-                .collect();
-            let mut disabled = Vec::new();
-            for p in core.projects() {
-                for (n, s) in core.callbacks(p) {
-                    if let Some(by) = s.disabled_by {
-                        disabled.push(
-                            json!({"project": p.as_str(), "name": n.as_str(), "disabled_by": by.0}),
-                        );
-                    }
-                }
-            }
-            json!({
-                "folded_seq": core.last_seq().map(|s| s.0),
-                "files": census.files,
-                "machines": states,
-                "next_deadline": census.next_deadline.map(|t| t.0),
-                "ignored_records": census.ignored,
-                "abandoned": abandoned,
-                "disabled_callbacks": disabled,
-            })
-        })
+        .query(view::status)
         .await
         .map_err(driver_stopped)?;
     Ok(json_response(StatusCode::OK, &v))

@@ -1,5 +1,5 @@
 //! cb-cli: the binaries' shared code. `cbd` (the daemon) is `settings` + `token` + `api` +
-//! `server` around a `cb_dispatcher::Dispatcher`; `ingest` validates request bodies, `view`
+//! `server` around a `cb_dispatcher::Dispatcher`; `cbctl` is `replay` (the audit) plus views of the log; `ingest` validates request bodies, `view`
 //! renders state as JSON, `error` is the API's error answer.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -7,6 +7,7 @@
 pub mod api;
 pub mod error;
 pub mod ingest;
+pub mod replay;
 pub mod server;
 pub mod settings;
 pub mod token;

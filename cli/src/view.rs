@@ -255,3 +255,41 @@ pub fn file_state<'a>(
         machines,
     }
 }
+
+/// Totals per state, the abandoned machines and the disabled callbacks (`GET /v1/status`,
+/// `cbctl status`).
+pub fn status(core: &cb_core::Core) -> Value {
+    let census = core.census();
+    let states: Map<String, Value> = cb_core::StateName::ALL
+        .iter()
+        .zip(census.states)
+        .map(|(s, n)| (s.as_str().to_owned(), n.into()))
+        .collect();
+    let abandoned: Vec<Value> = core
+        .machines_in(cb_core::StateName::Abandoned)
+        .iter()
+        .map(|(k, m)| {
+            let mut v = machine(&k.callback, m);
+            v["file"] = k.file.to_string().into();
+            v
+        })
+        .collect();
+    let mut disabled = Vec::new();
+    for p in core.projects() {
+        for (n, s) in core.callbacks(p) {
+            if let Some(by) = s.disabled_by {
+                disabled
+                    .push(json!({"project": p.as_str(), "name": n.as_str(), "disabled_by": by.0}));
+            }
+        }
+    }
+    json!({
+        "folded_seq": core.last_seq().map(|s| s.0),
+        "files": census.files,
+        "machines": states,
+        "next_deadline": census.next_deadline.map(|t| t.0),
+        "ignored_records": census.ignored,
+        "abandoned": abandoned,
+        "disabled_callbacks": disabled,
+    })
+}

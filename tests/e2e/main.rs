@@ -9,6 +9,7 @@
 //! `mailto:` through a local SMTP sink.
 
 mod api;
+mod cbctl;
 mod delivery;
 mod isolation;
 mod mail;

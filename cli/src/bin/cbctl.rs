@@ -1,0 +1,589 @@
+//! `cbctl`: the operator's tool. Audits a log (`replay`), tells one file's story
+//! (`history`), shows a file as of a point (`rewind`), totals (`status`), and moves logs
+//! around (`export`, `import`). It reads a stopped daemon's data dir directly, or a running
+//! daemon's log through `--server` (copied into a temp dir first, so every command runs the
+//! same code either way).
+//!
+//! Exit codes: 0 success (replay: no divergence), 1 replay found divergences, 2 the log or the
+//! arguments are unusable.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use cb_cli::replay::Audit;
+use cb_cli::view;
+use cb_core::{render, FileHistory, FileKey, Record, Seq, Timestamp};
+use cb_store::{Durability, Store, StoreOptions};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cbctl",
+    version,
+    about = "cb's operator tool: audit the log, rewind a file's history, move logs around",
+    after_help = "Exit codes: 0 ok, 1 replay found divergences, 2 unusable log or arguments.\n\n\
+Examples:\n  cbctl --data-dir /var/lib/cb replay\n  cbctl --data-dir /var/lib/cb history newzulu/556114\n  \
+cbctl --data-dir /var/lib/cb rewind newzulu/556114 --to 2026-11-23T12:00:00Z\n  \
+CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 replay --json\n  cbctl --data-dir ./cbd-data export > log.ndjson"
+)]
+struct Cli {
+    /// A stopped daemon's data dir.
+    #[arg(
+        long,
+        env = "CBCTL_DATA_DIR",
+        global = true,
+        default_value = "./cbd-data"
+    )]
+    data_dir: PathBuf,
+    /// A running daemon (its token from CBD_TOKEN); the log is fetched from /v1/log.
+    #[arg(long, env = "CBCTL_SERVER", global = true)]
+    server: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fold the log from scratch and check every recorded attempt against the core's decision.
+    Replay {
+        /// Stop after this sequence number or time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Audit one file (PROJECT/ID): its records and its project's.
+        #[arg(long)]
+        file: Option<String>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every record of one file, with its machines' states after each.
+    History {
+        /// PROJECT/ID
+        file: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A file as of a point: snapshot, machines, due times, and the payload each callback would get.
+    Rewind {
+        /// PROJECT/ID
+        file: String,
+        /// A sequence number or a time (RFC 3339).
+        #[arg(long)]
+        to: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Totals per state, the earliest due time, abandoned machines, disabled callbacks.
+    Status {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The log as NDJSON on stdout (docs/interchange.md).
+    Export {
+        /// The first sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+    },
+    /// Read an NDJSON log (FILE or stdin) into a new --data-dir.
+    Import {
+        /// The file; stdin if absent.
+        file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let mut line = String::new();
+            for cause in e.chain() {
+                let text = cause.to_string();
+                if !line.contains(&text) {
+                    if !line.is_empty() {
+                        line.push_str(": ");
+                    }
+                    line.push_str(&text);
+                }
+            }
+            eprintln!("cbctl: {line}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Where the log comes from: the data dir, or a copy of a server's log in a temp dir.
+struct Source {
+    store: Store,
+    _temp: Option<tempfile::TempDir>,
+}
+
+fn open(cli: &Cli) -> anyhow::Result<Source> {
+    let options = || StoreOptions {
+        durability: Durability::Buffered,
+        ..StoreOptions::default()
+    };
+    match &cli.server {
+        None => {
+            if !cli.data_dir.exists() {
+                bail!(
+                    "no data dir at {} (give --data-dir, or --server for a running daemon)",
+                    cli.data_dir.display()
+                );
+            }
+            let store = Store::open(&cli.data_dir, options())
+                .with_context(|| format!("opening {}", cli.data_dir.display()))?;
+            Ok(Source { store, _temp: None })
+        }
+        Some(server) => {
+            let temp = tempfile::tempdir().context("creating a temp dir for the server's log")?;
+            let store = Store::open(&temp.path().join("log"), options())?;
+            let response = fetch(server, "/v1/log?from=1")?;
+            store
+                .import(BufReader::new(response.into_reader()), |_| {})
+                .context("reading the server's log")?;
+            Ok(Source {
+                store,
+                _temp: Some(temp),
+            })
+        }
+    }
+}
+
+fn fetch(server: &str, path: &str) -> anyhow::Result<ureq::Response> {
+    let token =
+        std::env::var("CBD_TOKEN").context("--server needs the daemon's token in CBD_TOKEN")?;
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    match ureq::get(&url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+    {
+        Ok(r) => Ok(r),
+        Err(ureq::Error::Status(code, r)) => {
+            bail!("{url}: {code} {}", r.into_string().unwrap_or_default())
+        }
+        Err(e) => bail!("{url}: {e}"),
+    }
+}
+
+/// A point in the log: a sequence number or a time.
+#[derive(Clone, Copy)]
+enum Point {
+    Seq(Seq),
+    Time(Timestamp),
+}
+
+impl Point {
+    fn parse(s: &str) -> anyhow::Result<Point> {
+        if let Ok(n) = s.parse::<u64>() {
+            return Ok(Point::Seq(Seq(n)));
+        }
+        let t = humantime::parse_rfc3339_weak(s)
+            .with_context(|| format!("{s:?} is neither a sequence number nor an RFC 3339 time"))?;
+        let ms = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Ok(Point::Time(Timestamp(ms)))
+    }
+
+    fn includes(self, r: &Record) -> bool {
+        match self {
+            Point::Seq(s) => r.seq <= s,
+            Point::Time(t) => r.at <= t,
+        }
+    }
+}
+
+fn file_key(s: &str) -> anyhow::Result<FileKey> {
+    FileKey::parse(s).with_context(|| format!("{s:?} is not PROJECT/FILE_ID"))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Import { file } => {
+            if cli.server.is_some() {
+                bail!("import writes a new --data-dir; it does not talk to a server");
+            }
+            let store = Store::open(
+                &cli.data_dir,
+                StoreOptions {
+                    durability: Durability::Buffered,
+                    ..StoreOptions::default()
+                },
+            )
+            .with_context(|| format!("opening {}", cli.data_dir.display()))?;
+            if store.last_seq().is_some() {
+                bail!(
+                    "{} already holds a log; import into a new data dir",
+                    cli.data_dir.display()
+                );
+            }
+            let input: Box<dyn BufRead> = match file {
+                Some(p) => Box::new(BufReader::new(
+                    std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+                )),
+                None => Box::new(BufReader::new(std::io::stdin())),
+            };
+            let n = store.import(input, |_| {})?;
+            eprintln!("imported {n} records into {}", cli.data_dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { from } => {
+            if let Some(server) = &cli.server {
+                let r = fetch(server, &format!("/v1/log?from={from}"))?;
+                std::io::copy(&mut r.into_reader(), &mut std::io::stdout().lock())?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let source = open(&cli)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            source.store.export(Seq(*from), &mut out)?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { until, file, json } => {
+            let until = until.as_deref().map(Point::parse).transpose()?;
+            let source = open(&cli)?;
+            replay(
+                &source.store,
+                until,
+                file.as_deref().map(file_key).transpose()?,
+                *json,
+            )
+        }
+        Command::History { file, json } => {
+            let source = open(&cli)?;
+            let key = file_key(file)?;
+            let records = source.store.file_records(&key)?;
+            if records.is_empty() {
+                bail!("no record of file {key}");
+            }
+            let h = FileHistory::fold(&key, records, None);
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&view::history(&h))?);
+            } else {
+                print_history(&h);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rewind { file, to, json } => {
+            let to = Point::parse(to)?;
+            let source = open(&cli)?;
+            rewind(&source.store, &file_key(file)?, to, *json)
+        }
+        Command::Status { json } => {
+            let v = match &cli.server {
+                Some(server) => fetch(server, "/v1/status")?.into_json::<serde_json::Value>()?,
+                None => {
+                    let source = open(&cli)?;
+                    let restored = source.store.restore()?;
+                    view::status(&restored.core)
+                }
+            };
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_status(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn replay(
+    store: &Store,
+    until: Option<Point>,
+    file: Option<FileKey>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let total = store.last_seq().map_or(0, |s| s.0);
+    let bar = if std::io::stderr().is_terminal() && file.is_none() {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let snapshots = |v: Seq| store.snapshot(v).map_err(|e| e.to_string());
+    let mut audit = Audit::new(snapshots);
+    let records: Box<dyn Iterator<Item = cb_store::Result<Record>>> = match &file {
+        Some(key) => Box::new(store.file_records(key)?.into_iter().map(Ok)),
+        None => Box::new(store.records(Seq(1))),
+    };
+    for (i, record) in records.enumerate() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                bar.finish_and_clear();
+                eprintln!("cbctl: the log is unusable: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        if until.is_some_and(|u| !u.includes(&record)) {
+            break;
+        }
+        audit.feed(&record);
+        if i % 65_536 == 0 {
+            bar.set_position(record.seq.0);
+        }
+    }
+    bar.finish_and_clear();
+    let in_flight = audit.in_flight();
+    let (summary, _) = audit.finish();
+    let secs = started.elapsed().as_secs_f64();
+    let rate = summary.records as f64 / secs.max(1e-9);
+    if json {
+        let mut v = serde_json::to_value(&summary)?;
+        v["seconds"] = secs.into();
+        v["records_per_second"] = rate.round().into();
+        v["in_flight_at_end"] = in_flight.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "replayed {} records in {secs:.2} s ({rate:.0} records/s), up to seq {}",
+            summary.records,
+            summary.last_seq.unwrap_or(0)
+        );
+        println!(
+            "files {} · callbacks {} · deliveries {} · attempts started {} · in flight at the end {} · ignored records {}",
+            summary.files, summary.callbacks, summary.deliveries, summary.attempts_started, in_flight, summary.ignored
+        );
+        let outcomes: Vec<String> = summary
+            .outcomes
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!(
+            "outcomes: {}",
+            if outcomes.is_empty() {
+                "none".into()
+            } else {
+                outcomes.join(", ")
+            }
+        );
+        let states: Vec<String> = cb_core::StateName::ALL
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {}",
+                    s.as_str(),
+                    summary.machines.get(s.as_str()).copied().unwrap_or(0)
+                )
+            })
+            .collect();
+        println!("machines: {}", states.join(", "));
+        if summary.divergences.is_empty() {
+            println!("divergences: none");
+        } else {
+            println!("divergences: {}", summary.divergences.len());
+            for d in &summary.divergences {
+                println!("  seq {}: {}", d.seq, d.explanation);
+            }
+        }
+    }
+    Ok(if summary.divergences.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn time_of(at: Timestamp) -> String {
+    cb_store::ndjson::rfc3339(at).unwrap_or_else(|| at.to_string())
+}
+
+fn print_history(h: &FileHistory) {
+    let v = view::history(h);
+    println!("history of {}", h.file);
+    for step in v["steps"].as_array().into_iter().flatten() {
+        let at = step["time"].as_str().unwrap_or("");
+        let seq = step["seq"]
+            .as_u64()
+            .map_or("     -".to_owned(), |s| format!("{s:>6}"));
+        let what = describe(step);
+        let machines: Vec<String> = step["machines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                format!(
+                    "{}={}",
+                    m["callback"].as_str().unwrap_or("?"),
+                    m["state"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        println!("{at}  {seq}  {what:<48}  {}", machines.join(" "));
+    }
+}
+
+fn describe(step: &serde_json::Value) -> String {
+    let s = |k: &str| step[k].as_str().unwrap_or("").to_owned();
+    let mut d = match step["kind"].as_str().unwrap_or("") {
+        "change" => format!("change {}", s("event")),
+        "callback_put" => format!("callback {} put", s("name")),
+        "callback_removed" => format!("callback {} removed", s("name")),
+        "callback_disabled" => format!(
+            "callback {} disabled (410 at seq {})",
+            s("callback"),
+            step["cause"]
+        ),
+        "attempt" => format!(
+            "{} attempt {} v{} → {} ({} ms)",
+            s("callback"),
+            step["attempt"],
+            step["version"],
+            s("outcome"),
+            step["latency_ms"]
+        ),
+        "redeliver" => format!("redeliver {}", step["callback"].as_str().unwrap_or("all")),
+        "deadline" => "deadline".to_owned(),
+        "tick" => "tick".to_owned(),
+        other => other.to_owned(),
+    };
+    for a in step["attempts_started"].as_array().into_iter().flatten() {
+        d.push_str(&format!(
+            " ⇒ start {} attempt {} v{}",
+            a["callback"].as_str().unwrap_or("?"),
+            a["attempt"],
+            a["version"]
+        ));
+    }
+    if let Some(why) = step["ignored"].as_str() {
+        d.push_str(&format!(" (ignored: {why})"));
+    }
+    d
+}
+
+fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Result<ExitCode> {
+    let records: Vec<Record> = store
+        .file_records(file)?
+        .into_iter()
+        .filter(|r| to.includes(r))
+        .collect();
+    if records.is_empty() {
+        bail!("no record of file {file} at or before that point");
+    }
+    let until = match to {
+        Point::Time(t) => Some(t),
+        Point::Seq(_) => None,
+    };
+    let h = FileHistory::fold(file, records.clone(), until);
+    let version = records
+        .iter()
+        .filter(|r| matches!(r.kind, cb_core::RecordKind::ChangeAppended { .. }))
+        .map(|r| r.seq)
+        .max();
+    let snapshot = match version {
+        Some(v) => store.snapshot(v)?,
+        None => None,
+    };
+    // The payload each callback in force would get for that snapshot.
+    let mut payloads = Vec::new();
+    if let Some(snap) = &snapshot {
+        for (name, slot) in h.core.callbacks(&file.project) {
+            let r = render(snap, &slot.callback);
+            let url = cb_core::render::request_url(&slot.callback.target.to_url(), &r);
+            payloads.push((name.to_string(), slot.callback.method.as_str(), url, r));
+        }
+        if let Some(entry) = h.core.file(file) {
+            for slot in &entry.callbacks {
+                let cb = &slot.callback.callback;
+                let r = render(snap, cb);
+                let url = cb_core::render::request_url(&cb.target.to_url(), &r);
+                payloads.push((
+                    format!("file:{}", slot.callback.name),
+                    cb.method.as_str(),
+                    url,
+                    r,
+                ));
+            }
+        }
+    }
+    let state = view::file_state(&h, version.map(|v| v.0), snapshot.as_ref());
+    if json {
+        let mut v = serde_json::to_value(&state)?;
+        v["payloads"] = payloads
+            .iter()
+            .map(|(n, m, u, r)| serde_json::json!({"callback": n, "method": m, "url": u, "digest": r.digest().to_hex(), "body": String::from_utf8_lossy(&r.bytes)}))
+            .collect::<Vec<_>>()
+            .into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let last = records.last().expect("not empty");
+    println!(
+        "{file} as of seq {} ({})",
+        last.seq,
+        time_of(until.unwrap_or(last.at))
+    );
+    println!(
+        "version {}",
+        version.map_or("none".into(), |v| v.to_string())
+    );
+    let v = serde_json::to_value(&state)?;
+    for m in v["machines"].as_array().into_iter().flatten() {
+        let mut line = format!(
+            "  {}: {}",
+            m["callback"].as_str().unwrap_or("?"),
+            m["state"].as_str().unwrap_or("?")
+        );
+        for k in [
+            "due_time",
+            "next_time",
+            "started_time",
+            "sent_time",
+            "abandoned_time",
+        ] {
+            if let Some(t) = m[k].as_str() {
+                line.push_str(&format!(" {}={t}", k.trim_end_matches("_time")));
+            }
+        }
+        if let Some(o) = m["last_outcome"]["outcome"].as_str() {
+            line.push_str(&format!(" last={o}"));
+        }
+        println!("{line}");
+    }
+    for (name, method, url, r) in &payloads {
+        println!("\n{name}: {method} {url}  (digest {})", r.digest().to_hex());
+        if let cb_core::Placement::Body { content_type } = r.placement {
+            println!(
+                "Content-Type: {content_type}\n{}",
+                String::from_utf8_lossy(&r.bytes)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(v: &serde_json::Value) {
+    let m = &v["machines"];
+    println!(
+        "files {} · coalescing {} · pending {} · sent {} · retrying {} · abandoned {}",
+        v["files"], m["coalescing"], m["pending"], m["sent"], m["retrying"], m["abandoned"]
+    );
+    if let Some(t) = v["next_deadline"].as_u64() {
+        println!("oldest due: {}", time_of(Timestamp(t)));
+    }
+    for a in v["abandoned"].as_array().into_iter().flatten() {
+        println!(
+            "abandoned: {} {} (delivery {}, {} attempts)",
+            a["file"].as_str().unwrap_or("?"),
+            a["callback"].as_str().unwrap_or("?"),
+            a["delivery"],
+            a["attempts"]
+        );
+    }
+    for d in v["disabled_callbacks"].as_array().into_iter().flatten() {
+        println!(
+            "disabled: {}/{} (410 at seq {})",
+            d["project"].as_str().unwrap_or("?"),
+            d["name"].as_str().unwrap_or("?"),
+            d["disabled_by"]
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! `cbctl` on a real daemon's log: a clean replay after a busy scenario, and a tampered log
+//! that replay must catch.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{snapshot, Cbd, Receiver, Reply};
+
+fn cbctl(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cbctl"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run cbctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn replay_of_a_busy_log_is_clean_and_tampering_is_caught() {
+    let receiver = Receiver::start();
+    receiver.script([Reply::Status(500, vec![]), Reply::ok()]);
+    let mut cbd = Cbd::start(&["--allow-private-targets"]);
+    cbd.put_callback(
+        "p",
+        "site",
+        json!({"url": receiver.url("/cb"), "leading": true, "window_secs": 1, "backoff_secs": [1]}),
+    );
+    cbd.put_callback(
+        "p",
+        "q",
+        json!({"url": receiver.url("/q"), "method": "GET", "window_secs": 1}),
+    );
+    for i in 0..5 {
+        cbd.change(
+            "p",
+            &format!("f{i}"),
+            "rated",
+            snapshot(&format!("f{i}"), i),
+        );
+    }
+    receiver.wait_for_count(11, Duration::from_secs(10));
+    cbd.change("p", "f0", "moderated", snapshot("f0", 99));
+    cbd.kill_and_restart();
+    let (status, _) = cbd.json("POST", "/v1/files/p/f1/redeliver?callback=site", None);
+    assert_eq!(status, 202);
+    cbd.wait_for("everything sent", Duration::from_secs(10), || {
+        ["site", "q"]
+            .iter()
+            .all(|c| cbd.machine("p", "f0", c)["state"] == "sent")
+            && cbd.machine("p", "f1", "site")["last_outcome"]["seq"].as_u64() > Some(20)
+    });
+    assert!(cbd.terminate().success());
+
+    let (code, out, err) = cbctl(&cbd.dir, &["replay", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["divergences"].as_array().unwrap().len(), 0, "{v}");
+    assert_eq!(v["files"], 5);
+    assert_eq!(v["callbacks"], 2);
+    assert_eq!(v["outcomes"]["5xx"], 1, "{v}");
+    assert!(v["outcomes"]["delivered"].as_u64().unwrap() >= 12, "{v}");
+
+    // History and rewind of one file.
+    let (code, out, _) = cbctl(&cbd.dir, &["history", "p/f0"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("change moderated") && out.contains("site=sent"),
+        "{out}"
+    );
+
+    // Tamper with one attempt's digest, and separately with one's version.
+    let (code, log, _) = cbctl(&cbd.dir, &["export"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = log.lines().collect();
+    let (i, attempt) = lines
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.contains("\"kind\":\"attempt\"") && l.contains("\"delivered\""))
+        .unwrap();
+    let seq = serde_json::from_str::<Value>(attempt).unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    for (what, edit) in [
+        ("digest", {
+            let mut v: Value = serde_json::from_str(attempt).unwrap();
+            v["digest"] = "0".repeat(64).into();
+            v
+        }),
+        ("version", {
+            let mut v: Value = serde_json::from_str(attempt).unwrap();
+            v["version"] = (v["version"].as_u64().unwrap() - 1).into();
+            v
+        }),
+    ] {
+        let mut edited: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        edited[i] = edit.to_string();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("copy");
+        let file = temp.path().join("log.ndjson");
+        std::fs::write(&file, edited.join("\n") + "\n").unwrap();
+        let (code, _, err) = cbctl(&dir, &["import", file.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let (code, out, _) = cbctl(&dir, &["replay"]);
+        assert_eq!(code, 1, "a tampered {what} must be caught: {out}");
+        assert!(
+            out.contains(&format!("seq {seq}:")),
+            "the {what} divergence names seq {seq}: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_running_daemon_holds_the_lock_and_cbctl_says_so() {
+    let cbd = Cbd::start(&[]);
+    let (code, _, err) = cbctl(&cbd.dir, &["replay"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("locked") && err.contains("is cbd running?"),
+        "{err}"
+    );
+}
