@@ -126,3 +126,70 @@ fn a_running_daemon_holds_the_lock_and_cbctl_says_so() {
         "{err}"
     );
 }
+
+/// The operator commands work on a stopped daemon's dir (appending records the daemon folds
+/// at its next start) and against a running daemon with `--server`, with the same answers.
+#[test]
+fn operator_commands_offline_and_through_the_server() {
+    let receiver = Receiver::start();
+    let mut cbd = Cbd::start(&["--allow-private-targets"]);
+    assert!(cbd.terminate().success());
+    let dir = cbd.dir.clone();
+    let temp = tempfile::tempdir().unwrap();
+    let config = temp.path().join("cb.json");
+    std::fs::write(
+        &config,
+        json!({"url": receiver.url("/cb"), "leading": true}).to_string(),
+    )
+    .unwrap();
+    let (code, out, err) = cbctl(
+        &dir,
+        &["callbacks", "set", "p", "site", config.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let change = temp.path().join("change.json");
+    std::fs::write(
+        &change,
+        json!({"project": "p", "file_id": "9", "event": "rated", "file": snapshot("9", 1)})
+            .to_string(),
+    )
+    .unwrap();
+    let (code, out, err) = cbctl(&dir, &["emit", change.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = cbctl(&dir, &["callbacks", "list", "p"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("site POST http://127.0.0.1:"), "{out}");
+    let (code, _, err) = cbctl(&dir, &["callbacks", "rm", "p", "nope"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no callback nope"), "{err}");
+
+    // The daemon folds what cbctl appended: the change is delivered at start.
+    cbd.kill_and_restart();
+    receiver.wait_for_count(1, Duration::from_secs(5));
+    assert_eq!(receiver.received()[0].field("id").as_deref(), Some("9"));
+
+    // Through the server: the same list, and a redeliver.
+    let server = cbd.url("");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cbctl"))
+            .args(["--server", &server])
+            .args(args)
+            .env("CBD_TOKEN", crate::support::TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, online, err) = run(&["callbacks", "list", "p"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(online, out, "the same output online and offline");
+    let (code, _, err) = run(&["redeliver", "p/9", "--callback", "site"]);
+    assert_eq!(code, 0, "{err}");
+    receiver.wait_for_count(2, Duration::from_secs(5));
+    let (code, out, err) = run(&["replay"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("divergences: none"), "{out}");
+}

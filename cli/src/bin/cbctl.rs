@@ -84,6 +84,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A project's callbacks: list, set (create or replace) or rm.
+    Callbacks {
+        #[command(subcommand)]
+        action: CallbacksAction,
+    },
+    /// Append one change: a JSON change body (as POST /v1/changes takes), from FILE or stdin.
+    Emit {
+        /// The JSON file; stdin if absent.
+        file: Option<PathBuf>,
+    },
+    /// Deliver a file again now (rule 6), to one callback or all of them.
+    Redeliver {
+        /// PROJECT/ID
+        file: String,
+        /// One callback (`name`, or `file:name` for a per-file one).
+        #[arg(long)]
+        callback: Option<String>,
+    },
     /// The log as NDJSON on stdout (docs/interchange.md).
     Export {
         /// The first sequence number.
@@ -94,6 +112,34 @@ enum Command {
     Import {
         /// The file; stdin if absent.
         file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CallbacksAction {
+    /// The project's callbacks, with their configuration and whether they are enabled.
+    List {
+        /// The project.
+        project: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create or replace a callback from its JSON configuration (FILE, or stdin).
+    Set {
+        /// The project.
+        project: String,
+        /// The callback's name.
+        name: String,
+        /// The JSON file; stdin if absent.
+        file: Option<PathBuf>,
+    },
+    /// Remove a callback.
+    Rm {
+        /// The project.
+        project: String,
+        /// The callback's name.
+        name: String,
     },
 }
 
@@ -276,6 +322,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let source = open(&cli)?;
             rewind(&source.store, &file_key(file)?, to, *json)
         }
+        Command::Callbacks { action } => callbacks(&cli, action),
+        Command::Emit { file } => {
+            let body = read_input(file.as_ref())?;
+            match &cli.server {
+                Some(server) => send(server, "POST", "/v1/changes", Some(&body)),
+                None => {
+                    // The daemon's --smtp is not known here, so mailto callbacks are let through.
+                    let input =
+                        cb_cli::ingest::json_change(&body, cb_cli::ingest::Rules { smtp: true })
+                            .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.detail))?;
+                    let store = open_for_append(&cli)?;
+                    let appended = store.append(vec![input])?;
+                    println!("{}", serde_json::json!({"seq": appended.first.0}));
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::Redeliver { file, callback } => {
+            let key = file_key(file)?;
+            let callback = callback
+                .as_deref()
+                .map(cb_core::CallbackRef::parse)
+                .transpose()
+                .context("--callback")?;
+            match &cli.server {
+                Some(server) => {
+                    let mut path = format!("/v1/files/{}/{}/redeliver", key.project, key.file_id);
+                    if let Some(c) = &callback {
+                        path.push_str(&format!("?callback={c}"));
+                    }
+                    send(server, "POST", &path, None)
+                }
+                None => {
+                    let store = open_for_append(&cli)?;
+                    if store.latest_version(&key)?.is_none() {
+                        bail!("file {key} has no change to deliver");
+                    }
+                    let appended = store.append(vec![cb_store::Input::Record(
+                        cb_core::RecordKind::RedeliverRequested {
+                            file: key,
+                            callback,
+                            version: None,
+                        },
+                    )])?;
+                    println!("{}", serde_json::json!({"seq": appended.first.0}));
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
         Command::Status { json } => {
             let v = match &cli.server {
                 Some(server) => fetch(server, "/v1/status")?.into_json::<serde_json::Value>()?,
@@ -292,6 +387,158 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn read_input(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
+    match file {
+        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display())),
+        None => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            Ok(buf)
+        }
+    }
+}
+
+/// Opens the data dir to append, durably (the daemon is stopped; it folds these at start).
+fn open_for_append(cli: &Cli) -> anyhow::Result<Store> {
+    if !cli.data_dir.exists() {
+        bail!(
+            "no data dir at {} (give --data-dir, or --server for a running daemon)",
+            cli.data_dir.display()
+        );
+    }
+    Store::open(&cli.data_dir, StoreOptions::default())
+        .with_context(|| format!("opening {}", cli.data_dir.display()))
+}
+
+/// One API request to a running daemon; prints its JSON answer.
+fn send(server: &str, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::Result<ExitCode> {
+    let token =
+        std::env::var("CBD_TOKEN").context("--server needs the daemon's token in CBD_TOKEN")?;
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    let req = ureq::request(method, &url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .set("Content-Type", "application/json");
+    let result = match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    };
+    match result {
+        Ok(r) => {
+            print!("{}", r.into_string()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ureq::Error::Status(code, r)) => {
+            bail!(
+                "{url}: {code} {}",
+                r.into_string().unwrap_or_default().trim()
+            )
+        }
+        Err(e) => bail!("{url}: {e}"),
+    }
+}
+
+fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
+    match action {
+        CallbacksAction::List { project, json } => {
+            let v = match &cli.server {
+                Some(server) => fetch(server, &format!("/v1/projects/{project}/callbacks"))?
+                    .into_json::<serde_json::Value>()?,
+                None => {
+                    let project = cb_core::ProjectId::new(project).context("project")?;
+                    let source = open(cli)?;
+                    let core = source.store.restore()?.core;
+                    let list: Vec<serde_json::Value> = core
+                        .callbacks(&project)
+                        .map(|(n, s)| {
+                            view::callback(n, &s.callback, s.disabled_by.is_none(), s.put_by.0)
+                        })
+                        .collect();
+                    serde_json::json!({ "callbacks": list })
+                }
+            };
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for c in v["callbacks"].as_array().into_iter().flatten() {
+                    let cb = &c["callback"];
+                    println!(
+                        "{} {} {} {} window={}s{}",
+                        c["name"].as_str().unwrap_or("?"),
+                        cb["method"].as_str().unwrap_or("?"),
+                        cb["url"].as_str().unwrap_or("?"),
+                        cb["format"].as_str().unwrap_or("?"),
+                        cb["window_secs"],
+                        if c["enabled"] == false {
+                            " (disabled by a 410)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CallbacksAction::Set {
+            project,
+            name,
+            file,
+        } => {
+            let body = read_input(file.as_ref())?;
+            match &cli.server {
+                Some(server) => send(
+                    server,
+                    "PUT",
+                    &format!("/v1/projects/{project}/callbacks/{name}"),
+                    Some(&body),
+                ),
+                None => {
+                    let project = cb_core::ProjectId::new(project).context("project")?;
+                    let name = cb_core::CallbackName::new(name).context("callback name")?;
+                    let callback =
+                        cb_cli::ingest::callback(&body, cb_cli::ingest::Rules { smtp: true })
+                            .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.detail))?;
+                    let store = open_for_append(cli)?;
+                    let appended = store.append(vec![cb_store::Input::Record(
+                        cb_core::RecordKind::CallbackPut {
+                            project,
+                            name,
+                            callback: std::sync::Arc::new(callback),
+                        },
+                    )])?;
+                    println!("{}", serde_json::json!({"seq": appended.first.0}));
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        CallbacksAction::Rm { project, name } => match &cli.server {
+            Some(server) => send(
+                server,
+                "DELETE",
+                &format!("/v1/projects/{project}/callbacks/{name}"),
+                None,
+            ),
+            None => {
+                let project = cb_core::ProjectId::new(project).context("project")?;
+                let name = cb_core::CallbackName::new(name).context("callback name")?;
+                let store = open_for_append(cli)?;
+                let exists = store
+                    .restore()?
+                    .core
+                    .callbacks(&project)
+                    .any(|(n, _)| *n == name);
+                if !exists {
+                    bail!("no callback {name} in {project}");
+                }
+                let appended = store.append(vec![cb_store::Input::Record(
+                    cb_core::RecordKind::CallbackRemoved { project, name },
+                )])?;
+                println!("{}", serde_json::json!({"seq": appended.first.0}));
+                Ok(ExitCode::SUCCESS)
+            }
+        },
     }
 }
 
