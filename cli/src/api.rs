@@ -463,7 +463,7 @@ fn file_key(project: &str, file_id: &str) -> Result<FileKey, ApiError> {
 
 /// The file's records (and its project's) folded on their own, up to the live core's time:
 /// the same states the live core has (the projection property), plus what it forgot.
-async fn fold_file(api: &Api, file: &FileKey) -> Result<(FileHistory, Option<Seq>), ApiError> {
+async fn fold_file(api: &Api, file: &FileKey) -> Result<FileHistory, ApiError> {
     let now = api
         .handle
         .query(|core| core.now())
@@ -474,17 +474,11 @@ async fn fold_file(api: &Api, file: &FileKey) -> Result<(FileHistory, Option<Seq
     // The records and the fold off the async workers: a file with a long history takes a while.
     let folded = tokio::task::spawn_blocking(move || {
         let records = store.file_records(&key)?;
-        // The version from the same records that are folded, so the two always agree.
-        let version = records
-            .iter()
-            .filter(|r| matches!(r.kind, RecordKind::ChangeAppended { .. }))
-            .map(|r| r.seq)
-            .max();
         let has_file_records = records
             .iter()
             .any(|r| matches!(r.scope(), cb_core::Scope::File(_)));
         Ok::<_, cb_store::Error>(
-            has_file_records.then(|| (FileHistory::fold(&key, records, Some(now)), version)),
+            has_file_records.then(|| FileHistory::fold(&key, records, Some(now))),
         )
     })
     .await
@@ -495,7 +489,9 @@ async fn fold_file(api: &Api, file: &FileKey) -> Result<(FileHistory, Option<Seq
 
 async fn file_state(api: &Api, project: &str, file_id: &str) -> Result<Response<Body>, ApiError> {
     let file = file_key(project, file_id)?;
-    let (history, version) = fold_file(api, &file).await?;
+    let history = fold_file(api, &file).await?;
+    // The version from the records folded, so the snapshot and the machines always agree.
+    let version = history.latest_change();
     let snapshot = match version {
         Some(v) => api
             .handle
@@ -512,7 +508,7 @@ async fn file_state(api: &Api, project: &str, file_id: &str) -> Result<Response<
 
 async fn file_history(api: &Api, project: &str, file_id: &str) -> Result<Response<Body>, ApiError> {
     let file = file_key(project, file_id)?;
-    let (history, _) = fold_file(api, &file).await?;
+    let history = fold_file(api, &file).await?;
     Ok(json_response(StatusCode::OK, &view::history(&history)))
 }
 

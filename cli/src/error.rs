@@ -79,3 +79,21 @@ impl ApiError {
         v
     }
 }
+
+/// An error and its causes on one line, skipping a cause whose text the line already carries
+/// (library errors often print their source themselves). For the binaries' last word.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut current = Some(e);
+    while let Some(err) = current {
+        let text = err.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        current = err.source();
+    }
+    line
+}

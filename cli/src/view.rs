@@ -60,17 +60,13 @@ pub fn machine(callback: &CallbackRef, m: &Machine) -> Value {
     if let Some(o) = m.last_outcome {
         let mut lo = Map::new();
         lo.insert("seq".into(), o.seq.0.into());
-        time(&mut lo, "", o.at);
+        lo.insert("at".into(), o.at.0.into());
+        if let Some(t) = rfc3339(o.at) {
+            lo.insert("time".into(), t.into());
+        }
         lo.insert("attempt".into(), o.attempt.into());
         lo.insert("outcome".into(), o.outcome.to_string().into());
         lo.insert("class".into(), o.outcome.class().into());
-        // `time(…, "")` named them `_at`/`_time`; give them plain names.
-        if let Some(at) = lo.remove("_at") {
-            lo.insert("at".into(), at);
-        }
-        if let Some(t) = lo.remove("_time") {
-            lo.insert("time".into(), t);
-        }
         v.insert("last_outcome".into(), Value::Object(lo));
     }
     Value::Object(v)

@@ -11,7 +11,7 @@ use crate::effect::Effect;
 use crate::fold::{Core, Disposition};
 use crate::ids::{CallbackRef, FileKey, Seq, Timestamp};
 use crate::machine::{Machine, StateName};
-use crate::record::Record;
+use crate::record::{Record, RecordKind};
 
 /// What moved the file's fold one step.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -85,6 +85,17 @@ impl FileHistory {
             }
         }
         h
+    }
+
+    /// The file's version as of the last step: the latest change among the records folded.
+    /// (The fold's core may have forgotten the file; the records have not.)
+    pub fn latest_change(&self) -> Option<Seq> {
+        self.steps.iter().rev().find_map(|s| match &s.cause {
+            Cause::Record(r, _) if matches!(r.kind, RecordKind::ChangeAppended { .. }) => {
+                Some(r.seq)
+            }
+            _ => None,
+        })
     }
 
     fn fire_deadlines_until(&mut self, to: Timestamp) {
@@ -225,5 +236,6 @@ mod tests {
         assert_eq!(latest.len(), 1);
         assert_eq!(latest[0].1.state.name(), StateName::Sent);
         assert!(!latest[0].2, "flagged as forgotten");
+        assert_eq!(h.latest_change(), Some(Seq(2)));
     }
 }

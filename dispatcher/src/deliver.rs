@@ -8,7 +8,6 @@
 //! target policy.
 
 use std::error::Error as StdError;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -301,33 +300,21 @@ fn classify_error(e: &hyper_util::client::legacy::Error) -> (Outcome, String) {
     while let Some(err) = current {
         if err.downcast_ref::<Refused>().is_some() {
             outcome = Outcome::TargetRefused;
-        }
-        if err.downcast_ref::<rustls::Error>().is_some() && outcome == Outcome::Connect {
+        } else if err.downcast_ref::<rustls::Error>().is_some() && outcome == Outcome::Connect {
             outcome = Outcome::Tls;
-        }
-        // `io::Error::source` skips the error it wraps; look inside explicitly.
-        let mut next = err.source();
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if inner.downcast_ref::<rustls::Error>().is_some() && outcome == Outcome::Connect {
-                    outcome = Outcome::Tls;
-                }
-                if inner.downcast_ref::<Refused>().is_some() {
-                    outcome = Outcome::TargetRefused;
-                }
-                next = Some(inner as &(dyn StdError + 'static));
-                if chain.last().map(String::as_str) != Some(&io.to_string()) {
-                    chain.push(io.to_string());
-                }
-                current = next;
-                continue;
-            }
         }
         let text = err.to_string();
         if chain.last() != Some(&text) {
             chain.push(text);
         }
-        current = next;
+        // `io::Error::source` skips the error it wraps: step into it explicitly.
+        current = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => err.source(),
+        };
     }
     (outcome, chain.join(": "))
 }
@@ -343,9 +330,6 @@ fn clip(mut s: String) -> String {
     }
     s
 }
-
-/// A shareable deliverer.
-pub type SharedDeliverer = Arc<Deliverer>;
 
 #[cfg(test)]
 mod tests {

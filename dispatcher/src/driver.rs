@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cb_core::{Core, Effect, Record, RecordKind, Seq, Timestamp};
+use cb_core::{Core, Effect, Record, RecordKind, Seq};
 use cb_store::{wall_clock, Appended, CheckpointWriter, Input, Store, StoreOptions};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
@@ -192,11 +192,11 @@ impl Dispatcher {
             metrics: metrics.clone(),
         };
         let core = restored.core;
-        let started = Started {
+        let mut started = Started {
             last_seq: store.last_seq(),
             checkpoint: restored.checkpoint,
             tail_records: restored.tail_records,
-            resumed_attempts: core.in_flight().len(),
+            resumed_attempts: 0,
         };
         let mut driver = Driver {
             core,
@@ -217,7 +217,7 @@ impl Dispatcher {
             metrics,
             options,
         };
-        driver.resume();
+        started.resumed_attempts = driver.resume();
         let task = tokio::spawn(driver.run());
         Ok((
             Dispatcher {
@@ -295,9 +295,10 @@ struct Driver {
 
 impl Driver {
     /// Driving contract step 5: what was in flight at the crash is attempted again, and
-    /// disables that were owed are appended.
-    fn resume(&mut self) {
+    /// disables that were owed are appended. Returns how many attempts resumed.
+    fn resume(&mut self) -> usize {
         let in_flight = self.core.in_flight();
+        let resumed = in_flight.len();
         if !in_flight.is_empty() {
             info!(
                 attempts = in_flight.len(),
@@ -310,6 +311,7 @@ impl Driver {
         for effect in self.core.owed_disables() {
             self.perform(effect);
         }
+        resumed
     }
 
     async fn run(mut self) -> Result<(), Error> {
@@ -586,9 +588,4 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// The wall-clock time now, as the log stamps it.
-pub fn now() -> Timestamp {
-    wall_clock()
 }

@@ -148,17 +148,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let mut line = String::new();
-            for cause in e.chain() {
-                let text = cause.to_string();
-                if !line.contains(&text) {
-                    if !line.is_empty() {
-                        line.push_str(": ");
-                    }
-                    line.push_str(&text);
-                }
-            }
-            eprintln!("cbctl: {line}");
+            eprintln!("cbctl: {}", cb_cli::error::one_line(e.as_ref()));
             ExitCode::from(2)
         }
     }
@@ -203,16 +193,31 @@ fn open(cli: &Cli) -> anyhow::Result<Source> {
 }
 
 fn fetch(server: &str, path: &str) -> anyhow::Result<ureq::Response> {
+    call(server, "GET", path, None)
+}
+
+/// One API request to a running daemon, with the token from `CBD_TOKEN`.
+fn call(
+    server: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> anyhow::Result<ureq::Response> {
     let token =
         std::env::var("CBD_TOKEN").context("--server needs the daemon's token in CBD_TOKEN")?;
     let url = format!("{}{path}", server.trim_end_matches('/'));
-    match ureq::get(&url)
-        .set("Authorization", &format!("Bearer {token}"))
-        .call()
-    {
+    let req = ureq::request(method, &url).set("Authorization", &format!("Bearer {token}"));
+    let result = match body {
+        Some(b) => req.set("Content-Type", "application/json").send_bytes(b),
+        None => req.call(),
+    };
+    match result {
         Ok(r) => Ok(r),
         Err(ureq::Error::Status(code, r)) => {
-            bail!("{url}: {code} {}", r.into_string().unwrap_or_default())
+            bail!(
+                "{url}: {code} {}",
+                r.into_string().unwrap_or_default().trim()
+            )
         }
         Err(e) => bail!("{url}: {e}"),
     }
@@ -415,29 +420,8 @@ fn open_for_append(cli: &Cli) -> anyhow::Result<Store> {
 
 /// One API request to a running daemon; prints its JSON answer.
 fn send(server: &str, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::Result<ExitCode> {
-    let token =
-        std::env::var("CBD_TOKEN").context("--server needs the daemon's token in CBD_TOKEN")?;
-    let url = format!("{}{path}", server.trim_end_matches('/'));
-    let req = ureq::request(method, &url)
-        .set("Authorization", &format!("Bearer {token}"))
-        .set("Content-Type", "application/json");
-    let result = match body {
-        Some(b) => req.send_bytes(b),
-        None => req.call(),
-    };
-    match result {
-        Ok(r) => {
-            print!("{}", r.into_string()?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(ureq::Error::Status(code, r)) => {
-            bail!(
-                "{url}: {code} {}",
-                r.into_string().unwrap_or_default().trim()
-            )
-        }
-        Err(e) => bail!("{url}: {e}"),
-    }
+    print!("{}", call(server, method, path, body)?.into_string()?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
@@ -719,12 +703,9 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
         Point::Time(t) => Some(t),
         Point::Seq(_) => None,
     };
-    let h = FileHistory::fold(file, records.clone(), until);
-    let version = records
-        .iter()
-        .filter(|r| matches!(r.kind, cb_core::RecordKind::ChangeAppended { .. }))
-        .map(|r| r.seq)
-        .max();
+    let (last_seq, last_at) = records.last().map(|r| (r.seq, r.at)).expect("not empty");
+    let h = FileHistory::fold(file, records, until);
+    let version = h.latest_change();
     let snapshot = match version {
         Some(v) => store.snapshot(v)?,
         None => None,
@@ -762,11 +743,10 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let last = records.last().expect("not empty");
     println!(
         "{file} as of seq {} ({})",
-        last.seq,
-        time_of(until.unwrap_or(last.at))
+        last_seq,
+        time_of(until.unwrap_or(last_at))
     );
     println!(
         "version {}",

@@ -59,29 +59,12 @@ fn main() -> ExitCode {
     match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let message = chain(&e);
+            let message = cb_cli::error::one_line(e.as_ref());
             error!("{message}");
             eprintln!("cbd: {message}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, skipping a cause whose text the line already
-/// carries (library errors often print their source themselves).
-fn chain(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
 }
 
 enum Stop {
