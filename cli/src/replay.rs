@@ -5,14 +5,19 @@
 //! machine, delivery, attempt number, version and callback). Every `AttemptFinished` record
 //! must then match one of those decisions, carry the same version, and carry the digest of
 //! the payload the core renders for that version and callback. Anything else is a
-//! [`Divergence`], named by its sequence number. The audit reads snapshots only to render,
-//! through a lookup the caller gives (the store), so it stays testable without a data dir.
+//! [`Divergence`], named by its sequence number.
+//!
+//! The digest comparison is split from the fold: the fold collects [`Check`]s, and
+//! [`verify`] renders them in batches, sorted by version, through a snapshot lookup the
+//! caller gives. That keeps the audit testable without a data dir, and lets `cbctl replay`
+//! read snapshots sequentially and render on a second core while the fold goes on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use cb_core::{
-    render, Attempt, Core, DeliveryId, Digest, Effect, FileKey, MachineKey, Record, RecordKind,
-    Seq, Snapshot, StateName,
+    render, Attempt, Callback, Core, DeliveryId, Digest, Effect, FileKey, MachineKey, Record,
+    RecordKind, Seq, Snapshot, StateName,
 };
 use serde::Serialize;
 
@@ -53,43 +58,66 @@ pub struct Summary {
 /// A decided attempt, waiting for its outcome.
 struct Decided {
     version: Seq,
-    callback: std::sync::Arc<cb_core::Callback>,
+    callback: Arc<Callback>,
 }
 
-/// The audit in progress.
-pub struct Audit<S> {
+/// A recorded outcome whose digest is still to be compared with a fresh render of the
+/// version the core decided. Checks leave the fold in batches ([`Audit::take_checks`]) so
+/// that [`verify`] can read their snapshots in version order, on another thread.
+pub struct Check {
+    /// The outcome record.
+    pub seq: Seq,
+    /// The version the core decided (and the outcome carries).
+    pub version: Seq,
+    /// The callback as configured when the attempt was decided.
+    pub callback: Arc<Callback>,
+    /// The digest the outcome recorded.
+    pub digest: Digest,
+    /// Whose attempt it was, for the explanation.
+    pub machine: MachineKey,
+    /// Which attempt.
+    pub attempt: u32,
+}
+
+/// The audit in progress: the fold, and what it decided that no outcome has answered yet.
+pub struct Audit {
     core: Core,
-    snapshots: S,
     decided: HashMap<(MachineKey, DeliveryId, u32), Decided>,
     files: HashSet<FileKey>,
     callbacks: HashSet<(cb_core::ProjectId, cb_core::CallbackName)>,
-    deliveries: HashSet<(MachineKey, DeliveryId)>,
-    /// Digests of renders already made, by (version, callback).
-    rendered: HashMap<(Seq, std::sync::Arc<cb_core::Callback>), Digest>,
+    checks: Vec<Check>,
     summary: Summary,
     effects: Vec<Effect>,
 }
 
-/// Why a snapshot could not be read for rendering.
-pub type LookupError = String;
+impl Default for Audit {
+    fn default() -> Audit {
+        Audit::new()
+    }
+}
 
-impl<S> Audit<S>
-where
-    S: FnMut(Seq) -> Result<Option<Snapshot>, LookupError>,
-{
-    /// A fresh audit reading snapshots through `snapshots`.
-    pub fn new(snapshots: S) -> Audit<S> {
+impl Audit {
+    /// A fresh audit.
+    pub fn new() -> Audit {
         Audit {
             core: Core::new(),
-            snapshots,
             decided: HashMap::new(),
             files: HashSet::new(),
             callbacks: HashSet::new(),
-            deliveries: HashSet::new(),
-            rendered: HashMap::new(),
+            checks: Vec::new(),
             summary: Summary::default(),
             effects: Vec::new(),
         }
+    }
+
+    /// Digest checks collected so far (hand them to [`verify`]).
+    pub fn take_checks(&mut self) -> Vec<Check> {
+        std::mem::take(&mut self.checks)
+    }
+
+    /// How many digest checks are waiting.
+    pub fn pending_checks(&self) -> usize {
+        self.checks.len()
     }
 
     /// Folds one record and checks it if it is an outcome.
@@ -146,7 +174,14 @@ where
                                 ),
                             );
                         } else {
-                            self.check_digest(record.seq, report, decided);
+                            self.checks.push(Check {
+                                seq: record.seq,
+                                version: decided.version,
+                                callback: decided.callback,
+                                digest: report.digest,
+                                machine: report.machine.clone(),
+                                attempt: report.attempt,
+                            });
                         }
                     }
                 }
@@ -168,7 +203,10 @@ where
 
     fn decide(&mut self, a: Attempt) {
         self.summary.attempts_started += 1;
-        self.deliveries.insert((a.machine.clone(), a.delivery));
+        // A delivery opens with its first attempt; the core decides each attempt once.
+        if a.attempt == 1 {
+            self.summary.deliveries += 1;
+        }
         self.decided.insert(
             (a.machine, a.delivery, a.attempt),
             Decided {
@@ -178,47 +216,6 @@ where
         );
     }
 
-    fn check_digest(&mut self, seq: Seq, report: &cb_core::AttemptReport, decided: Decided) {
-        let key = (decided.version, decided.callback.clone());
-        let digest = match self.rendered.get(&key) {
-            Some(d) => *d,
-            None => match (self.snapshots)(decided.version) {
-                Ok(Some(snapshot)) => {
-                    let d = render(&snapshot, &decided.callback).digest();
-                    if self.rendered.len() > 100_000 {
-                        self.rendered.clear();
-                    }
-                    self.rendered.insert(key, d);
-                    d
-                }
-                Ok(None) => {
-                    self.diverge(
-                        seq,
-                        format!("version {} has no snapshot in the log", decided.version),
-                    );
-                    return;
-                }
-                Err(e) => {
-                    self.diverge(seq, format!("reading version {}: {e}", decided.version));
-                    return;
-                }
-            },
-        };
-        if digest != report.digest {
-            self.diverge(
-                seq,
-                format!(
-                    "{} attempt {} sent bytes with digest {}, the core renders {} for version {}",
-                    report.machine,
-                    report.attempt,
-                    short(&report.digest),
-                    short(&digest),
-                    decided.version
-                ),
-            );
-        }
-    }
-
     fn diverge(&mut self, seq: Seq, explanation: String) {
         self.summary.divergences.push(Divergence {
             seq: seq.0,
@@ -226,15 +223,17 @@ where
         });
     }
 
-    /// The counts, and the core as of the last record.
-    pub fn finish(mut self) -> (Summary, Core) {
+    /// The counts, and the core as of the last record. `verified` are the divergences
+    /// [`verify`] found; they join the fold's own, in log order.
+    pub fn finish(mut self, verified: Vec<Divergence>) -> (Summary, Core) {
+        self.summary.divergences.extend(verified);
+        self.summary.divergences.sort_by_key(|d| d.seq);
         let census = self.core.census();
         for (state, n) in StateName::ALL.iter().zip(census.states) {
             self.summary.machines.insert(state.as_str().to_owned(), n);
         }
         self.summary.files = self.files.len() as u64;
         self.summary.callbacks = self.callbacks.len() as u64;
-        self.summary.deliveries = self.deliveries.len() as u64;
         (self.summary, self.core)
     }
 
@@ -244,6 +243,126 @@ where
     }
 }
 
+/// Compares each check's recorded digest with the digest of a fresh render. Snapshots are
+/// asked of `lookup` once per version, in increasing version order (what
+/// [`cb_store::SnapshotReader`] reads fastest); each (version, callback) is rendered once.
+pub fn verify<L>(mut checks: Vec<Check>, mut lookup: L) -> Vec<Divergence>
+where
+    L: FnMut(Seq) -> Result<Option<Snapshot>, String>,
+{
+    checks.sort_unstable_by_key(|c| (c.version, c.seq));
+    let mut divergences = Vec::new();
+    let mut rendered: Vec<(Arc<Callback>, Digest)> = Vec::new();
+    let mut snapshot: Option<(Seq, Result<Option<Snapshot>, String>)> = None;
+    for check in checks {
+        if snapshot.as_ref().is_none_or(|(v, _)| *v != check.version) {
+            rendered.clear();
+            snapshot = Some((check.version, lookup(check.version)));
+        }
+        let diverge = |explanation| Divergence {
+            seq: check.seq.0,
+            explanation,
+        };
+        let snap = match &snapshot.as_ref().expect("set above").1 {
+            Ok(Some(snap)) => snap,
+            Ok(None) => {
+                divergences.push(diverge(format!(
+                    "version {} has no snapshot in the log",
+                    check.version
+                )));
+                continue;
+            }
+            Err(e) => {
+                divergences.push(diverge(format!("reading version {}: {e}", check.version)));
+                continue;
+            }
+        };
+        let known = rendered
+            .iter()
+            .find(|(cb, _)| Arc::ptr_eq(cb, &check.callback) || **cb == *check.callback);
+        let digest = match known {
+            Some((_, d)) => *d,
+            None => {
+                let d = render(snap, &check.callback).digest();
+                rendered.push((check.callback.clone(), d));
+                d
+            }
+        };
+        if digest != check.digest {
+            divergences.push(diverge(format!(
+                "{} attempt {} sent bytes with digest {}, the core renders {} for version {}",
+                check.machine,
+                check.attempt,
+                short(&check.digest),
+                short(&digest),
+                check.version
+            )));
+        }
+    }
+    divergences
+}
+
 fn short(d: &Digest) -> String {
     d.to_hex()[..12].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cb_core::render::fixtures::seed_001_snapshot;
+    use cb_core::{CallbackName, CallbackRef};
+
+    fn check(seq: u64, version: u64, callback: &Arc<Callback>, digest: Digest) -> Check {
+        Check {
+            seq: Seq(seq),
+            version: Seq(version),
+            callback: callback.clone(),
+            digest,
+            machine: MachineKey {
+                file: FileKey::parse("newzulu/556114").unwrap(),
+                callback: CallbackRef::Project(CallbackName::new("site").unwrap()),
+            },
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn verify_names_each_wrong_digest_and_reads_each_version_once_in_order() {
+        let xml = Arc::new(Callback::from_json(r#"{"url":"https://example.org/a"}"#).unwrap());
+        let get = Arc::new(
+            Callback::from_json(r#"{"url":"https://example.org/b","method":"GET"}"#).unwrap(),
+        );
+        let snap = seed_001_snapshot();
+        let good_xml = render(&snap, &xml).digest();
+        let good_get = render(&snap, &get).digest();
+        let checks = vec![
+            check(40, 7, &xml, good_xml),
+            check(41, 3, &get, good_get),
+            check(42, 7, &get, good_xml), // the XML body's digest for the GET callback
+            check(43, 9, &xml, good_xml), // version 9 is not a change
+            check(44, 3, &xml, good_xml),
+        ];
+        let mut asked = Vec::new();
+        let divergences = verify(checks, |v| {
+            asked.push(v.0);
+            Ok((v != Seq(9)).then(|| snap.clone()))
+        });
+        assert_eq!(asked, vec![3, 7, 9], "one lookup per version, in order");
+        let seqs: Vec<u64> = divergences.iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, vec![42, 43]);
+        assert!(divergences[0].explanation.contains("for version 7"));
+        assert!(divergences[1]
+            .explanation
+            .contains("version 9 has no snapshot"));
+    }
+
+    #[test]
+    fn a_lookup_error_is_a_divergence_not_a_panic() {
+        let xml = Arc::new(Callback::from_json(r#"{"url":"https://example.org/a"}"#).unwrap());
+        let d = verify(vec![check(5, 2, &xml, Digest::of(b"x"))], |_| {
+            Err("chunk 2: checksum mismatch".into())
+        });
+        assert_eq!(d.len(), 1);
+        assert!(d[0].explanation.contains("checksum mismatch"), "{d:?}");
+    }
 }

@@ -31,7 +31,7 @@
 //! ours also catches a value written by something other than this code.
 
 use cb_core::{ProjectId, Record, RecordKind, Seq, Snapshot};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -132,7 +132,9 @@ fn frame<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-fn unframe<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
+/// Checks a frame and decodes its value. Decoding borrows from `bytes`, so a snapshot's
+/// names and values are copied once, into the snapshot, not first into strings of their own.
+fn unframe<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> std::result::Result<T, String> {
     let (crc, payload) = bytes
         .split_first_chunk::<4>()
         .ok_or_else(|| format!("{} bytes, shorter than a frame header", bytes.len()))?;
@@ -144,7 +146,7 @@ fn unframe<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> 
             payload.len()
         ));
     }
-    let (value, used) = bincode::serde::decode_from_slice(payload, config())
+    let (value, used) = bincode::serde::borrow_decode_from_slice(payload, config())
         .map_err(|e| format!("undecodable: {e}"))?;
     if used != payload.len() {
         return Err(format!(
@@ -320,6 +322,26 @@ pub(crate) fn find_body(first: Seq, bytes: &[u8], seq: Seq) -> Result<Option<&[u
         at = next;
     }
     Ok(None)
+}
+
+/// The version of the last body in a bodies chunk (`first` if it is empty).
+pub(crate) fn last_body(first: Seq, bytes: &[u8]) -> Result<Seq> {
+    let corrupt = |reason| Error::Corrupt { seq: first, reason };
+    let count = bytes
+        .first_chunk::<4>()
+        .map(|c| u32::from_le_bytes(*c))
+        .ok_or_else(|| corrupt(format!("bodies chunk {first} has no header")))?;
+    let mut at = 4;
+    let mut last = first;
+    for _ in 0..count {
+        let (_, next) =
+            take_entry(bytes, at, 8).map_err(|r| corrupt(format!("bodies chunk {first}: {r}")))?;
+        last = Seq(u64::from_le_bytes(
+            bytes[at..at + 8].try_into().expect("checked by take_entry"),
+        ));
+        at = next;
+    }
+    Ok(last)
 }
 
 /// Reads one entry at `at`: `skip` bytes (a seq), a `u32` length, then that many bytes.

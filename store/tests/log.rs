@@ -393,7 +393,21 @@ fn large_groups_span_chunks_and_big_bodies_read_back() {
             Some(seed_like(&file(i % 7), i))
         );
     }
-    assert_eq!(store.snapshot(b.first).unwrap(), Some(big));
+    assert_eq!(store.snapshot(b.first).unwrap(), Some(big.clone()));
+    // The sequential reader gives the same answers in order, backwards, and across gaps.
+    let mut reader = store.snapshot_reader();
+    for (i, seq) in a.seqs().enumerate() {
+        let i = i as u64;
+        assert_eq!(reader.get(seq).unwrap(), Some(seed_like(&file(i % 7), i)));
+    }
+    assert_eq!(reader.get(b.first).unwrap(), Some(big.clone()));
+    assert_eq!(reader.get(a.first).unwrap(), Some(seed_like(&file(0), 0)));
+    assert_eq!(reader.get(Seq(0)).unwrap(), None);
+    assert_eq!(
+        reader.get(Seq(b.first.0 + 1)).unwrap(),
+        None,
+        "past the end"
+    );
     assert_eq!(store.records(Seq(1)).count(), 301);
     assert_eq!(
         store.records(Seq(150)).next().unwrap().unwrap().seq,
