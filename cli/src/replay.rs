@@ -142,6 +142,12 @@ impl Audit {
         }
         self.summary.records += 1;
         self.summary.last_seq = Some(record.seq.0);
+        // `apply` fires the deadlines up to this record before applying it; firing them
+        // first here lets an outcome be matched to an attempt decided at such a deadline
+        // even when no tick sits between them (a per-file log leaves ticks out).
+        let mut effects = std::mem::take(&mut self.effects);
+        self.core.advance(record.at, &mut effects);
+        self.decide_all(&mut effects);
         match &record.kind {
             RecordKind::ChangeAppended { file, .. } => {
                 self.files.insert(file.clone());
@@ -188,17 +194,19 @@ impl Audit {
             }
             _ => {}
         }
-        let mut effects = std::mem::take(&mut self.effects);
-        // Deadlines fire inside `apply`; their attempts are decided as of this point.
         if let cb_core::Disposition::Ignored(_) = self.core.apply(record, &mut effects) {
             self.summary.ignored += 1;
         }
+        self.decide_all(&mut effects);
+        self.effects = effects;
+    }
+
+    fn decide_all(&mut self, effects: &mut Vec<Effect>) {
         for effect in effects.drain(..) {
             if let Effect::StartAttempt(a) = effect {
                 self.decide(a);
             }
         }
-        self.effects = effects;
     }
 
     fn decide(&mut self, a: Attempt) {

@@ -192,7 +192,8 @@ fn step(s: &Step) -> Value {
     if !started.is_empty() {
         v["attempts_started"] = started.into();
     }
-    v["version"] = s.version.map(|x| x.0).into();
+    // Not `version`: an attempt or a redeliver has a version field of its own.
+    v["file_version"] = s.version.map(|x| x.0).into();
     v["machines"] = s
         .machines
         .iter()

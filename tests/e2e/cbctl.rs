@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::support::{snapshot, Cbd, Receiver, Reply};
 
-fn cbctl(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+pub fn cbctl(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cbctl"))
         .arg("--data-dir")
         .arg(dir)
@@ -37,6 +37,13 @@ fn replay_of_a_busy_log_is_clean_and_tampering_is_caught() {
         "q",
         json!({"url": receiver.url("/q"), "method": "GET", "window_secs": 1}),
     );
+    // A receiver that always fails, for a callback that gives up after 2 s.
+    let failing = Receiver::answering(Reply::Status(500, vec![]));
+    cbd.put_callback(
+        "p",
+        "down",
+        json!({"url": failing.url("/down"), "window_secs": 1, "backoff_secs": [1], "retry_for_secs": 2, "events": ["deleted"]}),
+    );
     for i in 0..5 {
         cbd.change(
             "p",
@@ -46,7 +53,19 @@ fn replay_of_a_busy_log_is_clean_and_tampering_is_caught() {
         );
     }
     receiver.wait_for_count(11, Duration::from_secs(10));
+    // A configuration change between deliveries: the GET callback's fields.
+    cbd.put_callback(
+        "p",
+        "q",
+        json!({"url": receiver.url("/q"), "method": "GET", "window_secs": 1, "fields": ["id", "title"]}),
+    );
     cbd.change("p", "f0", "moderated", snapshot("f0", 99));
+    cbd.change("p", "f4", "deleted", snapshot("f4", 100));
+    cbd.wait_for(
+        "the failing callback abandoned",
+        Duration::from_secs(15),
+        || cbd.machine("p", "f4", "down")["state"] == "abandoned",
+    );
     cbd.kill_and_restart();
     let (status, _) = cbd.json("POST", "/v1/files/p/f1/redeliver?callback=site", None);
     assert_eq!(status, 202);
@@ -63,16 +82,28 @@ fn replay_of_a_busy_log_is_clean_and_tampering_is_caught() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["divergences"].as_array().unwrap().len(), 0, "{v}");
     assert_eq!(v["files"], 5);
-    assert_eq!(v["callbacks"], 2);
-    assert_eq!(v["outcomes"]["5xx"], 1, "{v}");
-    assert!(v["outcomes"]["delivered"].as_u64().unwrap() >= 12, "{v}");
+    assert_eq!(v["callbacks"], 3);
+    // The first attempt of all got the scripted 500; `down` failed until it gave up.
+    let down_attempts = failing.count() as u64;
+    assert!(down_attempts >= 2, "{down_attempts}");
+    assert_eq!(v["outcomes"]["5xx"], 1 + down_attempts, "{v}");
+    // site and q for 5 files, for f0's and f4's second change, and the redeliver.
+    assert_eq!(v["outcomes"]["delivered"], 15, "{v}");
+    assert_eq!(v["machines"]["abandoned"], 1, "{v}");
+    assert_eq!(v["in_flight_at_end"], 0, "{v}");
 
-    // History and rewind of one file.
-    let (code, out, _) = cbctl(&cbd.dir, &["history", "p/f0"]);
+    // History of one file: the states, in columns per callback.
+    let (code, out, _) = cbctl(&cbd.dir, &["history", "p/f4"]);
     assert_eq!(code, 0);
+    let header = out.lines().nth(1).unwrap();
     assert!(
-        out.contains("change moderated") && out.contains("site=sent"),
+        header.contains("down") && header.contains("q") && header.contains("site"),
         "{out}"
+    );
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.contains("abandoned") && last.contains("down attempt"),
+        "the last step is the attempt that gave up: {out}"
     );
 
     // Tamper with one attempt's digest, and separately with one's version.
@@ -192,4 +223,39 @@ fn operator_commands_offline_and_through_the_server() {
     let (code, out, err) = run(&["replay"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("divergences: none"), "{out}");
+}
+
+#[test]
+fn every_subcommand_has_help_with_examples() {
+    for cmd in [
+        "replay",
+        "history",
+        "rewind",
+        "status",
+        "callbacks",
+        "emit",
+        "redeliver",
+        "export",
+        "import",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_cbctl"))
+            .args(["help", cmd])
+            .output()
+            .expect("run cbctl");
+        assert!(out.status.success(), "cbctl help {cmd}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Examples:") && text.contains(&format!(" {cmd}")),
+            "cbctl help {cmd} shows examples: {text}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_cbctl"))
+        .arg("--help")
+        .output()
+        .expect("run cbctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Exit codes: 0 ok, 1 replay found divergences, 2"),
+        "{text}"
+    );
 }

@@ -54,6 +54,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Fold the log from scratch and check every recorded attempt against the core's decision.
+    #[command(
+        after_help = "Checks, for every recorded attempt: the core had started it (same delivery and attempt \
+number), it carried the version the core decided, and its digest equals that of the payload \
+the core renders for that version. Prints counts and every divergence with its seq.\n\n\
+Exit codes: 0 no divergence, 1 divergences, 2 unusable log.\n\n\
+Examples:\n  cbctl --data-dir /var/lib/cb replay\n  cbctl --data-dir /var/lib/cb replay --until 2026-11-23T12:00:00Z\n  \
+cbctl --data-dir /var/lib/cb replay --file newzulu/556114 --json\n  \
+CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 replay"
+    )]
     Replay {
         /// Stop after this sequence number or time (RFC 3339).
         #[arg(long)]
@@ -66,6 +75,13 @@ enum Command {
         json: bool,
     },
     /// Every record of one file, with its machines' states after each.
+    #[command(
+        after_help = "One line per record of the file (and of its project's callback configuration) and per \
+deadline that fired (seq `-`): the time, one column per callback with its machine's state after \
+that step (`-`: no machine), and what happened, with each attempt's outcome and detail.\n\n\
+Examples:\n  cbctl --data-dir /var/lib/cb history newzulu/556114\n  \
+CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 history newzulu/556114 --json"
+    )]
     History {
         /// PROJECT/ID
         file: String,
@@ -74,6 +90,14 @@ enum Command {
         json: bool,
     },
     /// A file as of a point: snapshot, machines, due times, and the payload each callback would get.
+    #[command(
+        after_help = "Folds the file's records up to --to (a seq, or an RFC 3339 time: deadlines up to that time \
+fire) and prints its version, each machine with its due, next, sent or abandoned time and last \
+outcome, and the exact request each callback in force would get for that version, with its \
+digest (the one an attempt of that version recorded).\n\n\
+Examples:\n  cbctl --data-dir /var/lib/cb rewind newzulu/556114 --to 412\n  \
+cbctl --data-dir /var/lib/cb rewind newzulu/556114 --to 2026-11-23T09:01:10.500Z --json"
+    )]
     Rewind {
         /// PROJECT/ID
         file: String,
@@ -85,22 +109,41 @@ enum Command {
         json: bool,
     },
     /// Totals per state, the earliest due time, abandoned machines, disabled callbacks.
+    #[command(
+        after_help = "Examples:\n  cbctl --data-dir /var/lib/cb status\n  CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 status --json"
+    )]
     Status {
         /// JSON output.
         #[arg(long)]
         json: bool,
     },
     /// A project's callbacks: list, set (create or replace) or rm.
+    #[command(
+        after_help = "On a data dir the daemon must be stopped; the change is appended and takes effect at its next \
+start. With --server it goes through the API at once.\n\n\
+Examples:\n  cbctl --data-dir /var/lib/cb callbacks list newzulu\n  \
+echo '{\"url\":\"https://example.com/cb\",\"window_secs\":300}' | cbctl --data-dir /var/lib/cb callbacks set newzulu site\n  \
+CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 callbacks rm newzulu site"
+    )]
     Callbacks {
         #[command(subcommand)]
         action: CallbacksAction,
     },
     /// Append one change: a JSON change body (as POST /v1/changes takes), from FILE or stdin.
+    #[command(
+        after_help = "Examples:\n  cbctl --data-dir /var/lib/cb emit change.json\n  \
+echo '{\"project\":\"newzulu\",\"file_id\":\"556114\",\"event\":\"rated\",\"file\":{\"id\":\"556114\",\"rating\":\"4\"}}' | \
+CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 emit"
+    )]
     Emit {
         /// The JSON file; stdin if absent.
         file: Option<PathBuf>,
     },
     /// Deliver a file again now (rule 6), to one callback or all of them.
+    #[command(
+        after_help = "Examples:\n  cbctl --data-dir /var/lib/cb redeliver newzulu/556114\n  \
+CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 redeliver newzulu/556114 --callback site"
+    )]
     Redeliver {
         /// PROJECT/ID
         file: String,
@@ -109,12 +152,21 @@ enum Command {
         callback: Option<String>,
     },
     /// The log as NDJSON on stdout (docs/interchange.md).
+    #[command(
+        after_help = "Examples:\n  cbctl --data-dir /var/lib/cb export > cb-log.ndjson\n  \
+CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 export --from 100000 | gzip > tail.ndjson.gz"
+    )]
     Export {
         /// The first sequence number.
         #[arg(long, default_value_t = 1)]
         from: u64,
     },
     /// Read an NDJSON log (FILE or stdin) into a new --data-dir.
+    #[command(
+        after_help = "The first line must be seq 1 and the dir must be new; every line is validated as the API \
+would, and a bad line stops the import naming its line number.\n\n\
+Examples:\n  cbctl --data-dir /tmp/audit import cb-log.ndjson && cbctl --data-dir /tmp/audit replay"
+    )]
     Import {
         /// The file; stdin if absent.
         file: Option<PathBuf>,
@@ -692,28 +744,43 @@ fn time_of(at: Timestamp) -> String {
     cb_store::ndjson::rfc3339(at).unwrap_or_else(|| at.to_string())
 }
 
+/// One line per step: time, seq (`-` for a deadline between records), one column per
+/// callback the file ever had with its machine's state after the step (`-`: no machine),
+/// then what happened. The columns come first because what happened varies in length.
 fn print_history(h: &FileHistory) {
     let v = view::history(h);
+    let steps: Vec<&serde_json::Value> = v["steps"].as_array().into_iter().flatten().collect();
+    let mut callbacks: Vec<String> = steps
+        .iter()
+        .flat_map(|s| s["machines"].as_array().into_iter().flatten())
+        .filter_map(|m| m["callback"].as_str().map(str::to_owned))
+        .collect();
+    callbacks.sort();
+    callbacks.dedup();
+    let width = |name: &str| name.chars().count().max("coalescing".len());
+    let mut header = format!("{:<24}  {:>6}", "time", "seq");
+    for c in &callbacks {
+        header.push_str(&format!("  {c:<w$}", w = width(c)));
+    }
     println!("history of {}", h.file);
-    for step in v["steps"].as_array().into_iter().flatten() {
+    println!("{header}  what");
+    for step in steps {
         let at = step["time"].as_str().unwrap_or("");
         let seq = step["seq"]
             .as_u64()
-            .map_or("     -".to_owned(), |s| format!("{s:>6}"));
-        let what = describe(step);
-        let machines: Vec<String> = step["machines"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|m| {
-                format!(
-                    "{}={}",
-                    m["callback"].as_str().unwrap_or("?"),
-                    m["state"].as_str().unwrap_or("?")
-                )
-            })
-            .collect();
-        println!("{at}  {seq}  {what:<48}  {}", machines.join(" "));
+            .map_or("-".to_owned(), |s| s.to_string());
+        let mut line = format!("{at:<24}  {seq:>6}");
+        for c in &callbacks {
+            let state = step["machines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["callback"].as_str() == Some(c.as_str()))
+                .and_then(|m| m["state"].as_str())
+                .unwrap_or("-");
+            line.push_str(&format!("  {state:<w$}", w = width(c)));
+        }
+        println!("{line}  {}", describe(step));
     }
 }
 
@@ -728,14 +795,20 @@ fn describe(step: &serde_json::Value) -> String {
             s("callback"),
             step["cause"]
         ),
-        "attempt" => format!(
-            "{} attempt {} v{} → {} ({} ms)",
-            s("callback"),
-            step["attempt"],
-            step["version"],
-            s("outcome"),
-            step["latency_ms"]
-        ),
+        "attempt" => {
+            let mut a = format!(
+                "{} attempt {} v{} → {} ({} ms)",
+                s("callback"),
+                step["attempt"],
+                step["version"],
+                s("outcome"),
+                step["latency_ms"]
+            );
+            if !s("detail").is_empty() {
+                a.push_str(&format!(": {}", s("detail")));
+            }
+            a
+        }
         "redeliver" => format!("redeliver {}", step["callback"].as_str().unwrap_or("all")),
         "deadline" => "deadline".to_owned(),
         "tick" => "tick".to_owned(),
