@@ -143,14 +143,6 @@ pub fn callback(body: &[u8], rules: Rules) -> Result<Callback, ApiError> {
 }
 
 fn check_deliverable(cb: &Callback, rules: Rules) -> Result<(), ApiError> {
-    if cb.secret.is_some() {
-        // Refused rather than accepted and sent unsigned: a receiver that verifies would
-        // reject every delivery, one that does not would accept forgeries.
-        return Err(ApiError::bad_request(
-            "bad_callback",
-            "`secret` (Standard Webhooks signing) is not supported by this version of cbd yet",
-        ));
-    }
     if let Target::Mail(addr) = &cb.target {
         if !rules.smtp {
             return Err(ApiError::bad_request(

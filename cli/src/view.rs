@@ -72,12 +72,25 @@ pub fn machine(callback: &CallbackRef, m: &Machine) -> Value {
     Value::Object(v)
 }
 
-/// A callback's configuration as the API shows it: every field explicit, the signing secret
-/// redacted (it is a credential; the log and `/v1/log` keep it for replay).
+/// A callback's configuration as the API shows it: every field explicit, each signing
+/// secret redacted to a fingerprint (it is a credential; the log and `/v1/log` keep it, so
+/// that a restarted daemon signs as before). The fingerprint, `whsec_…` and the first 8 hex
+/// digits of the SHA-256 of the secret, tells an operator which secret is in force, during
+/// a rotation say, without showing it.
 pub fn callback_config(cb: &Callback) -> Value {
     let mut v = serde_json::to_value(cb).unwrap_or(Value::Null);
-    if cb.secret.is_some() {
-        v["secret"] = "(set)".into();
+    let shown: Vec<Value> = cb
+        .secrets
+        .iter()
+        .map(|s| {
+            let d = cb_core::Digest::of(s.as_str().as_bytes()).to_hex();
+            format!("whsec_… (sha256 {})", &d[..8]).into()
+        })
+        .collect();
+    match shown.len() {
+        0 => {}
+        1 => v["secret"] = shown[0].clone(),
+        _ => v["secret"] = shown.into(),
     }
     v
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{EventKind, EventSet};
 use crate::ids::{CallbackName, IdError};
+use crate::signing::SigningSecret;
 use crate::snapshot::is_xml_name;
 
 /// Why a callback configuration is invalid. Each message names the offending field.
@@ -91,9 +92,12 @@ pub enum ConfigError {
     /// `backoff_secs` is empty.
     #[error("backoff_secs needs at least one delay")]
     EmptyBackoff,
-    /// `secret` is malformed.
+    /// A `secret` is malformed.
     #[error("secret is invalid: {0}")]
-    BadSecret(&'static str),
+    BadSecret(#[from] crate::signing::SecretError),
+    /// `secret` is not usable with this callback.
+    #[error("secret: {0}")]
+    SecretMisuse(&'static str),
     /// A field only per-file callbacks may have was given to a project callback.
     #[error("{0} applies only to per-file callbacks given with a change")]
     PerFileOnly(&'static str),
@@ -336,6 +340,73 @@ pub const DEFAULT_TIMEOUT_SECS: u32 = 15;
 /// Default retry horizon (48 h, as Screen9).
 pub const DEFAULT_RETRY_FOR_SECS: u32 = 172_800;
 
+/// `secret` as given: one secret, or several while rotating. In JSON it is a string or a
+/// list; in binary formats (the store's bincode cannot read untagged forms) always a list.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Secrets {
+    /// `"whsec_…"`.
+    One(String),
+    /// `["whsec_new…", "whsec_old…"]`.
+    Many(Vec<String>),
+}
+
+impl Serialize for Secrets {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Secrets::One(one) if s.is_human_readable() => s.serialize_str(one),
+            Secrets::One(one) => std::slice::from_ref(one).serialize(s),
+            Secrets::Many(many) => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Secrets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secrets, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Secrets;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a secret (\"whsec_…\") or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secrets, E> {
+                Ok(Secrets::One(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Secrets, A::Error> {
+                let mut list = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    list.push(s);
+                }
+                Ok(Secrets::Many(list))
+            }
+        }
+        if d.is_human_readable() {
+            d.deserialize_any(V)
+        } else {
+            let list = Vec::<String>::deserialize(d)?;
+            Ok(match <[String; 1]>::try_from(list) {
+                Ok([one]) => Secrets::One(one),
+                Err(list) => Secrets::Many(list),
+            })
+        }
+    }
+}
+
+impl Secrets {
+    /// The configuration form of `secrets`: absent, one string, or a list.
+    fn of(secrets: &[SigningSecret]) -> Option<Secrets> {
+        match secrets {
+            [] => None,
+            [one] => Some(Secrets::One(one.as_str().to_owned())),
+            many => Some(Secrets::Many(
+                many.iter().map(|s| s.as_str().to_owned()).collect(),
+            )),
+        }
+    }
+}
+
 /// The user-facing callback configuration, as given to `PUT …/callbacks/{name}` or in a
 /// change's `callbacks` list. Every field but `url` is optional.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -374,9 +445,9 @@ pub struct CallbackSpec {
     /// Delays between attempts; the last repeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_secs: Option<Vec<u64>>,
-    /// Standard Webhooks signing secret.
+    /// Standard Webhooks signing secret (`whsec_…`), or a list of them while one is rotated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
+    pub secret: Option<Secrets>,
     /// Per-file callbacks only: the callback's name within the file (default: its position).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -422,8 +493,8 @@ pub struct Callback {
     pub retry_for_secs: u32,
     /// Delays after failures; the last repeats. Invariant: not empty.
     pub backoff_secs: Vec<u32>,
-    /// Signing secret.
-    pub secret: Option<String>,
+    /// Signing secrets: every HTTP request carries one signature per secret. Empty: unsigned.
+    pub secrets: Vec<SigningSecret>,
 }
 
 impl Callback {
@@ -635,15 +706,33 @@ impl CallbackSpec {
             .into_iter()
             .map(|s| bounded("backoff_secs entry", Some(s), 0, 1, 86_400))
             .collect::<Result<Vec<_>, _>>()?;
-        if let Some(secret) = &self.secret {
-            if secret.is_empty() || secret.len() > 256 {
-                return Err(ConfigError::BadSecret("it must be 1 to 256 characters"));
+        let secrets = match self.secret {
+            None => Vec::new(),
+            Some(Secrets::One(s)) => vec![SigningSecret::parse(&s)?],
+            Some(Secrets::Many(list)) => {
+                if list.is_empty() || list.len() > crate::signing::MAX_SECRETS {
+                    return Err(ConfigError::SecretMisuse(
+                        "a list of secrets holds 1 to 4 of them (the new one first while rotating)",
+                    ));
+                }
+                let parsed = list
+                    .iter()
+                    .map(|s| SigningSecret::parse(s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if parsed
+                    .iter()
+                    .enumerate()
+                    .any(|(i, s)| parsed[..i].contains(s))
+                {
+                    return Err(ConfigError::SecretMisuse("the same secret is listed twice"));
+                }
+                parsed
             }
-            if !secret.chars().all(|c| c.is_ascii_graphic()) {
-                return Err(ConfigError::BadSecret(
-                    "only printable ASCII without spaces is allowed",
-                ));
-            }
+        };
+        if !secrets.is_empty() && matches!(target, Target::Mail(_)) {
+            return Err(ConfigError::SecretMisuse(
+                "signing applies to HTTP requests; mail is not signed",
+            ));
         }
         Ok(Callback {
             target,
@@ -675,7 +764,7 @@ impl CallbackSpec {
                 30 * 86_400,
             )?,
             backoff_secs,
-            secret: self.secret,
+            secrets,
         })
     }
 }
@@ -747,7 +836,7 @@ struct CallbackRepr {
     timeout_secs: u32,
     retry_for_secs: u32,
     backoff_secs: Vec<u32>,
-    secret: Option<String>,
+    secret: Option<Secrets>,
 }
 
 impl From<Callback> for CallbackRepr {
@@ -767,7 +856,7 @@ impl From<Callback> for CallbackRepr {
             timeout_secs: c.timeout_secs,
             retry_for_secs: c.retry_for_secs,
             backoff_secs: c.backoff_secs,
-            secret: c.secret,
+            secret: Secrets::of(&c.secrets),
         }
     }
 }
@@ -969,5 +1058,63 @@ mod tests {
         let json = serde_json::to_string(&c).unwrap();
         let back: Callback = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn secrets_one_or_a_list_round_trip_and_bad_ones_are_named() {
+        const A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        const B: &str = "whsec_BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+        let one = parse(&format!(r#"{{"url":"https://a.example","secret":"{A}"}}"#)).unwrap();
+        assert_eq!(one.secrets.len(), 1);
+        let two = parse(&format!(
+            r#"{{"url":"https://a.example","secret":["{B}","{A}"]}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            two.secrets.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            [B, A],
+            "kept in the order given"
+        );
+        for c in [&one, &two] {
+            let json = serde_json::to_string(c).unwrap();
+            assert_eq!(
+                &serde_json::from_str::<Callback>(&json).unwrap(),
+                c,
+                "{json}"
+            );
+        }
+        assert!(serde_json::to_string(&one)
+            .unwrap()
+            .contains(&format!(r#""secret":"{A}""#)));
+        let unsigned = parse(r#"{"url":"https://a.example"}"#).unwrap();
+        assert!(serde_json::to_string(&unsigned)
+            .unwrap()
+            .contains(r#""secret":null"#));
+        for (json, says) in [
+            (
+                r#"{"url":"https://a.example","secret":"hunter2"}"#,
+                "whsec_",
+            ),
+            (
+                r#"{"url":"https://a.example","secret":"whsec_%%%"}"#,
+                "base64",
+            ),
+            (
+                r#"{"url":"https://a.example","secret":"whsec_c2hvcnQ="}"#,
+                "24 to 64 bytes",
+            ),
+            (r#"{"url":"https://a.example","secret":[]}"#, "1 to 4"),
+            (
+                &format!(r#"{{"url":"https://a.example","secret":["{A}","{A}"]}}"#),
+                "twice",
+            ),
+            (
+                &format!(r#"{{"url":"mailto:a@example.org","secret":"{A}"}}"#),
+                "mail is not signed",
+            ),
+        ] {
+            let e = parse(json).unwrap_err().to_string();
+            assert!(e.contains(says), "{json}: {e}");
+        }
     }
 }

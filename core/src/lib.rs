@@ -40,11 +40,12 @@ pub mod ingest;
 pub mod machine;
 pub mod record;
 pub mod render;
+pub mod signing;
 pub mod snapshot;
 
 pub use config::{
     Callback, CallbackSpec, ConfigError, FieldSpec, FileCallback, Format, Header, Method,
-    Projection, Target,
+    Projection, Secrets, Target,
 };
 pub use digest::Digest;
 pub use effect::{Attempt, Effect};
@@ -58,4 +59,5 @@ pub use ids::{
 pub use machine::{InFlight, Machine, State, StateName};
 pub use record::{AttemptReport, Outcome, Record, RecordKind, Scope};
 pub use render::{render, Placement, Rendered};
+pub use signing::{SecretError, SigningSecret};
 pub use snapshot::{Snapshot, SnapshotBuilder, SnapshotError};

@@ -51,6 +51,19 @@ fn records_effects_and_checkpoints_round_trip_through_bincode() {
     assert_eq!(back, cp);
 }
 
+#[test]
+fn callbacks_with_one_or_several_secrets_round_trip_through_bincode() {
+    for secret in [
+        r#""whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw""#,
+        r#"["whsec_BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]"#,
+    ] {
+        let json = format!(r#"{{"url":"https://cms.example.com/cb","secret":{secret}}}"#);
+        let cb = cb_core::Callback::from_json(&json).unwrap();
+        let back: cb_core::Callback = unbin(&bin(&cb));
+        assert_eq!(back, cb, "{secret}");
+    }
+}
+
 proptest! {
     #[test]
     fn snapshots_round_trip_through_bincode(

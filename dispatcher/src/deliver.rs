@@ -257,8 +257,8 @@ fn build_request(
         .method(method)
         .uri(url)
         .header(USER_AGENT, USER_AGENT_VALUE)
-        .header("cb-file-version", attempt.version.0.to_string())
-        .header("webhook-id", webhook_id(&attempt.machine, attempt.delivery));
+        .header("cb-file-version", attempt.version.0.to_string());
+    let id = webhook_id(&attempt.machine, attempt.delivery);
     let body = match rendered.placement {
         Placement::Body { content_type } => {
             builder = builder.header(CONTENT_TYPE, content_type);
@@ -266,6 +266,20 @@ fn build_request(
         }
         Placement::Query => Bytes::new(),
     };
+    if !cb.secrets.is_empty() {
+        // Standard Webhooks: each attempt is signed afresh, at the time it is sent, so a
+        // receiver's replay-window check passes on a retry hours later.
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        builder = builder
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                cb_core::signing::signature_header(&cb.secrets, &id, timestamp, &body),
+            );
+    }
+    builder = builder.header("webhook-id", id);
     for h in &cb.headers {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|e| format!("header name {:?}: {e}", h.name))?;

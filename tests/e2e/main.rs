@@ -14,6 +14,7 @@ mod delivery;
 mod golden;
 mod isolation;
 mod mail;
+mod recipes;
 mod restart;
 mod support;
 mod targets;

@@ -159,7 +159,7 @@ pub fn input_strategy() -> impl Strategy<Value = Input> {
             callback: callback(
                 r#"{"url":"https://example.org/cb?x=1","window_secs":5,"leading":true,
                     "fields":["mediaid=id","status"],"events":["rated","deleted"],
-                    "backoff_secs":[1,2],"secret":"whsec_c2VjcmV0"}"#
+                    "backoff_secs":[1,2],"secret":["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","whsec_BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="]}"#
             ),
         })),
         1 => Just(Input::Record(RecordKind::CallbackRemoved {
