@@ -40,6 +40,9 @@ pub struct Args {
     /// SMTP relay for mailto: callbacks.
     #[arg(long, env = "CBD_SMTP", value_name = "HOST:PORT")]
     pub smtp: Option<String>,
+    /// Sender of mailto: deliveries [default: cb <cb@localhost>].
+    #[arg(long, env = "CBD_MAIL_FROM", value_name = "ADDRESS")]
+    pub mail_from: Option<String>,
     /// Allow callbacks to loopback, private and other non-public addresses.
     #[arg(long, env = "CBD_ALLOW_PRIVATE_TARGETS")]
     pub allow_private_targets: bool,
@@ -81,6 +84,7 @@ struct FileSettings {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     smtp: Option<String>,
+    mail_from: Option<String>,
     allow_private_targets: Option<bool>,
     max_body_bytes: Option<usize>,
     max_batch_bytes: Option<usize>,
@@ -99,6 +103,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// SMTP relay.
     pub smtp: Option<String>,
+    /// Sender of mail deliveries.
+    pub mail_from: Option<String>,
     /// See [`Args::allow_private_targets`].
     pub allow_private_targets: bool,
     /// Request body limit.
@@ -157,6 +163,7 @@ impl Settings {
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8650))),
             smtp: args.smtp.or(file.smtp).filter(|s| !s.is_empty()),
+            mail_from: args.mail_from.or(file.mail_from).filter(|s| !s.is_empty()),
             allow_private_targets: args.allow_private_targets
                 || file.allow_private_targets.unwrap_or(false),
             max_body_bytes: args
@@ -199,6 +206,9 @@ impl Settings {
                 )));
             }
         }
+        if let Some(from) = &s.mail_from {
+            cb_dispatcher::mail::Mailer::check_sender(from).map_err(SettingsError::Invalid)?;
+        }
         Ok(s)
     }
 
@@ -212,6 +222,7 @@ impl Settings {
                 per_origin: self.max_in_flight_per_origin,
             },
             smtp: self.smtp.clone(),
+            mail_from: self.mail_from.clone(),
         };
         o.shutdown_grace = self.shutdown_grace;
         o
@@ -273,5 +284,17 @@ mod tests {
         let args = Args::try_parse_from(["cbd", "--config", path.to_str().unwrap()]).unwrap();
         let e = Settings::resolve(args).unwrap_err().to_string();
         assert!(e.contains("datadir"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_mail_sender_is_refused_at_start() {
+        let args = Args::try_parse_from(["cbd", "--mail-from", "not an address"]).unwrap();
+        let e = Settings::resolve(args).unwrap_err().to_string();
+        assert!(e.contains("--mail-from \"not an address\""), "{e}");
+        let args = Args::try_parse_from(["cbd", "--mail-from", "cb <cb@example.org>"]).unwrap();
+        assert_eq!(
+            Settings::resolve(args).unwrap().mail_from.as_deref(),
+            Some("cb <cb@example.org>")
+        );
     }
 }

@@ -46,6 +46,8 @@ pub struct DeliveryConfig {
     pub limits: LimitsConfig,
     /// The SMTP relay for `mailto:` callbacks (`host:port`), if any.
     pub smtp: Option<String>,
+    /// The sender of those mails (default [`Mailer::DEFAULT_FROM`]).
+    pub mail_from: Option<String>,
 }
 
 type HttpClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
@@ -76,7 +78,12 @@ impl Deliverer {
             client,
             limits: Limits::new(config.limits),
             store,
-            mailer: config.smtp.as_deref().map(Mailer::new),
+            mailer: config.smtp.as_deref().map(|relay| {
+                Mailer::new(
+                    relay,
+                    config.mail_from.as_deref().unwrap_or(Mailer::DEFAULT_FROM),
+                )
+            }),
         }
     }
 
@@ -151,7 +158,15 @@ impl Deliverer {
                 Some(Err(e)) => (Outcome::Connect, e.clone()),
                 Some(Ok(mailer)) => {
                     let id = webhook_id(&attempt.machine, attempt.delivery);
-                    let send = mailer.send(address, attempt, &rendered, &id);
+                    // The version is a change record; its event goes in the subject.
+                    let event = match self.store.record(attempt.version) {
+                        Ok(Some(cb_core::Record {
+                            kind: cb_core::RecordKind::ChangeAppended { event, .. },
+                            ..
+                        })) => Some(event),
+                        _ => None,
+                    };
+                    let send = mailer.send(address, attempt, event, &rendered, &id);
                     match tokio::time::timeout(timeout, send).await {
                         Ok(result) => result,
                         Err(_) => (

@@ -1,12 +1,13 @@
 //! `mailto:` deliveries through the SMTP relay given with `--smtp HOST:PORT`.
 //!
 //! The rendered payload is the mail body (with its content type); the subject names the
-//! project, file and version. An SMTP rejection is `Outcome::Smtp { code }`, an unreachable
+//! project, the file, the event of the change it carries and the version, as
+//! `[cb] newzulu/556114 published (version 42)`. The sender is `--mail-from`. An SMTP rejection is `Outcome::Smtp { code }`, an unreachable
 //! relay `Outcome::Connect`: both are failed attempts, retried like any other (rule 4).
 
 use std::time::Duration;
 
-use cb_core::{Attempt, Outcome, Placement, Rendered};
+use cb_core::{Attempt, EventKind, Outcome, Placement, Rendered};
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::AsyncSmtpTransport;
@@ -20,8 +21,19 @@ pub struct Mailer {
 }
 
 impl Mailer {
-    /// A mailer for `relay` (`host:port`, plain SMTP as a local relay speaks it).
-    pub fn new(relay: &str) -> Result<Mailer, String> {
+    /// The sender when `--mail-from` is not given.
+    pub const DEFAULT_FROM: &'static str = "cb <cb@localhost>";
+
+    /// Checks a `--mail-from` value before the daemon starts.
+    pub fn check_sender(from: &str) -> Result<(), String> {
+        from.parse::<Mailbox>()
+            .map(drop)
+            .map_err(|e| format!("--mail-from {from:?}: {e}"))
+    }
+
+    /// A mailer for `relay` (`host:port`, plain SMTP as a local relay speaks it), sending
+    /// as `from` (an address, or `Name <address>`).
+    pub fn new(relay: &str, from: &str) -> Result<Mailer, String> {
         let (host, port) = relay
             .rsplit_once(':')
             .ok_or_else(|| format!("--smtp {relay:?}: give HOST:PORT"))?;
@@ -32,9 +44,9 @@ impl Mailer {
             .port(port)
             .timeout(Some(Duration::from_secs(30)))
             .build();
-        let from = "cb <cb@localhost>"
+        let from = from
             .parse()
-            .map_err(|e| format!("sender address: {e}"))?;
+            .map_err(|e| format!("--mail-from {from:?}: {e}"))?;
         Ok(Mailer {
             transport,
             from,
@@ -42,11 +54,13 @@ impl Mailer {
         })
     }
 
-    /// Sends one attempt's payload to `address`.
+    /// Sends one attempt's payload to `address`; `event` is the kind of the change the
+    /// version is (absent if it could not be read).
     pub async fn send(
         &self,
         address: &str,
         attempt: &Attempt,
+        event: Option<EventKind>,
         rendered: &Rendered,
         webhook_id: &str,
     ) -> (Outcome, String) {
@@ -69,8 +83,11 @@ impl Mailer {
             .from(self.from.clone())
             .to(to)
             .subject(format!(
-                "[cb] {}/{} changed (version {})",
-                file.project, file.file_id, attempt.version
+                "[cb] {}/{} {} (version {})",
+                file.project,
+                file.file_id,
+                event.map_or("changed", EventKind::as_str),
+                attempt.version
             ))
             .message_id(Some(format!("<{webhook_id}.{}@cb>", attempt.attempt)))
             .header(content_type)

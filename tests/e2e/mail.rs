@@ -10,7 +10,12 @@ use crate::support::{snapshot, Cbd, SmtpSink};
 fn mail_is_delivered_through_the_relay() {
     let sink = SmtpSink::start(false);
     let relay = sink.addr.to_string();
-    let cbd = Cbd::start(&["--smtp", &relay]);
+    let cbd = Cbd::start(&[
+        "--smtp",
+        &relay,
+        "--mail-from",
+        "Newzulu callbacks <callbacks@newzulu.example>",
+    ]);
     cbd.put_callback(
         "p",
         "ops",
@@ -21,7 +26,14 @@ fn mail_is_delivered_through_the_relay() {
         !sink.messages().is_empty()
     });
     let m = &sink.messages()[0];
-    assert!(m.contains("Subject: [cb] p/556114 changed (version"), "{m}");
+    assert!(
+        m.contains(&format!("Subject: [cb] p/556114 rated (version {v})")),
+        "the subject names the project, file, event and version: {m}"
+    );
+    assert!(
+        m.contains("From: \"Newzulu callbacks\" <callbacks@newzulu.example>"),
+        "{m}"
+    );
     assert!(m.contains("To: ops@example.org"), "{m}");
     assert!(m.contains("<id>556114</id>"), "{m}");
     cbd.wait_for("sent", Duration::from_secs(5), || {
