@@ -249,13 +249,58 @@ impl Target {
     }
 }
 
-/// One output parameter: the snapshot field `field`, emitted under the name `param`.
+/// One output parameter: the snapshot field `field`, emitted under the name `param`, as a
+/// value of type `kind` (format `json` only; snapshot values are strings, and a receiver
+/// such as LightFlow's expects `"duration": 120` and `"metadata": {}`).
+///
+/// Written `field`, `param=field`, either with a `:type` suffix: `duration:number`,
+/// `meta=metadata:json`. Field names are XML names, so they never contain `:`.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct FieldSpec {
     /// The name in the payload (element, key or query parameter).
     pub param: String,
     /// The snapshot field it takes its value from.
     pub field: String,
+    /// The JSON type of the value.
+    pub kind: ValueKind,
+}
+
+/// The JSON type a `fields` entry gives its value. A value that is not of that type is
+/// sent as a string, and an empty one as `null`, so rendering never fails and stays a pure
+/// function of the snapshot.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum ValueKind {
+    /// A JSON string (the default).
+    #[default]
+    String,
+    /// A JSON number, written as the value's own digits.
+    Number,
+    /// `true` or `false`.
+    Bool,
+    /// Any JSON text (an object, a list, …), written as it is.
+    Json,
+}
+
+impl ValueKind {
+    fn parse(s: &str) -> Option<ValueKind> {
+        match s {
+            "string" => Some(ValueKind::String),
+            "number" => Some(ValueKind::Number),
+            "bool" => Some(ValueKind::Bool),
+            "json" => Some(ValueKind::Json),
+            _ => None,
+        }
+    }
+
+    /// The suffix's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueKind::String => "string",
+            ValueKind::Number => "number",
+            ValueKind::Bool => "bool",
+            ValueKind::Json => "json",
+        }
+    }
 }
 
 impl FieldSpec {
@@ -264,7 +309,19 @@ impl FieldSpec {
             entry: entry.to_owned(),
             reason,
         };
-        let (param, field) = entry.split_once('=').unwrap_or((entry, entry));
+        let (param, typed_field) = match entry.split_once('=') {
+            Some((param, rest)) => (Some(param), rest),
+            None => (None, entry),
+        };
+        let (field, kind) = match typed_field.split_once(':') {
+            Some((field, kind)) => (
+                field,
+                ValueKind::parse(kind)
+                    .ok_or_else(|| bad("the type after ':' is not string, number, bool or json"))?,
+            ),
+            None => (typed_field, ValueKind::String),
+        };
+        let param = param.unwrap_or(field);
         if param.is_empty() {
             return Err(bad("the output name is empty"));
         }
@@ -277,18 +334,27 @@ impl FieldSpec {
         if param.chars().any(char::is_control) {
             return Err(bad("the output name has control characters"));
         }
+        if kind != ValueKind::String && format != Format::Json {
+            return Err(bad("a value type applies to format json only"));
+        }
         Ok(FieldSpec {
             param: param.to_owned(),
             field: field.to_owned(),
+            kind,
         })
     }
 
     fn to_entry(&self) -> String {
-        if self.param == self.field {
+        let mut entry = if self.param == self.field {
             self.param.clone()
         } else {
             format!("{}={}", self.param, self.field)
+        };
+        if self.kind != ValueKind::String {
+            entry.push(':');
+            entry.push_str(self.kind.as_str());
         }
+        entry
     }
 }
 
@@ -950,15 +1016,18 @@ mod tests {
             Projection::Fields(vec![
                 FieldSpec {
                     param: "mediaid".into(),
-                    field: "id".into()
+                    field: "id".into(),
+                    kind: ValueKind::String,
                 },
                 FieldSpec {
                     param: "status".into(),
-                    field: "status".into()
+                    field: "status".into(),
+                    kind: ValueKind::String,
                 },
                 FieldSpec {
                     param: "title".into(),
-                    field: "title".into()
+                    field: "title".into(),
+                    kind: ValueKind::String,
                 },
             ])
         );

@@ -45,7 +45,7 @@ pub mod snapshot;
 
 pub use config::{
     Callback, CallbackSpec, ConfigError, FieldSpec, FileCallback, Format, Header, Method,
-    Projection, Secrets, Target,
+    Projection, Secrets, Target, ValueKind,
 };
 pub use digest::Digest;
 pub use effect::{Attempt, Effect};

@@ -1,5 +1,7 @@
 //! The `json` format: one flat JSON object, `{"param":"value",…}`, keys in projection order,
-//! every value a string, no whitespace.
+//! no whitespace. Values are strings unless a `fields` entry gives a type
+//! ([`ValueKind`]): then a value of that type is written as its own text, an empty one as
+//! `null`, anything else still as a string.
 //!
 //! String escaping is serde_json's (quote, backslash and control characters; everything else
 //! verbatim UTF-8), which is fixed by the JSON grammar plus serde_json's choice of short
@@ -7,6 +9,7 @@
 //! names are unique and a validated callback rejects duplicate output names.
 
 use super::Projected;
+use crate::config::ValueKind;
 
 /// The media type of the `json` format.
 pub(crate) const CONTENT_TYPE: &str = "application/json";
@@ -20,16 +23,42 @@ pub(crate) fn render(fields: Projected<'_>) -> Vec<u8> {
         .sum();
     let mut out = Vec::with_capacity(estimate + 2);
     out.push(b'{');
-    for (i, (name, value)) in fields.pairs().enumerate() {
+    for (i, (name, value, kind)) in fields.typed_pairs().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         write_string(&mut out, name);
         out.push(b':');
-        write_string(&mut out, value);
+        write_value(&mut out, value, kind);
     }
     out.push(b'}');
     out
+}
+
+/// Writes `value` as `kind` when it is one (see [`ValueKind`]): its own text for a number,
+/// a boolean or JSON, `null` when empty, else a string.
+fn write_value(out: &mut Vec<u8>, value: &str, kind: ValueKind) {
+    if kind == ValueKind::String {
+        return write_string(out, value);
+    }
+    if value.is_empty() {
+        return out.extend_from_slice(b"null");
+    }
+    let fits = match kind {
+        ValueKind::String => false,
+        ValueKind::Bool => value == "true" || value == "false",
+        ValueKind::Number => {
+            value.trim() == value && serde_json::from_str::<serde_json::Number>(value).is_ok()
+        }
+        ValueKind::Json => {
+            value.trim() == value && serde_json::from_str::<serde::de::IgnoredAny>(value).is_ok()
+        }
+    };
+    if fits {
+        out.extend_from_slice(value.as_bytes());
+    } else {
+        write_string(out, value);
+    }
 }
 
 /// Appends `s` as a JSON string literal, written straight into `out` (no temporary).
@@ -111,6 +140,65 @@ mod tests {
         assert_eq!(
             super::super::render(&snapshot, &c).bytes,
             br#"{"media id":"1","a\"b":"1"}"#
+        );
+    }
+
+    /// LightFlow's POST body (seed 004): strings, a number and an object, from a snapshot
+    /// of strings and `fields` with types.
+    #[test]
+    fn typed_fields_give_the_lightflow_body_shape() {
+        let c = Callback::from_json(
+            r#"{"url":"https://x.org/","format":"json","fields":["uuid","assetName","status","metadata:json","duration:number","live:bool","size:number","missing:number"]}"#,
+        )
+        .unwrap();
+        let snapshot = Snapshot::from_pairs([
+            ("uuid", "6b48fbce-cd10-459c-b397-5673e4bbafaf"),
+            ("assetName", "T1S03"),
+            ("status", "finished"),
+            ("metadata", "{\"season\": 1}"),
+            ("duration", "120"),
+            ("live", "false"),
+            ("size", "about 3 GB"),
+        ])
+        .unwrap();
+        let text = String::from_utf8(super::super::render(&snapshot, &c).bytes).unwrap();
+        assert_eq!(
+            text,
+            r#"{"uuid":"6b48fbce-cd10-459c-b397-5673e4bbafaf","assetName":"T1S03","status":"finished","metadata":{"season": 1},"duration":120,"live":false,"size":"about 3 GB"}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["duration"], 120);
+        // Empty values are null; values that are not of the type stay strings.
+        let empty =
+            Snapshot::from_pairs([("uuid", ""), ("metadata", ""), ("duration", " 1")]).unwrap();
+        let text = String::from_utf8(super::super::render(&empty, &c).bytes).unwrap();
+        assert_eq!(text, r#"{"uuid":"","metadata":null,"duration":" 1"}"#);
+    }
+
+    #[test]
+    fn types_are_for_json_only_and_must_be_known() {
+        for (json, says) in [
+            (
+                r#"{"url":"https://x.org/","fields":["duration:number"]}"#,
+                "format json only",
+            ),
+            (
+                r#"{"url":"https://x.org/","method":"GET","fields":["duration:number"]}"#,
+                "format json only",
+            ),
+            (
+                r#"{"url":"https://x.org/","format":"json","fields":["duration:int"]}"#,
+                "string, number, bool or json",
+            ),
+        ] {
+            let e = Callback::from_json(json).unwrap_err().to_string();
+            assert!(e.contains(says), "{json}: {e}");
+        }
+        let c = Callback::from_json(r#"{"url":"https://x.org/","format":"json","fields":["len=duration:number","meta=metadata:json","id"]}"#).unwrap();
+        let back = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            back["fields"],
+            serde_json::json!(["len=duration:number", "meta=metadata:json", "id"])
         );
     }
 }

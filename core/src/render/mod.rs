@@ -8,7 +8,7 @@
 //! that log. The three formats live in their own modules (`xml`, `json`, `query`); this
 //! module owns the projection (which fields, under which names) and the request URL.
 
-use crate::config::{Callback, FieldSpec, Format, Projection};
+use crate::config::{Callback, FieldSpec, Format, Projection, ValueKind};
 use crate::digest::Digest;
 use crate::snapshot::Snapshot;
 
@@ -139,6 +139,22 @@ impl<'a> Projected<'a> {
                 .map(|value| (spec.param.as_str(), value))
         });
         all.into_iter().flatten().chain(listed)
+    }
+
+    /// [`pairs`](Self::pairs) with each value's JSON type (`String` for every field of
+    /// the projection `All`).
+    pub(crate) fn typed_pairs(self) -> impl Iterator<Item = (&'a str, &'a str, ValueKind)> + 'a {
+        let kinds = self
+            .specs
+            .into_iter()
+            .flatten()
+            .filter(move |spec| self.snapshot.get(&spec.field).is_some())
+            .map(|spec| spec.kind);
+        // `pairs` yields exactly the listed specs whose field is present, in order.
+        let kinds = kinds.chain(std::iter::repeat(ValueKind::String));
+        self.pairs()
+            .zip(kinds)
+            .map(|((name, value), kind)| (name, value, kind))
     }
 }
 
