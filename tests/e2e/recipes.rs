@@ -464,3 +464,45 @@ fn recipe_lightflow_per_file_callbacks() {
         "no PUT: its onFailure is false"
     );
 }
+
+/// Rule 2: a filtered event triggers nothing, but its snapshot is still the file's latest,
+/// so a delivery that was due anyway carries it.
+#[test]
+fn filters_drop_the_trigger_not_the_state() {
+    let receiver = Receiver::start();
+    let cbd = Cbd::start(&["--allow-private-targets"]);
+    cbd.put_callback(
+        "screen9",
+        "cms",
+        json!({"url": receiver.url("/"), "method": "GET", "fields": ["mediaid=id", "title"],
+               "events": ["uploaded"], "window_secs": 1}),
+    );
+    cbd.change(
+        "screen9",
+        "m1",
+        "uploaded",
+        json!({"id": "m1", "title": "First"}),
+    );
+    let edit = cbd.change(
+        "screen9",
+        "m1",
+        "metadata_edited",
+        json!({"id": "m1", "title": "Edited"}),
+    );
+    receiver.wait_for_count(1, Duration::from_secs(10));
+    let r = &receiver.received()[0];
+    assert_eq!(
+        r.uri, "/?mediaid=m1&title=Edited",
+        "the filtered edit's state is delivered"
+    );
+    assert_eq!(r.version(), edit);
+    // Alone, an edit sends nothing.
+    cbd.change(
+        "screen9",
+        "m1",
+        "metadata_edited",
+        json!({"id": "m1", "title": "Again"}),
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(receiver.count(), 1);
+}
