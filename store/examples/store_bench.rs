@@ -12,11 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cb_core::render::fixtures::seed_001_snapshot;
-use cb_core::{
-    AttemptReport, Callback, CallbackName, Core, Effect, EventKind, FileId, FileKey, Outcome,
-    ProjectId, Record, RecordKind, Seq, Snapshot, Timestamp,
-};
+use cb_core::{Callback, Core, EventKind, FileKey, Seq, Snapshot};
+use cb_store::synthetic::{self, file, seed_like, xorshift};
 use cb_store::{Change, Durability, Input, Store, StoreOptions};
 
 struct Args {
@@ -45,39 +42,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-fn project() -> ProjectId {
-    ProjectId::new("acme").unwrap()
-}
-
-fn file(i: u64) -> FileKey {
-    FileKey::new(project(), FileId::new(&format!("{}", 556_114 + i)).unwrap())
-}
-
-/// The seed's 52-field sample with this file's id and a varying title and date.
-fn seed_like(file: &FileKey, n: u64) -> Snapshot {
-    let mut b = Snapshot::builder();
-    for (name, value) in seed_001_snapshot().iter() {
-        match name {
-            "id" => b.push(name, file.file_id.as_str()),
-            "title" => b.push(
-                name,
-                &format!("Yankees should definitely sign guy, take {n}"),
-            ),
-            "hits" => b.push(name, &n.to_string()),
-            _ => b.push(name, value),
-        }
-        .unwrap();
-    }
-    b.finish().unwrap()
-}
-
-fn xorshift(x: &mut u64) -> u64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    *x
 }
 
 fn rate(n: u64, d: Duration) -> f64 {
@@ -283,7 +247,8 @@ fn main() {
     // ---- a realistic log: fold rate and restart ----
     let dir = fresh(&root, "log");
     let t = Instant::now();
-    let (records, last_checkpointable) = build_log(&dir, a.changes, a.files);
+    let built = synthetic::build_log(&dir, a.changes, a.files, 60, |_| {}).unwrap();
+    let (records, last_checkpointable) = (built.records, built.checkpointable);
     println!(
         "log      built {records} records ({} changes over {} files, with ticks and outcomes) in {:.1} s",
         a.changes,
@@ -362,116 +327,4 @@ fn main() {
         );
         drop(store);
     }
-}
-
-/// Appends stamped records in batches and folds each, as the dispatcher would have.
-struct LogWriter {
-    store: Store,
-    core: Core,
-    effects: Vec<Effect>,
-    batch: Vec<(Record, Option<Snapshot>)>,
-    seq: u64,
-}
-
-impl LogWriter {
-    fn push(&mut self, kind: RecordKind, body: Option<Snapshot>, at: Timestamp) {
-        self.seq += 1;
-        let record = Record {
-            seq: Seq(self.seq),
-            at,
-            kind,
-        };
-        self.core.apply(&record, &mut self.effects);
-        self.batch.push((record, body));
-        if self.batch.len() >= 2000 {
-            self.store
-                .append_stamped(std::mem::take(&mut self.batch))
-                .unwrap();
-        }
-    }
-}
-
-/// Writes a log shaped like the daemon's: a project callback (60 s window), `changes`
-/// changes at 1000 a second of simulated time over `files` files, a tick whenever a
-/// deadline passes, and a 200 outcome (with the digest of the real payload) 20 ms after
-/// every attempt starts. Returns the number of records and a seq about 10,000 records
-/// before the end, for the checkpoint.
-fn build_log(dir: &Path, changes: u64, files: u64) -> (u64, Seq) {
-    let store = Store::open(
-        dir,
-        StoreOptions {
-            durability: Durability::Buffered,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
-    let mut w = LogWriter {
-        store,
-        core: Core::new(),
-        effects: Vec::new(),
-        batch: Vec::with_capacity(2000),
-        seq: 0,
-    };
-    let mut at = Timestamp(1_700_000_000_000);
-    let mut started: std::collections::VecDeque<(Timestamp, cb_core::Attempt)> = Default::default();
-    let callback = Arc::new(
-        Callback::from_json(r#"{"url":"https://example.org/cb","window_secs":60}"#).unwrap(),
-    );
-    w.push(
-        RecordKind::CallbackPut {
-            project: project(),
-            name: CallbackName::new("site").unwrap(),
-            callback,
-        },
-        None,
-        at,
-    );
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for _ in 0..changes {
-        at = at.plus_ms(1);
-        // Outcomes of attempts that started 20 ms ago or more.
-        while started.front().is_some_and(|(t, _)| t.plus_ms(20) <= at) {
-            let (_, a) = started.pop_front().expect("checked");
-            // Change `v` carried seed_like(file, v): render what the dispatcher sent.
-            let digest =
-                cb_core::render(&seed_like(&a.machine.file, a.version.0), &a.callback).digest();
-            let kind = RecordKind::AttemptFinished(AttemptReport {
-                machine: a.machine.clone(),
-                delivery: a.delivery,
-                attempt: a.attempt,
-                version: a.version,
-                outcome: Outcome::Delivered { status: 200 },
-                latency_ms: 20,
-                digest,
-                detail: String::new(),
-            });
-            w.push(kind, None, at);
-        }
-        if w.core.next_deadline().is_some_and(|t| t <= at) {
-            w.push(RecordKind::Ticked, None, at);
-        }
-        let f = file(xorshift(&mut x) % files);
-        let body = seed_like(&f, w.seq + 1);
-        w.push(
-            RecordKind::ChangeAppended {
-                file: f,
-                event: EventKind::Rated,
-                callbacks: None,
-            },
-            Some(body),
-            at,
-        );
-        for e in w.effects.drain(..) {
-            if let Effect::StartAttempt(a) = e {
-                started.push_back((at, a));
-            }
-        }
-    }
-    if !w.batch.is_empty() {
-        w.store
-            .append_stamped(std::mem::take(&mut w.batch))
-            .unwrap();
-    }
-    w.store.sync().unwrap();
-    (w.seq, Seq(w.seq.saturating_sub(10_000).max(1)))
 }

@@ -24,6 +24,7 @@ mod error;
 mod index;
 mod log;
 pub mod ndjson;
+pub mod synthetic;
 
 pub use checkpoint::{CheckpointFile, CheckpointWriter, Damaged, Restored, KEEP};
 pub use codec::{IndexTag, FORMAT_VERSION};
