@@ -129,7 +129,7 @@ pub fn record(r: &Record) -> Value {
         }
         RecordKind::CallbackPut { name, callback, .. } => (
             "callback_put",
-            json!({ "name": name.as_str(), "callback": callback }),
+            json!({ "name": name.as_str(), "callback": callback_config(callback) }),
         ),
         RecordKind::CallbackRemoved { name, .. } => {
             ("callback_removed", json!({ "name": name.as_str() }))

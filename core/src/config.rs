@@ -800,6 +800,13 @@ impl CallbackSpec {
                 "signing applies to HTTP requests; mail is not signed",
             ));
         }
+        // A Standard Webhooks signature covers the body; a GET's payload is its query, which
+        // the signature would not cover, so a receiver would trust a forged query.
+        if !secrets.is_empty() && format == Format::Query {
+            return Err(ConfigError::SecretMisuse(
+                "a signature covers the body, and a GET (format query) carries its payload in the URL, unsigned: use POST or PUT with xml or json",
+            ));
+        }
         Ok(Callback {
             target,
             method,
@@ -1180,6 +1187,10 @@ mod tests {
             (
                 &format!(r#"{{"url":"mailto:a@example.org","secret":"{A}"}}"#),
                 "mail is not signed",
+            ),
+            (
+                &format!(r#"{{"url":"https://a.example","method":"GET","secret":"{A}"}}"#),
+                "unsigned",
             ),
         ] {
             let e = parse(json).unwrap_err().to_string();

@@ -612,16 +612,18 @@ fn replay(
     // that read their snapshots in version order and render them. The fold alone keeps
     // one core about half busy, so the verifiers take what is left of both.
     let (checks_tx, checks_rx) = std::sync::mpsc::sync_channel::<Vec<replay::Check>>(4);
-    let checks_rx = std::sync::Mutex::new(checks_rx);
+    // Only the verifiers hold the receiving end: if they all die, sending fails instead of
+    // blocking the fold forever.
+    let checks_rx = std::sync::Arc::new(std::sync::Mutex::new(checks_rx));
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let outcome = std::thread::scope(|scope| {
         let verifiers: Vec<_> = (0..workers)
             .map(|_| {
-                let checks_rx = &checks_rx;
+                let checks_rx = checks_rx.clone();
                 scope.spawn(move || {
                     let mut reader = store.snapshot_reader();
                     let mut divergences = Vec::new();
-                    while let Some(batch) = next_batch(checks_rx) {
+                    while let Some(batch) = next_batch(&checks_rx) {
                         divergences.extend(replay::verify(batch, |v| {
                             reader.get(v).map_err(|e| e.to_string())
                         }));
@@ -630,6 +632,7 @@ fn replay(
                 })
             })
             .collect();
+        drop(checks_rx);
         let mut audit = Audit::new();
         let records: Box<dyn Iterator<Item = cb_store::Result<Record>>> = match &file {
             Some(key) => match store.file_records(key) {
@@ -651,9 +654,10 @@ fn replay(
                 break;
             }
             audit.feed(&record);
-            if audit.pending_checks() >= CHECK_BATCH {
-                // Only fails if the verifier panicked; its join below reports that.
-                let _ = checks_tx.send(audit.take_checks());
+            if audit.pending_checks() >= CHECK_BATCH && checks_tx.send(audit.take_checks()).is_err()
+            {
+                // Every verifier panicked; their joins below report it.
+                break;
             }
             if i % 65_536 == 0 {
                 bar.set_position(record.seq.0);
