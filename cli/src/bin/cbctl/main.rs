@@ -21,9 +21,62 @@ use clap::{Parser, Subcommand};
 
 // Replay decodes and renders hundreds of thousands of snapshots and reads sled's blob
 // files of 100 KiB and more; glibc's malloc maps and unmaps those for each read (page
-// faults were a sixth of a replay's time), mimalloc keeps them.
+// faults were a sixth of a replay's time), mimalloc keeps them. The count of live bytes is
+// `cbctl bench`'s core-memory figure: exact, where resident memory would include the
+// allocator's retained pages.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+/// Bytes currently allocated through the global allocator.
+static LIVE_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// mimalloc, counting live bytes.
+struct CountingAlloc;
+
+// SAFETY: every method forwards to mimalloc with the same arguments and only adds
+// bookkeeping on an atomic counter; the layout contracts are mimalloc's.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded as is (see the impl).
+        let p = unsafe { mimalloc::MiMalloc.alloc(layout) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded as is (see the impl).
+        let p = unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded as is (see the impl).
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded as is (see the impl).
+        let p = unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(new_size, std::sync::atomic::Ordering::Relaxed);
+            LIVE_BYTES.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+/// Bytes the process has allocated and not freed.
+pub(crate) fn live_bytes() -> usize {
+    LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+mod bench;
 
 #[derive(Parser)]
 #[command(
@@ -171,6 +224,18 @@ Examples:\n  cbctl --data-dir /tmp/audit import cb-log.ndjson && cbctl --data-di
         /// The file; stdin if absent.
         file: Option<PathBuf>,
     },
+    /// Every SPEC §8 figure, measured on a temp dir beside its target and this machine's
+    /// ceilings (needs cbd next to cbctl).
+    #[command(
+        after_help = "Runs the raw sled and plain HTTP ceilings, builds a generated log and \
+replays it (fold rate), restarts cbd on it, measures the core's memory, then drives a real cbd \
+(the binary next to cbctl) over HTTP: ingest in batches and from 64 clients, delivery to a \
+built-in receiver, and 1000 changes to one file in one window. Progress goes to stderr, the \
+table (or --json) to stdout. A full run takes about 3 minutes on 2 cores; --quick, under one.\n\n\
+Examples:\n  cargo build --release -p cb-cli && target/release/cbctl bench\n  \
+target/release/cbctl bench --quick --json > figures.json"
+    )]
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -315,6 +380,10 @@ fn file_key(s: &str) -> anyhow::Result<FileKey> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
+        Command::Bench(args) => {
+            bench::run(args.clone())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Import { file } => {
             if cli.server.is_some() {
                 bail!("import writes a new --data-dir; it does not talk to a server");
@@ -584,30 +653,15 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The next batch of digest checks for a verifier; `None` once the fold is done (or a
-/// verifier panicked while holding the queue, which its join reports).
-fn next_batch(
-    queue: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<replay::Check>>>,
-) -> Option<Vec<replay::Check>> {
-    queue.lock().ok()?.recv().ok()
-}
-
-/// Digest checks per batch handed to a verifier thread.
-const CHECK_BATCH: usize = 16_384;
-
-fn replay(
+/// The audit of `cbctl replay` (and of `cbctl bench`'s fold figure): folds the log (or one
+/// file's records) up to `until`, verifying digests on one thread per core. Returns the
+/// summary and the attempts in flight at the end.
+pub(crate) fn audit(
     store: &Store,
     until: Option<Point>,
     file: Option<FileKey>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
-    let total = store.last_seq().map_or(0, |s| s.0);
-    let bar = if std::io::stderr().is_terminal() && file.is_none() {
-        indicatif::ProgressBar::new(total)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<(replay::Summary, usize)> {
     // The fold runs here; digest checks go in batches to verifier threads (one per core)
     // that read their snapshots in version order and render them. The fold alone keeps
     // one core about half busy, so the verifiers take what is left of both.
@@ -681,11 +735,38 @@ fn replay(
         bail!("a digest verifier thread panicked (a bug in cbctl; its message is above)");
     }
     if let Some(e) = unusable {
-        eprintln!("cbctl: the log is unusable: {e}");
-        return Ok(ExitCode::from(2));
+        bail!("the log is unusable: {e}");
     }
     let in_flight = audit.in_flight();
     let (summary, _) = audit.finish(verified);
+    Ok((summary, in_flight))
+}
+
+/// The next batch of digest checks for a verifier; `None` once the fold is done (or a
+/// verifier panicked while holding the queue, which its join reports).
+fn next_batch(
+    queue: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<replay::Check>>>,
+) -> Option<Vec<replay::Check>> {
+    queue.lock().ok()?.recv().ok()
+}
+
+/// Digest checks per batch handed to a verifier thread.
+const CHECK_BATCH: usize = 16_384;
+
+fn replay(
+    store: &Store,
+    until: Option<Point>,
+    file: Option<FileKey>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let total = store.last_seq().map_or(0, |s| s.0);
+    let bar = if std::io::stderr().is_terminal() && file.is_none() {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let (summary, in_flight) = audit(store, until, file, &bar)?;
     let secs = started.elapsed().as_secs_f64();
     let rate = summary.records as f64 / secs.max(1e-9);
     if json {
