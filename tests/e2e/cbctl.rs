@@ -259,3 +259,57 @@ fn every_subcommand_has_help_with_examples() {
         "{text}"
     );
 }
+
+/// `cbctl bench` at toy sizes: every SPEC §8 figure is reported (nothing about speed is
+/// asserted here; that is the bench's own output), and the coalescing check holds.
+#[test]
+fn bench_reports_every_figure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cbctl"))
+        .args([
+            "bench",
+            "--json",
+            "--changes",
+            "3000",
+            "--files",
+            "100",
+            "--memory-files",
+            "20000",
+            "--duration",
+            "0.3",
+            "--deliveries",
+            "300",
+        ])
+        .output()
+        .expect("run cbctl bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let figures: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON figures");
+    let named = |what: &str| {
+        figures
+            .iter()
+            .find(|f| f["what"].as_str().unwrap().starts_with(what))
+            .unwrap_or_else(|| panic!("no figure {what}: {figures:?}"))
+            .clone()
+    };
+    for what in [
+        "ceiling: raw sled",
+        "ceiling: raw file",
+        "ceiling: plain hyper",
+        "fold (cbctl replay",
+        "restart with a log of 3000 changes",
+        "core memory, 20000 files",
+        "ingest, NDJSON batches",
+        "ingest, single-change requests",
+        "delivery to a local keep-alive",
+    ] {
+        let f = named(what);
+        assert!(f["value"].as_f64().unwrap() > 0.0, "{f}");
+    }
+    let coalescing = named("coalescing");
+    assert_eq!(coalescing["value"], 1.0, "{coalescing}");
+    assert_eq!(coalescing["meets"], true, "{coalescing}");
+    assert!(named("delivery")["how"]
+        .as_str()
+        .unwrap()
+        .starts_with("300 deliveries"));
+}
