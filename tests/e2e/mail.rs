@@ -61,3 +61,27 @@ fn a_rejecting_relay_means_retries() {
     assert_eq!(m["last_outcome"]["outcome"], "smtp-550", "{m}");
     assert!(sink.messages().is_empty());
 }
+
+#[test]
+fn an_unreachable_relay_means_retries() {
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let relay = format!("127.0.0.1:{port}");
+    let cbd = Cbd::start(&["--smtp", &relay]);
+    cbd.put_callback(
+        "p",
+        "ops",
+        json!({"url": "mailto:ops@example.org", "leading": true, "backoff_secs": [1]}),
+    );
+    cbd.change("p", "1", "rated", snapshot("1", 1));
+    let mut seen = serde_json::Value::Null;
+    cbd.wait_for("a second failed attempt", Duration::from_secs(10), || {
+        seen = cbd.machine("p", "1", "ops");
+        seen["state"] == "retrying" && seen["attempts"].as_u64() >= Some(2)
+    });
+    assert_eq!(seen["last_outcome"]["class"], "connect", "{seen}");
+}

@@ -153,13 +153,26 @@ fn recipe_filemobile_xml_post_of_the_getfileinfo_result() {
         (defaults["method"].as_str(), defaults["format"].as_str()),
         (Some("POST"), Some("xml"))
     );
-    // Seed 002's 5-minute variant is one field.
-    let (status, _) = cbd.json(
+    assert_eq!(defaults["fields"], serde_json::Value::Null, "every field");
+    // The platform's 60 s is the default; seed 002's 5-minute variant is one field.
+    let (status, v) = cbd.json(
+        "PUT",
+        "/v1/projects/filemobile/callbacks/site",
+        Some(&json!({"url": receiver.url("/other")})),
+    );
+    assert_eq!(
+        (status, v["callback"]["window_secs"].as_u64()),
+        (200, Some(60))
+    );
+    let (status, v) = cbd.json(
         "PUT",
         "/v1/projects/filemobile/callbacks/site",
         Some(&json!({"url": receiver.url("/other"), "window_secs": 300})),
     );
-    assert_eq!(status, 200);
+    assert_eq!(
+        (status, v["callback"]["window_secs"].as_u64()),
+        (200, Some(300))
+    );
 
     // The seed's own sample, posted as is, for each trigger within one window.
     let xml = std::fs::read(concat!(
