@@ -113,8 +113,14 @@ pub fn xml_change(
 /// A batch: one JSON change a line (blank lines skipped). All or nothing: the first bad line
 /// refuses the whole batch, naming its number.
 pub fn ndjson_batch(body: &[u8], rules: Rules) -> Result<Vec<Input>, ApiError> {
-    let mut inputs = Vec::new();
-    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+    let mut inputs = Vec::with_capacity(memchr::memchr_iter(b'\n', body).count() + 1);
+    // memchr finds the line ends a word at a time; a byte-by-byte split of a 2 MB batch was
+    // a tenth of parsing it.
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    for (i, end) in ends.enumerate() {
+        let line = &body[start..end];
+        start = end + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -210,6 +216,12 @@ mod tests {
         assert_eq!(e.line, Some(4));
         body.truncate(body.len() - 7);
         assert_eq!(ndjson_batch(&body, RULES).unwrap().len(), 2);
+        // CRLF line ends, no final newline, and a last line that is bad.
+        let crlf = [&good[..], b"\r\n", &good[..], b"\r\n", &good[..]].concat();
+        assert_eq!(ndjson_batch(&crlf, RULES).unwrap().len(), 3);
+        let last_bad = [&good[..], b"\n", b"{oops"].concat();
+        assert_eq!(ndjson_batch(&last_bad, RULES).err().unwrap().line, Some(2));
+        assert!(ndjson_batch(b"\n \n", RULES).is_err(), "no change at all");
     }
 
     #[test]
