@@ -129,6 +129,22 @@ fn at_most(value: f64, target: f64) -> (Option<String>, Option<bool>) {
 /// Runs the benchmark and prints the table (or JSON) on stdout; progress goes to stderr.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let a = args.sized();
+    if !(a.duration.is_finite() && a.duration > 0.0 && a.duration <= 3600.0) {
+        bail!(
+            "--duration {}: give seconds, more than 0 and at most 3600",
+            a.duration
+        );
+    }
+    for (name, n) in [
+        ("--changes", a.changes),
+        ("--files", a.files),
+        ("--memory-files", a.memory_files),
+        ("--deliveries", a.deliveries),
+    ] {
+        if n == 0 {
+            bail!("{name} must be at least 1");
+        }
+    }
     let cbd = cbd_path()?;
     let temp = tempfile::Builder::new()
         .prefix("cb-bench-")

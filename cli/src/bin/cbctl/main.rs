@@ -231,7 +231,7 @@ Examples:\n  cbctl --data-dir /tmp/audit import cb-log.ndjson && cbctl --data-di
 replays it (fold rate), restarts cbd on it, measures the core's memory, then drives a real cbd \
 (the binary next to cbctl) over HTTP: ingest in batches and from 64 clients, delivery to a \
 built-in receiver, and 1000 changes to one file in one window. Progress goes to stderr, the \
-table (or --json) to stdout. A full run takes about 3 minutes on 2 cores; --quick, under one.\n\n\
+table (or --json) to stdout. A full run takes about 2 minutes on 2 cores; --quick, about 30 s.\n\n\
 Examples:\n  cargo build --release -p cb-cli && target/release/cbctl bench\n  \
 target/release/cbctl bench --quick --json > figures.json"
     )]
