@@ -56,16 +56,8 @@ fn log() -> Vec<Record> {
             })
             .collect();
         for a in started {
-            let report = AttemptReport {
-                machine: a.machine,
-                delivery: a.delivery,
-                attempt: a.attempt,
-                version: a.version,
-                outcome: Outcome::Delivered { status: 200 },
-                latency_ms: 1,
-                digest: Digest::of(b""),
-                detail: String::new(),
-            };
+            let report =
+                AttemptReport::of(a, Outcome::Delivered { status: 200 }, 1, Digest::of(b""));
             push(
                 RecordKind::AttemptFinished(report),
                 at,

@@ -92,16 +92,8 @@ fn main() {
         }
         for e in std::mem::take(&mut effects) {
             if let Effect::StartAttempt(a) = e {
-                let report = AttemptReport {
-                    machine: a.machine,
-                    delivery: a.delivery,
-                    attempt: a.attempt,
-                    version: a.version,
-                    outcome: Outcome::Delivered { status: 200 },
-                    latency_ms: 3,
-                    digest: Digest::default(),
-                    detail: String::new(),
-                };
+                let report =
+                    AttemptReport::of(a, Outcome::Delivered { status: 200 }, 3, Digest::default());
                 push(
                     &mut log,
                     &mut core,

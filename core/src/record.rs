@@ -112,6 +112,28 @@ pub struct AttemptReport {
     pub detail: String,
 }
 
+impl AttemptReport {
+    /// The report of `attempt` (the effect the core handed out), ending with `outcome`.
+    /// The attempt's identity and version are copied, so they cannot be mixed up.
+    pub fn of(
+        attempt: crate::effect::Attempt,
+        outcome: Outcome,
+        latency_ms: u32,
+        digest: Digest,
+    ) -> AttemptReport {
+        AttemptReport {
+            machine: attempt.machine,
+            delivery: attempt.delivery,
+            attempt: attempt.attempt,
+            version: attempt.version,
+            outcome,
+            latency_ms,
+            digest,
+            detail: String::new(),
+        }
+    }
+}
+
 /// How an attempt ended.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

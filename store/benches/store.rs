@@ -21,12 +21,9 @@ fn buffered(dir: &std::path::Path) -> Store {
     .unwrap()
 }
 
-/// One append of a group of 1000 seed-sized changes (encode, chunk, index, sled batch).
-#[divan::bench]
-fn append_group_of_1000(bencher: divan::Bencher) {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = buffered(tmp.path());
-    let group: Vec<Input> = (0..1000)
+/// `n` seed-sized changes over 100 files, versions numbered from `from`.
+fn changes(n: u64, from: u64) -> Vec<Input> {
+    (from..from + n)
         .map(|i| {
             let f = file(i % 100);
             Input::Change(Change {
@@ -36,7 +33,15 @@ fn append_group_of_1000(bencher: divan::Bencher) {
                 callbacks: None,
             })
         })
-        .collect();
+        .collect()
+}
+
+/// One append of a group of 1000 seed-sized changes (encode, chunk, index, sled batch).
+#[divan::bench]
+fn append_group_of_1000(bencher: divan::Bencher) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = buffered(tmp.path());
+    let group = changes(1000, 0);
     bencher
         .counter(divan::counter::ItemsCount::new(1000usize))
         .with_inputs(|| group.clone())
@@ -49,18 +54,7 @@ fn read_records(bencher: divan::Bencher) {
     let tmp = tempfile::tempdir().unwrap();
     let store = buffered(tmp.path());
     for g in 0..20u64 {
-        let group: Vec<Input> = (0..1000)
-            .map(|i| {
-                let f = file(i % 100);
-                Input::Change(Change {
-                    snapshot: seed_like(&f, g * 1000 + i),
-                    file: f,
-                    event: EventKind::Rated,
-                    callbacks: None,
-                })
-            })
-            .collect();
-        store.append(group).unwrap();
+        store.append(changes(1000, g * 1000)).unwrap();
     }
     bencher
         .counter(divan::counter::ItemsCount::new(20_000usize))
@@ -72,18 +66,7 @@ fn read_records(bencher: divan::Bencher) {
 fn read_snapshots(bencher: divan::Bencher, how: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let store = buffered(tmp.path());
-    let group: Vec<Input> = (0..5000)
-        .map(|i| {
-            let f = file(i % 100);
-            Input::Change(Change {
-                snapshot: seed_like(&f, i),
-                file: f,
-                event: EventKind::Rated,
-                callbacks: None,
-            })
-        })
-        .collect();
-    store.append(group).unwrap();
+    store.append(changes(5000, 0)).unwrap();
     bencher
         .counter(divan::counter::ItemsCount::new(5000usize))
         .bench(|| match how {

@@ -115,16 +115,7 @@ pub fn build_log(
             // Change `v` carried seed_like(file, v): this is what the dispatcher sent.
             let digest =
                 cb_core::render(&seed_like(&a.machine.file, a.version.0), &a.callback).digest();
-            let report = AttemptReport {
-                machine: a.machine,
-                delivery: a.delivery,
-                attempt: a.attempt,
-                version: a.version,
-                outcome: Outcome::Delivered { status: 200 },
-                latency_ms: 20,
-                digest,
-                detail: String::new(),
-            };
+            let report = AttemptReport::of(a, Outcome::Delivered { status: 200 }, 20, digest);
             w.push(RecordKind::AttemptFinished(report), None, at)?;
         }
         if w.core.next_deadline().is_some_and(|t| t <= at) {

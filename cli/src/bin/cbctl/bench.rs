@@ -524,16 +524,12 @@ fn deliver_due(
         .collect();
     for a in started {
         let r = next(
-            RecordKind::AttemptFinished(cb_core::AttemptReport {
-                machine: a.machine,
-                delivery: a.delivery,
-                attempt: a.attempt,
-                version: a.version,
-                outcome: cb_core::Outcome::Delivered { status: 200 },
-                latency_ms: 1,
-                digest: cb_core::Digest::of(b""),
-                detail: String::new(),
-            }),
+            RecordKind::AttemptFinished(cb_core::AttemptReport::of(
+                a,
+                cb_core::Outcome::Delivered { status: 200 },
+                1,
+                cb_core::Digest::of(b""),
+            )),
             at,
         );
         core.apply(&r, effects);
