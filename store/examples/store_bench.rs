@@ -112,23 +112,11 @@ fn main() {
             "ceiling  sled insert 1.5 KB + flush + fdatasync, one thread: {:>10.0} syncs/s",
             rate(n, t.elapsed())
         );
-        let (mut n, t) = (0u64, Instant::now());
-        while t.elapsed() < window {
-            let mut batch = sled::Batch::default();
-            for _ in 0..1000 {
-                batch.insert(&k.to_be_bytes(), value.as_slice());
-                k += 1;
-            }
-            db.apply_batch(batch).unwrap();
-            db.flush().unwrap();
-            data.sync_data().unwrap();
-            n += 1000;
-        }
-        println!(
-            "ceiling  sled batches of 1000 x 1.5 KB + flush + fdatasync:  {:>10.0} values/s",
-            rate(n, t.elapsed())
-        );
     }
+    println!(
+        "ceiling  sled batches of 1000 x 1.5 KB + flush + fdatasync:  {:>10.0} values/s",
+        synthetic::sled_durable_batches(&fresh(&root, "raw-sled-batches"), window).unwrap()
+    );
 
     // ---- durable appends through the store ----
     for durability in [Durability::Sync, Durability::SledFlush] {

@@ -46,13 +46,7 @@ fn mail_is_delivered_through_the_relay() {
 fn a_rejecting_relay_means_retries() {
     let sink = SmtpSink::start(true);
     let relay = sink.addr.to_string();
-    let cbd = Cbd::start(&["--smtp", &relay]);
-    cbd.put_callback(
-        "p",
-        "ops",
-        json!({"url": "mailto:ops@example.org", "leading": true, "backoff_secs": [1]}),
-    );
-    cbd.change("p", "1", "rated", snapshot("1", 1));
+    let cbd = mail_retried_every_second(&relay);
     cbd.wait_for("two attempts", Duration::from_secs(10), || {
         sink.attempts() >= 2
     });
@@ -71,17 +65,23 @@ fn an_unreachable_relay_means_retries() {
         .unwrap()
         .port();
     let relay = format!("127.0.0.1:{port}");
-    let cbd = Cbd::start(&["--smtp", &relay]);
-    cbd.put_callback(
-        "p",
-        "ops",
-        json!({"url": "mailto:ops@example.org", "leading": true, "backoff_secs": [1]}),
-    );
-    cbd.change("p", "1", "rated", snapshot("1", 1));
+    let cbd = mail_retried_every_second(&relay);
     let mut seen = serde_json::Value::Null;
     cbd.wait_for("a second failed attempt", Duration::from_secs(10), || {
         seen = cbd.machine("p", "1", "ops");
         seen["state"] == "retrying" && seen["attempts"].as_u64() >= Some(2)
     });
     assert_eq!(seen["last_outcome"]["class"], "connect", "{seen}");
+}
+
+/// cbd on `relay`, with a mail callback retried every second and one change sent to it.
+fn mail_retried_every_second(relay: &str) -> Cbd {
+    let cbd = Cbd::start(&["--smtp", relay]);
+    cbd.put_callback(
+        "p",
+        "ops",
+        json!({"url": "mailto:ops@example.org", "leading": true, "backoff_secs": [1]}),
+    );
+    cbd.change("p", "1", "rated", snapshot("1", 1));
+    cbd
 }

@@ -126,6 +126,12 @@ impl<'a> Projected<'a> {
     /// sent empty — because senders rely on absence (Screen9's `deleted` callback carries only
     /// `status` and `mediaid`); a field present with an empty value is sent empty.
     pub(crate) fn pairs(self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.typed_pairs().map(|(name, value, _)| (name, value))
+    }
+
+    /// [`pairs`](Self::pairs) with each value's JSON type (`String` for every field of
+    /// the projection `All`).
+    pub(crate) fn typed_pairs(self) -> impl Iterator<Item = (&'a str, &'a str, ValueKind)> + 'a {
         // Exactly one of the two halves is non-empty; chaining them gives both projections
         // one concrete iterator type without boxing.
         let (all, listed) = match self.specs {
@@ -133,28 +139,16 @@ impl<'a> Projected<'a> {
             Some(specs) => (None, Some(specs.iter())),
         };
         let snapshot = self.snapshot;
+        let all = all
+            .into_iter()
+            .flatten()
+            .map(|(name, value)| (name, value, ValueKind::String));
         let listed = listed.into_iter().flatten().filter_map(move |spec| {
             snapshot
                 .get(&spec.field)
-                .map(|value| (spec.param.as_str(), value))
+                .map(|value| (spec.param.as_str(), value, spec.kind))
         });
-        all.into_iter().flatten().chain(listed)
-    }
-
-    /// [`pairs`](Self::pairs) with each value's JSON type (`String` for every field of
-    /// the projection `All`).
-    pub(crate) fn typed_pairs(self) -> impl Iterator<Item = (&'a str, &'a str, ValueKind)> + 'a {
-        let kinds = self
-            .specs
-            .into_iter()
-            .flatten()
-            .filter(move |spec| self.snapshot.get(&spec.field).is_some())
-            .map(|spec| spec.kind);
-        // `pairs` yields exactly the listed specs whose field is present, in order.
-        let kinds = kinds.chain(std::iter::repeat(ValueKind::String));
-        self.pairs()
-            .zip(kinds)
-            .map(|((name, value), kind)| (name, value, kind))
+        all.chain(listed)
     }
 }
 
