@@ -1,14 +1,16 @@
 //! The on-disk form: sled keys, chunks of records and bodies, checksummed bincode frames.
 //!
-//! Everything lives in one sled tree, so that one `apply_batch` writes a group commit's
-//! records, bodies and index entries atomically. A one-byte prefix keeps each kind of key
+//! Everything but the snapshot bodies lives in one sled tree, so that one `apply_batch`
+//! writes a group commit's records, body directories and index entries atomically; the
+//! bodies themselves are in segment files, synced before the batch (`bodies.rs`). A one-byte prefix keeps each kind of key
 //! in its own contiguous range, and sequence numbers are big-endian so that byte order is
 //! log order:
 //!
 //! | key | value |
 //! |---|---|
 //! | `R` first_seq | a chunk of consecutive records from `first_seq` (no snapshot bodies) |
-//! | `B` first_seq | a chunk of snapshot bodies of changes, the first being change `first_seq` |
+//! | `V` first_seq | where a run of snapshot bodies lies in the body segments (`bodies.rs`) |
+//! | `B` first_seq | format 2 only, read but no longer written: a chunk of snapshot bodies |
 //! | `X` segment_first_seq first_file_key | a part of a per-file index segment (`index.rs`) |
 //! | `P` project `\0` seq | one [`IndexTag`] byte: the project's records |
 //! | `M` name | store metadata: the format version, the index mark |
@@ -20,8 +22,7 @@
 //! than one key each; the budget keeps a chunk under sled's inline limit (a quarter of its
 //! 512 KiB segment), so chunks never become separate blob files. Replay reads a chunk and
 //! decodes its records in a row; one record is found with a range lookup of the chunk that
-//! starts at or before it. Records and bodies are chunked apart so that replay never reads
-//! a body.
+//! starts at or before it. Replay's fold never reads a body.
 //!
 //! A **frame** is the CRC-32 of the payload (4 bytes, little-endian) followed by the payload,
 //! bincode 2 with its standard configuration. Every record and every body has its own
@@ -37,7 +38,10 @@ use crate::error::{Error, Result};
 
 /// The log format this build reads and writes. Bump it whenever a record's encoding
 /// changes; a store with another number refuses to open rather than misread.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// The previous format, opened and upgraded in place: it kept snapshot bodies in sled
+/// (`B` chunks), which stay readable; format 3 writes them to segment files (`bodies.rs`).
+pub(crate) const LEGACY_FORMAT_VERSION: u32 = 2;
 
 pub(crate) const RECORDS: u8 = b'R';
 pub(crate) const BODIES: u8 = b'B';
@@ -200,7 +204,9 @@ pub(crate) fn records_chunks(first: Seq, frames: &[Vec<u8>]) -> Vec<(Seq, Vec<u8
 }
 
 /// Packs framed bodies (with their changes' seqs, increasing) into chunks of at most
-/// [`CHUNK_BUDGET`] bytes; returns each chunk with its first seq.
+/// [`CHUNK_BUDGET`] bytes; returns each chunk with its first seq. Format 2 stored bodies
+/// so; tests write such chunks to check they are still read.
+#[cfg(test)]
 pub(crate) fn bodies_chunks(bodies: &[(Seq, Vec<u8>)]) -> Vec<(Seq, Vec<u8>)> {
     pack(
         bodies,

@@ -25,7 +25,8 @@ use std::time::{Duration, SystemTime};
 
 use cb_core::{FileKey, Record, RecordKind, Scope, Seq, Timestamp};
 
-use crate::codec::{self, IndexTag, BODIES, RECORDS};
+use crate::bodies::{BodyWriter, DIRECTORIES};
+use crate::codec::{self, IndexTag, RECORDS};
 use crate::dir::sync_dir;
 use crate::error::{Error, Result};
 use crate::index::FileIndex;
@@ -86,6 +87,8 @@ pub(crate) struct Committer {
     /// Invariant: no record gets an earlier `at`.
     pub(crate) last_at: Timestamp,
     pub(crate) poisoned: Arc<Mutex<Option<String>>>,
+    /// Where the group's snapshot bodies go, before sled points at them.
+    pub(crate) bodies: BodyWriter,
     /// The second stage, moved to its own thread when the committer starts.
     pub(crate) syncer: Option<Syncer>,
 }
@@ -197,14 +200,18 @@ impl Committer {
         for (first, chunk) in codec::records_chunks(first_of_group, &staging.frames) {
             batch.insert(&codec::seq_key(RECORDS, first), chunk);
         }
-        for (first, chunk) in codec::bodies_chunks(&staging.bodies) {
-            batch.insert(&codec::seq_key(BODIES, first), chunk);
-        }
         let records = staging.records;
+        // Bodies first, synced under Durability::Sync, and only then the sled batch that
+        // points at them: a durable pointer points at durable bytes (bodies.rs).
         let written = self
-            .tree
-            .apply_batch(batch)
-            .map_err(Error::from)
+            .bodies
+            .append(&staging.bodies, self.durability == Durability::Sync)
+            .and_then(|directories| {
+                for (first, directory) in directories {
+                    batch.insert(&codec::seq_key(DIRECTORIES, first), directory.encode());
+                }
+                self.tree.apply_batch(batch).map_err(Error::from)
+            })
             .and_then(|()| match self.durability {
                 Durability::Buffered => Ok(()),
                 Durability::SledFlush | Durability::Sync => {

@@ -4,7 +4,8 @@
 //! ```text
 //! DIR/
 //!   LOCK           held (flock, exclusive) by the process that owns the dir; holds its pid
-//!   log/           the sled database: the event log, the snapshot bodies, the indexes
+//!   log/           the sled database: the event log, the indexes, where each body lies
+//!   bodies/        the snapshot bodies, in append-only segment files (see `bodies.rs`)
 //!   checkpoints/   the core's state at some sequence numbers (see `checkpoint.rs`)
 //! ```
 //!
@@ -88,6 +89,11 @@ impl DataDir {
     /// The sled database.
     pub fn log_path(&self) -> PathBuf {
         self.path.join("log")
+    }
+
+    /// The snapshot bodies' segment files (`bodies.rs`).
+    pub fn bodies_path(&self) -> PathBuf {
+        self.path.join("bodies")
     }
 
     /// Where checkpoints are written.

@@ -3,8 +3,9 @@
 //! Every input of the core is appended here as a [`Record`](cb_core::Record), numbered and
 //! timestamped by the store, and made durable before anyone is told it exists
 //! ([`Store::append`] says exactly what that means). Many appenders share one flush (group
-//! commit, `commit.rs`). Changes keep their snapshot body beside the record, so folding the
-//! log ([`Store::records`]) never decodes a body; rendering reads one with
+//! commit, `commit.rs`). Changes keep their snapshot body apart from the record, in
+//! append-only segment files that sled points into (`bodies.rs`), so folding the log
+//! ([`Store::records`]) never reads a body; rendering reads one with
 //! [`Store::snapshot`]. A per-file index (`index.rs`) finds one file's records without a
 //! scan ([`Store::file_records`]), for `cbctl history` and `rewind`.
 //!
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod bodies;
 mod checkpoint;
 mod codec;
 mod commit;
@@ -26,6 +28,7 @@ mod log;
 pub mod ndjson;
 pub mod synthetic;
 
+pub use bodies::SEGMENT_BYTES;
 pub use checkpoint::{CheckpointFile, CheckpointWriter, Damaged, Restored, KEEP};
 pub use codec::{IndexTag, FORMAT_VERSION};
 pub use dir::DataDir;

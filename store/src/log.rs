@@ -14,7 +14,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cb_core::{EventKind, FileCallback, FileKey, Record, RecordKind, Seq, Snapshot, Timestamp};
 
-use crate::codec::{self, RecordFrames, BODIES, FORMAT_KEY, FORMAT_VERSION, RECORDS};
+use crate::bodies::{BodyLog, Directory, DIRECTORIES};
+use crate::codec::{
+    self, RecordFrames, BODIES, FORMAT_KEY, FORMAT_VERSION, LEGACY_FORMAT_VERSION, RECORDS,
+};
 use crate::commit::{Batch, Committer, Prepared, Request, Syncer};
 use crate::dir::{sync_dir, DataDir};
 use crate::error::{Error, Result};
@@ -48,6 +51,9 @@ pub struct StoreOptions {
     pub max_group_records: usize,
     /// sled's page cache, in bytes.
     pub cache_capacity_bytes: u64,
+    /// Size at which a snapshot bodies segment file is closed and the next begun
+    /// ([`SEGMENT_BYTES`](crate::SEGMENT_BYTES)); tests lower it.
+    pub body_segment_bytes: u64,
     /// Records per per-file index segment ([`SEGMENT_SPAN`](crate::SEGMENT_SPAN)); tests
     /// lower it to exercise segments with small logs.
     pub index_segment_span: u64,
@@ -66,6 +72,7 @@ impl Default for StoreOptions {
             durability: Durability::Sync,
             max_group_records: 16 * 1024,
             cache_capacity_bytes: 256 * 1024 * 1024,
+            body_segment_bytes: crate::SEGMENT_BYTES,
             index_segment_span: crate::SEGMENT_SPAN,
             clock: Box::new(wall_clock),
             on_commit: None,
@@ -141,6 +148,10 @@ struct Shared {
     tree: sled::Tree,
     db: sled::Db,
     index: Arc<FileIndex>,
+    bodies: Arc<BodyLog>,
+    /// Whether the log still has bodies stored inside sled (`B` chunks, written by format
+    /// 2); they stay readable where they are.
+    legacy_bodies: bool,
     data_file: File,
     /// The last durable sequence number (0: none). Readers never look past it.
     tip: Arc<AtomicU64>,
@@ -166,11 +177,7 @@ impl Store {
     /// [`Error::Sled`] when sled cannot recover its files.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store> {
         let dir = DataDir::open(path)?;
-        let db = sled::Config::new()
-            .path(dir.log_path())
-            .cache_capacity(options.cache_capacity_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = open_sled(&dir, options.cache_capacity_bytes)?;
         let tree = db.open_tree("cb")?;
         check_format(&dir, &tree)?;
         let data_file =
@@ -187,6 +194,16 @@ impl Store {
             Some(r) => (Seq(r.seq.0 + 1), r.at),
             None => (Seq(1), Timestamp(0)),
         };
+        let last_directory = match chunk_at_or_before(&tree, DIRECTORIES, Seq(u64::MAX))? {
+            Some((first, bytes)) => Some((first, Directory::decode(first, &bytes)?)),
+            None => None,
+        };
+        let (bodies, body_writer) = BodyLog::open(
+            &dir.bodies_path(),
+            last_directory.as_ref().map(|(first, d)| (*first, d)),
+            options.body_segment_bytes,
+        )?;
+        let legacy_bodies = tree.scan_prefix([BODIES]).next().is_some();
         let index = Arc::new(FileIndex::open(
             &tree,
             Seq(next.0 - 1),
@@ -217,6 +234,7 @@ impl Store {
             next,
             last_at,
             poisoned: poisoned.clone(),
+            bodies: body_writer,
             syncer: Some(syncer),
         };
         let (queue, inbox) = mpsc::channel();
@@ -231,6 +249,8 @@ impl Store {
                 tree,
                 db,
                 index,
+                bodies,
+                legacy_bodies,
                 data_file,
                 tip,
                 poisoned,
@@ -318,6 +338,7 @@ impl Store {
             .data_file
             .sync_data()
             .map_err(Error::io("fdatasync of the log"))?;
+        self.shared.bodies.sync()?;
         crate::commit::sync_blobs(
             &self.shared.dir.log_path().join("blobs"),
             &mut Default::default(),
@@ -385,24 +406,18 @@ impl Store {
 
     /// The snapshot that change `version` appended (`None` if `version` is not a change).
     pub fn snapshot(&self, version: Seq) -> Result<Option<Snapshot>> {
-        if version.0 == 0 || version.0 > self.shared.tip.load(Ordering::Acquire) {
-            return Ok(None);
-        }
-        let Some((first, chunk)) = chunk_at_or_before(&self.shared.tree, BODIES, version)? else {
-            return Ok(None);
-        };
-        match codec::find_body(first, &chunk, version)? {
-            Some(frame) => codec::decode_body(version, frame).map(Some),
-            None => Ok(None),
-        }
+        self.snapshot_reader().get(version)
     }
 
     /// A reader for many snapshots asked for in increasing version order (`cbctl replay`'s
-    /// digest audit): each bodies chunk is fetched from sled once, not once per snapshot.
+    /// digest audit): each bodies directory is fetched from sled once, and its bodies read
+    /// from their segment in one go, not once per snapshot.
     pub fn snapshot_reader(&self) -> SnapshotReader<'_> {
         SnapshotReader {
             store: self,
-            chunk: None,
+            directory: None,
+            run: None,
+            legacy: None,
         }
     }
 
@@ -459,9 +474,33 @@ impl Store {
         }
     }
 
-    /// sled's size on disk, in bytes.
+    /// The log's size on disk, in bytes: sled's files and the body segments.
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.shared.db.size_on_disk()?)
+        Ok(self.shared.db.size_on_disk()? + self.shared.bodies.size_on_disk()?)
+    }
+}
+
+/// Opens sled's database in the data dir. sled takes a lock of its own on its file, and a
+/// handle just dropped in this process can keep it for a few milliseconds while sled's
+/// background threads wind down (spacejam/sled#1234). Holding the data dir's lock, only such
+/// a handle can hold sled's, so that refusal is waited out (briefly) rather than reported.
+fn open_sled(dir: &DataDir, cache_capacity_bytes: u64) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let opened = sled::Config::new()
+            .path(dir.log_path())
+            .cache_capacity(cache_capacity_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
     }
 }
 
@@ -500,11 +539,18 @@ fn check_format(dir: &DataDir, tree: &sled::Tree) -> Result<()> {
                 .as_ref()
                 .try_into()
                 .map_err(|_| unknown(format!("{:?} (unreadable)", bytes.as_ref())))?;
-            let found = u32::from_le_bytes(raw);
-            if found != FORMAT_VERSION {
-                return Err(unknown(found.to_string()));
+            match u32::from_le_bytes(raw) {
+                FORMAT_VERSION => Ok(()),
+                // Format 2 kept bodies in sled; they are still read from there, and new ones
+                // go to segments. Marked 3 from now on, so that an older build, which would
+                // not find the new bodies, refuses the dir instead.
+                LEGACY_FORMAT_VERSION => {
+                    tree.insert(FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())?;
+                    tree.flush()?;
+                    Ok(())
+                }
+                found => Err(unknown(found.to_string())),
             }
-            Ok(())
         }
         None if tree.is_empty() => {
             tree.insert(FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())?;
@@ -552,36 +598,101 @@ fn last_record(tree: &sled::Tree) -> Result<Option<Record>> {
     Ok(last)
 }
 
-/// Reads snapshots through the bodies chunk that held the last one, so that versions
-/// asked for in increasing order cost one sled lookup per chunk. Out-of-order requests
-/// are answered too, just without that saving.
+/// Reads snapshots through the bodies directory that held the last one, so that versions
+/// asked for in increasing order cost one sled lookup per directory and one segment read
+/// per run of bodies. Out-of-order requests are answered too, just without that saving.
 pub struct SnapshotReader<'s> {
     store: &'s Store,
-    /// The current chunk: its first and last versions, and its bytes.
-    chunk: Option<(Seq, Seq, sled::IVec)>,
+    /// The current directory, with its first and last versions.
+    directory: Option<(Seq, Seq, Directory)>,
+    /// The bytes of the current directory's bodies, once a second body of it was asked for.
+    run: Option<Vec<u8>>,
+    /// A format-2 bodies chunk held in sled: its first and last versions, and its bytes.
+    legacy: Option<(Seq, Seq, sled::IVec)>,
 }
+
+/// The most bytes of one directory's bodies a [`SnapshotReader`] holds at once.
+const RUN_BYTES: u64 = 8 * 1024 * 1024;
 
 impl SnapshotReader<'_> {
     /// The snapshot that change `version` appended (`None` if `version` is not a change).
     pub fn get(&mut self, version: Seq) -> Result<Option<Snapshot>> {
-        if version.0 == 0 || version.0 > self.store.shared.tip.load(Ordering::Acquire) {
+        let shared = &self.store.shared;
+        if version.0 == 0 || version.0 > shared.tip.load(Ordering::Acquire) {
             return Ok(None);
         }
         let held = self
-            .chunk
+            .directory
             .as_ref()
             .is_some_and(|(first, last, _)| *first <= version && version <= *last);
         if !held {
-            self.chunk = None;
+            self.directory = None;
+            self.run = None;
+            if let Some((first, bytes)) = chunk_at_or_before(&shared.tree, DIRECTORIES, version)? {
+                let directory = Directory::decode(first, &bytes)?;
+                if let Some((_, last)) = directory.span() {
+                    if version <= last {
+                        self.directory = Some((first, last, directory));
+                    }
+                }
+            }
+        }
+        let Some((_, _, directory)) = &self.directory else {
+            return self.get_legacy(version);
+        };
+        let Some((at, len)) = directory.locate(version) else {
+            return Ok(None);
+        };
+        let (segment, offset, run_len) = (
+            directory.segment,
+            directory.offset,
+            directory.end() - directory.offset,
+        );
+        let (at, len) = (at as usize, len as usize);
+        if self.run.is_none() && held && run_len <= RUN_BYTES {
+            // A second body of this directory: read the run once for all that follow.
+            self.run = Some(
+                shared
+                    .bodies
+                    .read(version, segment, offset, run_len as usize)?,
+            );
+        }
+        let owned;
+        let frame = match &self.run {
+            Some(run) => run.get(at..at + len).ok_or_else(|| Error::Corrupt {
+                seq: version,
+                reason: "its body lies outside its directory's run".into(),
+            })?,
+            None => {
+                owned = shared
+                    .bodies
+                    .read(version, segment, offset + at as u64, len)?;
+                &owned[..]
+            }
+        };
+        codec::decode_body(version, frame).map(Some)
+    }
+
+    /// Reads a body that format 2 kept inside sled.
+    fn get_legacy(&mut self, version: Seq) -> Result<Option<Snapshot>> {
+        if !self.store.shared.legacy_bodies {
+            return Ok(None);
+        }
+        let held = self
+            .legacy
+            .as_ref()
+            .is_some_and(|(first, last, _)| *first <= version && version <= *last);
+        if !held {
+            self.legacy = None;
             let Some((first, bytes)) =
                 chunk_at_or_before(&self.store.shared.tree, BODIES, version)?
             else {
                 return Ok(None);
             };
             let last = codec::last_body(first, &bytes)?;
-            self.chunk = Some((first, last, bytes));
+            self.legacy = Some((first, last, bytes));
         }
-        let (first, _, bytes) = self.chunk.as_ref().expect("loaded above");
+        let (first, _, bytes) = self.legacy.as_ref().expect("loaded above");
         match codec::find_body(*first, bytes, version)? {
             Some(frame) => codec::decode_body(version, frame).map(Some),
             None => Ok(None),
@@ -657,5 +768,127 @@ impl Iterator for Records {
             let entry = self.chunks.as_mut()?.next()?;
             self.decode_chunk(entry);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::{file, seed_like};
+
+    fn change(i: u64, n: u64) -> Input {
+        let f = file(i);
+        Input::Change(Change {
+            snapshot: seed_like(&f, n),
+            file: f,
+            event: EventKind::Rated,
+            callbacks: None,
+        })
+    }
+
+    fn buffered() -> StoreOptions {
+        StoreOptions {
+            durability: Durability::Buffered,
+            ..StoreOptions::default()
+        }
+    }
+
+    /// A format-2 dir (bodies inside sled) opens, is marked format 3, and serves its old
+    /// bodies from sled and its new ones from segments.
+    #[test]
+    fn a_format_2_dir_opens_and_keeps_its_bodies_readable() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(tmp.path(), buffered()).unwrap();
+            store
+                .append((0..3).map(|i| change(i, i)).collect())
+                .unwrap();
+            store.sync().unwrap();
+        }
+        // Rewrite it as format 2 wrote it: the bodies as a `B` chunk, no segments.
+        {
+            let db = sled::open(tmp.path().join("log")).unwrap();
+            let tree = db.open_tree("cb").unwrap();
+            let bodies: Vec<(Seq, Vec<u8>)> = (0..3)
+                .map(|i| (Seq(i + 1), codec::encode_body(&seed_like(&file(i), i))))
+                .collect();
+            for key in tree.scan_prefix([DIRECTORIES]).keys() {
+                tree.remove(key.unwrap()).unwrap();
+            }
+            for (first, chunk) in codec::bodies_chunks(&bodies) {
+                tree.insert(codec::seq_key(BODIES, first), chunk).unwrap();
+            }
+            tree.insert(FORMAT_KEY, &LEGACY_FORMAT_VERSION.to_le_bytes())
+                .unwrap();
+            db.flush().unwrap();
+            std::fs::remove_dir_all(tmp.path().join("bodies")).unwrap();
+        }
+        for round in 0..2 {
+            let store = Store::open(tmp.path(), buffered()).unwrap();
+            let mark = store.shared.tree.get(FORMAT_KEY).unwrap().unwrap();
+            assert_eq!(mark.as_ref(), FORMAT_VERSION.to_le_bytes());
+            if round == 0 {
+                store.append(vec![change(7, 70)]).unwrap();
+                store.sync().unwrap();
+            }
+            for i in 0..3 {
+                assert_eq!(
+                    store.snapshot(Seq(i + 1)).unwrap(),
+                    Some(seed_like(&file(i), i))
+                );
+            }
+            let mut reader = store.snapshot_reader();
+            for i in 0..3 {
+                assert_eq!(
+                    reader.get(Seq(i + 1)).unwrap(),
+                    Some(seed_like(&file(i), i))
+                );
+            }
+            assert_eq!(reader.get(Seq(4)).unwrap(), Some(seed_like(&file(7), 70)));
+            assert_eq!(store.snapshot(Seq(5)).unwrap(), None);
+        }
+    }
+
+    /// Bodies written through many groups and segments read back, singly and in order, and
+    /// the segments are counted in the size on disk.
+    #[test]
+    fn bodies_read_back_across_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = || StoreOptions {
+            body_segment_bytes: 8 * 1024,
+            ..buffered()
+        };
+        {
+            let store = Store::open(tmp.path(), options()).unwrap();
+            for g in 0..10 {
+                store
+                    .append((0..7).map(|i| change(i, g * 7 + i)).collect())
+                    .unwrap();
+                store
+                    .append(vec![Input::Record(RecordKind::Ticked)])
+                    .unwrap();
+            }
+            store.sync().unwrap();
+        }
+        let store = Store::open(tmp.path(), options()).unwrap();
+        let segments = std::fs::read_dir(tmp.path().join("bodies"))
+            .unwrap()
+            .count();
+        assert!(segments >= 8, "{segments} segments");
+        let mut reader = store.snapshot_reader();
+        for g in 0..10u64 {
+            for i in 0..7u64 {
+                let version = Seq(g * 8 + i + 1);
+                let want = Some(seed_like(&file(i), g * 7 + i));
+                assert_eq!(reader.get(version).unwrap(), want);
+                assert_eq!(store.snapshot(version).unwrap(), want);
+            }
+            assert_eq!(
+                reader.get(Seq(g * 8 + 8)).unwrap(),
+                None,
+                "a tick has no body"
+            );
+        }
+        assert!(store.size_on_disk().unwrap() > 70 * 900);
     }
 }
