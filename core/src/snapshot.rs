@@ -27,6 +27,9 @@ pub enum SnapshotError {
         /// The limit.
         max: usize,
     },
+    /// Stored parts that do not describe a snapshot (see [`Snapshot::from_stored_parts`]).
+    #[error("the stored snapshot's offset table does not fit its text")]
+    Malformed,
     /// The text of the snapshot is too large.
     #[error("a snapshot holds at most {max} bytes of names and values")]
     TooLarge {
@@ -124,6 +127,51 @@ impl Snapshot {
             }
         }
         None
+    }
+
+    /// The snapshot's storage: all names and values back to back, and the offset table
+    /// (see the type's invariant). What the store writes, so that reading it back is a
+    /// copy and a structure check rather than a parse.
+    pub fn as_parts(&self) -> (&str, &[u32]) {
+        (&self.text, &self.ends)
+    }
+
+    /// Rebuilds a snapshot from [`as_parts`](Self::as_parts) of one that existed.
+    ///
+    /// For bytes the store wrote and whose checksum held: the structure is checked — an even
+    /// number of offsets, non-decreasing, on character boundaries, ending at the text's end,
+    /// within the limits — so that no input can make a snapshot index out of bounds. The
+    /// names' validity and uniqueness are not checked again: they were checked when the
+    /// snapshot was first built, the only way one comes to exist, and the checksum shows
+    /// these are its bytes. (Re-checking them was a third of decoding a seed-sized body.)
+    pub fn from_stored_parts(text: &str, ends: &[u32]) -> Result<Snapshot, SnapshotError> {
+        if ends.len() / 2 > Snapshot::MAX_FIELDS {
+            return Err(SnapshotError::TooManyFields {
+                max: Snapshot::MAX_FIELDS,
+            });
+        }
+        if text.len() > Snapshot::MAX_BYTES {
+            return Err(SnapshotError::TooLarge {
+                max: Snapshot::MAX_BYTES,
+            });
+        }
+        let mut at = 0u32;
+        let well_formed = ends.len().is_multiple_of(2)
+            && ends
+                .last()
+                .map_or(text.is_empty(), |l| *l as usize == text.len())
+            && ends.iter().all(|&e| {
+                let ok = e >= at && text.is_char_boundary(e as usize);
+                at = e;
+                ok
+            });
+        if !well_formed {
+            return Err(SnapshotError::Malformed);
+        }
+        Ok(Snapshot {
+            text: text.into(),
+            ends: ends.into(),
+        })
     }
 
     /// The value of field `name`, if present.
@@ -355,6 +403,31 @@ mod tests {
         assert!(is_xml_name("publicUrl"));
         assert!(is_xml_name("user_name"));
         assert!(is_xml_name("名前"));
+    }
+
+    #[test]
+    fn stored_parts_round_trip_and_bad_tables_are_refused() {
+        let s = Snapshot::from_pairs([("id", "556114"), ("message", ""), ("名", "エ")]).unwrap();
+        let (text, ends) = s.as_parts();
+        assert_eq!(Snapshot::from_stored_parts(text, ends), Ok(s.clone()));
+        assert_eq!(
+            Snapshot::from_stored_parts("", &[]),
+            Ok(Snapshot::default())
+        );
+        let bad: [&[u32]; 5] = [
+            &ends[..ends.len() - 1],      // odd
+            &[2, 8, 15, 15, 17, 19],      // ends short of the text
+            &[2, 8, 9, 9, 12, 30],        // past the text
+            &[2, 8, 1, 15, 18, ends[5]],  // decreasing
+            &[2, 8, 15, 15, 16, ends[5]], // inside a character
+        ];
+        for ends in bad {
+            assert_eq!(
+                Snapshot::from_stored_parts(text, ends),
+                Err(SnapshotError::Malformed),
+                "{ends:?}"
+            );
+        }
     }
 
     #[test]

@@ -694,7 +694,7 @@ impl SnapshotReader<'_> {
         }
         let (first, _, bytes) = self.legacy.as_ref().expect("loaded above");
         match codec::find_body(*first, bytes, version)? {
-            Some(frame) => codec::decode_body(version, frame).map(Some),
+            Some(frame) => codec::decode_legacy_body(version, frame).map(Some),
             None => Ok(None),
         }
     }
@@ -810,7 +810,12 @@ mod tests {
             let db = sled::open(tmp.path().join("log")).unwrap();
             let tree = db.open_tree("cb").unwrap();
             let bodies: Vec<(Seq, Vec<u8>)> = (0..3)
-                .map(|i| (Seq(i + 1), codec::encode_body(&seed_like(&file(i), i))))
+                .map(|i| {
+                    (
+                        Seq(i + 1),
+                        codec::encode_legacy_body(&seed_like(&file(i), i)),
+                    )
+                })
                 .collect();
             for key in tree.scan_prefix([DIRECTORIES]).keys() {
                 tree.remove(key.unwrap()).unwrap();
