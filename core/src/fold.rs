@@ -12,7 +12,7 @@
 //! exactly the states and attempts the whole log reaches for that file. That is what makes
 //! `cbctl history` and `rewind` cheap and exact, and it is property-tested.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -24,6 +24,7 @@ use crate::event::EventKind;
 use crate::ids::{CallbackName, CallbackRef, FileKey, MachineKey, ProjectId, Seq, Timestamp};
 use crate::machine::{InFlight, Machine, Opening, OutcomeStep, StateName};
 use crate::record::{AttemptReport, Record, RecordKind};
+use crate::timers::Timers;
 
 /// A project callback and whether a `410 Gone` disabled it.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -143,9 +144,9 @@ pub struct Core {
     /// a fast hash map cannot make the fold nondeterministic.
     files: FxHashMap<FileKey, FileEntry>,
     /// Invariant: exactly `(m.deadline(), key)` for every machine with a deadline.
-    deadlines: BTreeSet<(Timestamp, MachineKey)>,
+    deadlines: Timers,
     /// Invariant: exactly `(m.expiry(), key)` for every machine with an expiry.
-    expiries: BTreeSet<(Timestamp, MachineKey)>,
+    expiries: Timers,
     /// 410s whose `CallbackDisabled` has not been appended yet, with the outcome's seq. Kept
     /// in the state (and checkpoints) so a driver that crashed between the two appends can
     /// append the disable after restart ([`Core::owed_disables`]).
@@ -225,24 +226,22 @@ impl Core {
             "time runs backwards: {to} after {}",
             self.now
         );
-        while let Some((t, _)) = self.deadlines.first() {
-            if *t > to {
-                break;
+        // A due machine goes pending (no deadline) and touches no other machine, so firing
+        // one time's machines in a row keeps the (deadline, machine) order exactly.
+        while let Some((t, keys)) = self.deadlines.pop_due(to) {
+            for key in keys {
+                let fired = self.step(&key, Step::Due(t), effects);
+                assert_eq!(
+                    fired,
+                    Disposition::Applied,
+                    "deadline of {key} without its machine"
+                );
             }
-            let (t, key) = self.deadlines.pop_first().expect("checked non-empty");
-            let fired = self.step(&key, Step::Due(t), effects);
-            assert_eq!(
-                fired,
-                Disposition::Applied,
-                "deadline of {key} without its machine"
-            );
         }
-        while let Some((t, _)) = self.expiries.first() {
-            if *t > to {
-                break;
+        while let Some((_, keys)) = self.expiries.pop_due(to) {
+            for key in keys {
+                self.drop_machine(&key);
             }
-            let (_, key) = self.expiries.pop_first().expect("checked non-empty");
-            self.drop_machine(&key);
         }
         self.now = to;
     }
@@ -639,7 +638,7 @@ impl Core {
 
     /// The earliest deadline: when the driver should append a `Ticked` record.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.deadlines.first().map(|(t, _)| *t)
+        self.deadlines.first()
     }
 
     /// The time of the latest record folded.
@@ -834,7 +833,7 @@ pub struct Checkpoint {
 }
 
 fn sync_timer(
-    set: &mut BTreeSet<(Timestamp, MachineKey)>,
+    timers: &mut Timers,
     key: &MachineKey,
     before: Option<Timestamp>,
     after: Option<Timestamp>,
@@ -843,10 +842,10 @@ fn sync_timer(
         return;
     }
     if let Some(t) = before {
-        set.remove(&(t, key.clone()));
+        timers.remove(t, key);
     }
     if let Some(t) = after {
-        set.insert((t, key.clone()));
+        timers.insert(t, key);
     }
 }
 

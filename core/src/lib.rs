@@ -42,6 +42,7 @@ pub mod record;
 pub mod render;
 pub mod signing;
 pub mod snapshot;
+mod timers;
 
 pub use config::{
     Callback, CallbackSpec, ConfigError, FieldSpec, FileCallback, Format, Header, Method,

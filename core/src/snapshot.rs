@@ -84,7 +84,15 @@ impl Snapshot {
 
     /// The fields in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
-        (0..self.len()).map(move |i| self.pair(i))
+        // One pass over the offset table, carrying each pair's start (renders call this for
+        // every delivery and replay for every digest it checks).
+        let mut start = 0;
+        self.ends.chunks_exact(2).map(move |pair| {
+            let (mid, end) = (pair[0] as usize, pair[1] as usize);
+            let fields = (&self.text[start..mid], &self.text[mid..end]);
+            start = end;
+            fields
+        })
     }
 
     fn pair(&self, i: usize) -> (&str, &str) {

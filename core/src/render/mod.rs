@@ -122,6 +122,15 @@ impl<'a> Projected<'a> {
         Projected { snapshot, specs }
     }
 
+    /// The whole snapshot, when the projection is `All`: its names are XML names and unique
+    /// by [`Snapshot`]'s invariant, so a format may write them without checking.
+    pub(crate) fn whole(self) -> Option<&'a Snapshot> {
+        match self.specs {
+            None => Some(self.snapshot),
+            Some(_) => None,
+        }
+    }
+
     /// The pairs in payload order. A listed field missing from the snapshot is skipped — not
     /// sent empty — because senders rely on absence (Screen9's `deleted` callback carries only
     /// `status` and `mediaid`); a field present with an empty value is sent empty.

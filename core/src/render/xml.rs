@@ -21,18 +21,33 @@ const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
 
 /// Renders the projected fields as a `<result>` document.
 pub(crate) fn render(fields: Projected<'_>) -> Vec<u8> {
-    // `  <n>` + `</n>\n` is 2·len(n) + 8 bytes around the value.
+    if let Some(snapshot) = fields.whole() {
+        // Every field, under its own name: names are XML names by the snapshot's invariant.
+        // `  <n>` + `</n>\n` is 2·len(n) + 8 bytes around the value; twice the text bounds
+        // the names, and escaping grows a value only when it has markup.
+        let (text, _) = snapshot.as_parts();
+        let capacity = HEAD.len() + 2 * text.len() + 8 * snapshot.len() + TAIL.len();
+        return document(snapshot.iter(), capacity, false);
+    }
     let estimate: usize = fields
         .pairs()
         .map(|(name, value)| 2 * name.len() + value.len() + 8)
         .sum();
-    let mut out = Vec::with_capacity(HEAD.len() + estimate + TAIL.len());
+    document(fields.pairs(), HEAD.len() + estimate + TAIL.len(), true)
+}
+
+fn document<'a>(
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+    capacity: usize,
+    check_names: bool,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(HEAD);
-    for (name, value) in fields.pairs() {
+    for (name, value) in pairs {
         // Names cannot be escaped. Snapshot names and the output names of a validated xml
         // callback are XML names already; this only keeps a hand-built `Callback` from
         // producing an ill-formed document.
-        if !is_xml_name(name) {
+        if check_names && !is_xml_name(name) {
             continue;
         }
         out.extend_from_slice(b"  <");
@@ -47,6 +62,25 @@ pub(crate) fn render(fields: Projected<'_>) -> Vec<u8> {
     out
 }
 
+/// The bytes the escaper must look at: the five markup characters, CR, the C0 controls but
+/// tab and LF, and 0xEF (which starts U+FFFE and U+FFFF, among others). Every other byte is
+/// copied as it is, so a value is scanned with one table lookup a byte.
+const ATTENTION: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b != b'\t' as usize && b != b'\n' as usize;
+        b += 1;
+    }
+    table[b'<' as usize] = true;
+    table[b'>' as usize] = true;
+    table[b'&' as usize] = true;
+    table[b'\'' as usize] = true;
+    table[b'"' as usize] = true;
+    table[0xEF] = true;
+    table
+};
+
 /// Appends `text` escaped as element content, per the rule in the module docs.
 fn escape_into(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
@@ -54,6 +88,10 @@ fn escape_into(out: &mut Vec<u8>, text: &str) {
     let mut run_start = 0;
     let mut i = 0;
     while i < bytes.len() {
+        if !ATTENTION[bytes[i] as usize] {
+            i += 1;
+            continue;
+        }
         let (replacement, width): (&[u8], usize) = match bytes[i] {
             b'<' => (b"&lt;", 1),
             b'>' => (b"&gt;", 1),
