@@ -12,13 +12,14 @@
 //! caller gives. That keeps the audit testable without a data dir, and lets `cbctl replay`
 //! read snapshots sequentially and render on a second core while the fold goes on.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cb_core::{
     render, Attempt, Callback, Core, DeliveryId, Digest, Effect, FileKey, MachineKey, Record,
     RecordKind, Seq, Snapshot, StateName,
 };
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
 /// A recorded outcome that does not match what the core decides.
@@ -82,9 +83,9 @@ pub struct Check {
 /// The audit in progress: the fold, and what it decided that no outcome has answered yet.
 pub struct Audit {
     core: Core,
-    decided: HashMap<(MachineKey, DeliveryId, u32), Decided>,
-    files: HashSet<FileKey>,
-    callbacks: HashSet<(cb_core::ProjectId, cb_core::CallbackName)>,
+    decided: FxHashMap<(MachineKey, DeliveryId, u32), Decided>,
+    files: FxHashSet<FileKey>,
+    callbacks: FxHashSet<(cb_core::ProjectId, cb_core::CallbackName)>,
     checks: Vec<Check>,
     summary: Summary,
     effects: Vec<Effect>,
@@ -101,9 +102,9 @@ impl Audit {
     pub fn new() -> Audit {
         Audit {
             core: Core::new(),
-            decided: HashMap::new(),
-            files: HashSet::new(),
-            callbacks: HashSet::new(),
+            decided: FxHashMap::default(),
+            files: FxHashSet::default(),
+            callbacks: FxHashSet::default(),
             checks: Vec::new(),
             summary: Summary::default(),
             effects: Vec::new(),
@@ -149,18 +150,20 @@ impl Audit {
         self.core.advance(record.at, &mut effects);
         self.decide_all(&mut effects);
         match &record.kind {
-            RecordKind::ChangeAppended { file, .. } => {
+            RecordKind::ChangeAppended { file, .. } if !self.files.contains(file) => {
                 self.files.insert(file.clone());
             }
             RecordKind::CallbackPut { project, name, .. } => {
                 self.callbacks.insert((project.clone(), name.clone()));
             }
             RecordKind::AttemptFinished(report) => {
-                *self
-                    .summary
-                    .outcomes
-                    .entry(report.outcome.class().to_owned())
-                    .or_default() += 1;
+                let class = report.outcome.class();
+                match self.summary.outcomes.get_mut(class) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.summary.outcomes.insert(class.to_owned(), 1);
+                    }
+                }
                 let key = (report.machine.clone(), report.delivery, report.attempt);
                 match self.decided.remove(&key) {
                     None => self.diverge(

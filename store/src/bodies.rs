@@ -51,6 +51,9 @@ pub(crate) struct Directory {
     pub(crate) offset: u64,
     /// `(seq, frame length)`, seqs increasing.
     pub(crate) bodies: Vec<(Seq, u32)>,
+    /// `starts[i]`: where body `i` starts, relative to `offset` (derived, not stored), so
+    /// that finding one of 4096 bodies does not sum the lengths before it.
+    starts: Vec<u64>,
 }
 
 impl Directory {
@@ -99,11 +102,25 @@ impl Directory {
                 )
             })
             .collect();
-        Ok(Directory {
+        Ok(Directory::new(segment, offset, bodies))
+    }
+
+    pub(crate) fn new(segment: u32, offset: u64, bodies: Vec<(Seq, u32)>) -> Directory {
+        let mut at = 0;
+        let starts = bodies
+            .iter()
+            .map(|(_, len)| {
+                let start = at;
+                at += u64::from(*len);
+                start
+            })
+            .collect();
+        Directory {
             segment,
             offset,
             bodies,
-        })
+            starts,
+        }
     }
 
     /// The first and last versions listed.
@@ -124,8 +141,7 @@ impl Directory {
     /// The offset (relative to [`offset`](Self::offset)) and length of `seq`'s frame.
     pub(crate) fn locate(&self, seq: Seq) -> Option<(u64, u32)> {
         let i = self.bodies.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
-        let before: u64 = self.bodies[..i].iter().map(|(_, l)| u64::from(*l)).sum();
-        Some((before, self.bodies[i].1))
+        Some((self.starts[i], self.bodies[i].1))
     }
 }
 
@@ -346,14 +362,7 @@ impl BodyWriter {
             self.current()
                 .write_all(&self.buf)
                 .map_err(Error::io("writing snapshot bodies"))?;
-            directories.push((
-                run[0].0,
-                Directory {
-                    segment: self.segment,
-                    offset: self.len,
-                    bodies: listed,
-                },
-            ));
+            directories.push((run[0].0, Directory::new(self.segment, self.len, listed)));
             self.len += bytes;
             rest = after;
         }
@@ -422,11 +431,7 @@ mod tests {
 
     #[test]
     fn directories_round_trip_and_locate_bodies() {
-        let d = Directory {
-            segment: 3,
-            offset: 100,
-            bodies: vec![(Seq(5), 10), (Seq(9), 20), (Seq(12), 7)],
-        };
+        let d = Directory::new(3, 100, vec![(Seq(5), 10), (Seq(9), 20), (Seq(12), 7)]);
         let bytes = d.encode();
         assert_eq!(Directory::decode(Seq(5), &bytes).unwrap(), d);
         assert_eq!(d.locate(Seq(12)), Some((30, 7)));
