@@ -3,13 +3,15 @@
 //! Appenders hand a [`Request`] to the committer thread and wait for its reply. The thread
 //! takes the first request, then everything else already queued (up to
 //! [`StoreOptions::max_group_records`](crate::StoreOptions::max_group_records)), and commits
-//! the group: sequence numbers and one timestamp are assigned, every record, body and index
-//! entry goes into one sled batch, and sled `flush`es it. The group then passes to the sync
-//! thread, which `fdatasync`s and only then replies — one sync shared by every appender of
-//! the group. The two threads form a pipeline: while one group waits for the disk's cache
-//! flush, the next is already being written, so a group costs the longer of the two steps,
-//! not their sum; and while a group syncs, the next one queues up, so the sync rate, not the
-//! append rate, sets the number of syncs.
+//! the group: sequence numbers and one timestamp are assigned, the bodies are written to
+//! their segment (and synced), and every record, body directory and index entry goes into
+//! one sled batch. The group then passes to the sync thread, which takes every group written
+//! meanwhile, has sled `flush` them and `fdatasync`s, and only then replies — one flush and
+//! one sync shared by every appender of those groups. The two threads form a pipeline:
+//! while groups wait for the disk, the next ones are already being written, so the sync
+//! rate, not the append rate, sets the number of flushes and syncs. (Flushing in the
+//! committer, once per group, made many small groups — the outcomes of a delivery burst —
+//! pay one sled flush each, and its I/O threads were a seventh of the daemon's CPU.)
 //!
 //! Being the only writer of the log is what makes sequence numbers dense and increasing and
 //! timestamps non-decreasing without a lock.
@@ -77,7 +79,6 @@ struct Staging {
 /// What the committer needs besides the queue.
 pub(crate) struct Committer {
     pub(crate) tree: sled::Tree,
-    pub(crate) db: sled::Db,
     pub(crate) index: Arc<FileIndex>,
     pub(crate) durability: Durability,
     pub(crate) max_group_records: usize,
@@ -102,6 +103,7 @@ struct Written {
 /// The second stage: makes written groups durable, then replies, in log order.
 pub(crate) struct Syncer {
     pub(crate) tree: sled::Tree,
+    pub(crate) db: sled::Db,
     pub(crate) index: Arc<FileIndex>,
     pub(crate) durability: Durability,
     pub(crate) on_commit: Option<CommitHook>,
@@ -116,8 +118,9 @@ pub(crate) struct Syncer {
 
 impl Committer {
     pub(crate) fn run(mut self, queue: Receiver<Request>) {
-        // Two groups in the pipeline at most: one syncing, one written and waiting.
-        let (to_sync, written) = mpsc::sync_channel::<Written>(1);
+        // Groups written and not yet synced: the sync thread takes them all at once, so this
+        // bounds how far writing runs ahead of the disk.
+        let (to_sync, written) = mpsc::sync_channel::<Written>(64);
         let syncer = self.syncer.take().expect("a committer runs once");
         let sync_thread = std::thread::Builder::new()
             .name("cb-store-sync".into())
@@ -211,12 +214,6 @@ impl Committer {
                     batch.insert(&codec::seq_key(DIRECTORIES, first), directory.encode());
                 }
                 self.tree.apply_batch(batch).map_err(Error::from)
-            })
-            .and_then(|()| match self.durability {
-                Durability::Buffered => Ok(()),
-                Durability::SledFlush | Durability::Sync => {
-                    self.db.flush().map(drop).map_err(Error::from)
-                }
             });
         if let Err(e) = written {
             // The group may be partly on disk or not at all; only a reopen (sled's recovery
@@ -230,8 +227,8 @@ impl Committer {
             }
             return None;
         }
-        // Indexed now, after the flush but before the sync, so that the next group's
-        // redelivers see these changes; readers never look past the durable tip.
+        // Indexed now, before the sync, so that the next group's redelivers see these
+        // changes; readers never look past the durable tip.
         self.index.note(&records);
         Some(Written { records, accepted })
     }
@@ -368,7 +365,10 @@ impl Committer {
 
 impl Syncer {
     fn run(mut self, written: Receiver<Written>) {
-        for w in written {
+        let mut groups = Vec::new();
+        while let Ok(first) = written.recv() {
+            groups.push(first);
+            groups.extend(written.try_iter());
             let failed = self.poisoned.lock().expect("poison flag").clone();
             let result = match failed {
                 Some(why) => Err(why),
@@ -376,18 +376,22 @@ impl Syncer {
             };
             if let Err(why) = result {
                 *self.poisoned.lock().expect("poison flag") = Some(why.clone());
-                for (reply, _) in w.accepted {
-                    reply(Err(Error::Poisoned(why.clone())));
+                for w in groups.drain(..) {
+                    for (reply, _) in w.accepted {
+                        reply(Err(Error::Poisoned(why.clone())));
+                    }
                 }
                 continue;
             }
-            let last = w.records.last().expect("groups are not empty").seq;
-            self.tip.store(last.0, Ordering::Release);
-            for (reply, appended) in w.accepted {
-                reply(Ok(appended));
-            }
-            if let Some(hook) = &mut self.on_commit {
-                hook(&w.records);
+            for w in groups.drain(..) {
+                let last = w.records.last().expect("groups are not empty").seq;
+                self.tip.store(last.0, Ordering::Release);
+                for (reply, appended) in w.accepted {
+                    reply(Ok(appended));
+                }
+                if let Some(hook) = &mut self.on_commit {
+                    hook(&w.records);
+                }
             }
             if let Err(e) = self.index.maybe_write_segment(&self.tree) {
                 *self.poisoned.lock().expect("poison flag") =
@@ -397,6 +401,11 @@ impl Syncer {
     }
 
     fn make_durable(&mut self) -> Result<()> {
+        if self.durability == Durability::Buffered {
+            return Ok(());
+        }
+        // Every group handed over so far is applied to sled: one flush writes them all.
+        self.db.flush()?;
         if self.durability != Durability::Sync {
             return Ok(());
         }

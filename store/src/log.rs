@@ -4,6 +4,7 @@
 //! only writer of the sled tree; see `commit.rs` for how appends are grouped and made
 //! durable, and `codec.rs` for what is stored under which key.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -149,6 +150,7 @@ struct Shared {
     db: sled::Db,
     index: Arc<FileIndex>,
     bodies: Arc<BodyLog>,
+    directories: DirectoryCache,
     /// Whether the log still has bodies stored inside sled (`B` chunks, written by format
     /// 2); they stay readable where they are.
     legacy_bodies: bool,
@@ -213,6 +215,7 @@ impl Store {
         let poisoned = Arc::new(Mutex::new(None));
         let syncer = Syncer {
             tree: tree.clone(),
+            db: db.clone(),
             index: index.clone(),
             durability: options.durability,
             on_commit: options.on_commit,
@@ -226,7 +229,6 @@ impl Store {
         };
         let committer = Committer {
             tree: tree.clone(),
-            db: db.clone(),
             index: index.clone(),
             durability: options.durability,
             max_group_records: options.max_group_records.max(1),
@@ -250,6 +252,7 @@ impl Store {
                 db,
                 index,
                 bodies,
+                directories: DirectoryCache::default(),
                 legacy_bodies,
                 data_file,
                 tip,
@@ -604,11 +607,53 @@ fn last_record(tree: &sled::Tree) -> Result<Option<Record>> {
 pub struct SnapshotReader<'s> {
     store: &'s Store,
     /// The current directory, with its first and last versions.
-    directory: Option<(Seq, Seq, Directory)>,
+    directory: Option<(Seq, Seq, Arc<Directory>)>,
     /// The bytes of the current directory's bodies, once a second body of it was asked for.
     run: Option<Vec<u8>>,
     /// A format-2 bodies chunk held in sled: its first and last versions, and its bytes.
     legacy: Option<(Seq, Seq, sled::IVec)>,
+}
+
+/// Recently used body directories, decoded: the dispatcher reads the snapshots of recent
+/// changes, a few thousand to a directory, and decoding one for every read was a tenth of
+/// its time. Directories never change once written, so entries never go stale.
+#[derive(Default)]
+struct DirectoryCache {
+    by_first: Mutex<BTreeMap<Seq, (Seq, Arc<Directory>)>>,
+}
+
+/// Directories the cache keeps (at most ~50 KB each).
+const CACHED_DIRECTORIES: usize = 64;
+
+impl DirectoryCache {
+    /// The directory that lists `version`, with its first and last versions.
+    fn find(&self, tree: &sled::Tree, version: Seq) -> Result<Option<(Seq, Seq, Arc<Directory>)>> {
+        {
+            let cached = self.by_first.lock().expect("directory cache");
+            if let Some((first, (last, d))) = cached.range(..=version).next_back() {
+                if version <= *last {
+                    return Ok(Some((*first, *last, d.clone())));
+                }
+            }
+        }
+        let Some((first, bytes)) = chunk_at_or_before(tree, DIRECTORIES, version)? else {
+            return Ok(None);
+        };
+        let directory = Arc::new(Directory::decode(first, &bytes)?);
+        let Some((_, last)) = directory.span() else {
+            return Ok(None);
+        };
+        if version > last {
+            return Ok(None);
+        }
+        let mut cached = self.by_first.lock().expect("directory cache");
+        if cached.len() >= CACHED_DIRECTORIES {
+            // The oldest go first: reads favour recent changes.
+            cached.pop_first();
+        }
+        cached.insert(first, (last, directory.clone()));
+        Ok(Some((first, last, directory)))
+    }
 }
 
 /// The most bytes of one directory's bodies a [`SnapshotReader`] holds at once.
@@ -628,14 +673,7 @@ impl SnapshotReader<'_> {
         if !held {
             self.directory = None;
             self.run = None;
-            if let Some((first, bytes)) = chunk_at_or_before(&shared.tree, DIRECTORIES, version)? {
-                let directory = Directory::decode(first, &bytes)?;
-                if let Some((_, last)) = directory.span() {
-                    if version <= last {
-                        self.directory = Some((first, last, directory));
-                    }
-                }
-            }
+            self.directory = shared.directories.find(&shared.tree, version)?;
         }
         let Some((_, _, directory)) = &self.directory else {
             return self.get_legacy(version);
