@@ -16,7 +16,7 @@
 //! Being the only writer of the log is what makes sequence numbers dense and increasing and
 //! timestamps non-decreasing without a lock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::PathBuf;
@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+use rustc_hash::FxHashMap;
 
 use cb_core::{FileKey, Record, RecordKind, Scope, Seq, Timestamp};
 
@@ -181,7 +183,7 @@ impl Committer {
         let mut batch = sled::Batch::default();
         let mut staging = Staging::default();
         // Versions of files changed earlier in this group, not yet readable from the index.
-        let mut staged_versions: HashMap<FileKey, Seq> = HashMap::new();
+        let mut staged_versions: FxHashMap<FileKey, Seq> = FxHashMap::default();
         let mut accepted: Vec<(Reply, Appended)> = Vec::with_capacity(group.len());
         for req in group.drain(..) {
             let staged = match req.batch {
@@ -239,14 +241,14 @@ impl Committer {
         at: Timestamp,
         batch: &mut sled::Batch,
         staging: &mut Staging,
-        staged_versions: &mut HashMap<FileKey, Seq>,
+        staged_versions: &mut FxHashMap<FileKey, Seq>,
     ) -> Result<Appended> {
         let first = self.next;
         // An import earlier in this group may have moved time past the group's stamp.
         let at = at.max(self.last_at);
         // Look the versions up before staging anything, so a failed read stages nothing;
         // changes earlier in this request count, at the numbers they are about to get.
-        let mut own_versions: HashMap<&FileKey, Seq> = HashMap::new();
+        let mut own_versions: FxHashMap<&FileKey, Seq> = FxHashMap::default();
         let mut versions = Vec::new();
         for (i, item) in items.iter().enumerate() {
             match &item.kind {
@@ -293,7 +295,7 @@ impl Committer {
         items: Vec<(Record, Option<Vec<u8>>)>,
         batch: &mut sled::Batch,
         staging: &mut Staging,
-        staged_versions: &mut HashMap<FileKey, Seq>,
+        staged_versions: &mut FxHashMap<FileKey, Seq>,
     ) -> Result<Appended> {
         let first = self.next;
         let (mut expect, mut last_at) = (self.next, self.last_at);
@@ -338,7 +340,7 @@ impl Committer {
         body: Option<Vec<u8>>,
         batch: &mut sled::Batch,
         staging: &mut Staging,
-        staged_versions: &mut HashMap<FileKey, Seq>,
+        staged_versions: &mut FxHashMap<FileKey, Seq>,
     ) {
         assert_eq!(record.seq, self.next, "sequence numbers are dense");
         let seq = record.seq;

@@ -19,7 +19,9 @@
 //!
 //! Project-scoped records (callback configuration) are rare and keep one `P` key each.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Mutex;
 
 use cb_core::{FileKey, Record, Scope, Seq};
@@ -50,7 +52,7 @@ struct State {
     /// First seqs of the segments, ascending.
     segments: Vec<Seq>,
     /// File-scoped records after `indexed_through` (written, perhaps not yet durable).
-    tail: HashMap<FileKey, Entries>,
+    tail: FxHashMap<FileKey, Entries>,
     /// The last seq noted.
     noted_through: Seq,
 }
@@ -102,7 +104,7 @@ impl FileIndex {
             state: Mutex::new(State {
                 indexed_through,
                 segments,
-                tail: HashMap::new(),
+                tail: FxHashMap::default(),
                 noted_through: indexed_through,
             }),
             span: span.max(1),
