@@ -130,12 +130,10 @@ impl Directory {
 
     /// Where the listed bodies end in their segment.
     pub(crate) fn end(&self) -> u64 {
-        self.offset
-            + self
-                .bodies
-                .iter()
-                .map(|(_, len)| u64::from(*len))
-                .sum::<u64>()
+        match (self.starts.last(), self.bodies.last()) {
+            (Some(start), Some((_, len))) => self.offset + start + u64::from(*len),
+            _ => self.offset,
+        }
     }
 
     /// The offset (relative to [`offset`](Self::offset)) and length of `seq`'s frame.
@@ -285,16 +283,29 @@ impl BodyLog {
 
     /// Reads `len` bytes at `offset` of segment `segment` (for change `seq`, named in errors).
     pub(crate) fn read(&self, seq: Seq, segment: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let file = self.segment(segment, seq)?;
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset)
-            .map_err(|e| Error::Corrupt {
-                seq,
-                reason: format!(
-                    "its body ({len} bytes at {offset} of segment {segment}) cannot be read: {e}"
-                ),
-            })?;
+        let mut buf = Vec::new();
+        self.read_into(seq, segment, offset, len, &mut buf)?;
         Ok(buf)
+    }
+
+    /// [`read`](Self::read) into `buf` (replacing its contents), so that a reader of many
+    /// runs reuses one buffer instead of mapping and zeroing megabytes for each.
+    pub(crate) fn read_into(
+        &self,
+        seq: Seq,
+        segment: u32,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let file = self.segment(segment, seq)?;
+        buf.resize(len, 0);
+        file.read_exact_at(buf, offset).map_err(|e| Error::Corrupt {
+            seq,
+            reason: format!(
+                "its body ({len} bytes at {offset} of segment {segment}) cannot be read: {e}"
+            ),
+        })
     }
 
     /// `fdatasync`s the newest segment (what [`Store::sync`](crate::Store::sync) adds for

@@ -419,7 +419,8 @@ impl Store {
         SnapshotReader {
             store: self,
             directory: None,
-            run: None,
+            run: Vec::new(),
+            run_loaded: false,
             legacy: None,
         }
     }
@@ -608,8 +609,10 @@ pub struct SnapshotReader<'s> {
     store: &'s Store,
     /// The current directory, with its first and last versions.
     directory: Option<(Seq, Seq, Arc<Directory>)>,
-    /// The bytes of the current directory's bodies, once a second body of it was asked for.
-    run: Option<Vec<u8>>,
+    /// The bytes of the current directory's bodies, once a second body of it was asked for
+    /// (`run_loaded`); the buffer is kept from run to run.
+    run: Vec<u8>,
+    run_loaded: bool,
     /// A format-2 bodies chunk held in sled: its first and last versions, and its bytes.
     legacy: Option<(Seq, Seq, sled::IVec)>,
 }
@@ -672,7 +675,7 @@ impl SnapshotReader<'_> {
             .is_some_and(|(first, last, _)| *first <= version && version <= *last);
         if !held {
             self.directory = None;
-            self.run = None;
+            self.run_loaded = false;
             self.directory = shared.directories.find(&shared.tree, version)?;
         }
         let Some((_, _, directory)) = &self.directory else {
@@ -687,26 +690,24 @@ impl SnapshotReader<'_> {
             directory.end() - directory.offset,
         );
         let (at, len) = (at as usize, len as usize);
-        if self.run.is_none() && held && run_len <= RUN_BYTES {
+        if !self.run_loaded && held && run_len <= RUN_BYTES {
             // A second body of this directory: read the run once for all that follow.
-            self.run = Some(
-                shared
-                    .bodies
-                    .read(version, segment, offset, run_len as usize)?,
-            );
+            shared
+                .bodies
+                .read_into(version, segment, offset, run_len as usize, &mut self.run)?;
+            self.run_loaded = true;
         }
         let owned;
-        let frame = match &self.run {
-            Some(run) => run.get(at..at + len).ok_or_else(|| Error::Corrupt {
+        let frame = if self.run_loaded {
+            self.run.get(at..at + len).ok_or_else(|| Error::Corrupt {
                 seq: version,
                 reason: "its body lies outside its directory's run".into(),
-            })?,
-            None => {
-                owned = shared
-                    .bodies
-                    .read(version, segment, offset + at as u64, len)?;
-                &owned[..]
-            }
+            })?
+        } else {
+            owned = shared
+                .bodies
+                .read(version, segment, offset + at as u64, len)?;
+            &owned[..]
         };
         codec::decode_body(version, frame).map(Some)
     }
