@@ -36,7 +36,9 @@ pub enum Durability {
     /// necessarily a power loss. For measuring what the extra sync costs.
     SledFlush,
     /// No flush per append (sled writes in the background within about half a second):
-    /// for bulk imports that end with [`Store::sync`], and for tests.
+    /// for bulk imports that end with [`Store::sync`], and for tests. A power loss before
+    /// that sync can leave sled pointing past the end of the body segments, and such a
+    /// dir refuses to open ([`Error::Corrupt`]): redo the import.
     Buffered,
 }
 
@@ -336,12 +338,13 @@ impl Store {
     /// Makes everything appended so far durable, whatever the [`Durability`]: sled `flush`
     /// and `fdatasync` of its data file and blob files.
     pub fn sync(&self) -> Result<()> {
+        // Bodies first: what sled points at is on disk before the pointers are.
+        self.shared.bodies.sync()?;
         self.shared.db.flush()?;
         self.shared
             .data_file
             .sync_data()
             .map_err(Error::io("fdatasync of the log"))?;
-        self.shared.bodies.sync()?;
         crate::commit::sync_blobs(
             &self.shared.dir.log_path().join("blobs"),
             &mut Default::default(),
