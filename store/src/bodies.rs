@@ -31,7 +31,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use cb_core::Seq;
+use cb_core::{Seq, Snapshot};
 
 use crate::codec;
 use crate::dir::sync_dir;
@@ -43,6 +43,13 @@ pub(crate) const DIRECTORIES: u8 = b'V';
 pub(crate) const DIRECTORY_BODIES: usize = 4096;
 /// A segment is closed and the next one started once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 256 * 1024 * 1024;
+/// The highest segment number a directory may name (far beyond any real log: 256 TiB of
+/// bodies at the default size), so that a damaged one cannot size the segment table.
+const MAX_SEGMENT: u32 = 1 << 20;
+/// The largest body frame: a CRC, a count, the offsets and the text of the largest snapshot.
+const MAX_FRAME: usize = 8 + 4 * 2 * Snapshot::MAX_FIELDS + Snapshot::MAX_BYTES;
+/// Where a segment's bodies may end at most: far past any configured segment size.
+const MAX_SEGMENT_END: u64 = 1 << 40;
 
 /// Where a run of contiguous bodies lies: parsed from a directory value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +100,7 @@ impl Directory {
                 rest.len()
             )));
         }
-        let bodies = rest
+        let bodies: Vec<(Seq, u32)> = rest
             .chunks_exact(12)
             .map(|e| {
                 (
@@ -102,6 +109,32 @@ impl Directory {
                 )
             })
             .collect();
+        // The CRC shows these are the bytes written; this shows they are a directory this
+        // code could have written, so that nothing below can overflow, allocate without
+        // bound, or cut a segment at a wrapped-around offset.
+        if segment == 0 || segment > MAX_SEGMENT {
+            return Err(corrupt(format!("segment {segment} is out of range")));
+        }
+        if bodies.first().is_some_and(|(seq, _)| *seq != first) {
+            return Err(corrupt(
+                "its first body is not the one its key names".into(),
+            ));
+        }
+        if bodies.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(corrupt("its bodies are not in increasing order".into()));
+        }
+        if let Some((seq, len)) = bodies.iter().find(|(_, len)| *len as usize > MAX_FRAME) {
+            return Err(corrupt(format!("body {seq} claims {len} bytes")));
+        }
+        let total: u64 = bodies.iter().map(|(_, len)| u64::from(*len)).sum();
+        if offset
+            .checked_add(total)
+            .is_none_or(|end| end > MAX_SEGMENT_END)
+        {
+            return Err(corrupt(format!(
+                "{total} bytes at offset {offset} lie beyond any segment"
+            )));
+        }
         Ok(Directory::new(segment, offset, bodies))
     }
 
@@ -237,13 +270,16 @@ impl BodyLog {
         }
         if on_disk > end {
             // Written for a group whose sled batch never became durable: never acknowledged.
-            file.set_len(end)
-                .and_then(|()| file.sync_all())
-                .map_err(Error::io(format!(
-                    "cutting the unreferenced tail of {}",
-                    path.display()
-                )))?;
+            file.set_len(end).map_err(Error::io(format!(
+                "cutting the unreferenced tail of {}",
+                path.display()
+            )))?;
         }
+        // A run that appended without syncing (an import, `Buffered`) may have left sled
+        // pointing at bytes only in the page cache. The caller syncs sled's recovered file
+        // after this, so the bodies become durable first.
+        file.sync_all()
+            .map_err(Error::io(format!("syncing {}", path.display())))?;
         if !numbers.contains(&segment) {
             sync_dir(dir)?;
         }
@@ -455,6 +491,30 @@ mod tests {
             Directory::decode(Seq(5), &bad),
             Err(Error::Corrupt { seq: Seq(5), .. })
         ));
+    }
+
+    #[test]
+    fn a_directory_this_code_could_not_have_written_is_refused() {
+        let ok = Directory::new(1, 0, vec![(Seq(5), 10), (Seq(9), 20)]);
+        assert!(Directory::decode(Seq(5), &ok.encode()).is_ok());
+        let bad = [
+            (Seq(5), Directory::new(0, 0, vec![(Seq(5), 10)])),
+            (
+                Seq(5),
+                Directory::new(MAX_SEGMENT + 1, 0, vec![(Seq(5), 10)]),
+            ),
+            (Seq(4), Directory::new(1, 0, vec![(Seq(5), 10)])),
+            (
+                Seq(5),
+                Directory::new(1, 0, vec![(Seq(5), 10), (Seq(5), 10)]),
+            ),
+            (Seq(5), Directory::new(1, 0, vec![(Seq(5), u32::MAX)])),
+            (Seq(5), Directory::new(1, u64::MAX - 5, vec![(Seq(5), 10)])),
+        ];
+        for (first, d) in bad {
+            let err = Directory::decode(first, &d.encode()).unwrap_err();
+            assert!(matches!(err, Error::Corrupt { .. }), "{d:?}: {err}");
+        }
     }
 
     #[test]

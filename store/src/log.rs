@@ -188,11 +188,6 @@ impl Store {
             File::open(dir.log_path().join("db")).map_err(Error::io("opening sled's data file"))?;
         // sled created its files (db, conf, snapshots) in there.
         sync_dir(&dir.log_path())?;
-        // What sled recovered may have been written but never synced (a crash between a
-        // group's flush and its fdatasync): make it durable before anyone acts on it.
-        data_file
-            .sync_data()
-            .map_err(Error::io("fdatasync of the recovered log"))?;
 
         let (next, last_at) = match last_record(&tree)? {
             Some(r) => (Seq(r.seq.0 + 1), r.at),
@@ -207,6 +202,12 @@ impl Store {
             last_directory.as_ref().map(|(first, d)| (*first, d)),
             options.body_segment_bytes,
         )?;
+        // What sled recovered may have been written but never synced (a crash between a
+        // group's flush and its fdatasync): make it durable before anyone acts on it — after
+        // the bodies it points at, which `BodyLog::open` has just synced.
+        data_file
+            .sync_data()
+            .map_err(Error::io("fdatasync of the recovered log"))?;
         let legacy_bodies = tree.scan_prefix([BODIES]).next().is_some();
         let index = Arc::new(FileIndex::open(
             &tree,
@@ -338,7 +339,8 @@ impl Store {
     /// Makes everything appended so far durable, whatever the [`Durability`]: sled `flush`
     /// and `fdatasync` of its data file and blob files.
     pub fn sync(&self) -> Result<()> {
-        // Bodies first: what sled points at is on disk before the pointers are.
+        // Bodies first: what sled points at is on disk before the pointers are (for what
+        // was appended before this call; see `Durability::Buffered` for the rest).
         self.shared.bodies.sync()?;
         self.shared.db.flush()?;
         self.shared
