@@ -112,3 +112,12 @@ fn render_and_digest(bencher: divan::Bencher, format: &str) {
     .unwrap();
     bencher.bench(|| cb_core::render(&snapshot, &callback).digest());
 }
+
+/// Rebuilds the seed's sample from its stored parts, as replay and the dispatcher do for
+/// every snapshot they read (structure and XML names checked).
+#[divan::bench]
+fn snapshot_from_stored_parts(bencher: divan::Bencher) {
+    let snapshot = seed_001_snapshot();
+    let (text, ends) = snapshot.as_parts();
+    bencher.bench(|| cb_core::Snapshot::from_stored_parts(divan::black_box(text), ends).unwrap());
+}

@@ -254,16 +254,21 @@ impl SnapshotBuilder {
 /// Colons are excluded so that a rendered `<result>` is well-formed for namespace-aware
 /// parsers too (an undeclared prefix is an error there).
 pub fn is_xml_name(s: &str) -> bool {
-    // Field names are ASCII nearly always; checking bytes is several times faster than
-    // decoding chars, and replay checks every name of every snapshot it renders.
+    // Field names are ASCII nearly always, and replay checks every name of every snapshot it
+    // renders: one table lookup per byte decides those; anything else takes the char path.
+    let bytes = s.as_bytes();
+    let Some((&first, rest)) = bytes.split_first() else {
+        return false;
+    };
+    if NAME_BYTES[usize::from(first)] & NAME_START != 0
+        && rest
+            .iter()
+            .all(|&b| NAME_BYTES[usize::from(b)] & NAME_CHAR != 0)
+    {
+        return true;
+    }
     if s.is_ascii() {
-        return match s.as_bytes() {
-            [first, rest @ ..] => matches!(first, b'A'..=b'Z' | b'a'..=b'z' | b'_')
-                && rest.iter().all(
-                    |b| matches!(b, b'A'..=b'Z' | b'a'..=b'z' | b'_' | b'-' | b'.' | b'0'..=b'9'),
-                ),
-            [] => false,
-        };
+        return false;
     }
     let mut chars = s.chars();
     match chars.next() {
@@ -272,7 +277,30 @@ pub fn is_xml_name(s: &str) -> bool {
     }
 }
 
-fn is_name_start(c: char) -> bool {
+/// [`NAME_BYTES`] flag: the ASCII byte may start an XML name.
+const NAME_START: u8 = 1;
+/// [`NAME_BYTES`] flag: the ASCII byte may follow the first in an XML name.
+const NAME_CHAR: u8 = 2;
+
+/// For each byte, whether it is an ASCII name start and name character; `0` for every
+/// non-ASCII byte, which sends the name to the `char` path.
+const NAME_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8 as char;
+        if is_name_start(c) {
+            table[b] |= NAME_START;
+        }
+        if is_name_char(c) {
+            table[b] |= NAME_CHAR;
+        }
+        b += 1;
+    }
+    table
+};
+
+const fn is_name_start(c: char) -> bool {
     matches!(c,
         'A'..='Z' | '_' | 'a'..='z'
         | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}' | '\u{F8}'..='\u{2FF}'
@@ -281,7 +309,7 @@ fn is_name_start(c: char) -> bool {
         | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}' | '\u{10000}'..='\u{EFFFF}')
 }
 
-fn is_name_char(c: char) -> bool {
+const fn is_name_char(c: char) -> bool {
     is_name_start(c)
         || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
@@ -414,6 +442,28 @@ mod tests {
         assert!(is_xml_name("publicUrl"));
         assert!(is_xml_name("user_name"));
         assert!(is_xml_name("名前"));
+    }
+
+    /// The byte table decides exactly what the `char` rules decide, for every ASCII name of
+    /// up to two bytes, and hands mixed names to them.
+    #[test]
+    fn the_name_table_agrees_with_the_char_rules() {
+        let by_chars = |s: &str| {
+            let mut chars = s.chars();
+            chars.next().is_some_and(is_name_start) && chars.all(is_name_char)
+        };
+        for a in 0u8..128 {
+            let one = (a as char).to_string();
+            assert_eq!(is_xml_name(&one), by_chars(&one), "{one:?}");
+            for b in 0u8..128 {
+                let two = format!("{}{}", a as char, b as char);
+                assert_eq!(is_xml_name(&two), by_chars(&two), "{two:?}");
+            }
+        }
+        for mixed in ["a·b", "é", "aé", "a b", "1a", "-a", "a\u{300}", "·a"] {
+            assert_eq!(is_xml_name(mixed), by_chars(mixed), "{mixed:?}");
+        }
+        assert!(!is_xml_name(""));
     }
 
     #[test]
