@@ -117,7 +117,7 @@ impl FileHistory {
             cause,
             effects,
             version: entry.map(|e| e.version),
-            machines: entry.map(|e| e.machines.clone()).unwrap_or_default(),
+            machines: entry.map(|e| e.machines.to_vec()).unwrap_or_default(),
         });
     }
 

@@ -51,7 +51,7 @@ pub use config::{
 pub use digest::Digest;
 pub use effect::{Attempt, Effect};
 pub use event::{EventKind, EventSet, UnknownEvent};
-pub use fold::{Census, Checkpoint, Core, Disposition, FileEntry, Ignored};
+pub use fold::{Census, Checkpoint, Core, Disposition, FileEntry, Ignored, Machines};
 pub use history::{Cause, FileHistory, Step};
 pub use ids::{
     CallbackName, CallbackRef, DeliveryId, FileId, FileKey, IdError, MachineKey, ProjectId, Seq,

@@ -74,3 +74,26 @@ proptest! {
         prop_assert_eq!(back, snapshot);
     }
 }
+
+/// A file's machines are kept inline (`Machines`, a small vector) where they were a `Vec`:
+/// they must encode as the same sequence, so that checkpoints written before still decode.
+#[test]
+fn inline_machines_encode_as_the_vec_they_replaced() {
+    // Two files with a machine of each callback: more than the inline room.
+    let sim = support::sim(
+        "put a window=10
+         put b window=10
+         @0 change f1 rated
+         @1 change f2 rated",
+    );
+    let cp = sim.core.checkpoint();
+    let mut seen = 0;
+    for (_, entry) in &cp.files {
+        let as_vec: Vec<_> = entry.machines.to_vec();
+        assert_eq!(bin(&entry.machines), bin(&as_vec));
+        let back: cb_core::Machines = unbin(&bin(&as_vec));
+        assert_eq!(back, entry.machines);
+        seen += entry.machines.len();
+    }
+    assert_eq!(seen, 4, "the history leaves machines to encode");
+}
