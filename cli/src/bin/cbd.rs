@@ -24,6 +24,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    cb_cli::pages::keep_small_pages();
     let args = Args::parse();
     let settings = match Settings::resolve(args) {
         Ok(s) => s,

@@ -280,6 +280,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             effects.clear();
         }
         store.write_checkpoint(&core.checkpoint())?;
+        // The log was written without syncs, for speed; a daemon restarts on a durable log
+        // (every acknowledgement waited for fdatasync), so the restart must not also time
+        // the disk writing the generator's bytes back.
+        store.sync()?;
     }
     eprintln!("restart of cbd on that log…");
     let (restart, tail) = restart_time(&cbd, &log_dir)?;
@@ -357,23 +361,6 @@ fn cbd_path() -> anyhow::Result<PathBuf> {
 
 const TOKEN: &str = "cb-bench-token-0123456789";
 
-/// cbctl turns transparent huge pages off for itself (`keep_small_pages`), and children
-/// inherit that; the cbd it measures must run as it does on its own.
-fn huge_pages_as_in_production(command: &mut Command) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: between fork and exec the closure makes one syscall, which allocates
-        // nothing and takes no lock (async-signal-safe).
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0);
-                Ok(())
-            });
-        }
-    }
-}
-
 /// A `cbd` child process on `dir`, port 0, private targets allowed.
 struct Daemon {
     child: Child,
@@ -383,9 +370,7 @@ struct Daemon {
 impl Daemon {
     fn spawn(cbd: &Path, dir: &Path) -> anyhow::Result<Daemon> {
         let stderr = std::fs::File::create(dir.with_extension("stderr"))?;
-        let mut command = Command::new(cbd);
-        huge_pages_as_in_production(&mut command);
-        let mut child = command
+        let mut child = Command::new(cbd)
             .arg("--data-dir")
             .arg(dir)
             .args(["--listen", "127.0.0.1:0", "--allow-private-targets"])

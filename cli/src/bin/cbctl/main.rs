@@ -267,7 +267,7 @@ enum CallbacksAction {
 }
 
 fn main() -> ExitCode {
-    keep_small_pages();
+    cb_cli::pages::keep_small_pages();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -275,20 +275,6 @@ fn main() -> ExitCode {
             eprintln!("cbctl: {}", cb_cli::error::one_line(e.as_ref()));
             ExitCode::from(2)
         }
-    }
-}
-
-/// Turns transparent huge pages off for this process. mimalloc asks for them on its arenas,
-/// and the first touch of each one makes the kernel zero 2 MiB: on a virtual machine, where
-/// that first touch is also the host's, it was a seventh of the replay fold thread's samples (perf:
-/// `clear_page_erms` under `do_huge_pmd_anonymous_page`), and a replay only ever touches a
-/// few hundred MiB once. (`cbctl bench` gives the cbd it starts the kernel's default back.)
-fn keep_small_pages() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_THP_DISABLE sets one flag of this process and reads no memory; a
-    // failure only leaves huge pages on, which is correct, just slower.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
 
