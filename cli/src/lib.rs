@@ -2,8 +2,7 @@
 //! `server` around a `cb_dispatcher::Dispatcher`; `cbctl` is `replay` (the audit) plus views of the log; `ingest` validates request bodies, `view`
 //! renders state as JSON, `error` is the API's error answer, `pages` keeps both binaries on
 //! small memory pages.
-// `pages` makes the one system call that needs `unsafe`; everything else is safe code.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;

@@ -79,7 +79,7 @@ proptest! {
 /// they must encode as the same sequence, so that checkpoints written before still decode.
 #[test]
 fn inline_machines_encode_as_the_vec_they_replaced() {
-    // Two files with a machine of each callback: more than the inline room.
+    // Two files with a machine of each callback.
     let sim = support::sim(
         "put a window=10
          put b window=10
@@ -87,13 +87,19 @@ fn inline_machines_encode_as_the_vec_they_replaced() {
          @1 change f2 rated",
     );
     let cp = sim.core.checkpoint();
-    let mut seen = 0;
-    for (_, entry) in &cp.files {
-        let as_vec: Vec<_> = entry.machines.to_vec();
-        assert_eq!(bin(&entry.machines), bin(&as_vec));
+    let all: Vec<_> = cp
+        .files
+        .iter()
+        .flat_map(|(_, e)| e.machines.to_vec())
+        .collect();
+    assert_eq!(all.len(), 4, "the history leaves machines to encode");
+    // None, one (inline), two (spilled), four.
+    for n in [0, 1, 2, 4] {
+        let as_vec = all[..n].to_vec();
+        let machines: cb_core::Machines = as_vec.iter().cloned().collect();
+        assert_eq!(machines.spilled(), n > 1);
+        assert_eq!(bin(&machines), bin(&as_vec), "{n} machines");
         let back: cb_core::Machines = unbin(&bin(&as_vec));
-        assert_eq!(back, entry.machines);
-        seen += entry.machines.len();
+        assert_eq!(back, machines);
     }
-    assert_eq!(seen, 4, "the history leaves machines to encode");
 }

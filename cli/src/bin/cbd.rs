@@ -24,7 +24,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    cb_cli::pages::keep_small_pages();
+    let pages = cb_cli::pages::keep_small_pages();
     let args = Args::parse();
     let settings = match Settings::resolve(args) {
         Ok(s) => s,
@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init(),
     }
+    info!(%pages, "memory pages");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cbd")

@@ -280,10 +280,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             effects.clear();
         }
         store.write_checkpoint(&core.checkpoint())?;
-        // The log was written without syncs, for speed; a daemon restarts on a durable log
-        // (every acknowledgement waited for fdatasync), so the restart must not also time
-        // the disk writing the generator's bytes back.
-        store.sync()?;
     }
     eprintln!("restart of cbd on that log…");
     let (restart, tail) = restart_time(&cbd, &log_dir)?;

@@ -267,7 +267,8 @@ enum CallbacksAction {
 }
 
 fn main() -> ExitCode {
-    cb_cli::pages::keep_small_pages();
+    // Replays are faster on small pages; a failure only leaves them as the kernel sets them.
+    let _ = cb_cli::pages::keep_small_pages();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -655,7 +656,7 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
 }
 
 /// The audit of `cbctl replay` (and of `cbctl bench`'s fold figure): folds the log (or one
-/// file's records) up to `until`, verifying digests on one thread per core. Returns the
+/// file's records) up to `until`, verifying digests on `cores − 1` threads (at least one). Returns the
 /// summary and the attempts in flight at the end.
 pub(crate) fn audit(
     store: &Store,
@@ -663,9 +664,9 @@ pub(crate) fn audit(
     file: Option<FileKey>,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<(replay::Summary, usize)> {
-    // The fold runs here; digest checks go in batches to verifier threads (one per core)
-    // that read their snapshots in version order and render them. The fold alone keeps
-    // one core about half busy, so the verifiers take what is left of both.
+    // The fold runs here; digest checks go in batches to verifier threads that read their
+    // snapshots in version order and render them. The fold is the longest chain and keeps
+    // its core busy from start to end (docs/performance.md), so the verifiers get the rest.
     let (checks_tx, checks_rx) = std::sync::mpsc::sync_channel::<Vec<replay::Check>>(4);
     // Only the verifiers hold the receiving end: if they all die, sending fails instead of
     // blocking the fold forever.
