@@ -168,3 +168,39 @@ fn in_flight_attempts_resume_and_sigterm_is_graceful() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(receiver.count(), 3, "nothing was left in flight to resend");
 }
+
+/// A stop sent while cbd is still starting is caught, not fatal: cbd installs its signal
+/// handlers before it opens the data dir, so once `LOCK` exists a SIGTERM is cbd's to
+/// handle — it finishes starting, stops gracefully and exits 0. (With the handlers
+/// installed after "listening", a stop right after start killed cbd by the default action.)
+#[test]
+fn sigterm_while_starting_stops_gracefully() {
+    use std::process::{Command, Stdio};
+    for _ in 0..3 {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("data");
+        let child = Command::new(env!("CARGO_BIN_EXE_cbd"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("CBD_TOKEN", TOKEN)
+            .env("CBD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cbd");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !dir.join("LOCK").exists() {
+            assert!(Instant::now() < deadline, "cbd never locked its data dir");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let out = child.wait_with_output().expect("wait for cbd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {stderr}", out.status);
+        assert!(stderr.contains("stopping"), "{stderr}");
+    }
+}

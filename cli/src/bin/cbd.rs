@@ -15,7 +15,7 @@ use cb_cli::token::{Source, Token};
 use cb_dispatcher::Dispatcher;
 use clap::Parser;
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 // glibc's allocator spent a fifth of the delivery path consolidating and unlinking chunks
@@ -75,6 +75,10 @@ enum Stop {
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives once "listening" is printed (or while the log
+    // is restored) must stop cbd gracefully, not kill it by the default action. Installed
+    // later, a stop sent right after start exited by signal (an e2e test caught it).
+    let signals = Signals::install();
     let (mut dispatcher, started) = Dispatcher::start(settings.dispatcher())
         .await
         .with_context(|| format!("opening data dir {}", settings.data_dir.display()))?;
@@ -121,7 +125,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     ));
 
     let stop = tokio::select! {
-        s = signal() => Stop::Signal(s),
+        s = signals.recv() => Stop::Signal(s),
         () = dispatcher.stopped() => Stop::DriverStopped,
     };
     let _ = stop_tx.send(());
@@ -140,17 +144,33 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-async fn signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers cbd still runs; it stops when killed.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            (Err(e), _) | (_, Err(e)) => {
+                // Without handlers cbd still runs; it stops when killed.
+                warn!(error = %e, "cannot catch SIGTERM/SIGINT: cbd will not stop gracefully");
+                Signals(None)
+            }
+        }
+    }
+
+    /// The name of the first signal received (pending forever without handlers).
+    async fn recv(self) -> &'static str {
+        let Some((mut term, mut int)) = self.0 else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }
