@@ -194,10 +194,7 @@ fn sigterm_while_starting_stops_gracefully() {
             assert!(Instant::now() < deadline, "cbd never locked its data dir");
             std::thread::sleep(Duration::from_micros(200));
         }
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        crate::support::sigterm(&child);
         let out = child.wait_with_output().expect("wait for cbd");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{}: {stderr}", out.status);

@@ -71,12 +71,7 @@ impl Cbd {
 
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id() as i32;
-        // SAFETY-free: `kill` from the libc the std links is not exposed; use the binary.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
+        sigterm(&self.child);
         self.child.wait().expect("wait for cbd")
     }
 
@@ -223,6 +218,14 @@ pub fn wait_for(what: &str, limit: Duration, check: &mut dyn FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Sends SIGTERM to `child` (std offers only SIGKILL; the `kill` binary avoids `unsafe`).
+pub fn sigterm(child: &Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
 }
 
 fn spawn(dir: &Path, args: &[String]) -> (Child, SocketAddr) {
