@@ -54,10 +54,10 @@ impl Serialize for Digest {
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if d.is_human_readable() {
-            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-            Digest::from_hex(&s).map_err(|e| {
-                serde::de::Error::custom(format!("digest must be 64 lowercase hex digits: {e}"))
-            })
+            d.deserialize_str(crate::ids::ParseStr("digest", |s: &str| {
+                Digest::from_hex(s)
+                    .map_err(|e| format!("digest must be 64 lowercase hex digits: {e}"))
+            }))
         } else {
             <[u8; 32]>::deserialize(d).map(Digest)
         }

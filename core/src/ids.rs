@@ -60,6 +60,27 @@ fn check_id(kind: &'static str, s: &str, max: usize) -> Result<(), IdError> {
     Ok(())
 }
 
+/// A serde visitor that parses a string where the deserializer has it, borrowed or not:
+/// decoding a record allocates no `String` for its identifiers (`Cow`'s own `Deserialize`
+/// always copies, and that was a tenth of decoding a log).
+pub(crate) struct ParseStr<F>(pub(crate) &'static str, pub(crate) F);
+
+impl<'de, T, E, F> serde::de::Visitor<'de> for ParseStr<F>
+where
+    F: FnOnce(&str) -> Result<T, E>,
+    E: fmt::Display,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a {} as a string", self.0)
+    }
+
+    fn visit_str<Er: serde::de::Error>(self, v: &str) -> Result<T, Er> {
+        (self.1)(v).map_err(Er::custom)
+    }
+}
+
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr) => {
         $(#[$doc])*
@@ -109,8 +130,7 @@ macro_rules! string_id {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                Self::new(&s).map_err(serde::de::Error::custom)
+                d.deserialize_str(ParseStr($kind, Self::new))
             }
         }
     };

@@ -238,6 +238,17 @@ fn due_at(
     quiet_until.map_or(due, |q| due.max(q))
 }
 
+fn redeliver_flight(seq: Seq, at: Timestamp, version: Seq) -> InFlight {
+    InFlight {
+        delivery: DeliveryId(seq),
+        attempt: 1,
+        version,
+        started_at: at,
+        first_failure_at: None,
+        redeliver: true,
+    }
+}
+
 fn coalescing(
     opening: Opening,
     callback: &Callback,
@@ -279,34 +290,34 @@ impl Machine {
         }
     }
 
+    /// The machine a triggering change opens for a callback that has none (rule 1: a
+    /// machine in no state starts coalescing).
+    pub(crate) fn opened_by(change: Opening, callback: &Callback) -> Machine {
+        Machine {
+            state: coalescing(change, callback, None, change.at),
+            quiet_until: None,
+            unsent: None,
+            delivered: None,
+            last_outcome: None,
+        }
+    }
+
     /// A triggering change arrived.
-    pub(crate) fn on_trigger(slot: &mut Option<Machine>, change: Opening, callback: &Callback) {
-        match slot {
-            // Rule 1: a machine in no state starts coalescing.
-            None => {
-                *slot = Some(Machine {
-                    state: coalescing(change, callback, None, change.at),
-                    quiet_until: None,
-                    unsent: None,
-                    delivered: None,
-                    last_outcome: None,
-                });
+    pub(crate) fn on_trigger(&mut self, change: Opening, callback: &Callback) {
+        match self.state {
+            // Rule 1: so does a sent or abandoned one, no earlier than a window after its
+            // latest attempt.
+            State::Sent { .. } | State::Abandoned { .. } => {
+                self.state = coalescing(change, callback, self.quiet_until, change.at);
             }
-            Some(m) => match m.state {
-                // Rule 1: so does a sent or abandoned one, no earlier than a window after its
-                // latest attempt.
-                State::Sent { .. } | State::Abandoned { .. } => {
-                    m.state = coalescing(change, callback, m.quiet_until, change.at);
-                }
-                // Rule 2: the attempt in flight carries an older version. The snapshot is
-                // replaced (the file's version moved); remember that the receiver is owed
-                // this change, for rule 4.
-                State::Pending(_) => {
-                    m.unsent.get_or_insert(change);
-                }
-                // Rule 2: the coming attempt carries the latest snapshot anyway.
-                State::Coalescing { .. } | State::Retrying { .. } => {}
-            },
+            // Rule 2: the attempt in flight carries an older version. The snapshot is
+            // replaced (the file's version moved); remember that the receiver is owed
+            // this change, for rule 4.
+            State::Pending(_) => {
+                self.unsent.get_or_insert(change);
+            }
+            // Rule 2: the coming attempt carries the latest snapshot anyway.
+            State::Coalescing { .. } | State::Retrying { .. } => {}
         }
     }
 
@@ -458,38 +469,40 @@ impl Machine {
         }
     }
 
+    /// Rule 6: an operator's redeliver in record `seq` at `at`, for a callback with no
+    /// machine: one starts, pending at once. Returns it with its attempt.
+    pub(crate) fn redelivered(
+        seq: Seq,
+        at: Timestamp,
+        version: Seq,
+        callback: &Callback,
+    ) -> (Machine, InFlight) {
+        let flight = redeliver_flight(seq, at, version);
+        let mut m = Machine {
+            state: State::Pending(flight),
+            quiet_until: None,
+            unsent: None,
+            delivered: None,
+            last_outcome: None,
+        };
+        let started = m.begin(flight, callback);
+        (m, started)
+    }
+
     /// Rule 6: an operator's redeliver in record `seq` at `at`. Returns the attempt to start,
     /// or `None` if one is already in flight.
     pub(crate) fn on_redeliver(
-        slot: &mut Option<Machine>,
+        &mut self,
         seq: Seq,
         at: Timestamp,
         version: Seq,
         callback: &Callback,
     ) -> Option<InFlight> {
-        let flight = InFlight {
-            delivery: DeliveryId(seq),
-            attempt: 1,
-            version,
-            started_at: at,
-            first_failure_at: None,
-            redeliver: true,
-        };
-        match slot {
+        match self.state {
             // Rule 6: with an attempt already in flight, a redeliver changes nothing.
-            Some(m) if matches!(m.state, State::Pending(_)) => None,
+            State::Pending(_) => None,
             // Rule 6: any other state goes to pending at once.
-            Some(m) => Some(m.begin(flight, callback)),
-            None => {
-                let m = slot.insert(Machine {
-                    state: State::Pending(flight),
-                    quiet_until: None,
-                    unsent: None,
-                    delivered: None,
-                    last_outcome: None,
-                });
-                Some(m.begin(flight, callback))
-            }
+            _ => Some(self.begin(redeliver_flight(seq, at, version), callback)),
         }
     }
 
