@@ -139,17 +139,11 @@ fn frame<T: Serialize>(value: &T) -> Vec<u8> {
 /// Checks a frame and decodes its value. Decoding borrows from `bytes`, so a snapshot's
 /// names and values are copied once, into the snapshot, not first into strings of their own.
 fn unframe<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> std::result::Result<T, String> {
-    let (crc, payload) = bytes
-        .split_first_chunk::<4>()
-        .ok_or_else(|| format!("{} bytes, shorter than a frame header", bytes.len()))?;
-    let want = u32::from_le_bytes(*crc);
-    let got = crc32fast::hash(payload);
-    if want != got {
-        return Err(format!(
-            "checksum mismatch (stored {want:08x}, computed {got:08x}) over {} bytes",
-            payload.len()
-        ));
-    }
+    decode_payload(raw_unframe(bytes)?)
+}
+
+/// Decodes a frame's payload (its checksum already checked).
+fn decode_payload<'de, T: Deserialize<'de>>(payload: &'de [u8]) -> std::result::Result<T, String> {
     let (value, used) = bincode::serde::borrow_decode_from_slice(payload, config())
         .map_err(|e| format!("undecodable: {e}"))?;
     if used != payload.len() {
@@ -168,7 +162,11 @@ pub(crate) fn encode_record(record: &Record) -> Vec<u8> {
 /// Decodes the record framed as `bytes` at position `seq`, and checks that it says it is
 /// that record.
 pub(crate) fn decode_record(seq: Seq, bytes: &[u8]) -> Result<Record> {
-    let record: Record = unframe(bytes).map_err(|reason| Error::Corrupt { seq, reason })?;
+    let payload = raw_unframe(bytes).map_err(|reason| Error::Corrupt { seq, reason })?;
+    let record = match crate::common_records::decode(payload) {
+        Some(record) => record,
+        None => decode_payload(payload).map_err(|reason| Error::Corrupt { seq, reason })?,
+    };
     if record.seq != seq {
         return Err(Error::Corrupt {
             seq,

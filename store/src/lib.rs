@@ -21,6 +21,7 @@ mod bodies;
 mod checkpoint;
 mod codec;
 mod commit;
+mod common_records;
 mod dir;
 mod error;
 mod index;

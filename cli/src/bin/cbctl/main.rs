@@ -665,14 +665,13 @@ pub(crate) fn audit(
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<(replay::Summary, usize)> {
     // The fold runs here; digest checks go in batches to verifier threads that read their
-    // snapshots in version order and render them. The fold is the longest chain and keeps
-    // its core busy from start to end (docs/performance.md), so the verifiers get the rest.
-    let (checks_tx, checks_rx) = std::sync::mpsc::sync_channel::<Vec<replay::Check>>(4);
-    // Only the verifiers hold the receiving end: if they all die, sending fails instead of
-    // blocking the fold forever.
+    // snapshots in version order and render them. Checking digests costs about as much as
+    // the fold (docs/performance.md), so the fold never waits for a verifier: when the
+    // queue is full it checks the batch itself, and at the end it helps drain the queue.
+    let (checks_tx, checks_rx) = std::sync::mpsc::sync_channel::<Vec<replay::Check>>(2);
     let checks_rx = std::sync::Arc::new(std::sync::Mutex::new(checks_rx));
-    // One core stays the fold's: it is the longest chain, and a third thread on two cores
-    // only preempts it (measured: 380 k records/s with two verifiers on 2 cores).
+    // One core stays the fold's: a third thread on two cores only preempts it (measured:
+    // 380 k records/s with two verifiers on 2 cores).
     let workers =
         std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1));
     let outcome = std::thread::scope(|scope| -> anyhow::Result<_> {
@@ -697,7 +696,13 @@ pub(crate) fn audit(
             })
             .collect::<std::io::Result<Vec<_>>>()
             .context("starting the digest verifier threads")?;
-        drop(checks_rx);
+        let mut reader = store.snapshot_reader();
+        let mut verify_here = |batch: Vec<replay::Check>, found: &mut Vec<replay::Divergence>| {
+            found.extend(replay::verify(batch, |v| {
+                reader.get(v).map_err(|e| e.to_string())
+            }));
+        };
+        let mut verified = Vec::new();
         let mut audit = Audit::new();
         let records: Box<dyn Iterator<Item = cb_store::Result<Record>>> = match &file {
             Some(key) => match store.file_records(key) {
@@ -719,18 +724,25 @@ pub(crate) fn audit(
                 break;
             }
             audit.feed(&record);
-            if audit.pending_checks() >= CHECK_BATCH && checks_tx.send(audit.take_checks()).is_err()
-            {
-                // Every verifier panicked; their joins below report it.
-                break;
+            if audit.pending_checks() >= CHECK_BATCH {
+                match checks_tx.try_send(audit.take_checks()) {
+                    Ok(()) => {}
+                    // The verifiers are behind (or gone: their joins below report it).
+                    Err(
+                        std::sync::mpsc::TrySendError::Full(batch)
+                        | std::sync::mpsc::TrySendError::Disconnected(batch),
+                    ) => verify_here(batch, &mut verified),
+                }
             }
             if i % 65_536 == 0 {
                 bar.set_position(record.seq.0);
             }
         }
-        let _ = checks_tx.send(audit.take_checks());
+        verify_here(audit.take_checks(), &mut verified);
         drop(checks_tx);
-        let mut verified = Vec::new();
+        while let Some(batch) = next_batch(&checks_rx) {
+            verify_here(batch, &mut verified);
+        }
         let mut verifier_failed = false;
         for v in verifiers {
             match v.join() {
