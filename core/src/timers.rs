@@ -12,7 +12,13 @@
 //! Entries go to the back of a queue when they are not earlier than its back — nearly
 //! always, since a timer is set a window or a backoff after the record that sets it and
 //! records come in time order — and to a min-heap otherwise. The earliest entry is at the
-//! front of one of the two.
+//! front of one of the two. One timer set far ahead (a long backoff beside short windows)
+//! sends the timers set after it, but due before it, to the heap until it is reached: a
+//! heap push and pop per timer then, which is what the B-tree cost on every move.
+//!
+//! Stale entries (a machine's timer moved, or the machine dropped) stay until their time
+//! passes, so the entries outnumber the timers set by the moves made within the longest
+//! window or backoff; each holds a copy of its machine's key.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
