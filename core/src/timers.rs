@@ -73,40 +73,33 @@ impl Timers {
     /// The earliest entry's time, whether or not its timer is still set; exact after
     /// [`Timers::settle`].
     pub(crate) fn first(&self) -> Option<Timestamp> {
-        let queued = self.queue.front().map(|(t, _)| *t);
-        let early = self.early.peek().map(|e| e.0);
-        match (queued, early) {
-            (Some(q), Some(e)) => Some(q.min(e)),
-            (q, e) => q.or(e),
-        }
+        self.earliest().map(|(t, _, _)| t)
     }
 
     /// Drops earliest entries until the earliest is a timer `is_set` confirms, so that
     /// [`Timers::first`] is exact.
     pub(crate) fn settle(&mut self, mut is_set: impl FnMut(Timestamp, &MachineKey) -> bool) {
-        loop {
-            let from_queue = match (self.queue.front(), self.early.peek()) {
-                (None, None) => break,
-                (Some((q, _)), Some(e)) => *q <= e.0,
-                (q, _) => q.is_some(),
-            };
-            let live = if from_queue {
-                let (t, key) = self.queue.front().expect("checked above");
-                is_set(*t, key)
-            } else {
-                let e = self.early.peek().expect("checked above");
-                is_set(e.0, &e.1)
-            };
-            if live {
+        while let Some((t, key, queued)) = self.earliest() {
+            if is_set(t, key) {
                 break;
             }
-            if from_queue {
+            if queued {
                 self.queue.pop_front();
             } else {
                 self.early.pop();
             }
         }
         self.give_back();
+    }
+
+    /// The earliest entry, and whether it is the queue's front (else the heap's top).
+    fn earliest(&self) -> Option<(Timestamp, &MachineKey, bool)> {
+        let queued = self.queue.front().map(|(t, key)| (*t, key, true));
+        let early = self.early.peek().map(|Early(t, key)| (*t, key, false));
+        match (queued, early) {
+            (Some(q), Some(e)) => Some(if q.0 <= e.0 { q } else { e }),
+            (q, e) => q.or(e),
+        }
     }
 
     /// If the earliest time is at or before `to`: removes every entry of that time and

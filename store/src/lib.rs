@@ -35,4 +35,7 @@ pub use codec::{IndexTag, FORMAT_VERSION};
 pub use dir::DataDir;
 pub use error::{Error, Result};
 pub use index::SEGMENT_SPAN;
-pub use log::{wall_clock, Appended, Change, CommitHook, Durability, Input, Store, StoreOptions};
+pub use log::{
+    wall_clock, Appended, Change, CommitHook, Durability, Input, SnapshotReader, Store,
+    StoreOptions,
+};

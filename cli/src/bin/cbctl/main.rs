@@ -687,9 +687,7 @@ pub(crate) fn audit(
                         let mut reader = store.snapshot_reader();
                         let mut divergences = Vec::new();
                         while let Some(batch) = next_batch(&checks_rx) {
-                            divergences.extend(replay::verify(batch, |v| {
-                                reader.get(v).map_err(|e| e.to_string())
-                            }));
+                            divergences.extend(check_batch(&mut reader, batch));
                         }
                         divergences
                     })
@@ -697,11 +695,6 @@ pub(crate) fn audit(
             .collect::<std::io::Result<Vec<_>>>()
             .context("starting the digest verifier threads")?;
         let mut reader = store.snapshot_reader();
-        let mut verify_here = |batch: Vec<replay::Check>, found: &mut Vec<replay::Divergence>| {
-            found.extend(replay::verify(batch, |v| {
-                reader.get(v).map_err(|e| e.to_string())
-            }));
-        };
         let mut verified = Vec::new();
         let mut audit = Audit::new();
         let records: Box<dyn Iterator<Item = cb_store::Result<Record>>> = match &file {
@@ -731,17 +724,17 @@ pub(crate) fn audit(
                     Err(
                         std::sync::mpsc::TrySendError::Full(batch)
                         | std::sync::mpsc::TrySendError::Disconnected(batch),
-                    ) => verify_here(batch, &mut verified),
+                    ) => verified.extend(check_batch(&mut reader, batch)),
                 }
             }
             if i % 65_536 == 0 {
                 bar.set_position(record.seq.0);
             }
         }
-        verify_here(audit.take_checks(), &mut verified);
+        verified.extend(check_batch(&mut reader, audit.take_checks()));
         drop(checks_tx);
         while let Some(batch) = next_batch(&checks_rx) {
-            verify_here(batch, &mut verified);
+            verified.extend(check_batch(&mut reader, batch));
         }
         let mut verifier_failed = false;
         for v in verifiers {
@@ -771,6 +764,15 @@ fn next_batch(
     queue: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<replay::Check>>>,
 ) -> Option<Vec<replay::Check>> {
     queue.lock().ok()?.recv().ok()
+}
+
+/// Checks one batch's digests against snapshots read through `reader` (one per thread, so
+/// each keeps its own run of bodies).
+fn check_batch(
+    reader: &mut cb_store::SnapshotReader<'_>,
+    batch: Vec<replay::Check>,
+) -> Vec<replay::Divergence> {
+    replay::verify(batch, |v| reader.get(v).map_err(|e| e.to_string()))
 }
 
 /// Digest checks per batch handed to a verifier thread.
