@@ -313,3 +313,34 @@ fn bench_reports_every_figure() {
         .unwrap()
         .starts_with("300 deliveries"));
 }
+
+/// A reader that stops early (`cbctl export | head`) ends the command quietly: no panic and
+/// no error message, exit 141 as for a tool that SIGPIPE ended. The pipe's read end is
+/// closed before cbctl starts, so its first write fails on every run.
+#[test]
+fn a_closed_stdout_ends_cbctl_quietly() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    cb_store::synthetic::build_log(&dir, 300, 20, 1, |_| {}).unwrap();
+    let file = cb_store::synthetic::file(0).to_string();
+    for args in [
+        vec!["replay"],
+        vec!["replay", "--json"],
+        vec!["export"],
+        vec!["history", file.as_str()],
+        vec!["status"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_cbctl"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .expect("run cbctl");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}

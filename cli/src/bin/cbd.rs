@@ -3,7 +3,7 @@
 //! API, and on SIGTERM/SIGINT stops accepting, lets attempts in flight finish (bounded),
 //! writes a final checkpoint and exits 0.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -97,12 +97,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", settings.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     // Two plain lines on stdout, for people and for scripts that start cbd on port 0.
-    match &source {
-        Source::Env => println!("cbd: token from CBD_TOKEN"),
-        Source::File(p) => println!("cbd: token in {}", p.display()),
-        Source::Generated(p) => println!("cbd: token generated into {}", p.display()),
-    }
-    println!("cbd: listening on http://{addr}");
+    let token_line = match &source {
+        Source::Env => "cbd: token from CBD_TOKEN".to_owned(),
+        Source::File(p) => format!("cbd: token in {}", p.display()),
+        Source::Generated(p) => format!("cbd: token generated into {}", p.display()),
+    };
+    notice(&token_line);
+    notice(&format!("cbd: listening on http://{addr}"));
     info!(%addr, allow_private_targets = settings.allow_private_targets, smtp = ?settings.smtp, "serving");
 
     let api = Arc::new(Api::new(
@@ -173,4 +174,11 @@ impl Signals {
             _ = int.recv() => "SIGINT",
         }
     }
+}
+
+/// Writes one line to stdout for whoever started cbd. A reader that went away (a script that
+/// read the address and closed the pipe) must not stop the daemon, so failures are ignored:
+/// the same facts are in the log.
+fn notice(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }

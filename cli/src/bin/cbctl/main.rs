@@ -5,7 +5,8 @@
 //! same code either way).
 //!
 //! Exit codes: 0 success (replay: no divergence), 1 replay found divergences, 2 the log or the
-//! arguments are unusable.
+//! arguments are unusable, 141 stdout was closed before the output was written (as for a
+//! tool that SIGPIPE ended: `cbctl replay | head -1`), with no message.
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::PathBuf;
@@ -19,6 +20,24 @@ use cb_core::{render, FileHistory, FileKey, Record, Seq, Timestamp};
 use cb_store::{Durability, Store, StoreOptions};
 use clap::{Parser, Subcommand};
 
+/// `println!` that returns the write error instead of panicking: `cbctl replay | head -1`
+/// closes the pipe early, and that must end the command quietly ([`main`]), not panic.
+macro_rules! outln {
+    () => {
+        std::io::Write::write_all(&mut std::io::stdout().lock(), b"\n")?
+    };
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// `print!` as [`outln!`] is `println!`.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!($($arg)*))?
+    };
+}
+
 // Replay decodes and renders hundreds of thousands of snapshots and reads sled's blob
 // files of 100 KiB and more; glibc's malloc maps and unmaps those for each read (page
 // faults were a sixth of a replay's time), mimalloc keeps them. The count of live bytes is
@@ -27,20 +46,42 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: CountingAlloc = CountingAlloc;
 
-/// Bytes currently allocated through the global allocator.
-static LIVE_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+thread_local! {
+    /// Bytes this thread allocated minus bytes it freed. Per thread, because one counter
+    /// shared by every thread put a contended atomic on every allocation: replay's fold
+    /// and digest threads allocate constantly, and the shared count cost it ~5 % (measured
+    /// in docs/performance.md). Const-initialized and without a destructor, so reading it
+    /// from the allocator neither allocates nor fails during thread teardown.
+    static LIVE_BYTES: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
 
-/// mimalloc, counting live bytes.
+/// Whether the allocator counts: only `cbctl bench` needs it ([`count_allocations`]), and
+/// every other command skips even the thread-local add (measured: a replay is ~3 % faster).
+static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the allocator count live bytes from now on (per thread: see [`live_bytes`]).
+pub(crate) fn count_allocations() {
+    COUNTING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Adds `delta` to this thread's count, if counting.
+fn count(delta: isize) {
+    if COUNTING.load(std::sync::atomic::Ordering::Relaxed) {
+        LIVE_BYTES.set(LIVE_BYTES.get().wrapping_add(delta));
+    }
+}
+
+/// mimalloc, counting live bytes per thread.
 struct CountingAlloc;
 
 // SAFETY: every method forwards to mimalloc with the same arguments and only adds
-// bookkeeping on an atomic counter; the layout contracts are mimalloc's.
+// bookkeeping on a thread-local counter; the layout contracts are mimalloc's.
 unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         // SAFETY: forwarded as is (see the impl).
         let p = unsafe { mimalloc::MiMalloc.alloc(layout) };
         if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+            count(layout.size() as isize);
         }
         p
     }
@@ -49,7 +90,7 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
         // SAFETY: forwarded as is (see the impl).
         let p = unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) };
         if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+            count(layout.size() as isize);
         }
         p
     }
@@ -57,23 +98,24 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         // SAFETY: forwarded as is (see the impl).
         unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) };
-        LIVE_BYTES.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        count(-(layout.size() as isize));
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded as is (see the impl).
         let p = unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            LIVE_BYTES.fetch_add(new_size, std::sync::atomic::Ordering::Relaxed);
-            LIVE_BYTES.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+            count(new_size as isize - layout.size() as isize);
         }
         p
     }
 }
 
-/// Bytes the process has allocated and not freed.
-pub(crate) fn live_bytes() -> usize {
-    LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+/// Bytes the calling thread has allocated and not freed since counting began (blocks it
+/// frees that another thread allocated, or that were allocated before, count against it). `cbctl bench` builds the core whose memory it reports on
+/// one thread, so the difference of two readings there is exactly what that core holds.
+pub(crate) fn live_bytes() -> isize {
+    LIVE_BYTES.get()
 }
 
 mod bench;
@@ -83,7 +125,7 @@ mod bench;
     name = "cbctl",
     version,
     about = "cb's operator tool: audit the log, rewind a file's history, move logs around",
-    after_help = "Exit codes: 0 ok, 1 replay found divergences, 2 unusable log or arguments.\n\n\
+    after_help = "Exit codes: 0 ok, 1 replay found divergences, 2 unusable log or arguments, 141 stdout closed early.\n\n\
 Examples:\n  cbctl --data-dir /var/lib/cb replay\n  cbctl --data-dir /var/lib/cb history newzulu/556114\n  \
 cbctl --data-dir /var/lib/cb rewind newzulu/556114 --to 2026-11-23T12:00:00Z\n  \
 CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 replay --json\n  cbctl --data-dir ./cbd-data export > log.ndjson"
@@ -272,11 +314,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        Err(e) if reader_went_away(&e) => ExitCode::from(STDOUT_CLOSED),
         Err(e) => {
             eprintln!("cbctl: {}", cb_cli::error::one_line(e.as_ref()));
             ExitCode::from(2)
         }
     }
+}
+
+/// The exit code when whoever reads stdout stopped reading: 128 + SIGPIPE, what a shell
+/// reports for a tool the signal ended (Rust ignores SIGPIPE, so cbctl sees the error).
+const STDOUT_CLOSED: u8 = 141;
+
+/// True if `e` is, or was caused by, a write to a pipe nobody reads any more: the reader
+/// (`head`, a pager) has all it wanted, so it is not an error to report.
+fn reader_went_away(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Where the log comes from: the data dir, or a copy of a server's log in a temp dir.
@@ -445,9 +502,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let h = FileHistory::fold(&key, records, None);
             if *json {
-                println!("{}", serde_json::to_string_pretty(&view::history(&h))?);
+                outln!("{}", serde_json::to_string_pretty(&view::history(&h))?);
             } else {
-                print_history(&h);
+                print_history(&h)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -468,7 +525,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.detail))?;
                     let store = open_for_append(&cli)?;
                     let appended = store.append(vec![input])?;
-                    println!("{}", serde_json::json!({"seq": appended.first.0}));
+                    outln!("{}", serde_json::json!({"seq": appended.first.0}));
                     Ok(ExitCode::SUCCESS)
                 }
             }
@@ -500,7 +557,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             version: None,
                         },
                     )])?;
-                    println!("{}", serde_json::json!({"seq": appended.first.0}));
+                    outln!("{}", serde_json::json!({"seq": appended.first.0}));
                     Ok(ExitCode::SUCCESS)
                 }
             }
@@ -515,9 +572,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             if *json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print_status(&v);
+                print_status(&v)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -549,7 +606,7 @@ fn open_for_append(cli: &Cli) -> anyhow::Result<Store> {
 
 /// One API request to a running daemon; prints its JSON answer.
 fn send(server: &str, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::Result<ExitCode> {
-    print!("{}", call(server, method, path, body)?.into_string()?);
+    out!("{}", call(server, method, path, body)?.into_string()?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -573,11 +630,11 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
                 }
             };
             if *json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for c in v["callbacks"].as_array().into_iter().flatten() {
                     let cb = &c["callback"];
-                    println!(
+                    outln!(
                         "{} {} {} {} window={}s{}",
                         c["name"].as_str().unwrap_or("?"),
                         cb["method"].as_str().unwrap_or("?"),
@@ -621,7 +678,7 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
                             callback: std::sync::Arc::new(callback),
                         },
                     )])?;
-                    println!("{}", serde_json::json!({"seq": appended.first.0}));
+                    outln!("{}", serde_json::json!({"seq": appended.first.0}));
                     Ok(ExitCode::SUCCESS)
                 }
             }
@@ -648,7 +705,7 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
                 let appended = store.append(vec![cb_store::Input::Record(
                     cb_core::RecordKind::CallbackRemoved { project, name },
                 )])?;
-                println!("{}", serde_json::json!({"seq": appended.first.0}));
+                outln!("{}", serde_json::json!({"seq": appended.first.0}));
                 Ok(ExitCode::SUCCESS)
             }
         },
@@ -799,14 +856,14 @@ fn replay(
         v["seconds"] = secs.into();
         v["records_per_second"] = rate.round().into();
         v["in_flight_at_end"] = in_flight.into();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!(
+        outln!(
             "replayed {} records in {secs:.2} s ({rate:.0} records/s), up to seq {}",
             summary.records,
             summary.last_seq.unwrap_or(0)
         );
-        println!(
+        outln!(
             "files {} · callbacks {} · deliveries {} · attempts started {} · in flight at the end {} · ignored records {}",
             summary.files, summary.callbacks, summary.deliveries, summary.attempts_started, in_flight, summary.ignored
         );
@@ -815,7 +872,7 @@ fn replay(
             .iter()
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
-        println!(
+        outln!(
             "outcomes: {}",
             if outcomes.is_empty() {
                 "none".into()
@@ -833,13 +890,13 @@ fn replay(
                 )
             })
             .collect();
-        println!("machines: {}", states.join(", "));
+        outln!("machines: {}", states.join(", "));
         if summary.divergences.is_empty() {
-            println!("divergences: none");
+            outln!("divergences: none");
         } else {
-            println!("divergences: {}", summary.divergences.len());
+            outln!("divergences: {}", summary.divergences.len());
             for d in &summary.divergences {
-                println!("  seq {}: {}", d.seq, d.explanation);
+                outln!("  seq {}: {}", d.seq, d.explanation);
             }
         }
     }
@@ -857,7 +914,7 @@ fn time_of(at: Timestamp) -> String {
 /// One line per step: time, seq (`-` for a deadline between records), one column per
 /// callback the file ever had with its machine's state after the step (`-`: no machine),
 /// then what happened. The columns come first because what happened varies in length.
-fn print_history(h: &FileHistory) {
+fn print_history(h: &FileHistory) -> std::io::Result<()> {
     let v = view::history(h);
     let steps: Vec<&serde_json::Value> = v["steps"].as_array().into_iter().flatten().collect();
     let mut callbacks: Vec<String> = steps
@@ -872,8 +929,8 @@ fn print_history(h: &FileHistory) {
     for c in &callbacks {
         header.push_str(&format!("  {c:<w$}", w = width(c)));
     }
-    println!("history of {}", h.file);
-    println!("{header}  what");
+    outln!("history of {}", h.file);
+    outln!("{header}  what");
     for step in steps {
         let at = step["time"].as_str().unwrap_or("");
         let seq = step["seq"]
@@ -890,8 +947,9 @@ fn print_history(h: &FileHistory) {
                 .unwrap_or("-");
             line.push_str(&format!("  {state:<w$}", w = width(c)));
         }
-        println!("{line}  {}", describe(step));
+        outln!("{line}  {}", describe(step));
     }
+    Ok(())
 }
 
 fn describe(step: &serde_json::Value) -> String {
@@ -988,15 +1046,15 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
             .map(|(n, m, u, r)| serde_json::json!({"callback": n, "method": m, "url": u, "digest": r.digest().to_hex(), "body": String::from_utf8_lossy(&r.bytes)}))
             .collect::<Vec<_>>()
             .into();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{file} as of seq {} ({})",
         last_seq,
         time_of(until.unwrap_or(last_at))
     );
-    println!(
+    outln!(
         "version {}",
         version.map_or("none".into(), |v| v.to_string())
     );
@@ -1021,12 +1079,12 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
         if let Some(o) = m["last_outcome"]["outcome"].as_str() {
             line.push_str(&format!(" last={o}"));
         }
-        println!("{line}");
+        outln!("{line}");
     }
     for (name, method, url, r) in &payloads {
-        println!("\n{name}: {method} {url}  (digest {})", r.digest().to_hex());
+        outln!("\n{name}: {method} {url}  (digest {})", r.digest().to_hex());
         if let cb_core::Placement::Body { content_type } = r.placement {
-            println!(
+            outln!(
                 "Content-Type: {content_type}\n{}",
                 String::from_utf8_lossy(&r.bytes)
             );
@@ -1035,17 +1093,22 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_status(v: &serde_json::Value) {
+fn print_status(v: &serde_json::Value) -> std::io::Result<()> {
     let m = &v["machines"];
-    println!(
+    outln!(
         "files {} · coalescing {} · pending {} · sent {} · retrying {} · abandoned {}",
-        v["files"], m["coalescing"], m["pending"], m["sent"], m["retrying"], m["abandoned"]
+        v["files"],
+        m["coalescing"],
+        m["pending"],
+        m["sent"],
+        m["retrying"],
+        m["abandoned"]
     );
     if let Some(t) = v["next_deadline"].as_u64() {
-        println!("oldest due: {}", time_of(Timestamp(t)));
+        outln!("oldest due: {}", time_of(Timestamp(t)));
     }
     for a in v["abandoned"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "abandoned: {} {} (delivery {}, {} attempts)",
             a["file"].as_str().unwrap_or("?"),
             a["callback"].as_str().unwrap_or("?"),
@@ -1054,11 +1117,12 @@ fn print_status(v: &serde_json::Value) {
         );
     }
     for d in v["disabled_callbacks"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "disabled: {}/{} (410 at seq {})",
             d["project"].as_str().unwrap_or("?"),
             d["name"].as_str().unwrap_or("?"),
             d["disabled_by"]
         );
     }
+    Ok(())
 }
