@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
             }
             "audit" => {
                 audit.feed(&record);
-                drop(audit.take_checks());
+                drop(audit.take_batch());
             }
             other => anyhow::bail!("unknown part {other:?}: decode, core or audit"),
         }

@@ -453,3 +453,56 @@ fn appends_after_an_import_from_a_clock_ahead_are_not_stamped_earlier() {
         .unwrap();
     assert_eq!(a.at, Timestamp(6_000));
 }
+
+/// A log of 600 seed-sized changes in 12 groups (so 12 directories), with a tick after each
+/// group: shared by the planned-reader property, built once.
+fn planned_reader_log() -> &'static (tempfile::TempDir, u64) {
+    static LOG: std::sync::OnceLock<(tempfile::TempDir, u64)> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path(), &VirtualClock::at(1));
+        for g in 0..12u64 {
+            let inputs: Vec<Input> = (0..50)
+                .map(|i| change(file(i % 9), EVENTS[0], seed_like(&file(i % 9), g * 50 + i)))
+                .collect();
+            store.append(inputs).unwrap();
+            store
+                .append(vec![Input::Record(RecordKind::Ticked)])
+                .unwrap();
+        }
+        let tip = store.last_seq().unwrap().0;
+        (tmp, tip)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A reader told which versions come next (`expect`) reads only stretches of bodies,
+    /// yet answers exactly what a lone `snapshot` read answers: for the planned versions in
+    /// order, for versions asked for outside the plan in between, for ticks (no body) and
+    /// for versions past the end — whatever the gaps between them.
+    #[test]
+    fn a_planned_reader_answers_like_single_reads(
+        mut planned in prop::collection::vec(0u64..620, 0..120),
+        strays in prop::collection::vec((any::<prop::sample::Index>(), 0u64..620), 0..8),
+    ) {
+        let (tmp, tip) = planned_reader_log();
+        prop_assert!(*tip < 620);
+        let store = Store::open(tmp.path(), cb_store::StoreOptions::default()).unwrap();
+        planned.sort_unstable();
+        let mut asks: Vec<u64> = planned.clone();
+        for (at, v) in &strays {
+            asks.insert(at.index(asks.len() + 1), *v);
+        }
+        let mut reader = store.snapshot_reader();
+        reader.expect(planned.iter().map(|v| Seq(*v)));
+        for v in asks {
+            prop_assert_eq!(
+                reader.get(Seq(v)).unwrap(),
+                store.snapshot(Seq(v)).unwrap(),
+                "version {}", v
+            );
+        }
+    }
+}

@@ -725,7 +725,7 @@ pub(crate) fn audit(
     // snapshots in version order and render them. Checking digests costs about as much as
     // the fold (docs/performance.md), so the fold never waits for a verifier: when the
     // queue is full it checks the batch itself, and at the end it helps drain the queue.
-    let (checks_tx, checks_rx) = std::sync::mpsc::sync_channel::<Vec<replay::Check>>(2);
+    let (checks_tx, checks_rx) = std::sync::mpsc::sync_channel::<replay::Batch>(2);
     let checks_rx = std::sync::Arc::new(std::sync::Mutex::new(checks_rx));
     // One core stays the fold's: a third thread on two cores only preempts it (measured:
     // 380 k records/s with two verifiers on 2 cores).
@@ -742,17 +742,17 @@ pub(crate) fn audit(
                     .name("cbctl-verify".into())
                     .spawn_scoped(scope, move || {
                         let mut reader = store.snapshot_reader();
-                        let mut divergences = Vec::new();
+                        let mut verified = replay::Verified::default();
                         while let Some(batch) = next_batch(&checks_rx) {
-                            divergences.extend(check_batch(&mut reader, batch));
+                            check_batch(&mut reader, batch, &mut verified);
                         }
-                        divergences
+                        verified
                     })
             })
             .collect::<std::io::Result<Vec<_>>>()
             .context("starting the digest verifier threads")?;
         let mut reader = store.snapshot_reader();
-        let mut verified = Vec::new();
+        let mut verified = replay::Verified::default();
         let mut audit = Audit::new();
         let records: Box<dyn Iterator<Item = cb_store::Result<Record>>> = match &file {
             Some(key) => match store.file_records(key) {
@@ -774,29 +774,29 @@ pub(crate) fn audit(
                 break;
             }
             audit.feed(&record);
-            if audit.pending_checks() >= CHECK_BATCH {
-                match checks_tx.try_send(audit.take_checks()) {
+            if audit.batch_ready() {
+                match checks_tx.try_send(audit.take_batch()) {
                     Ok(()) => {}
                     // The verifiers are behind (or gone: their joins below report it).
                     Err(
                         std::sync::mpsc::TrySendError::Full(batch)
                         | std::sync::mpsc::TrySendError::Disconnected(batch),
-                    ) => verified.extend(check_batch(&mut reader, batch)),
+                    ) => check_batch(&mut reader, batch, &mut verified),
                 }
             }
             if i % 65_536 == 0 {
                 bar.set_position(record.seq.0);
             }
         }
-        verified.extend(check_batch(&mut reader, audit.take_checks()));
+        check_batch(&mut reader, audit.take_batch(), &mut verified);
         drop(checks_tx);
         while let Some(batch) = next_batch(&checks_rx) {
-            verified.extend(check_batch(&mut reader, batch));
+            check_batch(&mut reader, batch, &mut verified);
         }
         let mut verifier_failed = false;
         for v in verifiers {
             match v.join() {
-                Ok(d) => verified.extend(d),
+                Ok(theirs) => verified.absorb(theirs),
                 Err(_) => verifier_failed = true,
             }
         }
@@ -818,22 +818,27 @@ pub(crate) fn audit(
 /// The next batch of digest checks for a verifier; `None` once the fold is done (or a
 /// verifier panicked while holding the queue, which its join reports).
 fn next_batch(
-    queue: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<replay::Check>>>,
-) -> Option<Vec<replay::Check>> {
+    queue: &std::sync::Mutex<std::sync::mpsc::Receiver<replay::Batch>>,
+) -> Option<replay::Batch> {
     queue.lock().ok()?.recv().ok()
 }
 
-/// Checks one batch's digests against snapshots read through `reader` (one per thread, so
-/// each keeps its own run of bodies).
+/// Checks one batch into `verified`, reading snapshots through `reader` (one per thread, so
+/// each keeps its own run of bodies). The reader is told the batch's versions first, so it
+/// reads only the bodies they need.
 fn check_batch(
     reader: &mut cb_store::SnapshotReader<'_>,
-    batch: Vec<replay::Check>,
-) -> Vec<replay::Divergence> {
-    replay::verify(batch, |v| reader.get(v).map_err(|e| e.to_string()))
+    batch: replay::Batch,
+    verified: &mut replay::Verified,
+) {
+    let reader = std::cell::RefCell::new(reader);
+    replay::check(
+        batch,
+        verified,
+        |versions| reader.borrow_mut().expect(versions.iter().copied()),
+        |v| reader.borrow_mut().get(v).map_err(|e| e.to_string()),
+    );
 }
-
-/// Digest checks per batch handed to a verifier thread.
-const CHECK_BATCH: usize = 16_384;
 
 fn replay(
     store: &Store,
