@@ -153,7 +153,7 @@ impl Snapshot {
     /// is not checked again: it was checked when the snapshot was first built, and the
     /// checksum shows these are its bytes (the hash table for it was the larger part of
     /// decoding a seed-sized body).
-    pub fn from_stored_parts(text: &str, ends: &[u32]) -> Result<Snapshot, SnapshotError> {
+    pub fn from_stored_parts(text: &str, ends: Vec<u32>) -> Result<Snapshot, SnapshotError> {
         if ends.len() / 2 > Snapshot::MAX_FIELDS {
             return Err(SnapshotError::TooManyFields {
                 max: Snapshot::MAX_FIELDS,
@@ -164,27 +164,35 @@ impl Snapshot {
                 max: Snapshot::MAX_BYTES,
             });
         }
-        let mut at = 0u32;
-        let well_formed = ends.len().is_multiple_of(2)
+        let fits = ends.len().is_multiple_of(2)
             && ends
                 .last()
-                .map_or(text.is_empty(), |l| *l as usize == text.len())
-            && ends.iter().all(|&e| {
-                let ok = e >= at && text.is_char_boundary(e as usize);
-                at = e;
-                ok
-            });
-        if !well_formed {
+                .map_or(text.is_empty(), |l| *l as usize == text.len());
+        if !fits {
             return Err(SnapshotError::Malformed);
         }
-        let snapshot = Snapshot {
-            text: text.into(),
-            ends: ends.into(),
-        };
-        if let Some((name, _)) = snapshot.iter().find(|(name, _)| !is_xml_name(name)) {
-            return Err(SnapshotError::BadFieldName(name.to_owned()));
+        // One pass over the table, checking each pair's offsets and then its name: replay
+        // rebuilds every snapshot it checks, and a second pass for the names cost a fifth
+        // of the rebuild.
+        let mut start = 0;
+        for pair in ends.chunks_exact(2) {
+            let (mid, end) = (pair[0] as usize, pair[1] as usize);
+            let ordered = start <= mid && mid <= end;
+            if !(ordered && text.is_char_boundary(mid) && text.is_char_boundary(end)) {
+                return Err(SnapshotError::Malformed);
+            }
+            let name = &text[start..mid];
+            if !is_xml_name(name) {
+                return Err(SnapshotError::BadFieldName(name.to_owned()));
+            }
+            start = end;
         }
-        Ok(snapshot)
+        // The table becomes the snapshot's own: `into_boxed_slice` keeps its allocation when
+        // it is exactly full, as a table decoded from its stored bytes is.
+        Ok(Snapshot {
+            text: text.into(),
+            ends: ends.into_boxed_slice(),
+        })
     }
 
     /// The value of field `name`, if present.
@@ -470,9 +478,12 @@ mod tests {
     fn stored_parts_round_trip_and_bad_tables_are_refused() {
         let s = Snapshot::from_pairs([("id", "556114"), ("message", ""), ("名", "エ")]).unwrap();
         let (text, ends) = s.as_parts();
-        assert_eq!(Snapshot::from_stored_parts(text, ends), Ok(s.clone()));
         assert_eq!(
-            Snapshot::from_stored_parts("", &[]),
+            Snapshot::from_stored_parts(text, ends.to_vec()),
+            Ok(s.clone())
+        );
+        assert_eq!(
+            Snapshot::from_stored_parts("", vec![]),
             Ok(Snapshot::default())
         );
         let bad: [&[u32]; 5] = [
@@ -484,7 +495,7 @@ mod tests {
         ];
         for ends in bad {
             assert_eq!(
-                Snapshot::from_stored_parts(text, ends),
+                Snapshot::from_stored_parts(text, ends.to_vec()),
                 Err(SnapshotError::Malformed),
                 "{ends:?}"
             );
@@ -492,7 +503,7 @@ mod tests {
         // A table that fits its text but makes "556114" a name: refused, since the xml
         // format writes names as they are.
         assert_eq!(
-            Snapshot::from_stored_parts(text, &[1, 2, 8, 8, 15, 15, 18, ends[5]]),
+            Snapshot::from_stored_parts(text, vec![1, 2, 8, 8, 15, 15, 18, ends[5]]),
             Err(SnapshotError::BadFieldName("556114".into()))
         );
     }

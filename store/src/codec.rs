@@ -216,7 +216,7 @@ pub(crate) fn decode_body(seq: Seq, bytes: &[u8]) -> Result<Snapshot> {
         .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
         .collect();
     let text = std::str::from_utf8(text).map_err(|e| corrupt(format!("text: {e}")))?;
-    Snapshot::from_stored_parts(text, &ends).map_err(|e| corrupt(e.to_string()))
+    Snapshot::from_stored_parts(text, ends).map_err(|e| corrupt(e.to_string()))
 }
 
 /// Decodes a body format 2 stored in sled: the snapshot as a bincode map.
