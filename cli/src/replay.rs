@@ -193,11 +193,15 @@ impl Audit {
         }
         self.summary.records += 1;
         self.summary.last_seq = Some(record.seq.0);
-        // `apply` fires the deadlines up to this record before applying it; firing them
-        // first here lets an outcome be matched to an attempt decided at such a deadline
-        // even when no tick sits between them (a per-file log leaves ticks out).
+        // `apply` fires the deadlines up to this record before applying it, so the attempts
+        // decided at those deadlines come out with the record's own: an outcome is matched
+        // once both are known, which finds an attempt decided at such a deadline even when
+        // no tick sits between them (a per-file log leaves ticks out). An outcome cannot
+        // answer an attempt its own application starts: that is a later attempt or delivery.
         let mut effects = std::mem::take(&mut self.effects);
-        self.core.advance(record.at, &mut effects);
+        if let cb_core::Disposition::Ignored(_) = self.core.apply(record, &mut effects) {
+            self.summary.ignored += 1;
+        }
         self.decide_all(&mut effects);
         match &record.kind {
             RecordKind::ChangeAppended { file, .. } => self.batch.changed.push(file.clone()),
@@ -245,10 +249,6 @@ impl Audit {
             }
             _ => {}
         }
-        if let cb_core::Disposition::Ignored(_) = self.core.apply(record, &mut effects) {
-            self.summary.ignored += 1;
-        }
-        self.decide_all(&mut effects);
         self.effects = effects;
     }
 

@@ -305,7 +305,35 @@ pub(crate) struct RecordFrames<'a> {
     left: u32,
 }
 
+/// Where a [`RecordFrames`] stands, so that it can be resumed over the same bytes later
+/// (a reader that keeps a chunk and hands out one record at a time).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FramesCursor {
+    at: usize,
+    next_seq: Seq,
+    left: u32,
+}
+
 impl<'a> RecordFrames<'a> {
+    /// Where this reader stands.
+    pub(crate) fn cursor(&self) -> FramesCursor {
+        FramesCursor {
+            at: self.at,
+            next_seq: self.next_seq,
+            left: self.left,
+        }
+    }
+
+    /// Goes on reading `bytes` (the chunk a [`FramesCursor`] came from) where `cursor` was.
+    pub(crate) fn resume(bytes: &'a [u8], cursor: FramesCursor) -> RecordFrames<'a> {
+        RecordFrames {
+            bytes,
+            at: cursor.at,
+            next_seq: cursor.next_seq,
+            left: cursor.left,
+        }
+    }
+
     /// Starts reading the chunk stored under `first`.
     pub(crate) fn new(first: Seq, bytes: &'a [u8]) -> Result<RecordFrames<'a>> {
         let count = bytes

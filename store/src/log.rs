@@ -17,7 +17,8 @@ use cb_core::{EventKind, FileCallback, FileKey, Record, RecordKind, Seq, Snapsho
 
 use crate::bodies::{BodyLog, Directory, DIRECTORIES};
 use crate::codec::{
-    self, RecordFrames, BODIES, FORMAT_KEY, FORMAT_VERSION, LEGACY_FORMAT_VERSION, RECORDS,
+    self, FramesCursor, RecordFrames, BODIES, FORMAT_KEY, FORMAT_VERSION, LEGACY_FORMAT_VERSION,
+    RECORDS,
 };
 use crate::commit::{Batch, Committer, Prepared, Request, Syncer};
 use crate::dir::{sync_dir, DataDir};
@@ -580,7 +581,8 @@ pub(crate) fn read_records(tree: &sled::Tree, from: Seq, to: Seq) -> Records {
     if from > to {
         return Records {
             chunks: None,
-            decoded: Default::default(),
+            chunk: None,
+            failed: None,
             from,
             to,
         };
@@ -592,7 +594,8 @@ pub(crate) fn read_records(tree: &sled::Tree, from: Seq, to: Seq) -> Records {
     };
     Records {
         chunks: Some(tree.range(codec::seq_key(RECORDS, start)..=codec::seq_key(RECORDS, to))),
-        decoded: std::collections::VecDeque::new(),
+        chunk: None,
+        failed: None,
         from,
         to,
     }
@@ -842,10 +845,14 @@ fn chunk_at_or_before(
     }
 }
 
-/// Iterates records chunk by chunk, decoding each chunk's records in a row.
+/// Iterates records chunk by chunk, decoding each record when it is asked for (a record is
+/// ~200 bytes: decoding a chunk's records into a queue first moved each one twice more).
 pub(crate) struct Records {
     chunks: Option<sled::Iter>,
-    decoded: std::collections::VecDeque<Result<Record>>,
+    /// The chunk being read, and where.
+    chunk: Option<(sled::IVec, FramesCursor)>,
+    /// An error to hand out before anything else.
+    failed: Option<Error>,
     from: Seq,
     to: Seq,
 }
@@ -854,28 +861,10 @@ impl Records {
     fn failed(e: Error) -> Records {
         Records {
             chunks: None,
-            decoded: [Err(e)].into(),
+            chunk: None,
+            failed: Some(e),
             from: Seq(0),
             to: Seq(u64::MAX),
-        }
-    }
-
-    fn decode_chunk(&mut self, entry: sled::Result<(sled::IVec, sled::IVec)>) {
-        let (key, chunk) = match entry {
-            Ok(kv) => kv,
-            Err(e) => return self.decoded.push_back(Err(e.into())),
-        };
-        let first = codec::seq_of_key(&key).expect("chunk keys end with a seq");
-        let frames = match RecordFrames::new(first, &chunk) {
-            Ok(frames) => frames,
-            Err(e) => return self.decoded.push_back(Err(e)),
-        };
-        for entry in frames {
-            match entry {
-                Ok((seq, _)) if seq < self.from || seq > self.to => {}
-                Ok((seq, frame)) => self.decoded.push_back(codec::decode_record(seq, frame)),
-                Err(e) => self.decoded.push_back(Err(e)),
-            }
         }
     }
 }
@@ -884,12 +873,35 @@ impl Iterator for Records {
     type Item = Result<Record>;
 
     fn next(&mut self) -> Option<Result<Record>> {
+        if let Some(e) = self.failed.take() {
+            return Some(Err(e));
+        }
         loop {
-            if let Some(r) = self.decoded.pop_front() {
-                return Some(r);
+            if let Some((chunk, cursor)) = &mut self.chunk {
+                let mut frames = RecordFrames::resume(chunk, *cursor);
+                while let Some(entry) = frames.next() {
+                    let decoded = match entry {
+                        Ok((seq, _)) if seq < self.from || seq > self.to => continue,
+                        Ok((seq, frame)) => codec::decode_record(seq, frame),
+                        Err(e) => Err(e),
+                    };
+                    *cursor = frames.cursor();
+                    return Some(decoded);
+                }
+                self.chunk = None;
             }
-            let entry = self.chunks.as_mut()?.next()?;
-            self.decode_chunk(entry);
+            let (key, chunk) = match self.chunks.as_mut()?.next()? {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let first = codec::seq_of_key(&key).expect("chunk keys end with a seq");
+            match RecordFrames::new(first, &chunk) {
+                Ok(frames) => {
+                    let cursor = frames.cursor();
+                    self.chunk = Some((chunk, cursor));
+                }
+                Err(e) => return Some(Err(e)),
+            }
         }
     }
 }
