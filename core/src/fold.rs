@@ -640,8 +640,15 @@ impl Core {
         let Ok(pos) = entry.machine_pos(&key.callback) else {
             return;
         };
-        // Its timers need no clearing: with the machine gone, their entries are stale.
-        entry.machines.remove(pos);
+        // Its timers' entries need no removing, they are stale with the machine gone; the
+        // timers are only told, in case one of them was the earliest.
+        let (_, m) = entry.machines.remove(pos);
+        if let Some(t) = m.deadline() {
+            self.deadlines.moved(t);
+        }
+        if let Some(t) = m.expiry() {
+            self.expiries.moved(t);
+        }
         if entry.is_idle() {
             self.forget_file(&key.file);
         }
@@ -865,7 +872,13 @@ fn set_timer(
     before: Option<Timestamp>,
     after: Option<Timestamp>,
 ) {
-    if let Some(t) = after.filter(|t| before != Some(*t)) {
+    if after == before {
+        return;
+    }
+    if let Some(t) = before {
+        timers.moved(t);
+    }
+    if let Some(t) = after {
         timers.insert(t, key);
     }
 }

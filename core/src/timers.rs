@@ -34,6 +34,12 @@ pub(crate) struct Timers {
     queue: VecDeque<(Timestamp, MachineKey)>,
     /// Entries that were earlier than the queue's back when they were set.
     early: BinaryHeap<Early>,
+    /// True once [`Timers::settle`] confirmed the earliest entry, until something could have
+    /// made it stale: the earliest entry removed ([`Timers::pop_due`]), an earlier one added
+    /// ([`Timers::insert`]), or a machine's timer at the earliest time moved, cleared or
+    /// dropped ([`Timers::moved`]). Until then `settle` need not ask the machine again — it
+    /// was asked twice per record, each time a lookup in the file map.
+    settled: bool,
 }
 
 /// A heap entry, ordered so that the earliest time is the heap's top.
@@ -64,6 +70,9 @@ impl Timers {
     /// Notes that `key`'s timer is now at `at`. Where it was before needs no clearing: that
     /// entry is dropped when it surfaces, since the machine no longer says so.
     pub(crate) fn insert(&mut self, at: Timestamp, key: &MachineKey) {
+        if self.first().is_none_or(|first| at < first) {
+            self.settled = false;
+        }
         match self.queue.back() {
             Some((last, _)) if at < *last => self.early.push(Early(at, key.clone())),
             _ => self.queue.push_back((at, key.clone())),
@@ -79,6 +88,9 @@ impl Timers {
     /// Drops earliest entries until the earliest is a timer `is_set` confirms, so that
     /// [`Timers::first`] is exact.
     pub(crate) fn settle(&mut self, mut is_set: impl FnMut(Timestamp, &MachineKey) -> bool) {
+        if self.settled {
+            return;
+        }
         while let Some((t, key, queued)) = self.earliest() {
             if is_set(t, key) {
                 break;
@@ -89,7 +101,16 @@ impl Timers {
                 self.early.pop();
             }
         }
+        self.settled = true;
         self.give_back();
+    }
+
+    /// Says that a machine's timer at `from` moved, was cleared, or went with its machine:
+    /// if `from` is the earliest time, the earliest entry may be stale now.
+    pub(crate) fn moved(&mut self, from: Timestamp) {
+        if self.first() == Some(from) {
+            self.settled = false;
+        }
     }
 
     /// The earliest entry, and whether it is the queue's front (else the heap's top).
@@ -107,6 +128,7 @@ impl Timers {
     /// have their timer at that time; the caller asks each machine before firing it.
     pub(crate) fn pop_due(&mut self, to: Timestamp) -> Option<(Timestamp, Vec<MachineKey>)> {
         let at = self.first().filter(|t| *t <= to)?;
+        self.settled = false;
         let mut keys = Vec::new();
         while self.queue.front().is_some_and(|(t, _)| *t == at) {
             keys.push(self.queue.pop_front().expect("checked above").1);
@@ -177,13 +199,20 @@ mod tests {
                 let t = Timestamp(now + t);
                 match op {
                     0 => {
-                        if machines.get(&k) != Some(&t) {
-                            timers.insert(t, &k);
+                        match machines.get(&k) {
+                            Some(before) if *before == t => {}
+                            Some(before) => {
+                                timers.moved(*before);
+                                timers.insert(t, &k);
+                            }
+                            None => timers.insert(t, &k),
                         }
                         machines.insert(k, t);
                     }
                     1 => {
-                        machines.remove(&k);
+                        if let Some(before) = machines.remove(&k) {
+                            timers.moved(before);
+                        }
                     }
                     _ => {
                         let to = now + to;

@@ -833,6 +833,27 @@ proptest! {
         prop_assert!(v.is_empty(), "{}", report_failure(&sim, &v));
     }
 
+    /// After every record, the core's next deadline — what its `WakeAt` effects announce — is
+    /// exactly the earliest deadline of any machine it keeps: never a leftover timer of a
+    /// machine that moved on, or was dropped with its callback or its file.
+    #[test]
+    fn next_deadline_is_the_earliest_machine_deadline(h in history()) {
+        let sim = simulate(&h);
+        let mut core = Core::new();
+        let mut effects = Vec::new();
+        for r in &sim.log {
+            core.apply(r, &mut effects);
+            effects.clear();
+            let earliest = core
+                .checkpoint()
+                .files
+                .iter()
+                .flat_map(|(_, entry)| entry.machines.iter().filter_map(|(_, m)| m.deadline()))
+                .min();
+            prop_assert_eq!(core.next_deadline(), earliest, "after #{}", r.seq);
+        }
+    }
+
     /// Folding the same log twice gives identical effects and states, byte for byte; so does
     /// restoring a checkpoint taken anywhere (through bincode) and folding the rest; and folding one file's
     /// records (with its project's) reaches the same states and attempts for that file as
