@@ -775,20 +775,15 @@ pub(crate) fn audit(
             }
             audit.feed(&record);
             if audit.batch_ready() {
-                match checks_tx.try_send(audit.take_batch()) {
-                    Ok(()) => {}
-                    // The verifiers are behind (or gone: their joins below report it).
-                    Err(
-                        std::sync::mpsc::TrySendError::Full(batch)
-                        | std::sync::mpsc::TrySendError::Disconnected(batch),
-                    ) => check_batch(&mut reader, batch, &mut verified),
-                }
+                hand_over(audit.take_batch(), &checks_tx, &mut reader, &mut verified);
             }
             if i % 65_536 == 0 {
                 bar.set_position(record.seq.0);
             }
         }
-        check_batch(&mut reader, audit.take_batch(), &mut verified);
+        for batch in audit.take_rest() {
+            hand_over(batch, &checks_tx, &mut reader, &mut verified);
+        }
         drop(checks_tx);
         while let Some(batch) = next_batch(&checks_rx) {
             check_batch(&mut reader, batch, &mut verified);
@@ -813,6 +808,23 @@ pub(crate) fn audit(
     let in_flight = audit.in_flight();
     let (summary, _) = audit.finish(verified);
     Ok((summary, in_flight))
+}
+
+/// Gives `batch` to a verifier, or checks it here if they are all busy (or gone: their
+/// joins report it), so that the fold never waits.
+fn hand_over(
+    batch: replay::Batch,
+    queue: &std::sync::mpsc::SyncSender<replay::Batch>,
+    reader: &mut cb_store::SnapshotReader<'_>,
+    verified: &mut replay::Verified,
+) {
+    match queue.try_send(batch) {
+        Ok(()) => {}
+        Err(
+            std::sync::mpsc::TrySendError::Full(batch)
+            | std::sync::mpsc::TrySendError::Disconnected(batch),
+        ) => check_batch(reader, batch, verified),
+    }
 }
 
 /// The next batch of digest checks for a verifier; `None` once the fold is done (or a
