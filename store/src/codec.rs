@@ -34,6 +34,7 @@
 use cb_core::{ProjectId, Record, RecordKind, Seq, Snapshot};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::common_records::RecentIds;
 use crate::error::{Error, Result};
 
 /// The log format this build reads and writes. Bump it whenever a record's encoding
@@ -162,8 +163,13 @@ pub(crate) fn encode_record(record: &Record) -> Vec<u8> {
 /// Decodes the record framed as `bytes` at position `seq`, and checks that it says it is
 /// that record.
 pub(crate) fn decode_record(seq: Seq, bytes: &[u8]) -> Result<Record> {
+    decode_record_with(seq, bytes, &mut RecentIds::default())
+}
+
+/// [`decode_record`] for a reader of many records, which keeps the ids it read last.
+pub(crate) fn decode_record_with(seq: Seq, bytes: &[u8], ids: &mut RecentIds) -> Result<Record> {
     let payload = raw_unframe(bytes).map_err(|reason| Error::Corrupt { seq, reason })?;
-    let record = match crate::common_records::decode(payload) {
+    let record = match crate::common_records::decode(payload, ids) {
         Some(record) => record,
         None => decode_payload(payload).map_err(|reason| Error::Corrupt { seq, reason })?,
     };

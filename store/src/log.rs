@@ -21,6 +21,7 @@ use crate::codec::{
     RECORDS,
 };
 use crate::commit::{Batch, Committer, Prepared, Request, Syncer};
+use crate::common_records::RecentIds;
 use crate::dir::{sync_dir, DataDir};
 use crate::error::{Error, Result};
 use crate::index::FileIndex;
@@ -582,6 +583,7 @@ pub(crate) fn read_records(tree: &sled::Tree, from: Seq, to: Seq) -> Records {
         return Records {
             chunks: None,
             chunk: None,
+            ids: RecentIds::default(),
             failed: None,
             from,
             to,
@@ -595,6 +597,7 @@ pub(crate) fn read_records(tree: &sled::Tree, from: Seq, to: Seq) -> Records {
     Records {
         chunks: Some(tree.range(codec::seq_key(RECORDS, start)..=codec::seq_key(RECORDS, to))),
         chunk: None,
+        ids: RecentIds::default(),
         failed: None,
         from,
         to,
@@ -851,6 +854,8 @@ pub(crate) struct Records {
     chunks: Option<sled::Iter>,
     /// The chunk being read, and where.
     chunk: Option<(sled::IVec, FramesCursor)>,
+    /// The ids of the record read last.
+    ids: RecentIds,
     /// An error to hand out before anything else.
     failed: Option<Error>,
     from: Seq,
@@ -862,6 +867,7 @@ impl Records {
         Records {
             chunks: None,
             chunk: None,
+            ids: RecentIds::default(),
             failed: Some(e),
             from: Seq(0),
             to: Seq(u64::MAX),
@@ -882,7 +888,7 @@ impl Iterator for Records {
                 while let Some(entry) = frames.next() {
                     let decoded = match entry {
                         Ok((seq, _)) if seq < self.from || seq > self.to => continue,
-                        Ok((seq, frame)) => codec::decode_record(seq, frame),
+                        Ok((seq, frame)) => codec::decode_record_with(seq, frame, &mut self.ids),
                         Err(e) => Err(e),
                     };
                     *cursor = frames.cursor();
