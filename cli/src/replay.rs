@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use cb_core::{
     render, Attempt, Callback, Core, DeliveryId, Digest, Effect, FileKey, MachineKey, Record,
-    RecordKind, Seq, Snapshot, StateName,
+    RecordKind, Seq, SnapshotView, StateName,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
@@ -196,15 +196,40 @@ impl Verified {
     }
 }
 
-/// Checks one batch into `verified` (see [`verify`] for `plan` and `lookup`).
-pub fn check<P, L>(batch: Batch, verified: &mut Verified, plan: P, lookup: L)
-where
-    P: FnOnce(&[Seq]),
-    L: FnMut(Seq) -> Result<Option<Snapshot>, String>,
-{
+/// Checks one batch into `verified`, reading its snapshots from `snapshots`.
+pub fn check(batch: Batch, verified: &mut Verified, snapshots: &mut impl Snapshots) {
     verified.files.extend(batch.changed);
-    let found = verify(batch.checks, plan, lookup);
+    let found = verify(batch.checks, snapshots);
     verified.divergences.extend(found);
+}
+
+/// Where [`verify`] reads the snapshots it renders.
+pub trait Snapshots {
+    /// The versions about to be asked for, increasing: a reader may plan its reads.
+    fn expect(&mut self, versions: &[Seq]);
+
+    /// What `f` makes of the snapshot that change `version` appended; `Ok(None)` if
+    /// `version` is not a change.
+    fn with<R>(
+        &mut self,
+        version: Seq,
+        f: impl FnOnce(SnapshotView<'_>) -> R,
+    ) -> Result<Option<R>, String>;
+}
+
+/// A store's reader renders each body where it read it, without a copy.
+impl Snapshots for cb_store::SnapshotReader<'_> {
+    fn expect(&mut self, versions: &[Seq]) {
+        cb_store::SnapshotReader::expect(self, versions.iter().copied());
+    }
+
+    fn with<R>(
+        &mut self,
+        version: Seq,
+        f: impl FnOnce(SnapshotView<'_>) -> R,
+    ) -> Result<Option<R>, String> {
+        self.with_view(version, f).map_err(|e| e.to_string())
+    }
 }
 
 impl Default for Audit {
@@ -391,64 +416,72 @@ impl Audit {
 }
 
 /// Compares each check's recorded digest with the digest of a fresh render. Snapshots are
-/// asked of `lookup` once per version, in increasing version order (what
-/// [`cb_store::SnapshotReader`] reads fastest), after `plan` was given all those versions
-/// (for [`cb_store::SnapshotReader::expect`]); each (version, callback) is rendered once.
-pub fn verify<P, L>(mut checks: Vec<Check>, plan: P, mut lookup: L) -> Vec<Divergence>
-where
-    P: FnOnce(&[Seq]),
-    L: FnMut(Seq) -> Result<Option<Snapshot>, String>,
-{
+/// asked of `snapshots` once per version, in increasing version order (what
+/// [`cb_store::SnapshotReader`] reads fastest), after it was told all those versions; each
+/// (version, callback) is rendered once.
+pub fn verify(mut checks: Vec<Check>, snapshots: &mut impl Snapshots) -> Vec<Divergence> {
     checks.sort_unstable_by_key(|c| (c.version, c.seq));
     let mut versions: Vec<Seq> = checks.iter().map(|c| c.version).collect();
     versions.dedup();
-    plan(&versions);
+    snapshots.expect(&versions);
     let mut divergences = Vec::new();
-    let mut rendered: Vec<(Arc<Callback>, Digest)> = Vec::new();
-    let mut snapshot: Option<(Seq, Result<Option<Snapshot>, String>)> = None;
-    for check in checks {
-        if snapshot.as_ref().is_none_or(|(v, _)| *v != check.version) {
-            rendered.clear();
-            snapshot = Some((check.version, lookup(check.version)));
-        }
-        let diverge = |explanation| Divergence {
+    let mut rest = &checks[..];
+    while let Some(first) = rest.first() {
+        let version = first.version;
+        let (group, tail) = rest.split_at(rest.iter().take_while(|c| c.version == version).count());
+        rest = tail;
+        let digests = snapshots.with(version, |snapshot| {
+            let mut rendered: Vec<(&Arc<Callback>, Digest)> = Vec::new();
+            group
+                .iter()
+                .map(|check| {
+                    let known = rendered.iter().find(|(cb, _)| {
+                        Arc::ptr_eq(cb, &check.callback) || ***cb == *check.callback
+                    });
+                    match known {
+                        Some((_, d)) => *d,
+                        None => {
+                            let d = render(snapshot, &check.callback).digest();
+                            rendered.push((&check.callback, d));
+                            d
+                        }
+                    }
+                })
+                .collect::<Vec<Digest>>()
+        });
+        let diverge = |check: &Check, explanation| Divergence {
             seq: check.seq.0,
             explanation,
         };
-        let snap = match &snapshot.as_ref().expect("set above").1 {
-            Ok(Some(snap)) => snap,
-            Ok(None) => {
-                divergences.push(diverge(format!(
-                    "version {} has no snapshot in the log",
-                    check.version
-                )));
-                continue;
+        match digests {
+            Ok(Some(digests)) => {
+                for (check, digest) in group.iter().zip(digests) {
+                    if digest != check.digest {
+                        divergences.push(diverge(
+                            check,
+                            format!(
+                                "{} attempt {} sent bytes with digest {}, the core renders {} for version {}",
+                                check.machine,
+                                check.attempt,
+                                short(&check.digest),
+                                short(&digest),
+                                check.version
+                            ),
+                        ));
+                    }
+                }
             }
-            Err(e) => {
-                divergences.push(diverge(format!("reading version {}: {e}", check.version)));
-                continue;
-            }
-        };
-        let known = rendered
-            .iter()
-            .find(|(cb, _)| Arc::ptr_eq(cb, &check.callback) || **cb == *check.callback);
-        let digest = match known {
-            Some((_, d)) => *d,
-            None => {
-                let d = render(snap, &check.callback).digest();
-                rendered.push((check.callback.clone(), d));
-                d
-            }
-        };
-        if digest != check.digest {
-            divergences.push(diverge(format!(
-                "{} attempt {} sent bytes with digest {}, the core renders {} for version {}",
-                check.machine,
-                check.attempt,
-                short(&check.digest),
-                short(&digest),
-                check.version
-            )));
+            Ok(None) => divergences.extend(group.iter().map(|check| {
+                diverge(
+                    check,
+                    format!("version {} has no snapshot in the log", check.version),
+                )
+            })),
+            Err(e) => divergences.extend(
+                group
+                    .iter()
+                    .map(|check| diverge(check, format!("reading version {}: {e}", check.version))),
+            ),
         }
     }
     divergences
@@ -462,7 +495,39 @@ fn short(d: &Digest) -> String {
 mod tests {
     use super::*;
     use cb_core::render::fixtures::seed_001_snapshot;
-    use cb_core::{CallbackName, CallbackRef};
+    use cb_core::{CallbackName, CallbackRef, Snapshot};
+
+    /// Snapshots from a function, recording what was announced and asked.
+    struct Lookup<F> {
+        get: F,
+        planned: Vec<Seq>,
+        asked: Vec<u64>,
+    }
+
+    impl<F: FnMut(Seq) -> Result<Option<Snapshot>, String>> Lookup<F> {
+        fn new(get: F) -> Self {
+            Lookup {
+                get,
+                planned: Vec::new(),
+                asked: Vec::new(),
+            }
+        }
+    }
+
+    impl<F: FnMut(Seq) -> Result<Option<Snapshot>, String>> Snapshots for Lookup<F> {
+        fn expect(&mut self, versions: &[Seq]) {
+            self.planned = versions.to_vec();
+        }
+
+        fn with<R>(
+            &mut self,
+            version: Seq,
+            f: impl FnOnce(SnapshotView<'_>) -> R,
+        ) -> Result<Option<R>, String> {
+            self.asked.push(version.0);
+            Ok((self.get)(version)?.map(|s| f(s.view())))
+        }
+    }
 
     fn check(seq: u64, version: u64, callback: &Arc<Callback>, digest: Digest) -> Check {
         Check {
@@ -494,16 +559,9 @@ mod tests {
             check(43, 9, &xml, good_xml), // version 9 is not a change
             check(44, 3, &xml, good_xml),
         ];
-        let mut asked = Vec::new();
-        let mut planned = Vec::new();
-        let divergences = verify(
-            checks,
-            |p| planned = p.to_vec(),
-            |v| {
-                asked.push(v.0);
-                Ok((v != Seq(9)).then(|| snap.clone()))
-            },
-        );
+        let mut snapshots = Lookup::new(|v| Ok((v != Seq(9)).then(|| snap.clone())));
+        let divergences = verify(checks, &mut snapshots);
+        let (asked, planned) = (snapshots.asked, snapshots.planned);
         assert_eq!(asked, vec![3, 7, 9], "one lookup per version, in order");
         assert_eq!(planned, vec![Seq(3), Seq(7), Seq(9)], "announced before");
         let seqs: Vec<u64> = divergences.iter().map(|d| d.seq).collect();
@@ -517,11 +575,8 @@ mod tests {
     #[test]
     fn a_lookup_error_is_a_divergence_not_a_panic() {
         let xml = Arc::new(Callback::from_json(r#"{"url":"https://example.org/a"}"#).unwrap());
-        let d = verify(
-            vec![check(5, 2, &xml, Digest::of(b"x"))],
-            |_| {},
-            |_| Err("chunk 2: checksum mismatch".into()),
-        );
+        let mut snapshots = Lookup::new(|_| Err("chunk 2: checksum mismatch".into()));
+        let d = verify(vec![check(5, 2, &xml, Digest::of(b"x"))], &mut snapshots);
         assert_eq!(d.len(), 1);
         assert!(d[0].explanation.contains("checksum mismatch"), "{d:?}");
     }

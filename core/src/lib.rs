@@ -61,4 +61,4 @@ pub use machine::{InFlight, Machine, State, StateName};
 pub use record::{AttemptReport, Outcome, Record, RecordKind, Scope};
 pub use render::{render, Placement, Rendered};
 pub use signing::{SecretError, SigningSecret};
-pub use snapshot::{Snapshot, SnapshotBuilder, SnapshotError};
+pub use snapshot::{Snapshot, SnapshotBuilder, SnapshotError, SnapshotView};

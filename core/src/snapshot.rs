@@ -154,6 +154,50 @@ impl Snapshot {
     /// checksum shows these are its bytes (the hash table for it was the larger part of
     /// decoding a seed-sized body).
     pub fn from_stored_parts(text: &str, ends: Vec<u32>) -> Result<Snapshot, SnapshotError> {
+        SnapshotView::from_stored_parts(text, &ends)?;
+        // The table becomes the snapshot's own: `into_boxed_slice` keeps its allocation when
+        // it is exactly full, as a table decoded from its stored bytes is.
+        Ok(Snapshot {
+            text: text.into(),
+            ends: ends.into_boxed_slice(),
+        })
+    }
+
+    /// The snapshot's fields, borrowed, for what reads a snapshot or a stored body alike
+    /// ([`crate::render`]).
+    pub fn view(&self) -> SnapshotView<'_> {
+        SnapshotView {
+            text: &self.text,
+            ends: &self.ends,
+        }
+    }
+
+    /// The value of field `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// A snapshot's fields, borrowed: a [`Snapshot`]'s ([`Snapshot::view`]), or a stored body's
+/// where it was read ([`SnapshotView::from_stored_parts`]), so that a reader can render a
+/// body without copying it into a `Snapshot` first — replay renders every body it checks.
+/// The same invariant as [`Snapshot`]'s holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotView<'a> {
+    text: &'a str,
+    ends: &'a [u32],
+}
+
+impl<'a> SnapshotView<'a> {
+    /// Checks parts a store kept, as [`Snapshot::from_stored_parts`] does (this is that
+    /// check), and borrows them.
+    pub fn from_stored_parts(text: &'a str, ends: &'a [u32]) -> Result<Self, SnapshotError> {
         if ends.len() / 2 > Snapshot::MAX_FIELDS {
             return Err(SnapshotError::TooManyFields {
                 max: Snapshot::MAX_FIELDS,
@@ -172,8 +216,8 @@ impl Snapshot {
             return Err(SnapshotError::Malformed);
         }
         // One pass over the table, checking each pair's offsets and then its name: replay
-        // rebuilds every snapshot it checks, and a second pass for the names cost a fifth
-        // of the rebuild.
+        // checks every snapshot it renders, and a second pass for the names cost a fifth
+        // of the check.
         let mut start = 0;
         for pair in ends.chunks_exact(2) {
             let (mid, end) = (pair[0] as usize, pair[1] as usize);
@@ -187,21 +231,56 @@ impl Snapshot {
             }
             start = end;
         }
-        // The table becomes the snapshot's own: `into_boxed_slice` keeps its allocation when
-        // it is exactly full, as a table decoded from its stored bytes is.
-        Ok(Snapshot {
-            text: text.into(),
-            ends: ends.into_boxed_slice(),
+        Ok(SnapshotView { text, ends })
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.ends.len() / 2
+    }
+
+    /// True if there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The fields in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&'a str, &'a str)> + 'a {
+        let (text, mut start) = (self.text, 0);
+        self.ends.chunks_exact(2).map(move |pair| {
+            let (mid, end) = (pair[0] as usize, pair[1] as usize);
+            let fields = (&text[start..mid], &text[mid..end]);
+            start = end;
+            fields
         })
     }
 
     /// The value of field `name`, if present.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub fn get(&self, name: &str) -> Option<&'a str> {
         self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The storage (see [`Snapshot::as_parts`]).
+    pub fn as_parts(&self) -> (&'a str, &'a [u32]) {
+        (self.text, self.ends)
+    }
+
+    /// The same fields, owned.
+    pub fn to_snapshot(&self) -> Snapshot {
+        Snapshot {
+            text: self.text.into(),
+            ends: self.ends.into(),
+        }
     }
 }
 
-impl fmt::Debug for Snapshot {
+impl<'a> From<&'a Snapshot> for SnapshotView<'a> {
+    fn from(snapshot: &'a Snapshot) -> SnapshotView<'a> {
+        snapshot.view()
+    }
+}
+
+impl fmt::Debug for SnapshotView<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.iter()).finish()
     }

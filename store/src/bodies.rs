@@ -317,15 +317,9 @@ impl BodyLog {
         Ok(segments[n as usize].get_or_insert(file).clone())
     }
 
-    /// Reads `len` bytes at `offset` of segment `segment` (for change `seq`, named in errors).
-    pub(crate) fn read(&self, seq: Seq, segment: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        self.read_into(seq, segment, offset, len, &mut buf)?;
-        Ok(buf)
-    }
-
-    /// [`read`](Self::read) into `buf` (replacing its contents), so that a reader of many
-    /// runs reuses one buffer instead of mapping and zeroing megabytes for each.
+    /// Reads `len` bytes at `offset` of segment `segment` (for change `seq`, named in errors)
+    /// into `buf`, replacing its contents: a reader of many runs reuses one buffer instead
+    /// of mapping and zeroing megabytes for each.
     pub(crate) fn read_into(
         &self,
         seq: Seq,
@@ -472,8 +466,10 @@ mod tests {
 
     fn read_back(log: &BodyLog, d: &Directory, seq: Seq) -> Vec<u8> {
         let (at, len) = d.locate(seq).unwrap();
-        log.read(seq, d.segment, d.offset + at, len as usize)
-            .unwrap()
+        let mut buf = Vec::new();
+        log.read_into(seq, d.segment, d.offset + at, len as usize, &mut buf)
+            .unwrap();
+        buf
     }
 
     #[test]

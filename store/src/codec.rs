@@ -31,7 +31,7 @@
 //! `seq: u64`, `len: u32` and the frame (all little-endian). sled checksums its own log too;
 //! ours also catches a value written by something other than this code.
 
-use cb_core::{ProjectId, Record, RecordKind, Seq, Snapshot};
+use cb_core::{ProjectId, Record, RecordKind, Seq, Snapshot, SnapshotView};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::common_records::RecentIds;
@@ -205,10 +205,26 @@ pub(crate) fn encode_body(snapshot: &Snapshot) -> Vec<u8> {
 
 /// Undoes [`encode_body`].
 pub(crate) fn decode_body(seq: Seq, bytes: &[u8]) -> Result<Snapshot> {
-    let corrupt = |reason: String| Error::Corrupt {
-        seq,
-        reason: format!("snapshot body: {reason}"),
-    };
+    let mut ends = Vec::new();
+    let text = decode_body_parts(seq, bytes, &mut ends)?;
+    Snapshot::from_stored_parts(text, ends).map_err(|e| body_corrupt(seq, e.to_string()))
+}
+
+/// [`decode_body`] without copying: the snapshot where `bytes` holds it, its offset table
+/// decoded into `ends`.
+pub(crate) fn decode_body_view<'b>(
+    seq: Seq,
+    bytes: &'b [u8],
+    ends: &'b mut Vec<u32>,
+) -> Result<SnapshotView<'b>> {
+    let text = decode_body_parts(seq, bytes, ends)?;
+    SnapshotView::from_stored_parts(text, ends).map_err(|e| body_corrupt(seq, e.to_string()))
+}
+
+/// Checks a body frame and splits it: the text it returns, the offset table into `ends`
+/// (which it replaces). The structure of the two is for the caller to check.
+fn decode_body_parts<'b>(seq: Seq, bytes: &'b [u8], ends: &mut Vec<u32>) -> Result<&'b str> {
+    let corrupt = |reason: String| body_corrupt(seq, reason);
     let payload = raw_unframe(bytes).map_err(corrupt)?;
     let (count, rest) = payload
         .split_first_chunk::<4>()
@@ -217,12 +233,20 @@ pub(crate) fn decode_body(seq: Seq, bytes: &[u8]) -> Result<Snapshot> {
     let (table, text) = rest
         .split_at_checked(count.saturating_mul(4))
         .ok_or_else(|| corrupt(format!("{count} offsets do not fit {} bytes", rest.len())))?;
-    let ends: Vec<u32> = table
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect();
-    let text = std::str::from_utf8(text).map_err(|e| corrupt(format!("text: {e}")))?;
-    Snapshot::from_stored_parts(text, ends).map_err(|e| corrupt(e.to_string()))
+    ends.clear();
+    ends.extend(
+        table
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))),
+    );
+    std::str::from_utf8(text).map_err(|e| corrupt(format!("text: {e}")))
+}
+
+fn body_corrupt(seq: Seq, reason: String) -> Error {
+    Error::Corrupt {
+        seq,
+        reason: format!("snapshot body: {reason}"),
+    }
 }
 
 /// Decodes a body format 2 stored in sled: the snapshot as a bincode map.

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cb_core::{EventKind, FileCallback, FileKey, Record, RecordKind, Seq, Snapshot, Timestamp};
+use cb_core::{
+    EventKind, FileCallback, FileKey, Record, RecordKind, Seq, Snapshot, SnapshotView, Timestamp,
+};
 
 use crate::bodies::{BodyLog, Directory, DIRECTORIES};
 use crate::codec::{
@@ -431,6 +433,8 @@ impl Store {
             run_loaded: false,
             plan: Vec::new(),
             planned: 0,
+            alone: Vec::new(),
+            ends: Vec::new(),
             legacy: None,
         }
     }
@@ -638,8 +642,24 @@ pub struct SnapshotReader<'s> {
     /// Versions announced by `expect`, increasing, and how many of them have been passed.
     plan: Vec<Seq>,
     planned: usize,
+    /// A body read on its own, outside any run.
+    alone: Vec<u8>,
+    /// The offset table of the body `with_view` shows, kept from body to body.
+    ends: Vec<u32>,
     /// A format-2 bodies chunk held in sled: its first and last versions, and its bytes.
     legacy: Option<(Seq, Seq, sled::IVec)>,
+}
+
+/// Where [`SnapshotReader::read_body`] found a body.
+enum Body {
+    /// `version` is not a change (or not yet in the log).
+    Absent,
+    /// A format-2 body, decoded from sled.
+    Legacy(Snapshot),
+    /// This range of the run.
+    InRun(std::ops::Range<usize>),
+    /// In the reader's buffer for a lone body.
+    Alone,
 }
 
 /// Recently used body directories, decoded: the dispatcher reads the snapshots of recent
@@ -704,9 +724,37 @@ impl SnapshotReader<'_> {
 
     /// The snapshot that change `version` appended (`None` if `version` is not a change).
     pub fn get(&mut self, version: Seq) -> Result<Option<Snapshot>> {
+        match self.read_body(version)? {
+            Body::Absent => Ok(None),
+            Body::Legacy(snapshot) => Ok(Some(snapshot)),
+            Body::InRun(frame) => codec::decode_body(version, &self.run[frame]).map(Some),
+            Body::Alone => codec::decode_body(version, &self.alone).map(Some),
+        }
+    }
+
+    /// What `f` makes of the snapshot that change `version` appended, seen where it was read
+    /// instead of copied into a [`Snapshot`] (`None` if `version` is not a change): replay
+    /// renders every body it checks this way.
+    pub fn with_view<R>(
+        &mut self,
+        version: Seq,
+        f: impl FnOnce(SnapshotView<'_>) -> R,
+    ) -> Result<Option<R>> {
+        let frame = match self.read_body(version)? {
+            Body::Absent => return Ok(None),
+            Body::Legacy(snapshot) => return Ok(Some(f(snapshot.view()))),
+            Body::InRun(frame) => &self.run[frame],
+            Body::Alone => &self.alone[..],
+        };
+        let view = codec::decode_body_view(version, frame, &mut self.ends)?;
+        Ok(Some(f(view)))
+    }
+
+    /// Reads `version`'s body frame into the run (or alone), or finds it there already.
+    fn read_body(&mut self, version: Seq) -> Result<Body> {
         let shared = &self.store.shared;
         if version.0 == 0 || version.0 > shared.tip.load(Ordering::Acquire) {
-            return Ok(None);
+            return Ok(Body::Absent);
         }
         let held = self
             .directory
@@ -718,11 +766,14 @@ impl SnapshotReader<'_> {
             self.directory = shared.directories.find(&shared.tree, version)?;
         }
         let Some((_, last, directory)) = &self.directory else {
-            return self.get_legacy(version);
+            return Ok(match self.get_legacy(version)? {
+                Some(snapshot) => Body::Legacy(snapshot),
+                None => Body::Absent,
+            });
         };
         let (last, directory) = (*last, directory.clone());
         let Some((at, len)) = directory.locate(version) else {
-            return Ok(None);
+            return Ok(Body::Absent);
         };
         let end = at + u64::from(len);
         let in_run =
@@ -753,22 +804,26 @@ impl SnapshotReader<'_> {
                     (self.run_from, self.run_loaded) = (from, true);
                 }
                 None => {
-                    let frame = shared
-                        .bodies
-                        .read(version, segment, offset + at, len as usize)?;
-                    return codec::decode_body(version, &frame).map(Some);
+                    shared.bodies.read_into(
+                        version,
+                        segment,
+                        offset + at,
+                        len as usize,
+                        &mut self.alone,
+                    )?;
+                    return Ok(Body::Alone);
                 }
             }
         }
         let from = (at - self.run_from) as usize;
-        let frame = self
-            .run
-            .get(from..from + len as usize)
-            .ok_or_else(|| Error::Corrupt {
+        let frame = from..from + len as usize;
+        if frame.end > self.run.len() {
+            return Err(Error::Corrupt {
                 seq: version,
                 reason: "its body lies outside its directory's run".into(),
-            })?;
-        codec::decode_body(version, frame).map(Some)
+            });
+        }
+        Ok(Body::InRun(frame))
     }
 
     /// True if `version` is in the plan; moves the plan's cursor up to it.

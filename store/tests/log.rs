@@ -479,7 +479,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// A reader told which versions come next (`expect`) reads only stretches of bodies,
-    /// yet answers exactly what a lone `snapshot` read answers: for the planned versions in
+    /// yet answers exactly what a lone `snapshot` read answers, through `get` and through
+    /// `with_view` alike: for the planned versions in
     /// order, for versions asked for outside the plan in between, for ticks (no body) and
     /// for versions past the end — whatever the gaps between them.
     #[test]
@@ -497,12 +498,14 @@ proptest! {
         }
         let mut reader = store.snapshot_reader();
         reader.expect(planned.iter().map(|v| Seq(*v)));
+        // The same asks through `with_view`, which shows the body where it was read.
+        let mut viewer = store.snapshot_reader();
+        viewer.expect(planned.iter().map(|v| Seq(*v)));
         for v in asks {
-            prop_assert_eq!(
-                reader.get(Seq(v)).unwrap(),
-                store.snapshot(Seq(v)).unwrap(),
-                "version {}", v
-            );
+            let want = store.snapshot(Seq(v)).unwrap();
+            prop_assert_eq!(reader.get(Seq(v)).unwrap(), want.clone(), "version {}", v);
+            let seen = viewer.with_view(Seq(v), |view| view.to_snapshot()).unwrap();
+            prop_assert_eq!(seen, want, "version {} seen in place", v);
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use crate::config::{Callback, FieldSpec, Format, Projection, ValueKind};
 use crate::digest::Digest;
-use crate::snapshot::Snapshot;
+use crate::snapshot::SnapshotView;
 
 mod json;
 mod query;
@@ -49,11 +49,12 @@ impl Rendered {
     }
 }
 
-/// Renders `snapshot` as `callback` asks: its format, with its projection applied.
+/// Renders `snapshot` (a [`Snapshot`] or a [`SnapshotView`] of a stored body) as `callback`
+/// asks: its format, with its projection applied.
 ///
 /// Mail targets render exactly like HTTP ones; the dispatcher puts the bytes in the mail body.
-pub fn render(snapshot: &Snapshot, callback: &Callback) -> Rendered {
-    let fields = Projected::new(snapshot, &callback.projection);
+pub fn render<'a>(snapshot: impl Into<SnapshotView<'a>>, callback: &Callback) -> Rendered {
+    let fields = Projected::new(snapshot.into(), &callback.projection);
     match callback.format {
         Format::Xml => Rendered {
             placement: Placement::Body {
@@ -109,12 +110,12 @@ pub fn request_url(base: &str, rendered: &Rendered) -> String {
 /// projection. Borrowing, so no format copies a field before writing it.
 #[derive(Clone, Copy)]
 pub(crate) struct Projected<'a> {
-    snapshot: &'a Snapshot,
+    snapshot: SnapshotView<'a>,
     specs: Option<&'a [FieldSpec]>,
 }
 
 impl<'a> Projected<'a> {
-    fn new(snapshot: &'a Snapshot, projection: &'a Projection) -> Self {
+    fn new(snapshot: SnapshotView<'a>, projection: &'a Projection) -> Self {
         let specs = match projection {
             Projection::All => None,
             Projection::Fields(specs) => Some(specs.as_slice()),
@@ -124,7 +125,7 @@ impl<'a> Projected<'a> {
 
     /// The whole snapshot, when the projection is `All`: its names are XML names and unique
     /// by [`Snapshot`]'s invariant, so a format may write them without checking.
-    pub(crate) fn whole(self) -> Option<&'a Snapshot> {
+    pub(crate) fn whole(self) -> Option<SnapshotView<'a>> {
         match self.specs {
             None => Some(self.snapshot),
             Some(_) => None,
@@ -164,6 +165,7 @@ impl<'a> Projected<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::Snapshot;
 
     fn callback(json: &str) -> Callback {
         Callback::from_json(json).unwrap()

@@ -10,7 +10,7 @@
 //! [`crate::ingest`] applies the same replacement, so what it reads back is what was meant.
 
 use super::Projected;
-use crate::snapshot::{is_xml_name, Snapshot};
+use crate::snapshot::{is_xml_name, SnapshotView};
 
 /// The media type of the `xml` format.
 pub(crate) const CONTENT_TYPE: &str = "application/xml";
@@ -53,7 +53,7 @@ pub(crate) fn render(fields: Projected<'_>) -> Vec<u8> {
 /// Every field of `snapshot`, under its own name: names are XML names by the snapshot's
 /// invariant. Names and values are copied out of the snapshot's one text (see [`put`]);
 /// replay renders every snapshot it checks this way, and the dispatcher every attempt.
-fn whole(snapshot: &Snapshot) -> Vec<u8> {
+fn whole(snapshot: SnapshotView<'_>) -> Vec<u8> {
     let (text, ends) = snapshot.as_parts();
     let text = text.as_bytes();
     // `  <n>` + `</n>\n` is 2·len(n) + 8 bytes around the value; twice the text bounds the
@@ -222,6 +222,7 @@ mod tests {
     use super::super::fixtures::{seed_001_snapshot, SEED_001_FIELDS};
     use super::*;
     use crate::config::Callback;
+    use crate::snapshot::Snapshot;
     use proptest::prelude::*;
 
     fn render_all(snapshot: &Snapshot) -> Vec<u8> {

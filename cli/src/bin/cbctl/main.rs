@@ -843,13 +843,7 @@ fn check_batch(
     batch: replay::Batch,
     verified: &mut replay::Verified,
 ) {
-    let reader = std::cell::RefCell::new(reader);
-    replay::check(
-        batch,
-        verified,
-        |versions| reader.borrow_mut().expect(versions.iter().copied()),
-        |v| reader.borrow_mut().get(v).map_err(|e| e.to_string()),
-    );
+    replay::check(batch, verified, reader);
 }
 
 fn replay(
