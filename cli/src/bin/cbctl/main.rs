@@ -55,8 +55,9 @@ thread_local! {
     static LIVE_BYTES: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
 }
 
-/// Whether the allocator counts: only `cbctl bench` needs it ([`count_allocations`]), and
-/// every other command skips even the thread-local add (measured: a replay is ~3 % faster).
+/// Whether the allocator counts: only `cbctl bench`'s core-memory phase needs it
+/// ([`count_allocations`]); every other command, replay first, skips even the thread-local
+/// add.
 static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Makes the allocator count live bytes from now on (per thread: see [`live_bytes`]).
