@@ -7,10 +7,11 @@
 //! the payload the core renders for that version and callback. Anything else is a
 //! [`Divergence`], named by its sequence number.
 //!
-//! The digest comparison is split from the fold: the fold collects [`Check`]s, and
-//! [`verify`] renders them in batches, sorted by version, through a snapshot lookup the
-//! caller gives. That keeps the audit testable without a data dir, and lets `cbctl replay`
-//! read snapshots sequentially and render on a second core while the fold goes on.
+//! The digest comparison is split from the fold: the fold collects [`Check`]s and hands
+//! them over in [`Batch`]es, held back so that a batch covers whole stretches of versions;
+//! [`check`] renders a batch, sorted by version, from any [`Snapshots`]. That keeps the
+//! audit testable without a data dir, and lets `cbctl replay` read snapshots in version
+//! order and render on its other cores while the fold goes on.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub struct Summary {
 struct Decided {
     version: Seq,
     callback: Arc<Callback>,
+    /// An operator's redeliver, whose version may be any age.
+    redeliver: bool,
 }
 
 /// A recorded outcome whose digest is still to be compared with a fresh render of the
@@ -116,9 +119,10 @@ const MOST_HELD: usize = 65_536;
 
 impl HeldChecks {
     /// Holds `check` (of the outcome numbered `at`), or hands it to `out` if its stretch
-    /// has been released.
-    fn hold(&mut self, check: Check, at: Seq, out: &mut Vec<Check>) {
-        if check.attempt == 1 {
+    /// has been released. `first` says it answers the first attempt of a delivery the core
+    /// opened (not a redeliver, whose version may be any age): those set the lag.
+    fn hold(&mut self, check: Check, at: Seq, first: bool, out: &mut Vec<Check>) {
+        if first {
             self.lag = self.lag.max(at.0.saturating_sub(check.version.0));
         }
         let stretch = check.version.0 >> STRETCH_BITS;
@@ -355,7 +359,9 @@ impl Audit {
                                 machine: report.machine.clone(),
                                 attempt: report.attempt,
                             };
-                            self.held.hold(check, record.seq, &mut self.batch.checks);
+                            let first = report.attempt == 1 && !decided.redeliver;
+                            self.held
+                                .hold(check, record.seq, first, &mut self.batch.checks);
                             self.held.release(record.seq, &mut self.batch.checks);
                         }
                     }
@@ -385,6 +391,7 @@ impl Audit {
             Decided {
                 version: a.version,
                 callback: a.callback,
+                redeliver: a.redeliver,
             },
         );
     }
@@ -600,7 +607,7 @@ mod tests {
                 c.attempt = attempt;
                 sent.push(seq);
                 let before = out.len();
-                held.hold(c, Seq(seq), &mut out);
+                held.hold(c, Seq(seq), attempt == 1, &mut out);
                 held.release(Seq(seq), &mut out);
                 // What a release hands out is whole stretches, below every stretch held.
                 if let Some(lowest_held) = held.by_stretch.keys().next() {
@@ -627,6 +634,7 @@ mod tests {
         held.hold(
             check(5_000, 4_000, &xml, Digest::of(b"x")),
             Seq(5_000),
+            true,
             &mut out,
         );
         held.release(Seq(5_000), &mut out);
@@ -635,12 +643,15 @@ mod tests {
         assert!(out.is_empty(), "not yet a lag past its end");
         held.release(Seq(stretch + 1_000), &mut out);
         assert_eq!(out.len(), 1);
-        // A late check for a released stretch goes straight out.
+        // A late check for a released stretch goes straight out; a redeliver of an old
+        // version does not widen the lag.
         held.hold(
             check(stretch + 2_000, 10, &xml, Digest::of(b"x")),
             Seq(stretch + 2_000),
+            false,
             &mut out,
         );
         assert_eq!(out.len(), 2);
+        assert_eq!(held.lag, 1_000);
     }
 }

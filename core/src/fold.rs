@@ -641,13 +641,11 @@ impl Core {
             return;
         };
         // Its timers' entries need no removing, they are stale with the machine gone; the
-        // timers are only told, in case one of them was the earliest.
+        // deadlines are only told, in case its deadline was the earliest (the expiries are
+        // never settled, so they need not know).
         let (_, m) = entry.machines.remove(pos);
         if let Some(t) = m.deadline() {
             self.deadlines.moved(t);
-        }
-        if let Some(t) = m.expiry() {
-            self.expiries.moved(t);
         }
         if entry.is_idle() {
             self.forget_file(&key.file);

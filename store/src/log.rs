@@ -709,7 +709,7 @@ const RUN_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The widest gap between two planned bodies that one read spans: copying a few unneeded
 /// bodies costs less than another system call.
-pub const PLAN_GAP: u64 = 4 * 1024;
+pub(crate) const PLAN_GAP: u64 = 4 * 1024;
 
 impl SnapshotReader<'_> {
     /// Announces the versions to be asked for next, in increasing order (repeats allowed):
@@ -794,6 +794,9 @@ impl SnapshotReader<'_> {
             };
             match span {
                 Some((from, to)) => {
+                    // Until the read succeeds the run holds nothing: a failed read leaves it
+                    // part new bytes, part old.
+                    self.run_loaded = false;
                     shared.bodies.read_into(
                         version,
                         segment,

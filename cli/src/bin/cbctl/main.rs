@@ -24,19 +24,55 @@ use clap::{Parser, Subcommand};
 /// closes the pipe early, and that must end the command quietly ([`main`]), not panic.
 macro_rules! outln {
     () => {
-        std::io::Write::write_all(&mut std::io::stdout().lock(), b"\n")?
+        std::io::Write::write_all(&mut crate::Stdout, b"\n")?
     };
     ($($arg:tt)*) => {
-        std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!("{}\n", format_args!($($arg)*)))?
+        std::io::Write::write_fmt(&mut crate::Stdout, format_args!("{}\n", format_args!($($arg)*)))?
     };
 }
 
 /// `print!` as [`outln!`] is `println!`.
 macro_rules! out {
     ($($arg:tt)*) => {
-        std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!($($arg)*))?
+        std::io::Write::write_fmt(&mut crate::Stdout, format_args!($($arg)*))?
     };
 }
+
+/// stdout, with its write errors marked as its own ([`StdoutError`]): a broken pipe there
+/// means the reader stopped reading, which ends the command quietly; a broken pipe anywhere
+/// else (a socket) is an error to report.
+struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stdout()
+            .lock()
+            .write(buf)
+            .map_err(StdoutError::mark)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().lock().flush().map_err(StdoutError::mark)
+    }
+}
+
+/// A failed write to stdout, inside the `io::Error` that reports it (same kind).
+#[derive(Debug)]
+struct StdoutError(std::io::Error);
+
+impl StdoutError {
+    fn mark(e: std::io::Error) -> std::io::Error {
+        std::io::Error::new(e.kind(), StdoutError(e))
+    }
+}
+
+impl std::fmt::Display for StdoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "writing to stdout: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutError {}
 
 // Replay decodes and renders hundreds of thousands of snapshots and reads sled's blob
 // files of 100 KiB and more; glibc's malloc maps and unmaps those for each read (page
@@ -51,11 +87,13 @@ thread_local! {
     /// shared by every thread put a contended atomic on every allocation: replay's fold
     /// and digest threads allocate constantly, and the shared count cost it ~5 % (measured
     /// in docs/performance.md). Const-initialized and without a destructor, so reading it
-    /// from the allocator neither allocates nor fails during thread teardown.
+    /// from the allocator neither allocates nor fails during thread teardown (on Linux, where
+    /// cbctl runs, std keeps such a value in native thread-local storage; a target where std
+    /// falls back to OS keys would allocate on first use and reenter the allocator).
     static LIVE_BYTES: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
 }
 
-/// Whether the allocator counts: only `cbctl bench`'s core-memory phase needs it
+/// Whether the allocator counts: only `cbctl bench` needs it, from its core-memory phase on
 /// ([`count_allocations`]); every other command, replay first, skips even the thread-local
 /// add.
 static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -113,8 +151,9 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
 }
 
 /// Bytes the calling thread has allocated and not freed since counting began (blocks it
-/// frees that another thread allocated, or that were allocated before, count against it). `cbctl bench` builds the core whose memory it reports on
-/// one thread, so the difference of two readings there is exactly what that core holds.
+/// frees that another thread allocated, or that were allocated before, count against it).
+/// `cbctl bench` builds the core whose memory it reports on one thread, so the difference
+/// of two readings there is exactly what that core holds.
 pub(crate) fn live_bytes() -> isize {
     LIVE_BYTES.get()
 }
@@ -327,13 +366,14 @@ fn main() -> ExitCode {
 /// reports for a tool the signal ended (Rust ignores SIGPIPE, so cbctl sees the error).
 const STDOUT_CLOSED: u8 = 141;
 
-/// True if `e` is, or was caused by, a write to a pipe nobody reads any more: the reader
-/// (`head`, a pager) has all it wanted, so it is not an error to report.
+/// True if `e` is, or was caused by, a write to stdout when nobody reads it any more: the
+/// reader (`head`, a pager) has all it wanted, so it is not an error to report.
 fn reader_went_away(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::BrokenPipe
+                && io.get_ref().is_some_and(|inner| inner.is::<StdoutError>())
+        })
     })
 }
 
@@ -475,11 +515,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export { from } => {
             if let Some(server) = &cli.server {
                 let r = fetch(server, &format!("/v1/log?from={from}"))?;
-                std::io::copy(&mut r.into_reader(), &mut std::io::stdout().lock())?;
+                std::io::copy(&mut r.into_reader(), &mut Stdout)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let source = open(&cli)?;
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut out = std::io::BufWriter::new(Stdout);
             source.store.export(Seq(*from), &mut out)?;
             out.flush()?;
             Ok(ExitCode::SUCCESS)
@@ -1137,4 +1177,23 @@ fn print_status(v: &serde_json::Value) -> std::io::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod stdout_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_broken_pipe_on_stdout_ends_quietly() {
+        let pipe = || std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let on_stdout =
+            anyhow::Error::from(StdoutError::mark(pipe())).context("writing the export");
+        assert!(reader_went_away(&on_stdout));
+        let on_a_socket = anyhow::Error::from(pipe()).context("sending to the server");
+        assert!(!reader_went_away(&on_a_socket), "reported, not swallowed");
+        let other = anyhow::Error::from(StdoutError::mark(std::io::Error::from(
+            std::io::ErrorKind::StorageFull,
+        )));
+        assert!(!reader_went_away(&other));
+    }
 }
