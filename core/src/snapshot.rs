@@ -225,9 +225,13 @@ impl<'a> SnapshotView<'a> {
             if !(ordered && text.is_char_boundary(mid) && text.is_char_boundary(end)) {
                 return Err(SnapshotError::Malformed);
             }
-            let name = &text[start..mid];
-            if !is_xml_name(name) {
-                return Err(SnapshotError::BadFieldName(name.to_owned()));
+            // Most names are ASCII and decided by the byte table right here; the rest take
+            // the full check.
+            if !is_ascii_xml_name(&text.as_bytes()[start..mid]) {
+                let name = &text[start..mid];
+                if !is_xml_name(name) {
+                    return Err(SnapshotError::BadFieldName(name.to_owned()));
+                }
             }
             start = end;
         }
@@ -343,15 +347,7 @@ impl SnapshotBuilder {
 pub fn is_xml_name(s: &str) -> bool {
     // Field names are ASCII nearly always, and replay checks every name of every snapshot it
     // renders: one table lookup per byte decides those; anything else takes the char path.
-    let bytes = s.as_bytes();
-    let Some((&first, rest)) = bytes.split_first() else {
-        return false;
-    };
-    if NAME_BYTES[usize::from(first)] & NAME_START != 0
-        && rest
-            .iter()
-            .all(|&b| NAME_BYTES[usize::from(b)] & NAME_CHAR != 0)
-    {
+    if is_ascii_xml_name(s.as_bytes()) {
         return true;
     }
     if s.is_ascii() {
@@ -361,6 +357,20 @@ pub fn is_xml_name(s: &str) -> bool {
     match chars.next() {
         Some(c) if is_name_start(c) => chars.all(is_name_char),
         _ => false,
+    }
+}
+
+/// True if `bytes` are an ASCII XML name; false for any other name, ASCII or not.
+#[inline(always)]
+fn is_ascii_xml_name(bytes: &[u8]) -> bool {
+    match bytes.split_first() {
+        Some((&first, rest)) => {
+            NAME_BYTES[usize::from(first)] & NAME_START != 0
+                && rest
+                    .iter()
+                    .all(|&b| NAME_BYTES[usize::from(b)] & NAME_CHAR != 0)
+        }
+        None => false,
     }
 }
 
