@@ -438,59 +438,49 @@ pub fn verify(mut checks: Vec<Check>, snapshots: &mut impl Snapshots) -> Vec<Div
         let version = first.version;
         let (group, tail) = rest.split_at(rest.iter().take_while(|c| c.version == version).count());
         rest = tail;
-        let digests = snapshots.with(version, |snapshot| {
-            let mut rendered: Vec<(&Arc<Callback>, Digest)> = Vec::new();
-            group
-                .iter()
-                .map(|check| {
-                    let known = rendered.iter().find(|(cb, _)| {
-                        Arc::ptr_eq(cb, &check.callback) || ***cb == *check.callback
-                    });
-                    match known {
-                        Some((_, d)) => *d,
-                        None => {
-                            let d = render(snapshot, &check.callback).digest();
-                            rendered.push((&check.callback, d));
-                            d
-                        }
-                    }
-                })
-                .collect::<Vec<Digest>>()
-        });
         let diverge = |check: &Check, explanation| Divergence {
             seq: check.seq.0,
             explanation,
         };
-        match digests {
-            Ok(Some(digests)) => {
-                for (check, digest) in group.iter().zip(digests) {
-                    if digest != check.digest {
-                        divergences.push(diverge(
-                            check,
-                            format!(
-                                "{} attempt {} sent bytes with digest {}, the core renders {} for version {}",
-                                check.machine,
-                                check.attempt,
-                                short(&check.digest),
-                                short(&digest),
-                                check.version
-                            ),
-                        ));
+        let rendered = snapshots.with(version, |snapshot| {
+            let mut digests: Vec<(&Arc<Callback>, Digest)> = Vec::new();
+            for check in group {
+                let known = digests
+                    .iter()
+                    .find(|(cb, _)| Arc::ptr_eq(cb, &check.callback) || ***cb == *check.callback);
+                let digest = match known {
+                    Some((_, d)) => *d,
+                    None => {
+                        let d = render(snapshot, &check.callback).digest();
+                        digests.push((&check.callback, d));
+                        d
                     }
+                };
+                if digest != check.digest {
+                    divergences.push(diverge(
+                        check,
+                        format!(
+                            "{} attempt {} sent bytes with digest {}, the core renders {} for version {}",
+                            check.machine,
+                            check.attempt,
+                            short(&check.digest),
+                            short(&digest),
+                            check.version
+                        ),
+                    ));
                 }
             }
-            Ok(None) => divergences.extend(group.iter().map(|check| {
-                diverge(
-                    check,
-                    format!("version {} has no snapshot in the log", check.version),
-                )
-            })),
-            Err(e) => divergences.extend(
-                group
-                    .iter()
-                    .map(|check| diverge(check, format!("reading version {}: {e}", check.version))),
-            ),
-        }
+        });
+        let explanation = match rendered {
+            Ok(Some(())) => continue,
+            Ok(None) => format!("version {version} has no snapshot in the log"),
+            Err(e) => format!("reading version {version}: {e}"),
+        };
+        divergences.extend(
+            group
+                .iter()
+                .map(|check| diverge(check, explanation.clone())),
+        );
     }
     divergences
 }

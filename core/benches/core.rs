@@ -119,7 +119,5 @@ fn render_and_digest(bencher: divan::Bencher, format: &str) {
 fn snapshot_from_stored_parts(bencher: divan::Bencher) {
     let snapshot = seed_001_snapshot();
     let (text, ends) = snapshot.as_parts();
-    bencher.bench(|| {
-        cb_core::Snapshot::from_stored_parts(divan::black_box(text), ends.to_vec()).unwrap()
-    });
+    bencher.bench(|| cb_core::Snapshot::from_stored_parts(divan::black_box(text), ends).unwrap());
 }

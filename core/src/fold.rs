@@ -862,8 +862,9 @@ pub struct Checkpoint {
     pub owed_disables: Vec<(MachineKey, Seq)>,
 }
 
-/// Notes a machine's timer that moved from `before` to `after`. Clearing needs nothing: the
-/// entry at `before` is stale once the machine no longer says so (see [`Timers`]).
+/// Notes a machine's timer that moved from `before` to `after`. The entry at `before` is not
+/// removed — it is stale once the machine no longer says so (see [`Timers`]) — the timers
+/// are only told it may be, in case it was the earliest.
 fn set_timer(
     timers: &mut Timers,
     key: &MachineKey,

@@ -293,8 +293,13 @@ impl Machine {
     /// The machine a triggering change opens for a callback that has none (rule 1: a
     /// machine in no state starts coalescing).
     pub(crate) fn opened_by(change: Opening, callback: &Callback) -> Machine {
+        Machine::fresh(coalescing(change, callback, None, change.at))
+    }
+
+    /// A machine that starts in `state`, with no past.
+    fn fresh(state: State) -> Machine {
         Machine {
-            state: coalescing(change, callback, None, change.at),
+            state,
             quiet_until: None,
             unsent: None,
             delivered: None,
@@ -478,13 +483,7 @@ impl Machine {
         callback: &Callback,
     ) -> (Machine, InFlight) {
         let flight = redeliver_flight(seq, at, version);
-        let mut m = Machine {
-            state: State::Pending(flight),
-            quiet_until: None,
-            unsent: None,
-            delivered: None,
-            last_outcome: None,
-        };
+        let mut m = Machine::fresh(State::Pending(flight));
         let started = m.begin(flight, callback);
         (m, started)
     }

@@ -74,25 +74,17 @@ impl Snapshot {
 
     /// Number of fields.
     pub fn len(&self) -> usize {
-        self.ends.len() / 2
+        self.view().len()
     }
 
     /// True if there are no fields.
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.view().is_empty()
     }
 
     /// The fields in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
-        // One pass over the offset table, carrying each pair's start (renders call this for
-        // every delivery and replay for every digest it checks).
-        let mut start = 0;
-        self.ends.chunks_exact(2).map(move |pair| {
-            let (mid, end) = (pair[0] as usize, pair[1] as usize);
-            let fields = (&self.text[start..mid], &self.text[mid..end]);
-            start = end;
-            fields
-        })
+        self.view().iter()
     }
 
     fn pair(&self, i: usize) -> (&str, &str) {
@@ -153,14 +145,8 @@ impl Snapshot {
     /// is not checked again: it was checked when the snapshot was first built, and the
     /// checksum shows these are its bytes (the hash table for it was the larger part of
     /// decoding a seed-sized body).
-    pub fn from_stored_parts(text: &str, ends: Vec<u32>) -> Result<Snapshot, SnapshotError> {
-        SnapshotView::from_stored_parts(text, &ends)?;
-        // The table becomes the snapshot's own: `into_boxed_slice` keeps its allocation when
-        // it is exactly full, as a table decoded from its stored bytes is.
-        Ok(Snapshot {
-            text: text.into(),
-            ends: ends.into_boxed_slice(),
-        })
+    pub fn from_stored_parts(text: &str, ends: &[u32]) -> Result<Snapshot, SnapshotError> {
+        SnapshotView::from_stored_parts(text, ends).map(|view| view.to_snapshot())
     }
 
     /// The snapshot's fields, borrowed, for what reads a snapshot or a stored body alike
@@ -174,13 +160,13 @@ impl Snapshot {
 
     /// The value of field `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        self.view().get(name)
     }
 }
 
 impl fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.iter()).finish()
+        self.view().fmt(f)
     }
 }
 
@@ -250,6 +236,8 @@ impl<'a> SnapshotView<'a> {
 
     /// The fields in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&'a str, &'a str)> + 'a {
+        // One pass over the offset table, carrying each pair's start (renders call this for
+        // every delivery and replay for every digest it checks).
         let (text, mut start) = (self.text, 0);
         self.ends.chunks_exact(2).map(move |pair| {
             let (mid, end) = (pair[0] as usize, pair[1] as usize);
@@ -567,12 +555,9 @@ mod tests {
     fn stored_parts_round_trip_and_bad_tables_are_refused() {
         let s = Snapshot::from_pairs([("id", "556114"), ("message", ""), ("名", "エ")]).unwrap();
         let (text, ends) = s.as_parts();
+        assert_eq!(Snapshot::from_stored_parts(text, ends), Ok(s.clone()));
         assert_eq!(
-            Snapshot::from_stored_parts(text, ends.to_vec()),
-            Ok(s.clone())
-        );
-        assert_eq!(
-            Snapshot::from_stored_parts("", vec![]),
+            Snapshot::from_stored_parts("", &[]),
             Ok(Snapshot::default())
         );
         let bad: [&[u32]; 5] = [
@@ -584,7 +569,7 @@ mod tests {
         ];
         for ends in bad {
             assert_eq!(
-                Snapshot::from_stored_parts(text, ends.to_vec()),
+                Snapshot::from_stored_parts(text, ends),
                 Err(SnapshotError::Malformed),
                 "{ends:?}"
             );
@@ -592,7 +577,7 @@ mod tests {
         // A table that fits its text but makes "556114" a name: refused, since the xml
         // format writes names as they are.
         assert_eq!(
-            Snapshot::from_stored_parts(text, vec![1, 2, 8, 8, 15, 15, 18, ends[5]]),
+            Snapshot::from_stored_parts(text, &[1, 2, 8, 8, 15, 15, 18, ends[5]]),
             Err(SnapshotError::BadFieldName("556114".into()))
         );
     }

@@ -203,28 +203,17 @@ pub(crate) fn encode_body(snapshot: &Snapshot) -> Vec<u8> {
     out
 }
 
-/// Undoes [`encode_body`].
-pub(crate) fn decode_body(seq: Seq, bytes: &[u8]) -> Result<Snapshot> {
-    let mut ends = Vec::new();
-    let text = decode_body_parts(seq, bytes, &mut ends)?;
-    Snapshot::from_stored_parts(text, ends).map_err(|e| body_corrupt(seq, e.to_string()))
-}
-
-/// [`decode_body`] without copying: the snapshot where `bytes` holds it, its offset table
-/// decoded into `ends`.
-pub(crate) fn decode_body_view<'b>(
+/// Undoes [`encode_body`], without copying: the snapshot where `bytes` holds it, its offset
+/// table decoded into `ends` (which it replaces).
+pub(crate) fn decode_body<'b>(
     seq: Seq,
     bytes: &'b [u8],
     ends: &'b mut Vec<u32>,
 ) -> Result<SnapshotView<'b>> {
-    let text = decode_body_parts(seq, bytes, ends)?;
-    SnapshotView::from_stored_parts(text, ends).map_err(|e| body_corrupt(seq, e.to_string()))
-}
-
-/// Checks a body frame and splits it: the text it returns, the offset table into `ends`
-/// (which it replaces). The structure of the two is for the caller to check.
-fn decode_body_parts<'b>(seq: Seq, bytes: &'b [u8], ends: &mut Vec<u32>) -> Result<&'b str> {
-    let corrupt = |reason: String| body_corrupt(seq, reason);
+    let corrupt = |reason: String| Error::Corrupt {
+        seq,
+        reason: format!("snapshot body: {reason}"),
+    };
     let payload = raw_unframe(bytes).map_err(corrupt)?;
     let (count, rest) = payload
         .split_first_chunk::<4>()
@@ -239,14 +228,8 @@ fn decode_body_parts<'b>(seq: Seq, bytes: &'b [u8], ends: &mut Vec<u32>) -> Resu
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))),
     );
-    std::str::from_utf8(text).map_err(|e| corrupt(format!("text: {e}")))
-}
-
-fn body_corrupt(seq: Seq, reason: String) -> Error {
-    Error::Corrupt {
-        seq,
-        reason: format!("snapshot body: {reason}"),
-    }
+    let text = std::str::from_utf8(text).map_err(|e| corrupt(format!("text: {e}")))?;
+    SnapshotView::from_stored_parts(text, ends).map_err(|e| corrupt(e.to_string()))
 }
 
 /// Decodes a body format 2 stored in sled: the snapshot as a bincode map.
@@ -561,22 +544,27 @@ mod tests {
         assert!(find_body(*first, &bytes[..bytes.len() - 1], Seq(9)).is_err());
     }
 
+    /// A body decoded and copied out.
+    fn body(seq: Seq, bytes: &[u8]) -> Result<Snapshot> {
+        decode_body(seq, bytes, &mut Vec::new()).map(|view| view.to_snapshot())
+    }
+
     #[test]
     fn bodies_round_trip_and_damage_is_named() {
         let snap = Snapshot::from_pairs([("id", "556114"), ("title", "Vidéo"), ("m", "")]).unwrap();
         let bytes = encode_body(&snap);
-        assert_eq!(decode_body(Seq(3), &bytes).unwrap(), snap);
+        assert_eq!(body(Seq(3), &bytes).unwrap(), snap);
         assert_eq!(
-            decode_body(Seq(3), &encode_body(&Snapshot::default())).unwrap(),
+            body(Seq(3), &encode_body(&Snapshot::default())).unwrap(),
             Snapshot::default()
         );
         let mut flipped = bytes.clone();
         flipped[10] ^= 1;
-        let err = decode_body(Seq(3), &flipped).unwrap_err();
+        let err = body(Seq(3), &flipped).unwrap_err();
         assert!(err.to_string().contains("checksum"), "{err}");
         // A well-checksummed payload that is not a snapshot: refused, never a panic.
         for payload in [&b""[..], b"\x05\0\0\0", b"\x02\0\0\0\x09\0\0\0\x01\0\0\0ab"] {
-            let err = decode_body(Seq(4), &raw_frame(payload)).unwrap_err();
+            let err = body(Seq(4), &raw_frame(payload)).unwrap_err();
             assert!(matches!(err, Error::Corrupt { seq: Seq(4), .. }), "{err}");
         }
         let legacy = encode_legacy_body(&snap);

@@ -584,28 +584,15 @@ fn check_format(dir: &DataDir, tree: &sled::Tree) -> Result<()> {
 /// The records numbered `from..=to` in `tree`, in order, chunk by chunk.
 pub(crate) fn read_records(tree: &sled::Tree, from: Seq, to: Seq) -> Records {
     if from > to {
-        return Records {
-            chunks: None,
-            chunk: None,
-            ids: RecentIds::default(),
-            failed: None,
-            from,
-            to,
-        };
+        return Records::new(None, from, to);
     }
     let start = match chunk_at_or_before(tree, RECORDS, from) {
         Ok(Some((first, _))) => first,
         Ok(None) => from,
         Err(e) => return Records::failed(e),
     };
-    Records {
-        chunks: Some(tree.range(codec::seq_key(RECORDS, start)..=codec::seq_key(RECORDS, to))),
-        chunk: None,
-        ids: RecentIds::default(),
-        failed: None,
-        from,
-        to,
-    }
+    let chunks = tree.range(codec::seq_key(RECORDS, start)..=codec::seq_key(RECORDS, to));
+    Records::new(Some(chunks), from, to)
 }
 
 fn last_record(tree: &sled::Tree) -> Result<Option<Record>> {
@@ -724,12 +711,7 @@ impl SnapshotReader<'_> {
 
     /// The snapshot that change `version` appended (`None` if `version` is not a change).
     pub fn get(&mut self, version: Seq) -> Result<Option<Snapshot>> {
-        match self.read_body(version)? {
-            Body::Absent => Ok(None),
-            Body::Legacy(snapshot) => Ok(Some(snapshot)),
-            Body::InRun(frame) => codec::decode_body(version, &self.run[frame]).map(Some),
-            Body::Alone => codec::decode_body(version, &self.alone).map(Some),
-        }
+        self.with_view(version, |view| view.to_snapshot())
     }
 
     /// What `f` makes of the snapshot that change `version` appended, seen where it was read
@@ -746,7 +728,7 @@ impl SnapshotReader<'_> {
             Body::InRun(frame) => &self.run[frame],
             Body::Alone => &self.alone[..],
         };
-        let view = codec::decode_body_view(version, frame, &mut self.ends)?;
+        let view = codec::decode_body(version, frame, &mut self.ends)?;
         Ok(Some(f(view)))
     }
 
@@ -921,14 +903,21 @@ pub(crate) struct Records {
 }
 
 impl Records {
-    fn failed(e: Error) -> Records {
+    fn new(chunks: Option<sled::Iter>, from: Seq, to: Seq) -> Records {
         Records {
-            chunks: None,
+            chunks,
             chunk: None,
             ids: RecentIds::default(),
+            failed: None,
+            from,
+            to,
+        }
+    }
+
+    fn failed(e: Error) -> Records {
+        Records {
             failed: Some(e),
-            from: Seq(0),
-            to: Seq(u64::MAX),
+            ..Records::new(None, Seq(0), Seq(u64::MAX))
         }
     }
 }

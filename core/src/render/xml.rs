@@ -9,6 +9,8 @@
 //! a Rust string) becomes U+FFFD REPLACEMENT CHARACTER, since no escape can carry them.
 //! [`crate::ingest`] applies the same replacement, so what it reads back is what was meant.
 
+use std::ops::Range;
+
 use super::Projected;
 use crate::snapshot::{is_xml_name, SnapshotView};
 
@@ -38,13 +40,7 @@ pub(crate) fn render(fields: Projected<'_>) -> Vec<u8> {
             continue;
         }
         let (name, value) = (name.as_bytes(), value.as_bytes());
-        out.extend_from_slice(b"  <");
-        out.extend_from_slice(name);
-        out.push(b'>');
-        escape_into(&mut out, value, 0, value.len());
-        out.extend_from_slice(b"</");
-        out.extend_from_slice(name);
-        out.extend_from_slice(b">\n");
+        element(&mut out, name, 0..name.len(), value, 0..value.len());
     }
     out.extend_from_slice(TAIL);
     out
@@ -65,17 +61,29 @@ fn whole(snapshot: SnapshotView<'_>) -> Vec<u8> {
     let mut start = 0;
     for pair in ends.chunks_exact(2) {
         let (mid, end) = (pair[0] as usize, pair[1] as usize);
-        out.extend_from_slice(b"  <");
-        put(&mut out, text, start, mid);
-        out.push(b'>');
-        escape_into(&mut out, text, mid, end);
-        out.extend_from_slice(b"</");
-        put(&mut out, text, start, mid);
-        out.extend_from_slice(b">\n");
+        element(&mut out, text, start..mid, text, mid..end);
         start = end;
     }
     out.extend_from_slice(TAIL);
     out
+}
+
+/// Appends one field's line, `  <name>value</name>`: the name is `names[name]` (an XML
+/// name), the value `values[value]`, escaped.
+fn element(
+    out: &mut Vec<u8>,
+    names: &[u8],
+    name: Range<usize>,
+    values: &[u8],
+    value: Range<usize>,
+) {
+    out.extend_from_slice(b"  <");
+    put(out, names, name.start, name.end);
+    out.push(b'>');
+    escape_into(out, values, value.start, value.end);
+    out.extend_from_slice(b"</");
+    put(out, names, name.start, name.end);
+    out.extend_from_slice(b">\n");
 }
 
 /// The largest block [`put`] copies whole.

@@ -754,8 +754,9 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
 }
 
 /// The audit of `cbctl replay` (and of `cbctl bench`'s fold figure): folds the log (or one
-/// file's records) up to `until`, verifying digests on `cores − 1` threads (at least one). Returns the
-/// summary and the attempts in flight at the end.
+/// file's records) up to `until`, verifying digests on `cores − 1` threads (at least one),
+/// each with its own snapshot reader. Returns the summary and the attempts in flight at the
+/// end.
 pub(crate) fn audit(
     store: &Store,
     until: Option<Point>,
@@ -785,7 +786,7 @@ pub(crate) fn audit(
                         let mut reader = store.snapshot_reader();
                         let mut verified = replay::Verified::default();
                         while let Some(batch) = next_batch(&checks_rx) {
-                            check_batch(&mut reader, batch, &mut verified);
+                            replay::check(batch, &mut verified, &mut reader);
                         }
                         verified
                     })
@@ -827,7 +828,7 @@ pub(crate) fn audit(
         }
         drop(checks_tx);
         while let Some(batch) = next_batch(&checks_rx) {
-            check_batch(&mut reader, batch, &mut verified);
+            replay::check(batch, &mut verified, &mut reader);
         }
         let mut verifier_failed = false;
         for v in verifiers {
@@ -864,7 +865,7 @@ fn hand_over(
         Err(
             std::sync::mpsc::TrySendError::Full(batch)
             | std::sync::mpsc::TrySendError::Disconnected(batch),
-        ) => check_batch(reader, batch, verified),
+        ) => replay::check(batch, verified, reader),
     }
 }
 
@@ -874,17 +875,6 @@ fn next_batch(
     queue: &std::sync::Mutex<std::sync::mpsc::Receiver<replay::Batch>>,
 ) -> Option<replay::Batch> {
     queue.lock().ok()?.recv().ok()
-}
-
-/// Checks one batch into `verified`, reading snapshots through `reader` (one per thread, so
-/// each keeps its own run of bodies). The reader is told the batch's versions first, so it
-/// reads only the bodies they need.
-fn check_batch(
-    reader: &mut cb_store::SnapshotReader<'_>,
-    batch: replay::Batch,
-    verified: &mut replay::Verified,
-) {
-    replay::check(batch, verified, reader);
 }
 
 fn replay(
