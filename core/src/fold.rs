@@ -274,30 +274,73 @@ impl Core {
         if let Some(list) = callbacks {
             self.replace_file_callbacks(file, list, seq, effects);
         }
-        let triggered = self.enabled_callbacks(file, Some(event));
+        // The most common record: it looks the file up once and steps the machines where
+        // they live (each further lookup was a hash and a key comparison, and the list of
+        // triggered callbacks an allocation, on a million changes).
+        let Core {
+            projects,
+            files,
+            deadlines,
+            expiries,
+            owed_disables,
+            now,
+            ..
+        } = self;
+        let triggers = |s: &CallbackSlot| s.disabled_by.is_none() && s.callback.triggers(event);
+        let project_callbacks = projects.get(&file.project);
         // Rule 2: every change moves the file's version, triggering or not. A file the core
-        // does not keep needs no version until something triggers.
-        match self.files.get_mut(file) {
-            Some(entry) => entry.version = seq,
-            None if !triggered.is_empty() => {
-                self.files.insert(
-                    file.clone(),
-                    FileEntry {
-                        version: seq,
-                        callbacks: Vec::new(),
-                        machines: Machines::new(),
-                    },
-                );
+        // does not keep has no per-file callbacks and needs no version until something
+        // triggers.
+        let entry = match files.get_mut(file) {
+            Some(entry) => {
+                entry.version = seq;
+                entry
             }
-            None => {}
+            None if project_callbacks
+                .into_iter()
+                .flatten()
+                .any(|(_, s)| triggers(s)) =>
+            {
+                files.entry(file.clone()).or_insert_with(|| FileEntry {
+                    version: seq,
+                    callbacks: Vec::new(),
+                    machines: Machines::new(),
+                })
+            }
+            None => return Disposition::Applied,
+        };
+        let FileEntry {
+            version,
+            callbacks,
+            machines,
+        } = entry;
+        let mut out = StepOut {
+            now: *now,
+            deadlines,
+            expiries,
+            owed_disables,
+            effects,
+        };
+        let opening = Step::Trigger(Opening { seq, at });
+        // The project's callbacks by name, then the file's: `enabled_callbacks`' order.
+        for (name, slot) in project_callbacks.into_iter().flatten() {
+            if triggers(slot) {
+                let key = MachineKey {
+                    file: file.clone(),
+                    callback: CallbackRef::Project(name.clone()),
+                };
+                transition(machines, *version, &key, &slot.callback, opening, &mut out);
+            }
         }
-        let opening = Opening { seq, at };
-        for callback in triggered {
-            let key = MachineKey {
-                file: file.clone(),
-                callback,
-            };
-            self.step(&key, Step::Trigger(opening), effects);
+        for slot in callbacks.iter() {
+            if slot.disabled_by.is_none() && slot.callback.triggers(event) {
+                let key = MachineKey {
+                    file: file.clone(),
+                    callback: CallbackRef::File(slot.callback.name.clone()),
+                };
+                let callback = &slot.callback.callback;
+                transition(machines, *version, &key, callback, opening, &mut out);
+            }
         }
         Disposition::Applied
     }
@@ -542,86 +585,61 @@ impl Core {
 
     /// Runs one transition of one machine and keeps the timers and effects in step with it.
     fn step(&mut self, key: &MachineKey, step: Step<'_>, effects: &mut Vec<Effect>) -> Disposition {
-        let Some((callback, enabled)) = self.callback_for(&key.file, &key.callback) else {
-            return match step {
-                Step::Outcome(..) => Disposition::Ignored(Ignored::StaleOutcome),
-                _ => Disposition::Ignored(Ignored::UnknownCallback),
-            };
+        let refused = |why: Ignored| match step {
+            Step::Outcome(..) => Disposition::Ignored(Ignored::StaleOutcome),
+            _ => Disposition::Ignored(why),
         };
-        if !enabled {
-            return match step {
-                Step::Outcome(..) => Disposition::Ignored(Ignored::StaleOutcome),
-                _ => Disposition::Ignored(Ignored::DisabledCallback),
-            };
-        }
-        let Some(entry) = self.files.get_mut(&key.file) else {
-            return Disposition::Ignored(Ignored::StaleOutcome);
-        };
-        let version = entry.version;
-        let mut start: Option<InFlight> = None;
-        let mut disposition = Disposition::Applied;
-        // The machine is stepped where it lives in the file's entry: moving it out and back
-        // was a tenth of the fold's memory traffic.
-        let (before, after) = match entry.machine_pos(&key.callback) {
-            Err(i) => {
-                // No machine: only a trigger or a redeliver starts one.
-                let m = match step {
-                    Step::Trigger(opening) => Machine::opened_by(opening, &callback),
-                    Step::Redeliver(seq, at) => {
-                        let (m, flight) = Machine::redelivered(seq, at, version, &callback);
-                        start = Some(flight);
-                        m
-                    }
-                    Step::Outcome(..) => return Disposition::Ignored(Ignored::StaleOutcome),
-                    Step::Config => return Disposition::Applied,
-                    Step::Due(_) => unreachable!("{key}: a deadline belongs to a machine"),
+        let Core {
+            projects,
+            files,
+            deadlines,
+            expiries,
+            owed_disables,
+            now,
+            ..
+        } = self;
+        // The configuration is borrowed where it lives (the project's slot, or the file's
+        // own, beside its machines): an `Arc` clone and drop per step was a locked
+        // instruction waiting on the step's stores.
+        let (callback, version, machines) = match &key.callback {
+            CallbackRef::Project(name) => {
+                let Some(slot) = projects.get(&key.file.project).and_then(|c| c.get(name)) else {
+                    return refused(Ignored::UnknownCallback);
                 };
-                let after = (m.deadline(), m.expiry());
-                entry.machines.insert(i, (key.callback.clone(), m));
-                ((None, None), after)
-            }
-            Ok(i) => {
-                let m = &mut entry.machines[i].1;
-                let before = (m.deadline(), m.expiry());
-                match step {
-                    Step::Trigger(opening) => m.on_trigger(opening, &callback),
-                    Step::Due(at) => start = Some(m.on_due(at, version, &callback)),
-                    Step::Outcome(report, seq, at) => {
-                        match m.on_outcome(report, seq, at, &callback) {
-                            OutcomeStep::Applied => {}
-                            OutcomeStep::Stale => {
-                                disposition = Disposition::Ignored(Ignored::StaleOutcome);
-                            }
-                            OutcomeStep::Gone => {
-                                self.owed_disables.insert(key.clone(), seq);
-                                effects.push(Effect::DisableCallback {
-                                    machine: key.clone(),
-                                    cause: seq,
-                                });
-                            }
-                        }
-                    }
-                    Step::Redeliver(seq, at) => {
-                        start = m.on_redeliver(seq, at, version, &callback);
-                        if start.is_none() {
-                            disposition = Disposition::Ignored(Ignored::AlreadyInFlight);
-                        }
-                    }
-                    Step::Config => m.on_config(&callback, self.now),
+                if slot.disabled_by.is_some() {
+                    return refused(Ignored::DisabledCallback);
                 }
-                (before, (m.deadline(), m.expiry()))
+                let Some(entry) = files.get_mut(&key.file) else {
+                    return Disposition::Ignored(Ignored::StaleOutcome);
+                };
+                (&slot.callback, entry.version, &mut entry.machines)
+            }
+            CallbackRef::File(name) => {
+                let Some(FileEntry {
+                    version,
+                    callbacks,
+                    machines,
+                }) = files.get_mut(&key.file)
+                else {
+                    return refused(Ignored::UnknownCallback);
+                };
+                let Some(slot) = callbacks.iter().find(|s| &s.callback.name == name) else {
+                    return refused(Ignored::UnknownCallback);
+                };
+                if slot.disabled_by.is_some() {
+                    return refused(Ignored::DisabledCallback);
+                }
+                (&slot.callback.callback, *version, machines)
             }
         };
-        if let (Some(t), Step::Trigger(_) | Step::Outcome(..) | Step::Config) = (after.0, step) {
-            // Invariant: a deadline is never set in the past of the record that sets it.
-            assert!(t >= self.now, "{key}: deadline {t} before now {}", self.now);
-        }
-        set_timer(&mut self.deadlines, key, before.0, after.0);
-        set_timer(&mut self.expiries, key, before.1, after.1);
-        if let Some(flight) = start {
-            effects.push(Effect::StartAttempt(attempt_of(key, &flight, callback)));
-        }
-        disposition
+        let mut out = StepOut {
+            now: *now,
+            deadlines,
+            expiries,
+            owed_disables,
+            effects,
+        };
+        transition(machines, version, key, callback, step, &mut out)
     }
 
     /// Drops stale entries from the front of the deadlines, so that [`Core::next_deadline`]
@@ -860,6 +878,95 @@ pub struct Checkpoint {
     pub files: Vec<(FileKey, FileEntry)>,
     /// 410s whose disable is not yet in the log, sorted.
     pub owed_disables: Vec<(MachineKey, Seq)>,
+}
+
+/// What a machine's transition writes besides the machine: the core's timers, its owed
+/// disables and the effects. Borrowed apart from the file map, so that a caller holding a
+/// file's entry can step its machines without looking the file up again.
+struct StepOut<'a> {
+    now: Timestamp,
+    deadlines: &'a mut Timers,
+    expiries: &'a mut Timers,
+    owed_disables: &'a mut BTreeMap<MachineKey, Seq>,
+    effects: &'a mut Vec<Effect>,
+}
+
+/// One transition of the machine of `key` among a file's `machines` (the file at `version`),
+/// under the enabled configuration `callback`; keeps the timers and effects in step with it.
+fn transition(
+    machines: &mut Machines,
+    version: Seq,
+    key: &MachineKey,
+    callback: &Arc<Callback>,
+    step: Step<'_>,
+    out: &mut StepOut<'_>,
+) -> Disposition {
+    let mut start: Option<InFlight> = None;
+    let mut disposition = Disposition::Applied;
+    // The machine is stepped where it lives in the file's entry: moving it out and back
+    // was a tenth of the fold's memory traffic.
+    let (before, after) = match machines.binary_search_by(|(r, _)| r.cmp(&key.callback)) {
+        Err(i) => {
+            // No machine: only a trigger or a redeliver starts one.
+            let m = match step {
+                Step::Trigger(opening) => Machine::opened_by(opening, callback),
+                Step::Redeliver(seq, at) => {
+                    let (m, flight) = Machine::redelivered(seq, at, version, callback);
+                    start = Some(flight);
+                    m
+                }
+                Step::Outcome(..) => return Disposition::Ignored(Ignored::StaleOutcome),
+                Step::Config => return Disposition::Applied,
+                Step::Due(_) => unreachable!("{key}: a deadline belongs to a machine"),
+            };
+            let after = (m.deadline(), m.expiry());
+            machines.insert(i, (key.callback.clone(), m));
+            ((None, None), after)
+        }
+        Ok(i) => {
+            let m = &mut machines[i].1;
+            let before = (m.deadline(), m.expiry());
+            match step {
+                Step::Trigger(opening) => m.on_trigger(opening, callback),
+                Step::Due(at) => start = Some(m.on_due(at, version, callback)),
+                Step::Outcome(report, seq, at) => match m.on_outcome(report, seq, at, callback) {
+                    OutcomeStep::Applied => {}
+                    OutcomeStep::Stale => {
+                        disposition = Disposition::Ignored(Ignored::StaleOutcome);
+                    }
+                    OutcomeStep::Gone => {
+                        out.owed_disables.insert(key.clone(), seq);
+                        out.effects.push(Effect::DisableCallback {
+                            machine: key.clone(),
+                            cause: seq,
+                        });
+                    }
+                },
+                Step::Redeliver(seq, at) => {
+                    start = m.on_redeliver(seq, at, version, callback);
+                    if start.is_none() {
+                        disposition = Disposition::Ignored(Ignored::AlreadyInFlight);
+                    }
+                }
+                Step::Config => m.on_config(callback, out.now),
+            }
+            (before, (m.deadline(), m.expiry()))
+        }
+    };
+    if let (Some(t), Step::Trigger(_) | Step::Outcome(..) | Step::Config) = (after.0, step) {
+        // Invariant: a deadline is never set in the past of the record that sets it.
+        assert!(t >= out.now, "{key}: deadline {t} before now {}", out.now);
+    }
+    set_timer(out.deadlines, key, before.0, after.0);
+    set_timer(out.expiries, key, before.1, after.1);
+    if let Some(flight) = start {
+        out.effects.push(Effect::StartAttempt(attempt_of(
+            key,
+            &flight,
+            callback.clone(),
+        )));
+    }
+    disposition
 }
 
 /// Notes a machine's timer that moved from `before` to `after`. The entry at `before` is not
