@@ -39,7 +39,9 @@ fn main() -> anyhow::Result<()> {
             }
             "audit" => {
                 audit.feed(&record);
-                drop(audit.take_batch());
+                if audit.batch_ready() {
+                    drop(audit.take_batch());
+                }
             }
             other => anyhow::bail!("unknown part {other:?}: decode, core or audit"),
         }
