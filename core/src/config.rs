@@ -618,27 +618,48 @@ impl FileCallback {
     /// Validates the list of per-file callbacks given with a change; unnamed ones are named
     /// after their position (`"0"`, `"1"`, …). Names must be unique.
     pub fn validate_list(specs: Vec<CallbackSpec>) -> Result<Vec<FileCallback>, ConfigError> {
-        if specs.len() > MAX_FILE_CALLBACKS {
-            return Err(ConfigError::TooMany {
-                field: "callbacks",
-                len: specs.len(),
-                max: MAX_FILE_CALLBACKS,
-            });
-        }
+        list_fits(specs.len())?;
         let mut out: Vec<FileCallback> = Vec::with_capacity(specs.len());
         for (i, mut spec) in specs.into_iter().enumerate() {
             spec.name.get_or_insert_with(|| i.to_string());
             let cb = FileCallback::try_from(spec)?;
-            if out.iter().any(|o| o.name == cb.name) {
-                return Err(ConfigError::DuplicateParam(format!(
-                    "callback name {}",
-                    cb.name
-                )));
-            }
+            named_once(&out, &cb)?;
             out.push(cb);
         }
         Ok(out)
     }
+
+    /// The rules of a list of per-file callbacks that no single one can check, for a list
+    /// that arrives already built (`cbctl import`): at most [`MAX_FILE_CALLBACKS`], names
+    /// unique. The core finds a file's callback by its name, so a log must never hold two.
+    pub fn check_list(list: &[FileCallback]) -> Result<(), ConfigError> {
+        list_fits(list.len())?;
+        for (i, cb) in list.iter().enumerate() {
+            named_once(&list[..i], cb)?;
+        }
+        Ok(())
+    }
+}
+
+fn list_fits(len: usize) -> Result<(), ConfigError> {
+    if len > MAX_FILE_CALLBACKS {
+        return Err(ConfigError::TooMany {
+            field: "callbacks",
+            len,
+            max: MAX_FILE_CALLBACKS,
+        });
+    }
+    Ok(())
+}
+
+fn named_once(earlier: &[FileCallback], cb: &FileCallback) -> Result<(), ConfigError> {
+    if earlier.iter().any(|o| o.name == cb.name) {
+        return Err(ConfigError::DuplicateParam(format!(
+            "callback name {}",
+            cb.name
+        )));
+    }
+    Ok(())
 }
 
 /// Most per-file callbacks one change may carry.

@@ -71,7 +71,7 @@ impl FileEntry {
     }
 
     fn machine_pos(&self, callback: &CallbackRef) -> Result<usize, usize> {
-        self.machines.binary_search_by(|(r, _)| r.cmp(callback))
+        machine_pos(&self.machines, callback)
     }
 
     /// The machine for `callback`, if any.
@@ -322,7 +322,8 @@ impl Core {
             effects,
         };
         let opening = Step::Trigger(Opening { seq, at });
-        // The project's callbacks by name, then the file's: `enabled_callbacks`' order.
+        // The project's callbacks by name, then the file's (names unique:
+        // `FileCallback::check_list`).
         for (name, slot) in project_callbacks.into_iter().flatten() {
             if triggers(slot) {
                 let key = MachineKey {
@@ -501,7 +502,7 @@ impl Core {
                 Some((_, false)) => return Disposition::Ignored(Ignored::DisabledCallback),
                 None => return Disposition::Ignored(Ignored::UnknownCallback),
             },
-            None => self.enabled_callbacks(file, None),
+            None => self.enabled_callbacks(file),
         };
         if targets.is_empty() {
             return Disposition::Ignored(Ignored::UnknownCallback);
@@ -527,24 +528,22 @@ impl Core {
         }
     }
 
-    /// The enabled callbacks of `file` — the project's, by name, then its per-file ones — that
-    /// `event` triggers (every one, for `None`).
-    fn enabled_callbacks(&self, file: &FileKey, event: Option<EventKind>) -> Vec<CallbackRef> {
+    /// The enabled callbacks of `file`: the project's, by name, then its per-file ones (the
+    /// order `on_change` steps them in).
+    fn enabled_callbacks(&self, file: &FileKey) -> Vec<CallbackRef> {
         let project = self
             .projects
             .get(&file.project)
             .into_iter()
             .flatten()
-            .filter(|(_, s)| {
-                s.disabled_by.is_none() && event.is_none_or(|e| s.callback.triggers(e))
-            })
+            .filter(|(_, s)| s.disabled_by.is_none())
             .map(|(name, _)| CallbackRef::Project(name.clone()));
         let per_file = self
             .files
             .get(file)
             .into_iter()
             .flat_map(|entry| &entry.callbacks)
-            .filter(|s| s.disabled_by.is_none() && event.is_none_or(|e| s.callback.triggers(e)))
+            .filter(|s| s.disabled_by.is_none())
             .map(|s| CallbackRef::File(s.callback.name.clone()));
         project.chain(per_file).collect()
     }
@@ -880,6 +879,11 @@ pub struct Checkpoint {
     pub owed_disables: Vec<(MachineKey, Seq)>,
 }
 
+/// Where `callback`'s machine is among a file's `machines` (sorted by callback), or would go.
+fn machine_pos(machines: &Machines, callback: &CallbackRef) -> Result<usize, usize> {
+    machines.binary_search_by(|(r, _)| r.cmp(callback))
+}
+
 /// What a machine's transition writes besides the machine: the core's timers, its owed
 /// disables and the effects. Borrowed apart from the file map, so that a caller holding a
 /// file's entry can step its machines without looking the file up again.
@@ -905,7 +909,7 @@ fn transition(
     let mut disposition = Disposition::Applied;
     // The machine is stepped where it lives in the file's entry: moving it out and back
     // was a tenth of the fold's memory traffic.
-    let (before, after) = match machines.binary_search_by(|(r, _)| r.cmp(&key.callback)) {
+    let (before, after) = match machine_pos(machines, &key.callback) {
         Err(i) => {
             // No machine: only a trigger or a redeliver starts one.
             let m = match step {

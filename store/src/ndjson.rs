@@ -51,8 +51,13 @@ pub enum LineKind {
         event: EventKind,
         /// The snapshot after the change, fields in order.
         file: Snapshot,
-        /// Per-file callbacks given with the change (absent: keep the file's set).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// Per-file callbacks given with the change (absent: keep the file's set). Read back
+        /// under the same list rules as the API's (`FileCallback::check_list`).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "file_callbacks"
+        )]
         callbacks: Option<Vec<FileCallback>>,
     },
     /// A project callback was created or replaced.
@@ -445,6 +450,18 @@ impl Store {
         progress(n);
         Ok(n)
     }
+}
+
+/// Reads a change line's per-file callbacks, each checked by its own `Deserialize` and the
+/// list by [`FileCallback::check_list`]: an imported log must not hold what the API refuses.
+fn file_callbacks<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Vec<FileCallback>>, D::Error> {
+    let list = Option::<Vec<FileCallback>>::deserialize(d)?;
+    if let Some(list) = &list {
+        FileCallback::check_list(list).map_err(serde::de::Error::custom)?;
+    }
+    Ok(list)
 }
 
 mod callback_ref {

@@ -160,3 +160,42 @@ fn unknown_kinds_and_invalid_values_are_refused() {
     }
     assert_eq!(store.last_seq(), None);
 }
+
+/// A change line's per-file callbacks are held to the API's list rules: two callbacks of one
+/// name would leave the core to pick one by name, and more than 16 are refused at the API.
+#[test]
+fn import_refuses_per_file_callbacks_the_api_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), &VirtualClock::default());
+    let named = |name: &str| {
+        let list = FileCallback::validate_list(vec![serde_json::from_str(&format!(
+            r#"{{"name":"{name}","url":"https://lf.example.org/hook"}}"#
+        ))
+        .unwrap()])
+        .unwrap();
+        serde_json::to_value(&list[0]).unwrap()
+    };
+    let line = |callbacks: Vec<serde_json::Value>| {
+        serde_json::json!({
+            "seq": 1, "at": 5, "kind": "change", "project": "a", "file_id": "1",
+            "event": "rated", "file": {"id": "1"}, "callbacks": callbacks,
+        })
+        .to_string()
+    };
+    let twice = line(vec![named("hook"), named("other"), named("hook")]);
+    let err = store.import(twice.as_bytes(), |_| {}).unwrap_err();
+    assert!(
+        err.to_string().starts_with("line 1:") && err.to_string().contains("hook"),
+        "{err}"
+    );
+    let many = line((0..17).map(|i| named(&format!("c{i}"))).collect());
+    let err = store.import(many.as_bytes(), |_| {}).unwrap_err();
+    assert!(
+        err.to_string().starts_with("line 1:") && err.to_string().contains("16"),
+        "{err}"
+    );
+    assert_eq!(store.last_seq(), None);
+    // The same list without the repeat is taken.
+    let fine = line(vec![named("hook"), named("other")]);
+    assert_eq!(store.import(fine.as_bytes(), |_| {}).unwrap(), 1);
+}
