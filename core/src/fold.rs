@@ -137,6 +137,9 @@ enum Step<'a> {
     Config,
 }
 
+/// Each project's callbacks, by name.
+type Projects = BTreeMap<ProjectId, BTreeMap<CallbackName, CallbackSlot>>;
+
 /// The pure fold from log records to delivery machines.
 #[derive(Clone, Debug, Default)]
 pub struct Core {
@@ -144,7 +147,7 @@ pub struct Core {
     now: Timestamp,
     /// Invariant: strictly increases with every record.
     last_seq: Option<Seq>,
-    projects: BTreeMap<ProjectId, BTreeMap<CallbackName, CallbackSlot>>,
+    projects: Projects,
     /// Never iterated where the order could reach an effect or a checkpoint (those sort), so
     /// a fast hash map cannot make the fold nondeterministic.
     files: FxHashMap<FileKey, FileEntry>,
@@ -277,15 +280,7 @@ impl Core {
         // The most common record: it looks the file up once and steps the machines where
         // they live (each further lookup was a hash and a key comparison, and the list of
         // triggered callbacks an allocation, on a million changes).
-        let Core {
-            projects,
-            files,
-            deadlines,
-            expiries,
-            owed_disables,
-            now,
-            ..
-        } = self;
+        let (projects, files, mut out) = self.parts(effects);
         let triggers = |s: &CallbackSlot| s.disabled_by.is_none() && s.callback.triggers(event);
         let project_callbacks = projects.get(&file.project);
         // Rule 2: every change moves the file's version, triggering or not. A file the core
@@ -314,13 +309,6 @@ impl Core {
             callbacks,
             machines,
         } = entry;
-        let mut out = StepOut {
-            now: *now,
-            deadlines,
-            expiries,
-            owed_disables,
-            effects,
-        };
         let opening = Step::Trigger(Opening { seq, at });
         // The project's callbacks by name, then the file's (names unique:
         // `FileCallback::check_list`).
@@ -588,15 +576,7 @@ impl Core {
             Step::Outcome(..) => Disposition::Ignored(Ignored::StaleOutcome),
             _ => Disposition::Ignored(why),
         };
-        let Core {
-            projects,
-            files,
-            deadlines,
-            expiries,
-            owed_disables,
-            now,
-            ..
-        } = self;
+        let (projects, files, mut out) = self.parts(effects);
         // The configuration is borrowed where it lives (the project's slot, or the file's
         // own, beside its machines): an `Arc` clone and drop per step was a locked
         // instruction waiting on the step's stores.
@@ -631,14 +611,36 @@ impl Core {
                 (&slot.callback.callback, *version, machines)
             }
         };
-        let mut out = StepOut {
+        transition(machines, version, key, callback, step, &mut out)
+    }
+
+    /// The core taken apart for stepping machines: the callbacks and the files to find a
+    /// machine and its configuration in, and what its transition writes.
+    fn parts<'a>(
+        &'a mut self,
+        effects: &'a mut Vec<Effect>,
+    ) -> (
+        &'a Projects,
+        &'a mut FxHashMap<FileKey, FileEntry>,
+        StepOut<'a>,
+    ) {
+        let Core {
+            projects,
+            files,
+            deadlines,
+            expiries,
+            owed_disables,
+            now,
+            ..
+        } = self;
+        let out = StepOut {
             now: *now,
             deadlines,
             expiries,
             owed_disables,
             effects,
         };
-        transition(machines, version, key, callback, step, &mut out)
+        (projects, files, out)
     }
 
     /// Drops stale entries from the front of the deadlines, so that [`Core::next_deadline`]
