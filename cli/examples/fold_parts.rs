@@ -14,10 +14,25 @@ use cb_store::{Store, StoreOptions};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// What the fold thread does to each record, in this run.
+#[derive(Clone, Copy, Debug)]
+enum Part {
+    Decode,
+    Core,
+    Audit,
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
+    let usage = "usage: fold_parts LOG_DIR decode|core|audit";
     let (Some(dir), Some(part)) = (args.next(), args.next()) else {
-        anyhow::bail!("usage: fold_parts LOG_DIR decode|core|audit");
+        anyhow::bail!(usage);
+    };
+    let part = match part.as_str() {
+        "decode" => Part::Decode,
+        "core" => Part::Core,
+        "audit" => Part::Audit,
+        other => anyhow::bail!("unknown part {other:?}; {usage}"),
     };
     cb_cli::pages::keep_small_pages();
     let store = Store::open(std::path::Path::new(&dir), StoreOptions::default())?;
@@ -29,26 +44,25 @@ fn main() -> anyhow::Result<()> {
     for record in store.records(Seq(1)) {
         let record = record?;
         records += 1;
-        match part.as_str() {
-            "decode" => {
+        match part {
+            Part::Decode => {
                 std::hint::black_box(&record);
             }
-            "core" => {
+            Part::Core => {
                 core.apply(&record, &mut effects);
                 effects.clear();
             }
-            "audit" => {
+            Part::Audit => {
                 audit.feed(&record);
                 if audit.batch_ready() {
                     drop(audit.take_batch());
                 }
             }
-            other => anyhow::bail!("unknown part {other:?}: decode, core or audit"),
         }
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{part}: {records} records in {secs:.3} s ({:.0} records/s)",
+        "{part:?}: {records} records in {secs:.3} s ({:.0} records/s)",
         records as f64 / secs
     );
     Ok(())

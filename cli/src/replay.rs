@@ -429,21 +429,23 @@ impl Audit {
 /// (version, callback) is rendered once.
 pub fn verify(mut checks: Vec<Check>, snapshots: &mut impl Snapshots) -> Vec<Divergence> {
     checks.sort_unstable_by_key(|c| (c.version, c.seq));
-    let mut versions: Vec<Seq> = checks.iter().map(|c| c.version).collect();
-    versions.dedup();
+    let same_version = |a: &Check, b: &Check| a.version == b.version;
+    let versions: Vec<Seq> = checks
+        .chunk_by(same_version)
+        .map(|group| group[0].version)
+        .collect();
     snapshots.expect(&versions);
+    let diverge = |check: &Check, explanation| Divergence {
+        seq: check.seq.0,
+        explanation,
+    };
     let mut divergences = Vec::new();
-    let mut rest = &checks[..];
-    while let Some(first) = rest.first() {
-        let version = first.version;
-        let (group, tail) = rest.split_at(rest.iter().take_while(|c| c.version == version).count());
-        rest = tail;
-        let diverge = |check: &Check, explanation| Divergence {
-            seq: check.seq.0,
-            explanation,
-        };
+    // One version's digests, by callback; the vector is kept from version to version.
+    let mut digests: Vec<(&Arc<Callback>, Digest)> = Vec::new();
+    for group in checks.chunk_by(same_version) {
+        let version = group[0].version;
+        digests.clear();
         let rendered = snapshots.with(version, |snapshot| {
-            let mut digests: Vec<(&Arc<Callback>, Digest)> = Vec::new();
             for check in group {
                 let known = digests
                     .iter()

@@ -97,7 +97,7 @@ impl IndexTag {
     }
 }
 
-fn config() -> bincode::config::Configuration {
+pub(crate) fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
@@ -144,7 +144,9 @@ fn unframe<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> std::result::Result<T,
 }
 
 /// Decodes a frame's payload (its checksum already checked).
-fn decode_payload<'de, T: Deserialize<'de>>(payload: &'de [u8]) -> std::result::Result<T, String> {
+pub(crate) fn decode_payload<'de, T: Deserialize<'de>>(
+    payload: &'de [u8],
+) -> std::result::Result<T, String> {
     let (value, used) = bincode::serde::borrow_decode_from_slice(payload, config())
         .map_err(|e| format!("undecodable: {e}"))?;
     if used != payload.len() {

@@ -188,14 +188,13 @@ mod tests {
         decode(payload, &mut RecentIds::default())
     }
 
+    /// What the fallback, serde, reads (`codec::decode_payload`).
     fn serde_decode(payload: &[u8]) -> Option<Record> {
-        let (record, used) =
-            bincode::serde::borrow_decode_from_slice(payload, bincode::config::standard()).ok()?;
-        (used == payload.len()).then_some(record)
+        crate::codec::decode_payload(payload).ok()
     }
 
     fn encode(record: &Record) -> Vec<u8> {
-        bincode::serde::encode_to_vec(record, bincode::config::standard()).unwrap()
+        bincode::serde::encode_to_vec(record, crate::codec::config()).unwrap()
     }
 
     /// Integers at every width boundary of the encoding.

@@ -423,7 +423,8 @@ impl Store {
 
     /// A reader for many snapshots asked for in increasing version order (`cbctl replay`'s
     /// digest audit): each bodies directory is fetched from sled once, and its bodies read
-    /// from their segment in one go, not once per snapshot.
+    /// from their segment a stretch at a time (see [`SnapshotReader`]), not once per
+    /// snapshot.
     pub fn snapshot_reader(&self) -> SnapshotReader<'_> {
         SnapshotReader {
             store: self,
@@ -696,7 +697,7 @@ const RUN_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The widest gap between two planned bodies that one read spans: copying a few unneeded
 /// bodies costs less than another system call.
-pub(crate) const PLAN_GAP: u64 = 4 * 1024;
+const PLAN_GAP: u64 = 4 * 1024;
 
 impl SnapshotReader<'_> {
     /// Announces the versions to be asked for next, in increasing order (repeats allowed):
@@ -706,7 +707,6 @@ impl SnapshotReader<'_> {
         self.plan.clear();
         self.plan.extend(versions);
         self.planned = 0;
-        self.run_loaded = false;
     }
 
     /// The snapshot that change `version` appended (`None` if `version` is not a change).

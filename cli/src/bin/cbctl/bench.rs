@@ -462,7 +462,7 @@ fn held_since(base: isize) -> usize {
 /// builds the core alone), less those of before.
 fn core_memory(files: u64) -> Memory {
     // From here on, so that nothing this thread frees below was allocated uncounted.
-    crate::count_allocations();
+    crate::count_allocations(true);
     let project = synthetic::project();
     let callback = std::sync::Arc::new(
         cb_core::Callback::from_json(r#"{"url":"https://example.org/cb","window_secs":60}"#)
@@ -522,12 +522,14 @@ fn core_memory(files: u64) -> Memory {
         deliver_due(&mut core, &mut effects, &mut next, at);
     }
     drop(effects);
-    Memory {
+    let memory = Memory {
         held: held_since(base),
         files: core.census().files,
         peak,
         peak_files,
-    }
+    };
+    crate::count_allocations(false);
+    memory
 }
 
 /// Ticks at `at` and answers 200 to every attempt that starts.

@@ -83,24 +83,25 @@ impl std::error::Error for StdoutError {}
 static ALLOCATOR: CountingAlloc = CountingAlloc;
 
 thread_local! {
-    /// Bytes this thread allocated minus bytes it freed. Per thread, because one counter
-    /// shared by every thread put a contended atomic on every allocation: replay's fold
-    /// and digest threads allocate constantly, and the shared count cost it ~5 % (measured
-    /// in docs/performance.md). Const-initialized and without a destructor, so reading it
+    /// Bytes this thread allocated minus bytes it freed. Per thread, so that the figure is
+    /// the core-building thread's alone, and so that counting never puts a shared atomic on
+    /// other threads' allocations (a shared counter, always on, cost replay ~5 %:
+    /// docs/performance.md). Const-initialized and without a destructor, so reading it
     /// from the allocator neither allocates nor fails during thread teardown (on Linux, where
     /// cbctl runs, std keeps such a value in native thread-local storage; a target where std
     /// falls back to OS keys would allocate on first use and reenter the allocator).
     static LIVE_BYTES: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
 }
 
-/// Whether the allocator counts: only `cbctl bench` needs it, from its core-memory phase on
-/// ([`count_allocations`]); every other command, replay first, skips even the thread-local
-/// add.
+/// Whether the allocator counts: only `cbctl bench` needs it, during its core-memory phase
+/// ([`count_allocations`]); every other command and phase, replay first, skips even the
+/// thread-local add.
 static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Makes the allocator count live bytes from now on (per thread: see [`live_bytes`]).
-pub(crate) fn count_allocations() {
-    COUNTING.store(true, std::sync::atomic::Ordering::Relaxed);
+/// Makes the allocator count live bytes from now on, or stop (per thread: see
+/// [`live_bytes`]).
+pub(crate) fn count_allocations(on: bool) {
+    COUNTING.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Adds `delta` to this thread's count, if counting.
@@ -754,8 +755,8 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
 }
 
 /// The audit of `cbctl replay` (and of `cbctl bench`'s fold figure): folds the log (or one
-/// file's records) up to `until`, verifying digests on `cores − 1` threads (at least one),
-/// each with its own snapshot reader. Returns the summary and the attempts in flight at the
+/// file's records) up to `until`, verifying digests on `cores − 1` threads (at least one)
+/// and on the fold's own thread when they are behind, each with its own snapshot reader. Returns the summary and the attempts in flight at the
 /// end.
 pub(crate) fn audit(
     store: &Store,
@@ -852,8 +853,9 @@ pub(crate) fn audit(
     Ok((summary, in_flight))
 }
 
-/// Gives `batch` to a verifier, or checks it here if they are all busy (or gone: their
-/// joins report it), so that the fold never waits.
+/// Gives `batch` to a verifier, or checks it here if they are all busy, so that the fold
+/// never waits. (A verifier that died leaves the queue full, not closed, since this thread
+/// holds the receiver too; its join reports it.)
 fn hand_over(
     batch: replay::Batch,
     queue: &std::sync::mpsc::SyncSender<replay::Batch>,
