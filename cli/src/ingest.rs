@@ -170,6 +170,12 @@ fn check_deliverable(cb: &Callback, rules: Rules) -> Result<(), ApiError> {
                 format!("mailto:{addr} needs an SMTP relay: start cbd with --smtp HOST:PORT"),
             ));
         }
+        if let Err(e) = cb_dispatcher::mail::recipient(addr) {
+            return Err(ApiError::bad_request(
+                "bad_callback",
+                format!("mailto:{addr} is not an address the SMTP client can send to: {e}"),
+            ));
+        }
     }
     Ok(())
 }
@@ -179,6 +185,26 @@ mod tests {
     use super::*;
 
     const RULES: Rules = Rules { smtp: false };
+
+    /// A `mailto:` address the SMTP client cannot send to is refused when the callback is
+    /// set (it would fail every attempt for two days), project or per-file alike.
+    #[test]
+    fn mail_addresses_are_checked_as_the_smtp_client_takes_them() {
+        let smtp = Rules { smtp: true };
+        for ok in ["ops@example.org", "ops@[192.0.2.1]"] {
+            let body = format!(r#"{{"url":"mailto:{ok}"}}"#);
+            assert!(callback(body.as_bytes(), smtp).is_ok(), "{ok}");
+        }
+        for bad in ["a..b@example.org", ".a@example.org", "a@exa mple.org"] {
+            let body = format!(r#"{{"url":"mailto:{bad}"}}"#);
+            let e = callback(body.as_bytes(), smtp).expect_err(bad);
+            assert_eq!(e.code, "bad_callback", "{bad}");
+        }
+        let change = br#"{"project":"p","file_id":"1","event":"published","file":{},
+            "callbacks":[{"url":"mailto:a..b@example.org"}]}"#;
+        let e = json_change(change, smtp).err().unwrap();
+        assert!(e.detail.contains("SMTP client"), "{}", e.detail);
+    }
 
     #[test]
     fn a_batch_that_is_not_utf8_names_the_line() {

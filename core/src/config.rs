@@ -55,6 +55,9 @@ pub enum ConfigError {
     /// Two `fields` entries produce the same output name.
     #[error("fields produce {0:?} twice")]
     DuplicateParam(String),
+    /// Two per-file callbacks of one change have the same name.
+    #[error("two callbacks are named {0:?}; a file's callbacks need distinct names")]
+    DuplicateCallbackName(String),
     /// A header name is not a valid HTTP token.
     #[error("header name {0:?} is invalid")]
     BadHeaderName(String),
@@ -200,6 +203,26 @@ impl Target {
             Target::Http(u) => u.clone(),
             Target::Mail(a) => format!("mailto:{a}"),
         }
+    }
+
+    /// Checks what the URL standard's parser in [`Target::parse`] would repair but an HTTP
+    /// client refuses: `http:///x`, `http:x` and `http:\\x` all parse as `http://x/`, and
+    /// every delivery to them would fail. The authority must be written, as RFC 3986 has
+    /// it. Applied to input (the API, `cbctl import`), not to records already in a log,
+    /// which were valid under the rules they were written with.
+    fn check_written(&self) -> Result<(), ConfigError> {
+        let Target::Http(s) = self else {
+            return Ok(());
+        };
+        let written = s.split_once(':').map_or("", |(_, rest)| rest);
+        let authority = written.strip_prefix("//").unwrap_or("");
+        if authority.is_empty() || authority.starts_with(['/', '\\', '?', '#']) {
+            return Err(ConfigError::BadUrl {
+                url: s.clone(),
+                reason: "no host: write it as http://host/path".to_owned(),
+            });
+        }
+        Ok(())
     }
 
     fn parse(s: &str) -> Result<Target, ConfigError> {
@@ -579,6 +602,12 @@ impl Callback {
         }
     }
 
+    /// The input rules that a stored callback is not re-held to (see
+    /// [`Target::check_written`]): for what arrives already built, as `cbctl import`'s lines.
+    pub fn check_written(&self) -> Result<(), ConfigError> {
+        self.target.check_written()
+    }
+
     /// Parses a JSON callback configuration (a convenience for tests and tools).
     pub fn from_json(json: &str) -> Result<Callback, String> {
         let spec: CallbackSpec = serde_json::from_str(json).map_err(|e| e.to_string())?;
@@ -629,13 +658,15 @@ impl FileCallback {
         Ok(out)
     }
 
-    /// The rules of a list of per-file callbacks that no single one can check, for a list
-    /// that arrives already built (`cbctl import`): at most [`MAX_FILE_CALLBACKS`], names
-    /// unique. The core finds a file's callback by its name, so a log must never hold two.
+    /// The input rules of a list of per-file callbacks that arrives already built (`cbctl
+    /// import`) and that decoding alone does not check: at most [`MAX_FILE_CALLBACKS`],
+    /// names unique (the core finds a file's callback by its name, so a log must never hold
+    /// two), and each URL as [`Callback::check_written`] wants it.
     pub fn check_list(list: &[FileCallback]) -> Result<(), ConfigError> {
         list_fits(list.len())?;
         for (i, cb) in list.iter().enumerate() {
             named_once(&list[..i], cb)?;
+            cb.callback.check_written()?;
         }
         Ok(())
     }
@@ -654,10 +685,7 @@ fn list_fits(len: usize) -> Result<(), ConfigError> {
 
 fn named_once(earlier: &[FileCallback], cb: &FileCallback) -> Result<(), ConfigError> {
     if earlier.iter().any(|o| o.name == cb.name) {
-        return Err(ConfigError::DuplicateParam(format!(
-            "callback name {}",
-            cb.name
-        )));
+        return Err(ConfigError::DuplicateCallbackName(cb.name.to_string()));
     }
     Ok(())
 }
@@ -702,7 +730,9 @@ impl CallbackSpec {
                 "name (a project callback is named by its URL path)",
             ));
         }
-        self.validate_common()
+        let callback = self.validate_common()?;
+        callback.check_written()?;
+        Ok(callback)
     }
 
     fn validate_common(self) -> Result<Callback, ConfigError> {
@@ -891,9 +921,11 @@ impl TryFrom<CallbackSpec> for FileCallback {
             spec.on_progress.take().unwrap_or(false),
         );
         spec.name = None;
+        let callback = spec.validate_common()?;
+        callback.check_written()?;
         Ok(FileCallback {
             name,
-            callback: Arc::new(spec.validate_common()?),
+            callback: Arc::new(callback),
             on_success,
             on_failure,
             on_progress,
@@ -977,8 +1009,10 @@ impl From<CallbackRepr> for CallbackSpec {
 
 impl TryFrom<CallbackRepr> for Callback {
     type Error = ConfigError;
+    /// A stored callback: checked as it was when written, so a log stays readable when the
+    /// input rules tighten ([`Callback::check_written`] holds imports to today's).
     fn try_from(r: CallbackRepr) -> Result<Callback, ConfigError> {
-        CallbackSpec::from(r).validate()
+        CallbackSpec::from(r).validate_common()
     }
 }
 
@@ -1025,6 +1059,18 @@ mod tests {
         Callback::from_json(json)
     }
 
+    /// Tightened input rules do not make a log unreadable: a stored callback decodes under
+    /// the rules it was written with, and `check_written` is what holds input to today's.
+    #[test]
+    fn a_stored_callback_keeps_the_rules_it_was_written_under() {
+        let mut v = serde_json::to_value(parse(r#"{"url":"http://x.org/"}"#).unwrap()).unwrap();
+        v["url"] = "http:///x".into();
+        let stored: Callback = serde_json::from_value(v).unwrap();
+        let err = stored.check_written().unwrap_err().to_string();
+        assert!(err.contains("no host"), "{err}");
+        assert!(parse(r#"{"url":"http:///x"}"#).is_err());
+    }
+
     #[test]
     fn defaults_follow_the_spec() {
         let c = parse(r#"{"url":"https://example.org/cb"}"#).unwrap();
@@ -1067,6 +1113,10 @@ mod tests {
             (r#"{}"#, "url is required"),
             (r#"{"url":"ftp://x.org/"}"#, "scheme \"ftp\""),
             (r#"{"url":"http://"}"#, "invalid"),
+            (r#"{"url":"http:///x"}"#, "no host"),
+            (r#"{"url":"http:x.org/cb"}"#, "no host"),
+            (r#"{"url":"https:/x.org/cb"}"#, "no host"),
+            (r#"{"url":"http:\\\\x.org/cb"}"#, "no host"),
             (r#"{"url":"http://u:p@x.org/"}"#, "credentials"),
             (r#"{"url":"mailto:nobody"}"#, "exactly one plain address"),
             (

@@ -17,10 +17,12 @@
 //!   the XML declaration; a UTF-8 byte-order mark is skipped.
 //!
 //! Field text is taken verbatim — no trimming — after XML's own normalizations: a raw CRLF or
-//! CR becomes LF (so only `&#13;` yields a `\r`, as the renderer writes it), and a character
-//! XML 1.0 does not allow (raw or referenced) becomes U+FFFD, the same rule the
-//! [renderer](mod@crate::render) applies. So rendering a snapshot as `xml` and parsing it back
-//! is the identity.
+//! CR becomes LF (so only `&#13;` yields a `\r`, as the renderer writes it). A character
+//! XML 1.0 does not allow, raw or referenced (`&#0;`), makes the document ill-formed and is
+//! refused, naming the field: replacing it would change the platform's data unseen. (The
+//! [renderer](mod@crate::render) writes such characters of a JSON-ingested value as U+FFFD, so
+//! what it renders always parses.) So rendering a snapshot as `xml` and parsing it back is the
+//! identity for every snapshot the renderer writes unchanged.
 
 use quick_xml::errors::{Error as QxError, IllFormedError, SyntaxError};
 use quick_xml::events::{BytesDecl, BytesStart, Event};
@@ -85,6 +87,15 @@ pub enum XmlError {
         field: String,
         /// The entity's name (clipped if very long).
         entity: String,
+    },
+    /// A field holds a character XML 1.0 does not allow (`&#0;`, a raw U+0001, U+FFFF…): the
+    /// document is not well-formed, and a replacement would change the data unseen.
+    #[error("field <{field}> holds U+{code:04X}, a character XML 1.0 does not allow (raw or as a reference)")]
+    ForbiddenChar {
+        /// The field.
+        field: String,
+        /// The character's code point.
+        code: u32,
     },
     /// A field has a malformed `&…;` reference, such as a bare `&` or `&#xZZ;`.
     #[error("field <{field}> has a malformed reference: {reason}")]
@@ -337,9 +348,8 @@ fn is_whitespace(raw: &[u8]) -> bool {
 }
 
 /// Appends a piece of field text to `out`: line ends normalized, disallowed characters
-/// replaced, and — for text but not CDATA (`references`) — `&…;` references decoded.
+/// refused, and — for text but not CDATA (`references`) — `&…;` references decoded.
 fn append_text(out: &mut String, raw: &str, field: &str, references: bool) -> Result<(), XmlError> {
-    const REPLACEMENT: char = '\u{FFFD}';
     let bytes = raw.as_bytes();
     // Every special case starts at an ASCII byte or at 0xEF, a UTF-8 lead byte, so `i` and
     // `run_start` always sit on char boundaries and the slices below are sound.
@@ -364,7 +374,13 @@ fn append_text(out: &mut String, raw: &str, field: &str, references: bool) -> Re
                 continue;
             }
             _ => match crate::render::forbidden_width(bytes, i) {
-                Some(width) => (REPLACEMENT, width),
+                Some(width) => {
+                    let code = raw[i..i + width].chars().next().map_or(0, u32::from);
+                    return Err(XmlError::ForbiddenChar {
+                        field: field.to_owned(),
+                        code,
+                    });
+                }
                 None => {
                     i += 1;
                     continue;
@@ -429,7 +445,12 @@ fn reference(text: &str, field: &str) -> Result<(char, usize), XmlError> {
                 };
                 match code.map(char::from_u32) {
                     Some(Some(c)) if crate::render::is_xml_char(c) => c,
-                    Some(Some(_)) => '\u{FFFD}',
+                    Some(Some(c)) => {
+                        return Err(XmlError::ForbiddenChar {
+                            field: field.to_owned(),
+                            code: u32::from(c),
+                        })
+                    }
                     Some(None) => {
                         return Err(bad(format!(
                             "&{}; is not a Unicode scalar value",
@@ -554,14 +575,33 @@ mod tests {
         );
     }
 
+    /// A document holding a character XML forbids is not well-formed: refused, naming the
+    /// field and the character, whether it is raw, referenced or in CDATA.
     #[test]
-    fn characters_xml_forbids_become_the_replacement_character() {
+    fn characters_xml_forbids_are_refused_naming_the_field() {
+        for (doc, field, code) in [
+            ("<result><a>x\u{1}y</a></result>", "a", 1),
+            ("<result><a>ok</a><b>x\u{FFFF}</b></result>", "b", 0xFFFF),
+            ("<result><b>A&#0;B</b></result>", "b", 0),
+            ("<result><b>&#1;</b></result>", "b", 1),
+            ("<result><c>&#xFFFE;</c></result>", "c", 0xFFFE),
+            ("<result><d><![CDATA[x\u{1B}]]></d></result>", "d", 0x1B),
+        ] {
+            match parse(doc) {
+                Err(XmlError::ForbiddenChar { field: f, code: c }) => {
+                    assert_eq!((f.as_str(), c), (field, code), "{doc:?}")
+                }
+                other => panic!("{doc:?}: {other:?}"),
+            }
+        }
+        let err = parse("<result><b>A&#0;B</b></result>")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("<b>") && err.contains("U+0000"), "{err}");
+        // Tab, LF and CR are characters XML allows.
         assert_eq!(
-            fields("<result><a>x\u{1}y\u{FFFF}z</a><b>&#1;&#xFFFE;&#0;</b></result>"),
-            pairs(&[
-                ("a", "x\u{FFFD}y\u{FFFD}z"),
-                ("b", "\u{FFFD}\u{FFFD}\u{FFFD}")
-            ])
+            fields("<result><a>&#9;&#10;&#13;</a></result>"),
+            pairs(&[("a", "\t\n\r")])
         );
     }
 

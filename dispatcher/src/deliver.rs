@@ -235,7 +235,7 @@ impl Deliverer {
 /// `scheme://host:port` of an HTTP target; one origin for all mail.
 fn origin_of(target: &Target) -> String {
     match target {
-        Target::Http(url) => match url.parse::<hyper::Uri>() {
+        Target::Http(url) => match cb_core::render::wire_url(url).parse::<hyper::Uri>() {
             Ok(uri) => format!(
                 "{}://{}",
                 uri.scheme_str().unwrap_or("http"),

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use cb_core::{Attempt, EventKind, Outcome, Placement, Rendered};
-use lettre::message::header::ContentType;
+use lettre::message::header::{self, ContentType};
 use lettre::message::Mailbox;
 use lettre::transport::smtp::AsyncSmtpTransport;
 use lettre::{AsyncTransport, Message, Tokio1Executor};
@@ -64,7 +64,7 @@ impl Mailer {
         rendered: &Rendered,
         webhook_id: &str,
     ) -> (Outcome, String) {
-        let to: Mailbox = match address.parse() {
+        let to = match recipient(address) {
             Ok(m) => m,
             Err(e) => {
                 return (
@@ -90,6 +90,8 @@ impl Mailer {
                 attempt.version
             ))
             .message_id(Some(format!("<{webhook_id}.{}@cb>", attempt.attempt)))
+            // RFC 2045: without it, clients may show the quoted-printable body undecoded.
+            .header(header::MIME_VERSION_1_0)
             .header(content_type)
             .body(String::from_utf8_lossy(&rendered.bytes).into_owned());
         let message = match message {
@@ -120,4 +122,12 @@ impl Mailer {
             },
         }
     }
+}
+
+/// The recipient of a `mailto:` callback, as the SMTP client takes it: a plain address
+/// (`name@example.org`, or an address literal such as `ops@[192.0.2.1]`). The API calls this
+/// when a callback is set, so an address the client cannot send to is refused then, not
+/// retried for two days.
+pub fn recipient(address: &str) -> Result<Mailbox, lettre::address::AddressError> {
+    address.parse::<lettre::Address>().map(Mailbox::from)
 }

@@ -35,6 +35,11 @@ fn mail_is_delivered_through_the_relay() {
         "{m}"
     );
     assert!(m.contains("To: ops@example.org"), "{m}");
+    assert!(
+        m.contains("MIME-Version: 1.0"),
+        "a MIME message says so: {m}"
+    );
+    assert!(m.contains("Content-Type: application/xml"), "{m}");
     assert!(m.contains("<id>556114</id>"), "{m}");
     cbd.wait_for("sent", Duration::from_secs(5), || {
         cbd.machine("p", "556114", "ops")["state"] == "sent"

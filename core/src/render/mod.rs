@@ -75,17 +75,34 @@ pub fn render<'a>(snapshot: impl Into<SnapshotView<'a>>, callback: &Callback) ->
     }
 }
 
+/// A callback URL as the URL standard serializes it, which is how it goes on the wire: a
+/// request line is ASCII, so a path or query written with other characters (`/ü?x=ä`) goes
+/// out percent-encoded and an internationalized host as punycode (`bücher.example` →
+/// `xn--bcher-kva.example`). The callback keeps the URL as its owner wrote it; digests cover
+/// only what is rendered, so they do not change.
+pub fn wire_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => String::from(u),
+        // Validated callbacks parse; anything else is left for the HTTP client to refuse.
+        Err(_) => url.to_owned(),
+    }
+}
+
 /// The URL to request: for [`Placement::Query`], `base` with the rendered query appended
 /// (after `?`, or after `&` if `base` already has a query); for [`Placement::Body`], `base`
 /// unchanged.
+///
+/// `base` is first written as on the wire ([`wire_url`]).
 ///
 /// An empty query (no projected field was in the snapshot) leaves `base` unchanged rather
 /// than adding a dangling `?`. A fragment in `base` stays last, where URL syntax needs it
 /// (validated callbacks have none, but this function does not rely on that).
 pub fn request_url(base: &str, rendered: &Rendered) -> String {
+    let base = wire_url(base);
     if rendered.placement != Placement::Query || rendered.bytes.is_empty() {
-        return base.to_owned();
+        return base;
     }
+    let base = base.as_str();
     // Query bytes are ASCII by construction; lossy conversion only guards hand-built values.
     let query = String::from_utf8_lossy(&rendered.bytes);
     let (head, fragment) = match base.find('#') {
@@ -191,7 +208,7 @@ mod tests {
         assert_eq!(rendered.placement, Placement::Query);
         assert_eq!(
             request_url("http://cms.example.com", &rendered),
-            "http://cms.example.com?status=success&userid=rzLmShSpK-7kWkqh2oVCLA&message=&mediaid=hAHlHXzOLgOQI2La-hWFpg&title=Video+title"
+            "http://cms.example.com/?status=success&userid=rzLmShSpK-7kWkqh2oVCLA&message=&mediaid=hAHlHXzOLgOQI2La-hWFpg&title=Video+title"
         );
     }
 
@@ -210,7 +227,7 @@ mod tests {
         );
         assert_eq!(
             request_url("http://cms.example.com", &rendered),
-            "http://cms.example.com?status=deleted&mediaid=-YBpbhPLZ7vQJnvYVBk-wh"
+            "http://cms.example.com/?status=deleted&mediaid=-YBpbhPLZ7vQJnvYVBk-wh"
         );
         // The same snapshot through the five-field upload callback: absent fields stay absent.
         assert_eq!(
@@ -315,6 +332,35 @@ mod tests {
         assert_eq!(
             request_url("http://x.org/cb#top", &q),
             "http://x.org/cb?status=success&mediaid=x#top"
+        );
+    }
+
+    /// HTTP/1.1 request lines are ASCII: a callback URL written with other characters goes
+    /// out percent-encoded (host in punycode), with or without a rendered query.
+    #[test]
+    fn request_url_is_ascii_whatever_the_callback_url_holds() {
+        let q = Rendered {
+            placement: Placement::Query,
+            bytes: b"status=success".to_vec(),
+        };
+        assert_eq!(
+            request_url("http://127.0.0.1:9000/q5/ü?x=ä", &q),
+            "http://127.0.0.1:9000/q5/%C3%BC?x=%C3%A4&status=success"
+        );
+        let body = Rendered {
+            placement: Placement::Body {
+                content_type: "application/xml",
+            },
+            bytes: b"<result/>".to_vec(),
+        };
+        assert_eq!(
+            request_url("https://Bücher.example/cb/ü", &body),
+            "https://xn--bcher-kva.example/cb/%C3%BC"
+        );
+        assert_eq!(
+            request_url("http://x.org/cb?a=%C3%A4", &body),
+            "http://x.org/cb?a=%C3%A4",
+            "what is already encoded stays as it is"
         );
     }
 

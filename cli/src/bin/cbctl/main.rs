@@ -200,7 +200,7 @@ cbctl --data-dir /var/lib/cb replay --file newzulu/556114 --json\n  \
 CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 replay"
     )]
     Replay {
-        /// Stop after this sequence number or time (RFC 3339).
+        /// Stop after this sequence number or time (RFC 3339, any offset; without one, UTC).
         #[arg(long)]
         until: Option<String>,
         /// Audit one file (PROJECT/ID): its records and its project's.
@@ -237,7 +237,7 @@ cbctl --data-dir /var/lib/cb rewind newzulu/556114 --to 2026-11-23T09:01:10.500Z
     Rewind {
         /// PROJECT/ID
         file: String,
-        /// A sequence number or a time (RFC 3339).
+        /// A sequence number or a time (RFC 3339, any offset; without one, UTC).
         #[arg(long)]
         to: String,
         /// JSON output.
@@ -459,11 +459,22 @@ impl Point {
         if let Ok(n) = s.parse::<u64>() {
             return Ok(Point::Seq(Seq(n)));
         }
-        let t = humantime::parse_rfc3339_weak(s)
-            .with_context(|| format!("{s:?} is neither a sequence number nor an RFC 3339 time"))?;
-        let ms = t
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let refused = || {
+            format!(
+                "{s:?} is neither a sequence number nor an RFC 3339 time \
+                 (2026-11-23T09:00:00Z, 2026-11-23T10:00:00+01:00, or UTC without the offset)"
+            )
+        };
+        // RFC 3339 with any offset; without one (`2026-11-23 09:00:00`), UTC, as cbctl prints.
+        let ms =
+            match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+                Ok(t) => t.unix_timestamp_nanos() / 1_000_000,
+                Err(_) => humantime::parse_rfc3339_weak(s)
+                    .with_context(refused)?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i128),
+            };
+        let ms = u64::try_from(ms).with_context(|| format!("{} (before 1970)", refused()))?;
         Ok(Point::Time(Timestamp(ms)))
     }
 
@@ -1187,5 +1198,40 @@ mod stdout_tests {
             std::io::ErrorKind::StorageFull,
         )));
         assert!(!reader_went_away(&other));
+    }
+}
+
+#[cfg(test)]
+mod point_tests {
+    use super::*;
+
+    fn at(s: &str) -> u64 {
+        match Point::parse(s).unwrap() {
+            Point::Time(t) => t.0,
+            Point::Seq(_) => panic!("{s} read as a seq"),
+        }
+    }
+
+    /// `--until`/`--to` take any RFC 3339 offset, lowercase `t`/`z`, and a time without an
+    /// offset as UTC (how cbctl prints times).
+    #[test]
+    fn times_take_any_offset_and_a_bare_time_is_utc() {
+        let utc = at("2026-11-30T15:13:47Z");
+        assert_eq!(utc, 1_796_051_627_000);
+        assert_eq!(at("2026-11-30T16:13:47+01:00"), utc);
+        assert_eq!(at("2026-11-30T10:13:47-05:00"), utc);
+        assert_eq!(at("2026-11-30t15:13:47z"), utc);
+        assert_eq!(at("2026-11-30 15:13:47"), utc);
+        assert_eq!(at("2026-11-30T15:13:47.250Z"), utc + 250);
+        assert!(matches!(Point::parse("42").unwrap(), Point::Seq(Seq(42))));
+        for bad in [
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "",
+        ] {
+            let err = format!("{:#}", Point::parse(bad).err().expect(bad));
+            assert!(err.contains("RFC 3339"), "{bad}: {err}");
+        }
     }
 }
