@@ -527,72 +527,16 @@ async fn redeliver(
                 .map_err(|e| ApiError::bad_request("bad_id", format!("callback: {e}")))
         })
         .transpose()?;
-    if api
+    let version = api
         .handle
         .store()
         .latest_version(&file)
-        .map_err(|e| ApiError::store(&e))?
-        .is_none()
-    {
-        return Err(ApiError::not_found(format!(
-            "file {file} has no change to deliver"
-        )));
-    }
-    if callback.is_none() {
-        let key = file.clone();
-        let any = api
-            .handle
-            .query(move |core| {
-                core.callbacks(&key.project)
-                    .any(|(_, s)| s.disabled_by.is_none())
-                    || core
-                        .file(&key)
-                        .is_some_and(|e| e.callbacks.iter().any(|s| s.disabled_by.is_none()))
-            })
-            .await
-            .map_err(driver_stopped)?;
-        if !any {
-            return Err(ApiError::not_found(format!(
-                "file {file} has no enabled callback to redeliver to"
-            )));
-        }
-    }
-    if let Some(cb) = callback.clone() {
-        let key = file.clone();
-        // Rule 6: a disabled or removed callback cannot be redelivered.
-        let found = api
-            .handle
-            .query(move |core| match &cb {
-                CallbackRef::Project(name) => core
-                    .callbacks(&key.project)
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, s)| s.disabled_by.is_none()),
-                CallbackRef::File(name) => core.file(&key).and_then(|e| {
-                    e.callbacks
-                        .iter()
-                        .find(|s| s.callback.name == *name)
-                        .map(|s| s.disabled_by.is_none())
-                }),
-            })
-            .await
-            .map_err(driver_stopped)?;
-        match found {
-            None => {
-                return Err(ApiError::not_found(format!(
-                    "file {file} has no callback {}",
-                    callback.as_ref().expect("some")
-                )))
-            }
-            Some(false) => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "callback_disabled",
-                    "the callback is disabled (its receiver answered 410 Gone); PUT it again to enable it",
-                ))
-            }
-            Some(true) => {}
-        }
-    }
+        .map_err(|e| ApiError::store(&e))?;
+    let (key, cb) = (file.clone(), callback.clone());
+    api.handle
+        .query(move |core| crate::redeliver::check(core, &key, cb.as_ref(), version))
+        .await
+        .map_err(driver_stopped)??;
     let appended = append(
         api,
         vec![Input::Record(RecordKind::RedeliverRequested {

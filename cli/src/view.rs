@@ -236,6 +236,8 @@ pub struct FileState<'a> {
     version: Option<u64>,
     file: Option<&'a Snapshot>,
     machines: Vec<Value>,
+    /// The callbacks in force for the file that a `410 Gone` disabled: they have no machine.
+    disabled_callbacks: Vec<Value>,
 }
 
 /// See [`FileState`].
@@ -257,12 +259,26 @@ pub fn file_state<'a>(
             v
         })
         .collect();
+    let project = h
+        .core
+        .callbacks(&h.file.project)
+        .filter_map(|(n, s)| Some((CallbackRef::Project(n.clone()), s.disabled_by?)));
+    let per_file = h.core.file(&h.file).into_iter().flat_map(|e| {
+        e.callbacks
+            .iter()
+            .filter_map(|s| Some((CallbackRef::File(s.callback.name.clone()), s.disabled_by?)))
+    });
+    let disabled_callbacks = project
+        .chain(per_file)
+        .map(|(callback, by)| json!({"callback": callback.to_string(), "disabled_by": by.0}))
+        .collect();
     FileState {
         project: h.file.project.as_str(),
         file_id: h.file.file_id.as_str(),
         version,
         file: snapshot,
         machines,
+        disabled_callbacks,
     }
 }
 
@@ -292,6 +308,25 @@ pub fn status(core: &cb_core::Core) -> Value {
                     .push(json!({"project": p.as_str(), "name": n.as_str(), "disabled_by": by.0}));
             }
         }
+    }
+    // Per-file callbacks (LightFlow) are disabled file by file; the file names them.
+    let mut per_file: Vec<_> = core
+        .files()
+        .flat_map(|(file, entry)| {
+            entry.callbacks.iter().filter_map(move |s| {
+                let by = s.disabled_by?;
+                Some((file, CallbackRef::File(s.callback.name.clone()), by))
+            })
+        })
+        .collect();
+    per_file.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    for (file, callback, by) in per_file {
+        disabled.push(json!({
+            "project": file.project.as_str(),
+            "file": file.to_string(),
+            "name": callback.to_string(),
+            "disabled_by": by.0,
+        }));
     }
     json!({
         "folded_seq": core.last_seq().map(|s| s.0),

@@ -480,21 +480,10 @@ impl Core {
         at: Timestamp,
         effects: &mut Vec<Effect>,
     ) -> Disposition {
-        let known = self.files.get(file).map(|e| e.version);
-        let Some(version) = known.max(version) else {
-            return Disposition::Ignored(Ignored::NothingToRedeliver);
+        let (version, targets) = match self.redeliver_targets(file, callback, version) {
+            Ok(found) => found,
+            Err(ignored) => return Disposition::Ignored(ignored),
         };
-        let targets: Vec<CallbackRef> = match callback {
-            Some(c) => match self.callback_for(file, c) {
-                Some((_, true)) => vec![c.clone()],
-                Some((_, false)) => return Disposition::Ignored(Ignored::DisabledCallback),
-                None => return Disposition::Ignored(Ignored::UnknownCallback),
-            },
-            None => self.enabled_callbacks(file),
-        };
-        if targets.is_empty() {
-            return Disposition::Ignored(Ignored::UnknownCallback);
-        }
         let entry = self.files.entry(file.clone()).or_insert_with(|| FileEntry {
             version,
             callbacks: Vec::new(),
@@ -514,6 +503,56 @@ impl Core {
         } else {
             Disposition::Ignored(Ignored::AlreadyInFlight)
         }
+    }
+
+    /// Rule 6's targets of a redeliver of `file` (`callback`, or every enabled one) and the
+    /// version it delivers, or why it is ignored before any machine is looked at.
+    fn redeliver_targets(
+        &self,
+        file: &FileKey,
+        callback: Option<&CallbackRef>,
+        version: Option<Seq>,
+    ) -> Result<(Seq, Vec<CallbackRef>), Ignored> {
+        let known = self.files.get(file).map(|e| e.version);
+        let version = known.max(version).ok_or(Ignored::NothingToRedeliver)?;
+        let targets: Vec<CallbackRef> = match callback {
+            Some(c) => match self.callback_for(file, c) {
+                Some((_, true)) => vec![c.clone()],
+                Some((_, false)) => return Err(Ignored::DisabledCallback),
+                None => return Err(Ignored::UnknownCallback),
+            },
+            None => self.enabled_callbacks(file),
+        };
+        if targets.is_empty() {
+            return Err(Ignored::UnknownCallback);
+        }
+        Ok((version, targets))
+    }
+
+    /// What a `RedeliverRequested` for `file` (`callback`, or every enabled one) would do if
+    /// it were folded now: `Ok` if it would start an attempt, else the reason it would be
+    /// ignored. `version` is the file's latest change as the store knows it (the core
+    /// forgets delivered files). The API and `cbctl` ask before they append a redeliver, so
+    /// an operator hears at once that it cannot happen instead of finding an ignored record
+    /// in the history; a record that races past the check is still ignored by the fold.
+    pub fn redeliver_check(
+        &self,
+        file: &FileKey,
+        callback: Option<&CallbackRef>,
+        version: Option<Seq>,
+    ) -> Result<(), Ignored> {
+        let (_, targets) = self.redeliver_targets(file, callback, version)?;
+        let entry = self.files.get(file);
+        // Rule 6: a machine with an attempt in flight is left as it is (`Machine::on_redeliver`).
+        let in_flight = |c: &CallbackRef| {
+            entry
+                .and_then(|e| e.machine(c))
+                .is_some_and(|m| m.in_flight().is_some())
+        };
+        if targets.iter().all(in_flight) {
+            return Err(Ignored::AlreadyInFlight);
+        }
+        Ok(())
     }
 
     /// The enabled callbacks of `file`: the project's, by name, then its per-file ones (the
@@ -708,6 +747,11 @@ impl Core {
     /// What the core keeps of one file, if anything.
     pub fn file(&self, file: &FileKey) -> Option<&FileEntry> {
         self.files.get(file)
+    }
+
+    /// Every file the core keeps, in no particular order (reports sort what they show).
+    pub fn files(&self) -> impl Iterator<Item = (&FileKey, &FileEntry)> {
+        self.files.iter()
     }
 
     /// A project's callbacks, by name.

@@ -916,6 +916,35 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// `Core::redeliver_check`, which the API and cbctl ask before appending a redeliver,
+    /// predicts what folding the redeliver does: `Ok` exactly when it starts an attempt,
+    /// otherwise the very reason the fold ignores it.
+    #[test]
+    fn redeliver_check_predicts_the_fold(h in history()) {
+        let sim = simulate(&h);
+        let mut core = Core::new();
+        let mut effects = Vec::new();
+        for r in &sim.log {
+            if let RecordKind::RedeliverRequested { file, callback, version } = &r.kind {
+                // The fold fires the deadlines due by the record's time first.
+                core.advance(r.at, &mut effects);
+                let predicted = core.redeliver_check(file, callback.as_ref(), *version);
+                let folded = core.apply(r, &mut effects);
+                match predicted {
+                    Ok(()) => prop_assert_eq!(folded, Disposition::Applied, "#{}", r.seq),
+                    Err(why) => prop_assert_eq!(folded, Disposition::Ignored(why), "#{}", r.seq),
+                }
+            } else {
+                core.apply(r, &mut effects);
+            }
+            effects.clear();
+        }
+    }
+}
+
 fn fold(mut core: Core, log: &[Record]) -> (Vec<Vec<Effect>>, Checkpoint) {
     let effects = log
         .iter()

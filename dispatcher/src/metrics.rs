@@ -77,7 +77,7 @@ impl Metrics {
         );
         r.register(
             "attempts_in_flight",
-            "Attempts started and not yet recorded",
+            "Attempts the core started whose outcome is not recorded yet (those queued behind an origin's limit included)",
             self.in_flight.clone(),
         );
         r.register(
@@ -92,10 +92,14 @@ impl Metrics {
         );
         r.register(
             "machines",
-            "Delivery machines per state",
+            "Delivery machines the core holds, per state (a sent machine is dropped once its window has passed)",
             self.machines.clone(),
         );
-        r.register("files", "Files the core keeps", self.files.clone());
+        r.register(
+            "files",
+            "Files the core holds (one whose machines are all sent and past their window is dropped)",
+            self.files.clone(),
+        );
         r.register(
             "deadline_lag_seconds",
             "How long the earliest deadline has been due (0 if none is)",

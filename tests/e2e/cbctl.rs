@@ -344,3 +344,105 @@ fn a_closed_stdout_ends_cbctl_quietly() {
         assert!(err.is_empty(), "{args:?}: {err}");
     }
 }
+
+/// A redeliver that cannot happen is refused before anything is appended, by the API and by
+/// `cbctl redeliver` on a data dir alike (rule 6): a per-file callback disabled by a 410
+/// (which `status` and the file's view also show), an unknown callback, and an attempt in
+/// flight.
+#[test]
+fn redelivers_that_cannot_happen_are_refused_online_and_offline() {
+    let gone = Receiver::answering(Reply::Status(410, vec![]));
+    let slow = Receiver::answering(Reply::Delayed(Duration::from_secs(3), 200));
+    let mut cbd = Cbd::start(&["--allow-private-targets"]);
+    let (status, body) = cbd.json(
+        "POST",
+        "/v1/changes",
+        Some(
+            &json!({"project": "lf", "file_id": "a", "event": "published", "file": {"id": "a"},
+            "callbacks": [{"name": "x", "url": gone.url("/x"), "window_secs": 0}]}),
+        ),
+    );
+    assert_eq!(status, 202, "{body}");
+    cbd.wait_for(
+        "the per-file callback disabled",
+        Duration::from_secs(5),
+        || {
+            cbd.get("/v1/status")["disabled_callbacks"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty())
+        },
+    );
+    let status = cbd.get("/v1/status");
+    let d = &status["disabled_callbacks"][0];
+    assert_eq!(
+        (d["file"].as_str(), d["name"].as_str()),
+        (Some("lf/a"), Some("file:x")),
+        "{status}"
+    );
+    let file = cbd.get("/v1/files/lf/a");
+    assert_eq!(
+        file["disabled_callbacks"][0]["callback"], "file:x",
+        "{file}"
+    );
+    let (code, body) = cbd.json("POST", "/v1/files/lf/a/redeliver?callback=file:x", None);
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("carries the file's callbacks"),
+        "{body}"
+    );
+
+    // An attempt in flight: a redeliver would change nothing, so it is refused.
+    cbd.put_callback(
+        "p",
+        "slow",
+        json!({"url": slow.url("/s"), "leading": true, "window_secs": 1}),
+    );
+    cbd.change("p", "1", "rated", snapshot("1", 1));
+    slow.wait_for_count(1, Duration::from_secs(5));
+    let before = cbd.last_seq();
+    let (code, body) = cbd.json("POST", "/v1/files/p/1/redeliver?callback=slow", None);
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("already_in_flight")),
+        "{body}"
+    );
+    let (code, _) = cbd.json("POST", "/v1/files/p/1/redeliver", None);
+    assert_eq!(code, 409, "every enabled callback is in flight");
+    assert_eq!(
+        cbd.last_seq(),
+        before,
+        "a refused redeliver appends nothing"
+    );
+    cbd.wait_for("the slow attempt done", Duration::from_secs(10), || {
+        cbd.machine("p", "1", "slow")["state"] == "sent"
+    });
+    assert!(cbd.terminate().success());
+
+    // On the data dir, the same refusals, and nothing appended.
+    let (_, before, _) = cbctl(&cbd.dir, &["export"]);
+    for (args, says) in [
+        (
+            vec!["redeliver", "lf/a", "--callback", "file:x"],
+            "disabled",
+        ),
+        (
+            vec!["redeliver", "p/1", "--callback", "nope"],
+            "has no callback nope",
+        ),
+        (vec!["redeliver", "p/404"], "has no change"),
+    ] {
+        let (code, out, err) = cbctl(&cbd.dir, &args);
+        assert_ne!(code, 0, "{args:?}: {out}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let (_, after, _) = cbctl(&cbd.dir, &["export"]);
+    assert_eq!(before, after, "refused redelivers append nothing");
+    let (code, out, err) = cbctl(&cbd.dir, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("disabled: lf/a file:x (410 at seq"), "{out}");
+    let (code, _, err) = cbctl(&cbd.dir, &["redeliver", "p/1", "--callback", "slow"]);
+    assert_eq!(code, 0, "a sent machine can be redelivered: {err}");
+}

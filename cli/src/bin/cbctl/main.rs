@@ -600,9 +600,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => {
                     let store = open_for_append(&cli)?;
-                    if store.latest_version(&key)?.is_none() {
-                        bail!("file {key} has no change to deliver");
-                    }
+                    let version = store.latest_version(&key)?;
+                    let restored = store.restore()?;
+                    cb_cli::redeliver::check(&restored.core, &key, callback.as_ref(), version)
+                        .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
                     let appended = store.append(vec![cb_store::Input::Record(
                         cb_core::RecordKind::RedeliverRequested {
                             file: key,
@@ -1136,6 +1137,13 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
         }
         outln!("{line}");
     }
+    for d in v["disabled_callbacks"].as_array().into_iter().flatten() {
+        outln!(
+            "  {}: disabled (410 at seq {})",
+            d["callback"].as_str().unwrap_or("?"),
+            d["disabled_by"]
+        );
+    }
     for (name, method, url, r) in &payloads {
         outln!("\n{name}: {method} {url}  (digest {})", r.digest().to_hex());
         if let cb_core::Placement::Body { content_type } = r.placement {
@@ -1151,7 +1159,9 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
 fn print_status(v: &serde_json::Value) -> std::io::Result<()> {
     let m = &v["machines"];
     outln!(
-        "files {} · coalescing {} · pending {} · sent {} · retrying {} · abandoned {}",
+        // What the core holds now: a machine `sent` and past its window is dropped (it is a
+        // fresh one), so these are not totals over the log; `replay` counts those.
+        "held now: files {} · coalescing {} · pending {} · sent, window open {} · retrying {} · abandoned {}",
         v["files"],
         m["coalescing"],
         m["pending"],
@@ -1172,12 +1182,19 @@ fn print_status(v: &serde_json::Value) -> std::io::Result<()> {
         );
     }
     for d in v["disabled_callbacks"].as_array().into_iter().flatten() {
-        outln!(
-            "disabled: {}/{} (410 at seq {})",
-            d["project"].as_str().unwrap_or("?"),
-            d["name"].as_str().unwrap_or("?"),
-            d["disabled_by"]
-        );
+        match d["file"].as_str() {
+            Some(file) => outln!(
+                "disabled: {file} {} (410 at seq {}; a change carrying the file's callbacks enables it)",
+                d["name"].as_str().unwrap_or("?"),
+                d["disabled_by"]
+            ),
+            None => outln!(
+                "disabled: {}/{} (410 at seq {}; a PUT of the callback enables it)",
+                d["project"].as_str().unwrap_or("?"),
+                d["name"].as_str().unwrap_or("?"),
+                d["disabled_by"]
+            ),
+        }
     }
     Ok(())
 }
