@@ -18,6 +18,7 @@ use cb_store::Input;
 use futures_util::stream;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
+use hyper::header::HeaderValue;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::registry::Registry;
@@ -83,13 +84,21 @@ pub async fn serve(api: Arc<Api>, req: Request<Incoming>) -> Result<Response<Bod
                 info!(%method, %path, status = e.status.as_u16(), code = e.code, detail = %e.detail, "request refused");
             }
             let mut response = json_response(e.status, &e.body());
+            let headers = response.headers_mut();
+            if let Some(allow) = e.allow {
+                headers.insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+            }
+            if e.status == StatusCode::UNAUTHORIZED {
+                // RFC 6750: say which scheme the token goes in.
+                headers.insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"cb\""),
+                );
+            }
             if e.close {
                 // The rest of the body was never read, so this connection cannot carry another
                 // request; say so, or a pooling client would send its next one into the void.
-                response.headers_mut().insert(
-                    hyper::header::CONNECTION,
-                    hyper::header::HeaderValue::from_static("close"),
-                );
+                headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
             }
             response
         }
@@ -113,8 +122,9 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
         }
     }
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => healthz(api),
-        (&Method::GET, ["metrics"]) => metrics(api).await,
+        // HEAD too: load balancers probe with it (hyper sends no body for HEAD).
+        (&Method::GET | &Method::HEAD, ["healthz"]) => healthz(api),
+        (&Method::GET | &Method::HEAD, ["metrics"]) => metrics(api).await,
         (&Method::POST, ["v1", "changes"]) => post_change(api, req).await,
         (&Method::POST, ["v1", "changes", "batch"]) => post_batch(api, req).await,
         (&Method::GET, ["v1", "projects", p, "callbacks"]) => list_callbacks(api, p).await,
@@ -129,22 +139,35 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
         (&Method::GET, ["v1", "files", p, f]) => file_state(api, p, f).await,
         (&Method::GET, ["v1", "files", p, f, "history"]) => file_history(api, p, f).await,
         (&Method::POST, ["v1", "files", p, f, "redeliver"]) => {
-            let q = query(req.uri().query());
+            let q = query(req.uri().query(), &["callback"])?;
             redeliver(api, p, f, q.get("callback").map(String::as_str)).await
         }
         (&Method::GET, ["v1", "log"]) => log(api, req.uri().query()),
         (&Method::GET, ["v1", "status"]) => status(api).await,
-        (_, ["healthz" | "metrics"])
-        | (_, ["v1", "changes" | "log" | "status"])
-        | (_, ["v1", "changes", "batch"])
-        | (_, ["v1", "projects", _, "callbacks", ..])
-        | (_, ["v1", "files", _, _, ..]) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{method} is not allowed on {path}"),
-        )),
-        _ => Err(ApiError::not_found(format!("no route {path}"))),
+        (_, route) => match allowed_methods(route) {
+            Some(allow) => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on {path}; it takes {allow}"),
+            )
+            .allowing(allow)),
+            None => Err(ApiError::not_found(format!("no route {path}"))),
+        },
     }
+}
+
+/// The methods a known path takes (the `Allow` header of a 405); `None` for no such path.
+fn allowed_methods(route: &[&str]) -> Option<&'static str> {
+    Some(match route {
+        ["healthz" | "metrics"] => "GET, HEAD",
+        ["v1", "changes"] | ["v1", "changes", "batch"] => "POST",
+        ["v1", "log" | "status"] => "GET",
+        ["v1", "projects", _, "callbacks"] => "GET",
+        ["v1", "projects", _, "callbacks", _] => "GET, PUT, DELETE",
+        ["v1", "files", _, _] | ["v1", "files", _, _, "history"] => "GET",
+        ["v1", "files", _, _, "redeliver"] => "POST",
+        _ => return None,
+    })
 }
 
 fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
@@ -163,10 +186,45 @@ fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-fn query(q: Option<&str>) -> std::collections::HashMap<String, String> {
-    form_urlencoded::parse(q.unwrap_or("").as_bytes())
-        .into_owned()
-        .collect()
+/// The query parameters of a route that takes `allowed` ones. A parameter it does not
+/// take, or one given twice, is refused: a typo (`?cb=site`) must not widen a redeliver to
+/// every callback, and `?project=a&project=b` has no single meaning.
+fn query(
+    q: Option<&str>,
+    allowed: &[&str],
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    let mut out = std::collections::HashMap::new();
+    for (k, v) in form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned() {
+        if !allowed.contains(&k.as_str()) {
+            let takes = match allowed {
+                [] => "none".to_owned(),
+                _ => allowed.join(", "),
+            };
+            return Err(ApiError::bad_request(
+                "bad_query",
+                format!(
+                    "unknown query parameter {:?}; this request takes {takes}",
+                    clip(&k)
+                ),
+            ));
+        }
+        if out.contains_key(&k) {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                format!("query parameter {k} is given twice"),
+            ));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// At most 64 bytes of `s`, for echoing client input in an error.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
 }
 
 /// How long a request body may take to arrive.
@@ -326,13 +384,16 @@ fn is_xml(parts: &http::request::Parts, body: &[u8]) -> bool {
 async fn post_change(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let (parts, body) = read_body(req, api.max_body).await?;
     let input = if is_xml(&parts, &body) {
-        let q = query(parts.uri.query());
+        let q = query(parts.uri.query(), &["project", "event"])?;
         ingest::xml_change(
             &body,
             q.get("project").map(String::as_str),
             q.get("event").map(String::as_str),
         )?
     } else {
+        // The JSON body names the project and the event; a query saying otherwise would be
+        // ignored, so it is refused.
+        query(parts.uri.query(), &[])?;
         ingest::json_change(&body, api.rules)?
     };
     let appended = append(api, vec![input]).await?;
@@ -563,7 +624,7 @@ async fn status(api: &Api) -> Result<Response<Body>, ApiError> {
 
 /// `GET /v1/log?from=SEQ`: the log as NDJSON, streamed as the store reads it.
 fn log(api: &Api, q: Option<&str>) -> Result<Response<Body>, ApiError> {
-    let q = query(q);
+    let q = query(q, &["from"])?;
     let from = match q.get("from") {
         Some(s) => s.parse::<u64>().map_err(|_| {
             ApiError::bad_request("bad_query", format!("from={s}: not a sequence number"))

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub line: Option<usize>,
     /// Close the connection after answering (the request body was not read to its end).
     pub close: bool,
+    /// The methods the path takes, for the `Allow` header of a 405.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -27,7 +29,14 @@ impl ApiError {
             detail: detail.into(),
             line: None,
             close: false,
+            allow: None,
         }
+    }
+
+    /// The same error, naming the methods the path takes (a 405's `Allow`).
+    pub fn allowing(mut self, methods: &'static str) -> ApiError {
+        self.allow = Some(methods);
+        self
     }
 
     /// The same error, closing the connection after the answer.

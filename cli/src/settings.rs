@@ -23,9 +23,10 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
     about = "cb's media callback daemon: durable, coalesced, auditable callbacks",
     after_help = "Settings come from flags, then CBD_* environment variables, then the --config \
 TOML file (keys as the long flags, with underscores: data_dir = \"/var/lib/cb\"), then defaults.\n\
-The API token comes from CBD_TOKEN, or is generated into DIR/token (mode 0600) on first start.\n\n\
+The API token comes from CBD_TOKEN (16 to 256 visible ASCII characters), or is generated into \
+DIR/token (mode 0600) on first start.\n\n\
 Examples:\n  cbd\n  cbd --data-dir /var/lib/cb --listen 0.0.0.0:8650 --smtp mail.example.org:25\n  \
-CBD_TOKEN=s3cret cbd --config /etc/cb/cbd.toml"
+CBD_TOKEN=$(openssl rand -hex 24) cbd --config /etc/cb/cbd.toml"
 )]
 pub struct Args {
     /// TOML file with settings.
@@ -34,8 +35,8 @@ pub struct Args {
     /// Where the log, checkpoints and token live [default: ./cbd-data].
     #[arg(long, env = "CBD_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address of the HTTP API [default: 127.0.0.1:8650].
-    #[arg(long, env = "CBD_LISTEN", value_name = "ADDR")]
+    /// Address of the HTTP API, IP:PORT or HOST:PORT [default: 127.0.0.1:8650].
+    #[arg(long, env = "CBD_LISTEN", value_name = "ADDR", value_parser = listen_addr)]
     pub listen: Option<SocketAddr>,
     /// SMTP relay for mailto: callbacks.
     #[arg(long, env = "CBD_SMTP", value_name = "HOST:PORT")]
@@ -77,12 +78,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--listen`: an IP address and port, or a host name and port (`localhost:8650`), which
+/// is resolved once, at start, to its first address.
+fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(s)
+        .map_err(|e| format!("{s:?} is not IP:PORT or HOST:PORT that resolves: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
 /// The TOML file: the same settings, every one optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSettings {
     data_dir: Option<PathBuf>,
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     smtp: Option<String>,
     mail_from: Option<String>,
     allow_private_targets: Option<bool>,
@@ -158,10 +172,13 @@ impl Settings {
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./cbd-data")),
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8650))),
+            listen: match (args.listen, file.listen) {
+                (Some(a), _) => a,
+                (None, Some(f)) => {
+                    listen_addr(&f).map_err(|e| SettingsError::Invalid(format!("listen: {e}")))?
+                }
+                (None, None) => SocketAddr::from(([127, 0, 0, 1], 8650)),
+            },
             smtp: args.smtp.or(file.smtp).filter(|s| !s.is_empty()),
             mail_from: args.mail_from.or(file.mail_from).filter(|s| !s.is_empty()),
             allow_private_targets: args.allow_private_targets
@@ -274,6 +291,25 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("/from/file"));
         assert_eq!(s.listen.to_string(), "127.0.0.1:9001");
         assert!(s.allow_private_targets);
+    }
+
+    /// `--listen` (and the file's `listen`) take a host name as well as an address.
+    #[test]
+    fn listen_takes_a_host_name() {
+        let args = Args::try_parse_from(["cbd", "--listen", "localhost:9002"]).unwrap();
+        let s = Settings::resolve(args).unwrap();
+        assert!(
+            s.listen.ip().is_loopback() && s.listen.port() == 9002,
+            "{}",
+            s.listen
+        );
+        let e = Args::try_parse_from(["cbd", "--listen", "9002"]).unwrap_err();
+        assert!(e.to_string().contains("HOST:PORT"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cbd.toml");
+        std::fs::write(&path, "listen = \"localhost:9003\"\n").unwrap();
+        let args = Args::try_parse_from(["cbd", "--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(Settings::resolve(args).unwrap().listen.port(), 9003);
     }
 
     #[test]

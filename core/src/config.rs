@@ -187,6 +187,16 @@ impl fmt::Display for Format {
     }
 }
 
+/// A URL as an error shows it: clipped, so a 100 KB one does not come back whole in the
+/// answer and in the daemon's log.
+fn shown(url: &str) -> String {
+    const MAX: usize = 200;
+    match url.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}… ({} bytes)", &url[..i], url.len()),
+        None => url.to_owned(),
+    }
+}
+
 /// Where deliveries go.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum Target {
@@ -214,20 +224,24 @@ impl Target {
         let Target::Http(s) = self else {
             return Ok(());
         };
+        let bad = |reason: &str| ConfigError::BadUrl {
+            url: shown(s),
+            reason: reason.to_owned(),
+        };
         let written = s.split_once(':').map_or("", |(_, rest)| rest);
         let authority = written.strip_prefix("//").unwrap_or("");
         if authority.is_empty() || authority.starts_with(['/', '\\', '?', '#']) {
-            return Err(ConfigError::BadUrl {
-                url: s.clone(),
-                reason: "no host: write it as http://host/path".to_owned(),
-            });
+            return Err(bad("no host: write it as http://host/path"));
+        }
+        if url::Url::parse(s).is_ok_and(|u| u.port() == Some(0)) {
+            return Err(bad("port 0 cannot be connected to"));
         }
         Ok(())
     }
 
     fn parse(s: &str) -> Result<Target, ConfigError> {
         let bad = |reason: &str| ConfigError::BadUrl {
-            url: s.to_owned(),
+            url: shown(s),
             reason: reason.to_owned(),
         };
         if s.len() > 2048 {
@@ -1059,6 +1073,17 @@ mod tests {
         Callback::from_json(json)
     }
 
+    /// An error echoes a URL clipped: a 100 KB one does not come back whole.
+    #[test]
+    fn a_huge_url_is_clipped_in_its_error() {
+        let json = format!(r#"{{"url":"http://x.org/{}"}}"#, "a".repeat(100_000));
+        let err = parse(&json).unwrap_err();
+        assert!(
+            err.len() < 400 && err.contains("100013 bytes") && err.contains("2048"),
+            "{err}"
+        );
+    }
+
     /// Tightened input rules do not make a log unreadable: a stored callback decodes under
     /// the rules it was written with, and `check_written` is what holds input to today's.
     #[test]
@@ -1114,6 +1139,7 @@ mod tests {
             (r#"{"url":"ftp://x.org/"}"#, "scheme \"ftp\""),
             (r#"{"url":"http://"}"#, "invalid"),
             (r#"{"url":"http:///x"}"#, "no host"),
+            (r#"{"url":"http://x.org:0/cb"}"#, "port 0"),
             (r#"{"url":"http:x.org/cb"}"#, "no host"),
             (r#"{"url":"https:/x.org/cb"}"#, "no host"),
             (r#"{"url":"http:\\\\x.org/cb"}"#, "no host"),
@@ -1249,6 +1275,10 @@ mod tests {
             (
                 r#"{"url":"https://a.example","secret":"whsec_c2hvcnQ="}"#,
                 "24 to 64 bytes",
+            ),
+            (
+                r#"{"url":"https://a.example","secret":"whsec_… (sha256 3e1fdca4)"}"#,
+                "the fingerprint the API shows",
             ),
             (r#"{"url":"https://a.example","secret":[]}"#, "1 to 4"),
             (

@@ -41,6 +41,9 @@ pub enum SecretError {
     /// The part after the prefix is not base64.
     #[error("the part after \"whsec_\" is not standard base64")]
     Base64,
+    /// The fingerprint the API shows in place of a secret, sent back as if it were one.
+    #[error("this is the fingerprint the API shows in place of a secret (\"whsec_… (sha256 …)\"), not a secret: send the secret itself, or leave `secret` out to sign with none")]
+    Fingerprint,
     /// The key is too short or too long.
     #[error("the key is {0} bytes; Standard Webhooks keys are 24 to 64 bytes")]
     Length(usize),
@@ -50,6 +53,10 @@ impl SigningSecret {
     /// Parses `whsec_<base64 of 24..=64 bytes>`.
     pub fn parse(text: &str) -> Result<SigningSecret, SecretError> {
         let encoded = text.strip_prefix(PREFIX).ok_or(SecretError::Prefix)?;
+        // A client that GETs a callback and PUTs it back sends the redaction.
+        if encoded.starts_with('…') {
+            return Err(SecretError::Fingerprint);
+        }
         let key = STANDARD.decode(encoded).map_err(|_| SecretError::Base64)?;
         if !(24..=64).contains(&key.len()) {
             return Err(SecretError::Length(key.len()));

@@ -35,7 +35,12 @@ impl DataDir {
             source,
         };
         let created = !path.exists();
-        fs::create_dir_all(path).map_err(not_writable)?;
+        // Owner only: the log holds callbacks' signing secrets and customers' data.
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(path).map_err(not_writable)?;
         let mut lock = OpenOptions::new()
             .read(true)
             .write(true)

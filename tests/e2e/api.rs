@@ -51,6 +51,14 @@ fn bad_input_is_refused_and_appends_nothing() {
         ("GET", "/v1/log?from=abc", None, vec![], 400, "bad_query"),
         ("GET", "/v1/nothing", None, vec![], 404, "not_found"),
         ("DELETE", "/v1/changes", None, vec![], 405, "method_not_allowed"),
+        ("GET", "/v1/files/p/1/x/y", None, vec![], 404, "not_found"),
+        ("POST", "/v1/changes?project=p&project=q&event=rated", Some("application/xml"), xml.clone(), 400, "bad_query"),
+        ("POST", "/v1/changes?project=p&event=rated&file_id=9", Some("application/xml"), xml.clone(), 400, "bad_query"),
+        ("POST", "/v1/changes?project=q", Some("application/json"), change("rated", "p", "1"), 400, "bad_query"),
+        ("POST", "/v1/changes?project=p&event=rated", Some("application/xml"),
+            b"<result><id>1</id><t>A&#0;B</t></result>".to_vec(), 400, "bad_xml"),
+        ("POST", "/v1/files/p/1/redeliver?cb=site", None, vec![], 400, "bad_query"),
+        ("PUT", "/v1/projects/p/callbacks/x", Some("application/json"), br#"{"url":"http:///cb"}"#.to_vec(), 400, "bad_callback"),
     ];
     for (method, path, ct, body, status, code) in cases {
         let body = if method == "GET" || method == "DELETE" {
@@ -78,6 +86,42 @@ fn bad_input_is_refused_and_appends_nothing() {
     );
     assert_eq!(status, 202);
     assert_eq!(cbd.last_seq(), before + 1);
+}
+
+/// HTTP's own rules: a 405 names the methods the path takes (`Allow`), a 401 the scheme
+/// (`WWW-Authenticate`), and a load balancer's `HEAD /healthz` gets a 200.
+#[test]
+fn methods_and_auth_are_answered_as_http_says() {
+    let cbd = Cbd::start(&[]);
+    let agent = ureq::agent();
+    let r = agent.head(&cbd.url("/healthz")).call().unwrap();
+    assert_eq!(r.status(), 200);
+    for (method, path, allow) in [
+        ("DELETE", "/v1/changes", "POST"),
+        ("POST", "/v1/projects/p/callbacks/x", "GET, PUT, DELETE"),
+        ("GET", "/v1/files/p/1/redeliver", "POST"),
+        ("POST", "/healthz", "GET, HEAD"),
+    ] {
+        match agent
+            .request(method, &cbd.url(path))
+            .set(
+                "Authorization",
+                &format!("Bearer {}", crate::support::TOKEN),
+            )
+            .call()
+        {
+            Err(ureq::Error::Status(405, r)) => {
+                assert_eq!(r.header("Allow"), Some(allow), "{method} {path}")
+            }
+            other => panic!("{method} {path}: {other:?}"),
+        }
+    }
+    match agent.get(&cbd.url("/v1/status")).call() {
+        Err(ureq::Error::Status(401, r)) => {
+            assert_eq!(r.header("WWW-Authenticate"), Some("Bearer realm=\"cb\""))
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// No or a wrong token → 401 on every /v1 route; /healthz is open.

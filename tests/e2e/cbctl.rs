@@ -446,3 +446,37 @@ fn redelivers_that_cannot_happen_are_refused_online_and_offline() {
     let (code, _, err) = cbctl(&cbd.dir, &["redeliver", "p/1", "--callback", "slow"]);
     assert_eq!(code, 0, "a sent machine can be redelivered: {err}");
 }
+
+/// cbctl does not mistake what is not there for a clean answer: a directory that is not a
+/// data dir is refused (and left as it was, not turned into one), and `replay --file` of a
+/// file the log never saw is an error, not an audit of nothing. The data dir cbd makes is
+/// its owner's only: the log holds signing secrets.
+#[test]
+fn cbctl_refuses_what_is_not_there() {
+    let empty = tempfile::tempdir().unwrap();
+    for args in [vec!["status"], vec!["replay"], vec!["redeliver", "p/1"]] {
+        let (code, out, err) = cbctl(empty.path(), &args);
+        assert_ne!(code, 0, "{args:?}: {out}");
+        assert!(err.contains("is not a cb data dir"), "{args:?}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(empty.path()).unwrap().count(),
+        0,
+        "left as it was"
+    );
+
+    let mut cbd = Cbd::start(&[]);
+    cbd.change("p", "1", "rated", snapshot("1", 1));
+    assert!(cbd.terminate().success());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cbd.dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    }
+    let (code, out, err) = cbctl(&cbd.dir, &["replay", "--file", "p/nosuch"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("no record of file p/nosuch"), "{err}");
+    let (code, out, err) = cbctl(&cbd.dir, &["replay", "--file", "p/1"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -90,6 +90,19 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         resumed_attempts = started.resumed_attempts,
         "log restored"
     );
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(&settings.data_dir) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            // cbd makes new data dirs 0700; an older or hand-made one may be open to others.
+            warn!(
+                data_dir = %settings.data_dir.display(),
+                mode = format!("{mode:o}"),
+                "the data dir is readable by other users, and its log holds signing secrets; chmod 700 it"
+            );
+        }
+    }
     let (token, source) = Token::load(&settings.data_dir, std::env::var("CBD_TOKEN").ok())
         .context("loading the API token")?;
     let listener = TcpListener::bind(settings.listen)

@@ -391,12 +391,7 @@ fn open(cli: &Cli) -> anyhow::Result<Source> {
     };
     match &cli.server {
         None => {
-            if !cli.data_dir.exists() {
-                bail!(
-                    "no data dir at {} (give --data-dir, or --server for a running daemon)",
-                    cli.data_dir.display()
-                );
-            }
+            existing_data_dir(cli)?;
             let store = Store::open(&cli.data_dir, options())
                 .with_context(|| format!("opening {}", cli.data_dir.display()))?;
             Ok(Source { store, _temp: None })
@@ -538,13 +533,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay { until, file, json } => {
             let until = until.as_deref().map(Point::parse).transpose()?;
+            let file = file.as_deref().map(file_key).transpose()?;
             let source = open(&cli)?;
-            replay(
-                &source.store,
-                until,
-                file.as_deref().map(file_key).transpose()?,
-                *json,
-            )
+            if let Some(key) = &file {
+                // A typo must not read as a clean audit of nothing.
+                if source.store.latest_version(key)?.is_none() {
+                    bail!("no record of file {key} in the log");
+                }
+            }
+            replay(&source.store, until, file, *json)
         }
         Command::History { file, json } => {
             let source = open(&cli)?;
@@ -647,13 +644,28 @@ fn read_input(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Opens the data dir to append, durably (the daemon is stopped; it folds these at start).
-fn open_for_append(cli: &Cli) -> anyhow::Result<Store> {
-    if !cli.data_dir.exists() {
+/// Refuses a `--data-dir` that is not one cbd made: opening it would create a log there
+/// (a read-only command must not write into a directory it was pointed at by mistake).
+fn existing_data_dir(cli: &Cli) -> anyhow::Result<()> {
+    let dir = &cli.data_dir;
+    if !dir.exists() {
         bail!(
             "no data dir at {} (give --data-dir, or --server for a running daemon)",
-            cli.data_dir.display()
+            dir.display()
         );
     }
+    if !dir.join("log").is_dir() {
+        bail!(
+            "{} is not a cb data dir (it has no log/ inside): give the dir cbd runs on, \
+             or --server for a running daemon",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn open_for_append(cli: &Cli) -> anyhow::Result<Store> {
+    existing_data_dir(cli)?;
     Store::open(&cli.data_dir, StoreOptions::default())
         .with_context(|| format!("opening {}", cli.data_dir.display()))
 }
