@@ -431,6 +431,10 @@ impl Store {
                 })
                 .map(|_| count)
         };
+        // The log's own rules (dense seqs, `at` never decreasing), checked line by line so
+        // a refusal names its line; the append checks them again for the batch.
+        let mut expect = self.last_seq().map_or(1, |s| s.0 + 1);
+        let mut last_at = self.last_record()?.map_or(0, |r| r.at.0);
         for (i, line) in input.lines().enumerate() {
             let number = i + 1;
             let line = line.map_err(Error::io(format!("reading line {number}")))?;
@@ -439,6 +443,20 @@ impl Store {
             }
             let parsed: Line = serde_json::from_str(&line)
                 .map_err(|e| Error::Rejected(format!("line {number}: {e}")))?;
+            if parsed.seq != expect {
+                return Err(Error::Rejected(format!(
+                    "line {number}: seq {} does not continue the log: the next sequence number is {expect}",
+                    parsed.seq
+                )));
+            }
+            if parsed.at < last_at {
+                return Err(Error::Rejected(format!(
+                    "line {number}: at {} ms is before the line before it ({last_at} ms)",
+                    parsed.at
+                )));
+            }
+            expect += 1;
+            last_at = parsed.at;
             if batch.is_empty() {
                 first_line = number;
             }

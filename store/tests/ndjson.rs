@@ -139,7 +139,23 @@ fn import_refuses_a_bad_line_by_number_and_keeps_the_valid_prefix() {
     let err = store.import(gap.as_bytes(), |_| {}).unwrap_err();
     assert!(
         err.to_string()
-            .contains("record 30 does not continue the log"),
+            .starts_with("line 3: seq 30 does not continue the log: the next sequence number is 3"),
+        "the line is named: {err}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let at = |l: &str| {
+        serde_json::from_str::<serde_json::Value>(l).unwrap()["at"]
+            .as_u64()
+            .unwrap()
+    };
+    let earlier = lines[2].replacen(&format!("\"at\":{}", at(lines[2])), "\"at\":5", 1);
+    let back: String = [lines[0], lines[1], &earlier].join("\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), &VirtualClock::default());
+    let err = store.import(back.as_bytes(), |_| {}).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("line 3: at 5 ms is before the line before it"),
         "{err}"
     );
 }

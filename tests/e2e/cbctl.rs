@@ -480,3 +480,69 @@ fn cbctl_refuses_what_is_not_there() {
     let (code, out, err) = cbctl(&cbd.dir, &["replay", "--file", "p/1"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// `rewind` to a tick's seq shows what that tick did to the file (its window fired), and
+/// for an attempt in flight it shows the request that attempt sent — the configuration and
+/// version it started with, whose digest its outcome records — not what a PUT made during
+/// the flight would render.
+#[test]
+fn rewind_shows_ticks_and_what_an_attempt_in_flight_sent() {
+    let slow = Receiver::answering(Reply::Delayed(Duration::from_secs(3), 200));
+    let mut cbd = Cbd::start(&["--allow-private-targets"]);
+    cbd.put_callback(
+        "p",
+        "site",
+        json!({"url": slow.url("/xml"), "window_secs": 1}),
+    );
+    cbd.change("p", "1", "rated", snapshot("1", 1));
+    slow.wait_for_count(1, Duration::from_secs(5));
+    cbd.put_callback(
+        "p",
+        "site",
+        json!({"url": slow.url("/json"), "format": "json", "window_secs": 1}),
+    );
+    let put = cbd.last_seq();
+    cbd.wait_for("the attempt recorded", Duration::from_secs(10), || {
+        cbd.machine("p", "1", "site")["state"] == "sent"
+    });
+    assert!(cbd.terminate().success());
+
+    let (_, export, _) = cbctl(&cbd.dir, &["export"]);
+    let lines: Vec<Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let attempt = lines
+        .iter()
+        .find(|l| l["kind"] == "attempt")
+        .expect("an attempt");
+    let tick = lines
+        .iter()
+        .rfind(|l| l["kind"] == "tick" && l["seq"].as_u64() < Some(put))
+        .expect("the tick that fired the window");
+    let rewind = |to: u64| {
+        let (code, out, err) = cbctl(
+            &cbd.dir,
+            &["rewind", "p/1", "--to", &to.to_string(), "--json"],
+        );
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let at_tick = rewind(tick["seq"].as_u64().unwrap());
+    assert_eq!(at_tick["machines"][0]["state"], "pending", "{at_tick}");
+    let during = rewind(put);
+    let p = &during["payloads"][0];
+    assert!(
+        p["callback"]
+            .as_str()
+            .unwrap()
+            .starts_with("site (in flight"),
+        "{p}"
+    );
+    assert!(p["url"].as_str().unwrap().ends_with("/xml"), "{p}");
+    assert_eq!(p["digest"], attempt["digest"], "{p}");
+    let after = rewind(attempt["seq"].as_u64().unwrap());
+    let p = &after["payloads"][0];
+    assert_eq!(p["callback"], "site", "{p}");
+    assert!(p["url"].as_str().unwrap().ends_with("/json"), "{p}");
+}

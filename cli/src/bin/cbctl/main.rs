@@ -16,9 +16,10 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use cb_cli::replay::{self, Audit};
 use cb_cli::view;
-use cb_core::{render, FileHistory, FileKey, Record, Seq, Timestamp};
+use cb_core::{render, CallbackRef, Effect, FileHistory, FileKey, Record, Seq, Timestamp};
 use cb_store::{Durability, Store, StoreOptions};
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
 
 /// `println!` that returns the write error instead of panicking: `cbctl replay | head -1`
 /// closes the pipe early, and that must end the command quietly ([`main`]), not panic.
@@ -230,7 +231,8 @@ CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 history newzulu/556114 --json
         after_help = "Folds the file's records up to --to (a seq, or an RFC 3339 time: deadlines up to that time \
 fire) and prints its version, each machine with its due, next, sent or abandoned time and last \
 outcome, and the exact request each callback in force would get for that version, with its \
-digest (the one an attempt of that version recorded).\n\n\
+digest; for a machine with an attempt in flight, the request that attempt sent (the configuration \
+and version it started with), whose digest its outcome records.\n\n\
 Examples:\n  cbctl --data-dir /var/lib/cb rewind newzulu/556114 --to 412\n  \
 cbctl --data-dir /var/lib/cb rewind newzulu/556114 --to 2026-11-23T09:01:10.500Z --json"
     )]
@@ -1064,6 +1066,22 @@ fn describe(step: &serde_json::Value) -> String {
     d
 }
 
+/// The attempt a machine of `h`'s file has in flight at the end of `h`, as it was started.
+fn in_flight_attempt<'h>(
+    h: &'h FileHistory,
+    callback: &CallbackRef,
+) -> Option<&'h cb_core::Attempt> {
+    h.core.file(&h.file)?.machine(callback)?.in_flight()?;
+    h.steps
+        .iter()
+        .flat_map(|s| &s.effects)
+        .filter_map(|e| match e {
+            Effect::StartAttempt(a) if &a.machine.callback == callback => Some(a),
+            _ => None,
+        })
+        .next_back()
+}
+
 fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Result<ExitCode> {
     let records: Vec<Record> = store
         .file_records(file)?
@@ -1073,9 +1091,15 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
     if records.is_empty() {
         bail!("no record of file {file} at or before that point");
     }
+    // The time the log had reached at that point: deadlines up to it have fired. At a seq,
+    // that is the record's own time, whatever its kind (the tick that fired a window is not
+    // one of the file's records, but the file's machine moved with it).
     let until = match to {
         Point::Time(t) => Some(t),
-        Point::Seq(_) => None,
+        Point::Seq(s) => match store.record(s)? {
+            Some(r) => Some(r.at),
+            None => store.last_record()?.map(|r| r.at),
+        },
     };
     let (last_seq, last_at) = records.last().map(|r| (r.seq, r.at)).expect("not empty");
     let h = FileHistory::fold(file, records, until);
@@ -1084,26 +1108,40 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
         Some(v) => store.snapshot(v)?,
         None => None,
     };
-    // The payload each callback in force would get for that snapshot.
+    // The payload each callback in force would get for that snapshot; for a machine with an
+    // attempt in flight, what that attempt sent: rendered with the configuration and the
+    // version it started with, which a later PUT or change does not alter.
     let mut payloads = Vec::new();
     if let Some(snap) = &snapshot {
-        for (name, slot) in h.core.callbacks(&file.project) {
-            let r = render(snap, &slot.callback);
-            let url = cb_core::render::request_url(&slot.callback.target.to_url(), &r);
-            payloads.push((name.to_string(), slot.callback.method.as_str(), url, r));
-        }
+        let mut callbacks: Vec<(CallbackRef, Arc<cb_core::Callback>)> = h
+            .core
+            .callbacks(&file.project)
+            .map(|(name, slot)| (CallbackRef::Project(name.clone()), slot.callback.clone()))
+            .collect();
         if let Some(entry) = h.core.file(file) {
-            for slot in &entry.callbacks {
-                let cb = &slot.callback.callback;
-                let r = render(snap, cb);
-                let url = cb_core::render::request_url(&cb.target.to_url(), &r);
-                payloads.push((
-                    format!("file:{}", slot.callback.name),
-                    cb.method.as_str(),
-                    url,
-                    r,
-                ));
-            }
+            callbacks.extend(entry.callbacks.iter().map(|slot| {
+                (
+                    CallbackRef::File(slot.callback.name.clone()),
+                    slot.callback.callback.clone(),
+                )
+            }));
+        }
+        for (callback, config) in callbacks {
+            let (name, r, cb) = match in_flight_attempt(&h, &callback) {
+                Some(a) => {
+                    let Some(sent) = store.snapshot(a.version)? else {
+                        continue;
+                    };
+                    let name = format!(
+                        "{callback} (in flight: attempt {} of version {})",
+                        a.attempt, a.version
+                    );
+                    (name, render(&sent, &a.callback), a.callback.clone())
+                }
+                None => (callback.to_string(), render(snap, &config), config),
+            };
+            let url = cb_core::render::request_url(&cb.target.to_url(), &r);
+            payloads.push((name, cb.method.as_str(), url, r));
         }
     }
     let state = view::file_state(&h, version.map(|v| v.0), snapshot.as_ref());
