@@ -169,6 +169,43 @@ fn in_flight_attempts_resume_and_sigterm_is_graceful() {
     assert_eq!(receiver.count(), 3, "nothing was left in flight to resend");
 }
 
+/// A second SIGTERM during the shutdown grace stops cbd at once (exit 1), as an operator's
+/// second Ctrl-C expects; the attempt it left in flight is made again at the next start,
+/// with the same `webhook-id`.
+#[test]
+fn a_second_signal_stops_at_once_and_the_attempt_is_made_again() {
+    let receiver = Receiver::answering(Reply::Hang);
+    let mut cbd = Cbd::start(&["--allow-private-targets", "--shutdown-grace-secs", "30"]);
+    cbd.put_callback(
+        "p",
+        "site",
+        json!({"url": receiver.url("/cb"), "leading": true, "timeout_secs": 60}),
+    );
+    cbd.change("p", "1", "rated", snapshot("1", 1));
+    receiver.wait_for_count(1, Duration::from_secs(5));
+    let asked = std::time::Instant::now();
+    cbd.signal_term();
+    std::thread::sleep(Duration::from_millis(300));
+    cbd.signal_term();
+    let status = cbd.wait();
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(status.code(), Some(1), "{status}");
+    assert!(
+        cbd.stderr().contains("stopping at once"),
+        "{}",
+        cbd.stderr()
+    );
+    receiver.set_default(Reply::ok());
+    cbd.kill_and_restart();
+    receiver.wait_for_count(2, Duration::from_secs(5));
+    let got = receiver.received();
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+}
+
 /// A stop sent while cbd is still starting is caught, not fatal: cbd installs its signal
 /// handlers before it opens the data dir, so once `LOCK` exists a SIGTERM is cbd's to
 /// handle — it finishes starting, stops gracefully and exits 0. (With the handlers

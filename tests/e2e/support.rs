@@ -69,6 +69,16 @@ impl Cbd {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, without waiting.
+    pub fn signal_term(&self) {
+        sigterm(&self.child);
+    }
+
+    /// The exit status, once cbd has exited.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for cbd")
+    }
+
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         sigterm(&self.child);

@@ -78,7 +78,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives once "listening" is printed (or while the log
     // is restored) must stop cbd gracefully, not kill it by the default action. Installed
     // later, a stop sent right after start exited by signal (an e2e test caught it).
-    let signals = Signals::install();
+    let mut signals = Signals::install();
     let (mut dispatcher, started) = Dispatcher::start(settings.dispatcher())
         .await
         .with_context(|| format!("opening data dir {}", settings.data_dir.display()))?;
@@ -143,15 +143,32 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         () = dispatcher.stopped() => Stop::DriverStopped,
     };
     let _ = stop_tx.send(());
-    let _ = server.await;
     match stop {
         Stop::Signal(name) => {
-            info!(signal = name, "stopping");
-            dispatcher.shutdown().await.context("shutting down")?;
-            info!("stopped");
-            Ok(())
+            info!(
+                signal = name,
+                "stopping; a second SIGTERM or SIGINT stops at once"
+            );
+            let graceful = async {
+                let _ = server.await;
+                dispatcher.shutdown().await
+            };
+            tokio::select! {
+                done = graceful => {
+                    done.context("shutting down")?;
+                    info!("stopped");
+                    Ok(())
+                }
+                again = signals.recv() => {
+                    // As safe as SIGKILL, which the crash tests cover: what was acknowledged
+                    // is on disk, and attempts in flight are made again at the next start.
+                    warn!(signal = again, "stopping at once, without waiting for attempts in flight; they will be made again at the next start");
+                    std::process::exit(1)
+                }
+            }
         }
         Stop::DriverStopped => {
+            let _ = server.await;
             dispatcher.join().await.context("the dispatcher stopped")?;
             anyhow::bail!("the dispatcher stopped unexpectedly")
         }
@@ -177,9 +194,9 @@ impl Signals {
         }
     }
 
-    /// The name of the first signal received (pending forever without handlers).
-    async fn recv(self) -> &'static str {
-        let Some((mut term, mut int)) = self.0 else {
+    /// The name of the next signal received (pending forever without handlers).
+    async fn recv(&mut self) -> &'static str {
+        let Some((term, int)) = &mut self.0 else {
             return std::future::pending().await;
         };
         tokio::select! {

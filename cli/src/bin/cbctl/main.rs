@@ -11,7 +11,7 @@
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cb_cli::replay::{self, Audit};
@@ -418,6 +418,9 @@ fn fetch(server: &str, path: &str) -> anyhow::Result<ureq::Response> {
 }
 
 /// One API request to a running daemon, with the token from `CBD_TOKEN`.
+/// How long `--server` waits for the daemon's next bytes.
+const SERVER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn call(
     server: &str,
     method: &str,
@@ -427,7 +430,16 @@ fn call(
     let token =
         std::env::var("CBD_TOKEN").context("--server needs the daemon's token in CBD_TOKEN")?;
     let url = format!("{}{path}", server.trim_end_matches('/'));
-    let req = ureq::request(method, &url).set("Authorization", &format!("Bearer {token}"));
+    // A daemon that accepts and never answers must give an error, not a hang. The read limit
+    // is per read: a long `/v1/log` stream keeps going as long as bytes arrive.
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(10))
+        .timeout_read(SERVER_READ_TIMEOUT)
+        .timeout_write(SERVER_READ_TIMEOUT)
+        .build();
+    let req = agent
+        .request(method, &url)
+        .set("Authorization", &format!("Bearer {token}"));
     let result = match body {
         Some(b) => req.set("Content-Type", "application/json").send_bytes(b),
         None => req.call(),
@@ -440,7 +452,8 @@ fn call(
                 r.into_string().unwrap_or_default().trim()
             )
         }
-        Err(e) => bail!("{url}: {e}"),
+        // ureq names the URL in its transport errors.
+        Err(e) => bail!("{e}"),
     }
 }
 
