@@ -713,7 +713,12 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
             if *json {
                 outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                for c in v["callbacks"].as_array().into_iter().flatten() {
+                let list = v["callbacks"].as_array().map_or(&[][..], Vec::as_slice);
+                if list.is_empty() {
+                    // Silence would look like a failure, or hide a misspelt project.
+                    outln!("project {project} has no callbacks");
+                }
+                for c in list {
                     let cb = &c["callback"];
                     outln!(
                         "{} {} {} {} window={}s{}",
