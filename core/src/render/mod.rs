@@ -311,12 +311,16 @@ mod tests {
         }
     }
 
+    fn query(bytes: &[u8]) -> Rendered {
+        Rendered {
+            placement: Placement::Query,
+            bytes: bytes.to_vec(),
+        }
+    }
+
     #[test]
     fn request_url_appends_with_ampersand_when_the_base_has_a_query() {
-        let q = Rendered {
-            placement: Placement::Query,
-            bytes: b"status=success&mediaid=x".to_vec(),
-        };
+        let q = query(b"status=success&mediaid=x");
         assert_eq!(
             request_url("http://cms.example.com/cb?a=1", &q),
             "http://cms.example.com/cb?a=1&status=success&mediaid=x"
@@ -339,10 +343,7 @@ mod tests {
     /// out percent-encoded (host in punycode), with or without a rendered query.
     #[test]
     fn request_url_is_ascii_whatever_the_callback_url_holds() {
-        let q = Rendered {
-            placement: Placement::Query,
-            bytes: b"status=success".to_vec(),
-        };
+        let q = query(b"status=success");
         assert_eq!(
             request_url("http://127.0.0.1:9000/q5/ü?x=ä", &q),
             "http://127.0.0.1:9000/q5/%C3%BC?x=%C3%A4&status=success"
