@@ -195,7 +195,7 @@ mod tests {
             let body = format!(r#"{{"url":"mailto:{ok}"}}"#);
             assert!(callback(body.as_bytes(), smtp).is_ok(), "{ok}");
         }
-        for bad in ["a..b@example.org", ".a@example.org", "a@exa mple.org"] {
+        for bad in ["a..b@example.org", ".a@example.org", "a@-example-.org"] {
             let body = format!(r#"{{"url":"mailto:{bad}"}}"#);
             let e = callback(body.as_bytes(), smtp).expect_err(bad);
             assert_eq!(e.code, "bad_callback", "{bad}");

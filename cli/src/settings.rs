@@ -79,15 +79,21 @@ pub enum LogFormat {
 }
 
 /// `--listen`: an IP address and port, or a host name and port (`localhost:8650`), which
-/// is resolved once, at start, to its first address.
+/// is resolved once, at start, to one address: its first IPv4 one, if it has one.
 fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }
-    let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(s)
-        .map_err(|e| format!("{s:?} is not IP:PORT or HOST:PORT that resolves: {e}"))?;
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(s)
+        .map_err(|e| format!("{s:?} is not IP:PORT or HOST:PORT that resolves: {e}"))?
+        .collect();
+    // IPv4 first: `localhost` often resolves to ::1 first, and clients and the docs use
+    // 127.0.0.1.
     addrs
-        .next()
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
         .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
@@ -298,11 +304,7 @@ mod tests {
     fn listen_takes_a_host_name() {
         let args = Args::try_parse_from(["cbd", "--listen", "localhost:9002"]).unwrap();
         let s = Settings::resolve(args).unwrap();
-        assert!(
-            s.listen.ip().is_loopback() && s.listen.port() == 9002,
-            "{}",
-            s.listen
-        );
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9002");
         let e = Args::try_parse_from(["cbd", "--listen", "9002"]).unwrap_err();
         assert!(e.to_string().contains("HOST:PORT"), "{e}");
         let dir = tempfile::tempdir().unwrap();

@@ -218,8 +218,9 @@ impl Target {
     /// Checks what the URL standard's parser in [`Target::parse`] would repair but an HTTP
     /// client refuses: `http:///x`, `http:x` and `http:\\x` all parse as `http://x/`, and
     /// every delivery to them would fail. The authority must be written, as RFC 3986 has
-    /// it. Applied to input (the API, `cbctl import`), not to records already in a log,
-    /// which were valid under the rules they were written with.
+    /// it. Applied to API input, not to records already in a log (decoded, or imported from
+    /// an export): they were valid under the rules they were written with, and an audit of
+    /// an older log must be able to read it.
     fn check_written(&self) -> Result<(), ConfigError> {
         let Target::Http(s) = self else {
             return Ok(());
@@ -617,8 +618,8 @@ impl Callback {
     }
 
     /// The input rules that a stored callback is not re-held to (see
-    /// [`Target::check_written`]): for what arrives already built, as `cbctl import`'s lines.
-    pub fn check_written(&self) -> Result<(), ConfigError> {
+    /// [`Target::check_written`]).
+    fn check_written(&self) -> Result<(), ConfigError> {
         self.target.check_written()
     }
 
@@ -672,15 +673,13 @@ impl FileCallback {
         Ok(out)
     }
 
-    /// The input rules of a list of per-file callbacks that arrives already built (`cbctl
-    /// import`) and that decoding alone does not check: at most [`MAX_FILE_CALLBACKS`],
-    /// names unique (the core finds a file's callback by its name, so a log must never hold
-    /// two), and each URL as [`Callback::check_written`] wants it.
+    /// The rules of a list of per-file callbacks that no single one can check, for a list
+    /// that arrives already built (`cbctl import`): at most [`MAX_FILE_CALLBACKS`], names
+    /// unique. The core finds a file's callback by its name, so a log must never hold two.
     pub fn check_list(list: &[FileCallback]) -> Result<(), ConfigError> {
         list_fits(list.len())?;
         for (i, cb) in list.iter().enumerate() {
             named_once(&list[..i], cb)?;
-            cb.callback.check_written()?;
         }
         Ok(())
     }
@@ -1023,8 +1022,9 @@ impl From<CallbackRepr> for CallbackSpec {
 
 impl TryFrom<CallbackRepr> for Callback {
     type Error = ConfigError;
-    /// A stored callback: checked as it was when written, so a log stays readable when the
-    /// input rules tighten ([`Callback::check_written`] holds imports to today's).
+    /// A stored callback: checked as it was when written, so a log (and its export) stays
+    /// readable when the input rules tighten ([`Callback::check_written`] holds API input
+    /// to today's).
     fn try_from(r: CallbackRepr) -> Result<Callback, ConfigError> {
         CallbackSpec::from(r).validate_common()
     }

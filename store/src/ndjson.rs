@@ -66,9 +66,7 @@ pub enum LineKind {
         project: ProjectId,
         /// The callback's name.
         name: CallbackName,
-        /// Its configuration, every field explicit; held to the API's input rules
-        /// (`Callback::check_written`).
-        #[serde(deserialize_with = "written_callback")]
+        /// Its configuration, every field explicit.
         callback: Callback,
     },
     /// A project callback was removed.
@@ -470,17 +468,6 @@ impl Store {
         progress(n);
         Ok(n)
     }
-}
-
-/// Reads a `callback_put` line's callback, checked by its own `Deserialize` (the rules every
-/// stored callback meets) and by [`Callback::check_written`] (the API's input rules that a
-/// stored one is not re-held to): an imported log must not hold what the API refuses.
-fn written_callback<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Callback, D::Error> {
-    let callback = Callback::deserialize(d)?;
-    callback.check_written().map_err(serde::de::Error::custom)?;
-    Ok(callback)
 }
 
 /// Reads a change line's per-file callbacks, each checked by its own `Deserialize` and the

@@ -532,17 +532,13 @@ fn rewind_shows_ticks_and_what_an_attempt_in_flight_sent() {
     assert_eq!(at_tick["machines"][0]["state"], "pending", "{at_tick}");
     let during = rewind(put);
     let p = &during["payloads"][0];
-    assert!(
-        p["callback"]
-            .as_str()
-            .unwrap()
-            .starts_with("site (in flight"),
-        "{p}"
-    );
+    assert_eq!(p["callback"], "site", "{p}");
+    assert_eq!(p["in_flight"]["attempt"], 1, "{p}");
     assert!(p["url"].as_str().unwrap().ends_with("/xml"), "{p}");
     assert_eq!(p["digest"], attempt["digest"], "{p}");
     let after = rewind(attempt["seq"].as_u64().unwrap());
     let p = &after["payloads"][0];
     assert_eq!(p["callback"], "site", "{p}");
+    assert!(p.get("in_flight").is_none(), "{p}");
     assert!(p["url"].as_str().unwrap().ends_with("/json"), "{p}");
 }

@@ -99,7 +99,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             warn!(
                 data_dir = %settings.data_dir.display(),
                 mode = format!("{mode:o}"),
-                "the data dir is readable by other users, and its log holds signing secrets; chmod 700 it"
+                "other users have access to the data dir, and its log holds signing secrets; chmod 700 it"
             );
         }
     }

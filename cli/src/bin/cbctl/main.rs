@@ -279,7 +279,10 @@ CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 emit"
     },
     /// Deliver a file again now (rule 6), to one callback or all of them.
     #[command(
-        after_help = "Examples:\n  cbctl --data-dir /var/lib/cb redeliver newzulu/556114\n  \
+        after_help = "A redeliver that could not happen is refused and appends nothing: the file has no \
+change, the callback is unknown or disabled by a 410, or every callback it names has an attempt in \
+flight.\n\n\
+Examples:\n  cbctl --data-dir /var/lib/cb redeliver newzulu/556114\n  \
 CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 redeliver newzulu/556114 --callback site"
     )]
     Redeliver {
@@ -417,10 +420,10 @@ fn fetch(server: &str, path: &str) -> anyhow::Result<ureq::Response> {
     call(server, "GET", path, None)
 }
 
-/// One API request to a running daemon, with the token from `CBD_TOKEN`.
 /// How long `--server` waits for the daemon's next bytes.
 const SERVER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// One API request to a running daemon, with the token from `CBD_TOKEN`.
 fn call(
     server: &str,
     method: &str,
@@ -1145,21 +1148,18 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
             }));
         }
         for (callback, config) in callbacks {
-            let (name, r, cb) = match in_flight_attempt(&h, &callback) {
+            let (flight, r, cb) = match in_flight_attempt(&h, &callback) {
                 Some(a) => {
                     let Some(sent) = store.snapshot(a.version)? else {
                         continue;
                     };
-                    let name = format!(
-                        "{callback} (in flight: attempt {} of version {})",
-                        a.attempt, a.version
-                    );
-                    (name, render(&sent, &a.callback), a.callback.clone())
+                    let flight = (a.attempt, a.version.0);
+                    (Some(flight), render(&sent, &a.callback), a.callback.clone())
                 }
-                None => (callback.to_string(), render(snap, &config), config),
+                None => (None, render(snap, &config), config),
             };
             let url = cb_core::render::request_url(&cb.target.to_url(), &r);
-            payloads.push((name, cb.method.as_str(), url, r));
+            payloads.push((callback.to_string(), flight, cb.method.as_str(), url, r));
         }
     }
     let state = view::file_state(&h, version.map(|v| v.0), snapshot.as_ref());
@@ -1167,7 +1167,13 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
         let mut v = serde_json::to_value(&state)?;
         v["payloads"] = payloads
             .iter()
-            .map(|(n, m, u, r)| serde_json::json!({"callback": n, "method": m, "url": u, "digest": r.digest().to_hex(), "body": String::from_utf8_lossy(&r.bytes)}))
+            .map(|(n, flight, m, u, r)| {
+                let mut p = serde_json::json!({"callback": n, "method": m, "url": u, "digest": r.digest().to_hex(), "body": String::from_utf8_lossy(&r.bytes)});
+                if let Some((attempt, version)) = flight {
+                    p["in_flight"] = serde_json::json!({"attempt": attempt, "version": version});
+                }
+                p
+            })
             .collect::<Vec<_>>()
             .into();
         outln!("{}", serde_json::to_string_pretty(&v)?);
@@ -1212,8 +1218,17 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
             d["disabled_by"]
         );
     }
-    for (name, method, url, r) in &payloads {
-        outln!("\n{name}: {method} {url}  (digest {})", r.digest().to_hex());
+    for (name, flight, method, url, r) in &payloads {
+        let flight = match flight {
+            Some((attempt, version)) => {
+                format!(" (in flight: attempt {attempt} of version {version})")
+            }
+            None => String::new(),
+        };
+        outln!(
+            "\n{name}{flight}: {method} {url}  (digest {})",
+            r.digest().to_hex()
+        );
         if let cb_core::Placement::Body { content_type } = r.placement {
             outln!(
                 "Content-Type: {content_type}\n{}",
