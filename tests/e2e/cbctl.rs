@@ -454,7 +454,7 @@ fn redelivers_that_cannot_happen_are_refused_online_and_offline() {
 #[test]
 fn cbctl_refuses_what_is_not_there() {
     let empty = tempfile::tempdir().unwrap();
-    for args in [vec!["status"], vec!["replay"], vec!["redeliver", "p/1"]] {
+    for args in [vec!["status"], vec!["replay"], vec!["history", "p/1"]] {
         let (code, out, err) = cbctl(empty.path(), &args);
         assert_ne!(code, 0, "{args:?}: {out}");
         assert!(err.contains("is not a cb data dir"), "{args:?}: {err}");
@@ -464,6 +464,25 @@ fn cbctl_refuses_what_is_not_there() {
         0,
         "left as it was"
     );
+    // A dir with something else in it is not a data dir for appending either.
+    std::fs::write(empty.path().join("notes.txt"), "x").unwrap();
+    let (code, _, err) = cbctl(empty.path(), &["redeliver", "p/1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is not a cb data dir"), "{err}");
+    // An empty dir may be set up before cbd's first start.
+    let fresh = tempfile::tempdir().unwrap();
+    let config = fresh.path().join("cb.json");
+    std::fs::write(&config, r#"{"url":"https://example.org/cb"}"#).unwrap();
+    let dir = fresh.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    let (code, out, err) = cbctl(
+        &dir,
+        &["callbacks", "set", "p", "site", config.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = cbctl(&dir, &["callbacks", "list", "p"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("site POST https://example.org/cb"), "{out}");
 
     let mut cbd = Cbd::start(&[]);
     cbd.change("p", "1", "rated", snapshot("1", 1));

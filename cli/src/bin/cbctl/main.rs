@@ -396,7 +396,7 @@ fn open(cli: &Cli) -> anyhow::Result<Source> {
     };
     match &cli.server {
         None => {
-            existing_data_dir(cli)?;
+            existing_data_dir(cli, false)?;
             let store = Store::open(&cli.data_dir, options())
                 .with_context(|| format!("opening {}", cli.data_dir.display()))?;
             Ok(Source { store, _temp: None })
@@ -663,8 +663,10 @@ fn read_input(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
 
 /// Opens the data dir to append, durably (the daemon is stopped; it folds these at start).
 /// Refuses a `--data-dir` that is not one cbd made: opening it would create a log there
-/// (a read-only command must not write into a directory it was pointed at by mistake).
-fn existing_data_dir(cli: &Cli) -> anyhow::Result<()> {
+/// (a read-only command must not write into a directory it was pointed at by mistake). A
+/// command that appends may also start a log in an empty dir (`empty_is_new`): setting
+/// callbacks up before cbd's first start.
+fn existing_data_dir(cli: &Cli, empty_is_new: bool) -> anyhow::Result<()> {
     let dir = &cli.data_dir;
     if !dir.exists() {
         bail!(
@@ -672,7 +674,9 @@ fn existing_data_dir(cli: &Cli) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    if !dir.join("log").is_dir() {
+    let empty = || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+    let usable = dir.join("log").is_dir() || (empty_is_new && empty());
+    if !usable {
         bail!(
             "{} is not a cb data dir (it has no log/ inside): give the dir cbd runs on, \
              or --server for a running daemon",
@@ -683,7 +687,7 @@ fn existing_data_dir(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn open_for_append(cli: &Cli) -> anyhow::Result<Store> {
-    existing_data_dir(cli)?;
+    existing_data_dir(cli, true)?;
     Store::open(&cli.data_dir, StoreOptions::default())
         .with_context(|| format!("opening {}", cli.data_dir.display()))
 }
