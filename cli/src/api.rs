@@ -110,7 +110,13 @@ pub async fn serve(api: Arc<Api>, req: Request<Incoming>) -> Result<Response<Bod
 async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = req.method().clone();
+    // HEAD is GET without the body (hyper sends none for HEAD): load balancers and
+    // monitors probe with it.
+    let asked = req.method().clone();
+    let method = match asked {
+        Method::HEAD => Method::GET,
+        ref m => m.clone(),
+    };
     if segments.first() == Some(&"v1") {
         let auth = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
         if !api.token.accepts(auth) {
@@ -122,9 +128,8 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
         }
     }
     match (&method, segments.as_slice()) {
-        // HEAD too: load balancers probe with it (hyper sends no body for HEAD).
-        (&Method::GET | &Method::HEAD, ["healthz"]) => healthz(api),
-        (&Method::GET | &Method::HEAD, ["metrics"]) => metrics(api).await,
+        (&Method::GET, ["healthz"]) => healthz(api),
+        (&Method::GET, ["metrics"]) => metrics(api).await,
         (&Method::POST, ["v1", "changes"]) => post_change(api, req).await,
         (&Method::POST, ["v1", "changes", "batch"]) => post_batch(api, req).await,
         (&Method::GET, ["v1", "projects", p, "callbacks"]) => list_callbacks(api, p).await,
@@ -148,7 +153,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
             Some(allow) => Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                format!("{method} is not allowed on {path}; it takes {allow}"),
+                format!("{asked} is not allowed on {path}; it takes {allow}"),
             )
             .allowing(allow)),
             None => Err(ApiError::not_found(format!("no route {path}"))),
@@ -161,10 +166,10 @@ fn allowed_methods(route: &[&str]) -> Option<&'static str> {
     Some(match route {
         ["healthz" | "metrics"] => "GET, HEAD",
         ["v1", "changes"] | ["v1", "changes", "batch"] => "POST",
-        ["v1", "log" | "status"] => "GET",
-        ["v1", "projects", _, "callbacks"] => "GET",
-        ["v1", "projects", _, "callbacks", _] => "GET, PUT, DELETE",
-        ["v1", "files", _, _] | ["v1", "files", _, _, "history"] => "GET",
+        ["v1", "log" | "status"] => "GET, HEAD",
+        ["v1", "projects", _, "callbacks"] => "GET, HEAD",
+        ["v1", "projects", _, "callbacks", _] => "GET, HEAD, PUT, DELETE",
+        ["v1", "files", _, _] | ["v1", "files", _, _, "history"] => "GET, HEAD",
         ["v1", "files", _, _, "redeliver"] => "POST",
         _ => return None,
     })

@@ -95,9 +95,22 @@ fn methods_and_auth_are_answered_as_http_says() {
     let agent = ureq::agent();
     let r = agent.head(&cbd.url("/healthz")).call().unwrap();
     assert_eq!(r.status(), 200);
+    let r = agent
+        .head(&cbd.url("/v1/status"))
+        .set(
+            "Authorization",
+            &format!("Bearer {}", crate::support::TOKEN),
+        )
+        .call()
+        .unwrap();
+    assert_eq!((r.status(), r.into_string().unwrap()), (200, String::new()));
     for (method, path, allow) in [
         ("DELETE", "/v1/changes", "POST"),
-        ("POST", "/v1/projects/p/callbacks/x", "GET, PUT, DELETE"),
+        (
+            "POST",
+            "/v1/projects/p/callbacks/x",
+            "GET, HEAD, PUT, DELETE",
+        ),
         ("GET", "/v1/files/p/1/redeliver", "POST"),
         ("POST", "/healthz", "GET, HEAD"),
     ] {
