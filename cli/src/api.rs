@@ -624,14 +624,25 @@ async fn status(api: &Api) -> Result<Response<Body>, ApiError> {
     Ok(json_response(StatusCode::OK, &v))
 }
 
-/// `GET /v1/log?from=SEQ`: the log as NDJSON, streamed as the store reads it.
+/// `GET /v1/log?from=SEQ[&redact=true]`: the log as NDJSON, streamed as the store reads it;
+/// with `redact`, callbacks' credentials replaced (`Line::redact`).
 fn log(api: &Api, q: Option<&str>) -> Result<Response<Body>, ApiError> {
-    let q = query(q, &["from"])?;
+    let q = query(q, &["from", "redact"])?;
     let from = match q.get("from") {
         Some(s) => s.parse::<u64>().map_err(|_| {
             ApiError::bad_request("bad_query", format!("from={s}: not a sequence number"))
         })?,
         None => 1,
+    };
+    let credentials = match q.get("redact").map(String::as_str) {
+        None | Some("false") => cb_store::ndjson::Credentials::Keep,
+        Some("true") => cb_store::ndjson::Credentials::Redact,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                format!("redact={}: true or false", clip(other)),
+            ))
+        }
     };
     let store = api.handle.store().clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
@@ -641,7 +652,7 @@ fn log(api: &Api, q: Option<&str>) -> Result<Response<Body>, ApiError> {
             buf: Vec::with_capacity(CHUNK),
         };
         let result = store
-            .export(Seq(from.max(1)), &mut out)
+            .export_with(Seq(from.max(1)), &mut out, credentials)
             .map_err(|e| std::io::Error::other(e.to_string()))
             .and_then(|_| out.flush());
         if let Err(e) = result {

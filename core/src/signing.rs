@@ -16,7 +16,7 @@ use std::fmt;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 
 /// The prefix of a Standard Webhooks secret.
 pub const PREFIX: &str = "whsec_";
@@ -65,6 +65,20 @@ impl SigningSecret {
             text: text.to_owned(),
             key,
         })
+    }
+
+    /// A stand-in for this secret in a redacted export: a valid secret, the same for the
+    /// same secret (so a rotation list stays a list of distinct ones), from which the secret
+    /// cannot be recovered (a SHA-256 of it). Signatures made with it verify nowhere.
+    pub fn redacted(&self) -> SigningSecret {
+        let mut h = Sha256::new();
+        h.update(b"cb redacted secret\0");
+        h.update(&self.key);
+        let key = h.finalize().to_vec();
+        SigningSecret {
+            text: format!("{PREFIX}{}", STANDARD.encode(&key)),
+            key,
+        }
     }
 
     /// The secret as configured.

@@ -372,9 +372,49 @@ impl Line {
 /// Lines per `append_stamped` call during an import.
 const IMPORT_BATCH: usize = 1000;
 
+/// What an export does with the credentials the log holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Credentials {
+    /// Written as they are: the export can run a daemon that signs and authenticates as
+    /// before, so it is itself a credential.
+    #[default]
+    Keep,
+    /// Replaced ([`Line::redact`]): for a bug report. It replays with the same decisions.
+    Redact,
+}
+
+impl Line {
+    /// Replaces the credentials of a callback the line configures (signing secrets, header
+    /// values; see `Callback::redacted`).
+    pub fn redact(&mut self) {
+        match &mut self.kind {
+            LineKind::CallbackPut { callback, .. } => *callback = callback.redacted(),
+            LineKind::Change {
+                callbacks: Some(list),
+                ..
+            } => {
+                for c in list.iter_mut() {
+                    *c = c.redacted();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Store {
     /// Writes every durable record from `from` on as NDJSON; returns how many.
     pub fn export(&self, from: Seq, out: &mut impl Write) -> Result<u64> {
+        self.export_with(from, out, Credentials::Keep)
+    }
+
+    /// [`Store::export`], with the log's credentials kept or redacted.
+    pub fn export_with(
+        &self,
+        from: Seq,
+        out: &mut impl Write,
+        credentials: Credentials,
+    ) -> Result<u64> {
         let mut n = 0;
         let mut buf = Vec::with_capacity(4096);
         for record in self.records(from) {
@@ -386,7 +426,10 @@ impl Store {
                 ),
                 _ => None,
             };
-            let line = Line::from_record(&record, snapshot.as_ref())?;
+            let mut line = Line::from_record(&record, snapshot.as_ref())?;
+            if credentials == Credentials::Redact {
+                line.redact();
+            }
             buf.clear();
             serde_json::to_writer(&mut buf, &line).expect("a Line always serializes");
             buf.push(b'\n');

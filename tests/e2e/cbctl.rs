@@ -561,3 +561,64 @@ fn rewind_shows_ticks_and_what_an_attempt_in_flight_sent() {
     assert!(p.get("in_flight").is_none(), "{p}");
     assert!(p["url"].as_str().unwrap().ends_with("/json"), "{p}");
 }
+
+/// `export --redact` (and `/v1/log?redact=true`) leaves no signing secret or header value
+/// in the export, which still imports and replays with no divergence: credentials never
+/// reach a digest.
+#[test]
+fn a_redacted_export_keeps_no_credentials_and_replays_clean() {
+    let receiver = Receiver::start();
+    let mut cbd = Cbd::start(&["--allow-private-targets"]);
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    cbd.put_callback(
+        "p",
+        "site",
+        json!({"url": receiver.url("/cb"), "leading": true, "secret": secret,
+            "headers": [{"name": "X-Token", "value": "tok-abc-123"}]}),
+    );
+    let (status, body) = cbd.json(
+        "POST",
+        "/v1/changes",
+        Some(
+            &json!({"project": "p", "file_id": "1", "event": "published", "file": snapshot("1", 1),
+            "callbacks": [{"name": "lf", "url": receiver.url("/lf"), "window_secs": 0,
+                "headers": [{"name": "Authorization", "value": "Bearer pf-secret-9"}]}]}),
+        ),
+    );
+    assert_eq!(status, 202, "{body}");
+    receiver.wait_for_count(2, Duration::from_secs(5));
+    let credentials = [
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "tok-abc-123",
+        "pf-secret-9",
+    ];
+    let (status, text) = cbd.call("GET", "/v1/log?redact=true", None, None);
+    assert_eq!(status, 200, "{text}");
+    assert!(credentials.iter().all(|c| !text.contains(c)), "{text}");
+    assert!(cbd.terminate().success());
+
+    let (code, plain, err) = cbctl(&cbd.dir, &["export"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        credentials.iter().all(|c| plain.contains(c)),
+        "kept without --redact"
+    );
+    let (code, redacted, err) = cbctl(&cbd.dir, &["export", "--redact"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        credentials.iter().all(|c| !redacted.contains(c)),
+        "{redacted}"
+    );
+    assert!(redacted.contains("[redacted]"), "{redacted}");
+    assert_eq!(plain.lines().count(), redacted.lines().count());
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = elsewhere.path().join("log.ndjson");
+    std::fs::write(&file, &redacted).unwrap();
+    let dir = elsewhere.path().join("data");
+    let (code, out, err) = cbctl(&dir, &["import", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cbctl(&dir, &["replay"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("divergences: none"), "{out}");
+}

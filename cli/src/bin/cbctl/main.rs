@@ -294,13 +294,20 @@ CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 redeliver newzulu/556114 --ca
     },
     /// The log as NDJSON on stdout (docs/interchange.md).
     #[command(
-        after_help = "Examples:\n  cbctl --data-dir /var/lib/cb export > cb-log.ndjson\n  \
+        after_help = "The log holds callbacks' signing secrets and header values: an export is a \
+credential. For a bug report, --redact replaces them; the export still imports and replays with \
+the same decisions.\n\n\
+Examples:\n  cbctl --data-dir /var/lib/cb export --redact > cb-log.ndjson\n  \
 CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 export --from 100000 | gzip > tail.ndjson.gz"
     )]
     Export {
         /// The first sequence number.
         #[arg(long, default_value_t = 1)]
         from: u64,
+        /// Replace callbacks' signing secrets and header values (for a bug report: it still
+        /// replays with the same decisions, but cannot sign or authenticate as the original).
+        #[arg(long)]
+        redact: bool,
     },
     /// Read an NDJSON log (FILE or stdin) into a new --data-dir.
     #[command(
@@ -537,15 +544,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("imported {n} records into {}", cli.data_dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export { from } => {
+        Command::Export { from, redact } => {
             if let Some(server) = &cli.server {
-                let r = fetch(server, &format!("/v1/log?from={from}"))?;
+                let r = fetch(server, &format!("/v1/log?from={from}&redact={redact}"))?;
                 std::io::copy(&mut r.into_reader(), &mut Stdout)?;
                 return Ok(ExitCode::SUCCESS);
             }
+            let credentials = match redact {
+                true => cb_store::ndjson::Credentials::Redact,
+                false => cb_store::ndjson::Credentials::Keep,
+            };
             let source = open(&cli)?;
             let mut out = std::io::BufWriter::new(Stdout);
-            source.store.export(Seq(*from), &mut out)?;
+            source
+                .store
+                .export_with(Seq(*from), &mut out, credentials)?;
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
