@@ -329,13 +329,20 @@ fn healthz(api: &Api) -> Result<Response<Body>, ApiError> {
 }
 
 async fn metrics(api: &Api) -> Result<Response<Body>, ApiError> {
-    let census = api.handle.query(|core| core.census()).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "driver_stopped",
-            e.to_string(),
-        )
-    })?;
+    // On the wall clock: a `sent` machine past its window is not counted, though the core
+    // drops it only at the next record it folds.
+    let now = cb_store::wall_clock();
+    let (census, folded) = api
+        .handle
+        .query(move |core| (core.census_at(now), core.last_seq()))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "driver_stopped",
+                e.to_string(),
+            )
+        })?;
     let m = api.handle.metrics();
     for (state, count) in StateName::ALL.iter().zip(census.states) {
         m.machines
@@ -345,9 +352,11 @@ async fn metrics(api: &Api) -> Result<Response<Body>, ApiError> {
             .set(count as i64);
     }
     m.files.set(census.files as i64);
+    // Set here too: the driver sets it as it folds, and after a restart it has folded
+    // nothing new yet.
+    m.folded_seq.set(folded.map_or(0, |s| s.0 as i64));
     m.log_seq
         .set(api.handle.store().last_seq().map_or(0, |s| s.0 as i64));
-    let now = cb_store::wall_clock();
     let lag = census
         .next_deadline
         .map_or(0.0, |d| now.0.saturating_sub(d.0) as f64 / 1000.0);
@@ -618,7 +627,7 @@ async fn redeliver(
 async fn status(api: &Api) -> Result<Response<Body>, ApiError> {
     let v = api
         .handle
-        .query(view::status)
+        .query(|core| view::status(core, cb_store::wall_clock()))
         .await
         .map_err(driver_stopped)?;
     Ok(json_response(StatusCode::OK, &v))

@@ -24,7 +24,19 @@ pub fn check(
             ApiError::not_found(format!("file {file} has no change to deliver"))
         }
         (Ignored::UnknownCallback, Some(c)) => {
-            ApiError::not_found(format!("file {file} has no callback {c}"))
+            // A per-file callback is `file:NAME`; say so when NAME is one of them.
+            let per_file = match c {
+                CallbackRef::Project(name) => core
+                    .file(file)
+                    .is_some_and(|e| e.callbacks.iter().any(|s| s.callback.name == *name)),
+                CallbackRef::File(_) => false,
+            };
+            let hint = if per_file {
+                format!(" (its per-file callback is file:{c})")
+            } else {
+                String::new()
+            };
+            ApiError::not_found(format!("file {file} has no callback {c}{hint}"))
         }
         (Ignored::UnknownCallback, None) => ApiError::not_found(format!(
             "file {file} has no enabled callback to redeliver to"

@@ -44,6 +44,15 @@ pub enum TokenError {
 }
 
 impl Token {
+    /// Checks a `CBD_TOKEN` value as [`Token::load`] will, so cbd can refuse a bad one before
+    /// it opens (or creates) its data dir. An empty value means "not set".
+    pub fn check_env(value: &str) -> Result<(), TokenError> {
+        if value.is_empty() {
+            return Ok(());
+        }
+        Token::checked(value.to_owned(), "in CBD_TOKEN").map(drop)
+    }
+
     /// The token from `env` (the value of `CBD_TOKEN`) if set, else from `DIR/token`,
     /// creating it with a fresh random token if it does not exist.
     pub fn load(dir: &Path, env: Option<String>) -> Result<(Token, Source), TokenError> {

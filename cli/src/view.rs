@@ -284,8 +284,9 @@ pub fn file_state<'a>(
 
 /// Totals per state, the abandoned machines and the disabled callbacks (`GET /v1/status`,
 /// `cbctl status`).
-pub fn status(core: &cb_core::Core) -> Value {
-    let census = core.census();
+/// Counted as of `now` (`Core::census_at`): the wall clock, for a report between records.
+pub fn status(core: &cb_core::Core, now: Timestamp) -> Value {
+    let census = core.census_at(now);
     let states: Map<String, Value> = cb_core::StateName::ALL
         .iter()
         .zip(census.states)

@@ -800,22 +800,38 @@ impl Core {
             .collect()
     }
 
-    /// Totals per state.
+    /// Totals per state: every machine the core holds.
     pub fn census(&self) -> Census {
+        self.census_of(|_| true)
+    }
+
+    /// Totals per state as they are once time reaches `now`: a machine whose expiry is due
+    /// by then is left out, with a file it leaves idle, though the core drops them only
+    /// when it next folds a record (its clock moves with the log alone). For reports taken
+    /// between records, on the wall clock.
+    pub fn census_at(&self, now: Timestamp) -> Census {
+        self.census_of(|m| m.expiry().is_none_or(|e| e > now))
+    }
+
+    /// Totals over the machines `kept` keeps, and the files that hold one or have per-file
+    /// callbacks (a file entry is never idle: `FileEntry::is_idle` entries are dropped).
+    fn census_of(&self, kept: impl Fn(&Machine) -> bool) -> Census {
         let mut c = Census {
-            files: self.files.len() as u64,
             next_deadline: self.next_deadline(),
             ignored: self.ignored,
             ..Census::default()
         };
         for entry in self.files.values() {
-            for (_, m) in &entry.machines {
+            let mut held = !entry.callbacks.is_empty();
+            for (_, m) in entry.machines.iter().filter(|(_, m)| kept(m)) {
+                held = true;
                 let i = StateName::ALL
                     .iter()
                     .position(|s| *s == m.state.name())
                     .expect("every state is listed");
                 c.states[i] += 1;
             }
+            c.files += u64::from(held);
         }
         c
     }

@@ -713,3 +713,37 @@ fn rule_4_an_owed_disable_survives_a_checkpoint_until_its_record_lands() {
         .callbacks(&support::project())
         .all(|(_, s)| s.disabled_by.is_some()));
 }
+
+/// A `sent` machine is forgotten once its window has passed, but the core's clock moves
+/// only with the log: `census_at` counts as of a later time, as status and metrics do
+/// between records, and agrees with what the next record makes of it.
+#[test]
+fn census_at_leaves_out_sent_machines_past_their_window() {
+    let mut sim = support::sim(
+        "put a window=10
+         @3 change f1 rated
+         @13 tick
+         @13.2 ok f1 a",
+    );
+    let sent = cb_core::StateName::ALL
+        .iter()
+        .position(|s| *s == cb_core::StateName::Sent)
+        .unwrap();
+    let at = |s: f64| cb_core::Timestamp((s * 1000.0) as u64);
+    assert_eq!(
+        (sim.core.census().files, sim.core.census().states[sent]),
+        (1, 1)
+    );
+    let within = sim.core.census_at(at(20.0));
+    assert_eq!(
+        (within.files, within.states[sent]),
+        (1, 1),
+        "window open until 23.2"
+    );
+    let past = sim.core.census_at(at(30.0));
+    assert_eq!((past.files, past.states[sent]), (0, 0));
+    assert_eq!(sim.core.census(), sim.core.census_at(sim.core.now()));
+    // The next record drops it: the core then holds what census_at said.
+    sim.push(30_000, cb_core::RecordKind::Ticked);
+    assert_eq!(sim.core.census(), past);
+}

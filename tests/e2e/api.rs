@@ -226,3 +226,22 @@ fn callbacks_crud_and_file_views() {
     assert_eq!(log.first().unwrap()["kind"], "callback_put");
     assert_eq!(log.last().unwrap()["kind"], "callback_removed");
 }
+
+/// A `CBD_TOKEN` that cannot be a token stops cbd before it opens its data dir: exit 2, one
+/// line saying why, and no data dir left behind.
+#[test]
+fn a_bad_token_is_refused_before_the_data_dir_is_made() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cbd"))
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("CBD_TOKEN", "short")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("CBD_TOKEN").count(), 1, "{err}");
+    assert!(!dir.exists(), "no data dir was made");
+}

@@ -393,6 +393,12 @@ fn redelivers_that_cannot_happen_are_refused_online_and_offline() {
             .contains("carries the file's callbacks"),
         "{body}"
     );
+    let (code, body) = cbd.json("POST", "/v1/files/lf/a/redeliver?callback=x", None);
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("file:x"),
+        "a per-file name is hinted: {body}"
+    );
 
     // An attempt in flight: a redeliver would change nothing, so it is refused.
     cbd.put_callback(
@@ -464,6 +470,9 @@ fn cbctl_refuses_what_is_not_there() {
         0,
         "left as it was"
     );
+    let (code, _, err) = cbctl(empty.path(), &["--server", "127.0.0.1:8650", "status"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is not a URL"), "{err}");
     // A dir with something else in it is not a data dir for appending either.
     std::fs::write(empty.path().join("notes.txt"), "x").unwrap();
     let (code, _, err) = cbctl(empty.path(), &["redeliver", "p/1"]);
@@ -524,7 +533,18 @@ fn rewind_shows_ticks_and_what_an_attempt_in_flight_sent() {
     cbd.wait_for("the attempt recorded", Duration::from_secs(10), || {
         cbd.machine("p", "1", "site")["state"] == "sent"
     });
+    // A snapshot whose fields are not in alphabetical order keeps its order in `--json`.
+    let (status, text) = cbd.call(
+        "POST",
+        "/v1/changes",
+        Some("application/json"),
+        Some(br#"{"project":"p","file_id":"o","event":"rated","file":{"zeta":"1","alpha":"2"}}"#),
+    );
+    assert_eq!(status, 202, "{text}");
     assert!(cbd.terminate().success());
+    let (code, out, err) = cbctl(&cbd.dir, &["rewind", "p/o", "--to", "9999", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.find("\"zeta\"") < out.find("\"alpha\""), "{out}");
 
     let (_, export, _) = cbctl(&cbd.dir, &["export"]);
     let lines: Vec<Value> = export

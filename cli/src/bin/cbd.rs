@@ -33,6 +33,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before the data dir is opened, so a mistyped token creates nothing.
+    if let Err(e) = Token::check_env(&std::env::var("CBD_TOKEN").unwrap_or_default()) {
+        eprintln!("cbd: {e}");
+        return ExitCode::from(2);
+    }
     let filter = EnvFilter::try_from_env("CBD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     match settings.log_format {
         LogFormat::Text => tracing_subscriber::fmt()

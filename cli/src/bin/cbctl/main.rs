@@ -181,8 +181,9 @@ struct Cli {
         default_value = "./cbd-data"
     )]
     data_dir: PathBuf,
-    /// A running daemon (its token from CBD_TOKEN); the log is fetched from /v1/log.
-    #[arg(long, env = "CBCTL_SERVER", global = true)]
+    /// A running daemon (its token from CBD_TOKEN): replay, history, rewind and export copy
+    /// its /v1/log; the other commands call its API.
+    #[arg(long, env = "CBCTL_SERVER", global = true, value_parser = server_url)]
     server: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -467,6 +468,19 @@ fn call(
     }
 }
 
+/// `--server`: the daemon's base URL, scheme included (`127.0.0.1:8650` alone is refused
+/// here rather than by the HTTP client, with a message that says what to write).
+fn server_url(s: &str) -> Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a URL: give the daemon's, as http://127.0.0.1:8650"
+        ))
+    }
+}
+
 /// A point in the log: a sequence number or a time.
 #[derive(Clone, Copy)]
 enum Point {
@@ -650,7 +664,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => {
                     let source = open(&cli)?;
                     let restored = source.store.restore()?;
-                    view::status(&restored.core)
+                    view::status(&restored.core, cb_store::wall_clock())
                 }
             };
             if *json {
@@ -1176,29 +1190,58 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
                 None => (None, render(snap, &config), config),
             };
             let url = cb_core::render::request_url(&cb.target.to_url(), &r);
-            payloads.push((callback.to_string(), flight, cb.method.as_str(), url, r));
+            let headers: Vec<(String, String)> = cb
+                .headers
+                .iter()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect();
+            payloads.push((
+                callback.to_string(),
+                flight,
+                cb.method.as_str(),
+                url,
+                headers,
+                r,
+            ));
         }
     }
     let state = view::file_state(&h, version.map(|v| v.0), snapshot.as_ref());
     if json {
-        let mut v = serde_json::to_value(&state)?;
-        v["payloads"] = payloads
+        /// The file's state and the payloads, serialized as a struct: a `Value` would sort
+        /// the snapshot's fields, whose order is part of it.
+        #[derive(serde::Serialize)]
+        struct Rewound<'a> {
+            #[serde(flatten)]
+            state: &'a view::FileState<'a>,
+            payloads: Vec<serde_json::Value>,
+        }
+        let payloads = payloads
             .iter()
-            .map(|(n, flight, m, u, r)| {
-                let mut p = serde_json::json!({"callback": n, "method": m, "url": u, "digest": r.digest().to_hex(), "body": String::from_utf8_lossy(&r.bytes)});
+            .map(|(n, flight, m, u, headers, r)| {
+                let headers: Vec<_> = headers
+                    .iter()
+                    .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+                    .collect();
+                let mut p = serde_json::json!({"callback": n, "method": m, "url": u, "headers": headers, "digest": r.digest().to_hex(), "body": String::from_utf8_lossy(&r.bytes)});
                 if let Some((attempt, version)) = flight {
                     p["in_flight"] = serde_json::json!({"attempt": attempt, "version": version});
                 }
                 p
             })
-            .collect::<Vec<_>>()
-            .into();
-        outln!("{}", serde_json::to_string_pretty(&v)?);
+            .collect();
+        let rewound = Rewound {
+            state: &state,
+            payloads,
+        };
+        outln!("{}", serde_json::to_string_pretty(&rewound)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let as_of = match to {
+        Point::Seq(s) => s.min(store.last_seq().unwrap_or(last_seq)),
+        Point::Time(_) => last_seq,
+    };
     outln!(
-        "{file} as of seq {} ({})",
-        last_seq,
+        "{file} as of seq {as_of} ({})",
         time_of(until.unwrap_or(last_at))
     );
     outln!(
@@ -1235,7 +1278,7 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
             d["disabled_by"]
         );
     }
-    for (name, flight, method, url, r) in &payloads {
+    for (name, flight, method, url, headers, r) in &payloads {
         let flight = match flight {
             Some((attempt, version)) => {
                 format!(" (in flight: attempt {attempt} of version {version})")
@@ -1246,6 +1289,9 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
             "\n{name}{flight}: {method} {url}  (digest {})",
             r.digest().to_hex()
         );
+        for (name, value) in headers {
+            outln!("{name}: {value}");
+        }
         if let cb_core::Placement::Body { content_type } = r.placement {
             outln!(
                 "Content-Type: {content_type}\n{}",
