@@ -178,6 +178,7 @@ fn operator_commands_offline_and_through_the_server() {
         &["callbacks", "set", "p", "site", config.to_str().unwrap()],
     );
     assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("callback p/site set: seq "), "{out}");
     let change = temp.path().join("change.json");
     std::fs::write(
         &change,
@@ -185,8 +186,10 @@ fn operator_commands_offline_and_through_the_server() {
             .to_string(),
     )
     .unwrap();
-    let (code, out, err) = cbctl(&dir, &["emit", change.to_str().unwrap()]);
+    let (code, out, err) = cbctl(&dir, &["emit", "--json", change.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    assert!(answer["seq"].as_u64().is_some(), "{out}");
     let (code, out, _) = cbctl(&dir, &["callbacks", "list", "p"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("site POST http://127.0.0.1:"), "{out}");
@@ -217,8 +220,12 @@ fn operator_commands_offline_and_through_the_server() {
     let (code, online, err) = run(&["callbacks", "list", "p"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(online, out, "the same output online and offline");
-    let (code, _, err) = run(&["redeliver", "p/9", "--callback", "site"]);
+    let (code, out, err) = run(&["redeliver", "p/9", "--callback", "site"]);
     assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("redeliver of p/9 to site appended: seq "),
+        "{out}"
+    );
     receiver.wait_for_count(2, Duration::from_secs(5));
     let (code, out, err) = run(&["replay"]);
     assert_eq!(code, 0, "{out}{err}");

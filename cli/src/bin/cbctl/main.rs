@@ -32,13 +32,6 @@ macro_rules! outln {
     };
 }
 
-/// `print!` as [`outln!`] is `println!`.
-macro_rules! out {
-    ($($arg:tt)*) => {
-        std::io::Write::write_fmt(&mut crate::Stdout, format_args!($($arg)*))?
-    };
-}
-
 /// stdout, with its write errors marked as its own ([`StdoutError`]): a broken pipe there
 /// means the reader stopped reading, which ends the command quietly; a broken pipe anywhere
 /// else (a socket) is an error to report.
@@ -277,6 +270,9 @@ CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 emit"
     Emit {
         /// The JSON file; stdin if absent.
         file: Option<PathBuf>,
+        /// The answer as JSON (`{"seq": N}`).
+        #[arg(long)]
+        json: bool,
     },
     /// Deliver a file again now (rule 6), to one callback or all of them.
     #[command(
@@ -292,6 +288,9 @@ CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 redeliver newzulu/556114 --ca
         /// One callback (`name`, or `file:name` for a per-file one).
         #[arg(long)]
         callback: Option<String>,
+        /// The answer as JSON (`{"seq": N}`).
+        #[arg(long)]
+        json: bool,
     },
     /// The log as NDJSON on stdout (docs/interchange.md).
     #[command(
@@ -352,6 +351,9 @@ enum CallbacksAction {
         name: String,
         /// The JSON file; stdin if absent.
         file: Option<PathBuf>,
+        /// The answer as JSON (the API's, or `{"seq": N}` on a data dir).
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a callback.
     Rm {
@@ -359,6 +361,9 @@ enum CallbacksAction {
         project: String,
         /// The callback's name.
         name: String,
+        /// The answer as JSON (`{"seq": N}`).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -609,10 +614,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rewind(&source.store, &file_key(file)?, to, *json)
         }
         Command::Callbacks { action } => callbacks(&cli, action),
-        Command::Emit { file } => {
+        Command::Emit { file, json } => {
             let body = read_input(file.as_ref())?;
-            match &cli.server {
-                Some(server) => send(server, "POST", "/v1/changes", Some(&body)),
+            let answer = match &cli.server {
+                Some(server) => send(server, "POST", "/v1/changes", Some(&body))?,
                 None => {
                     // The daemon's --smtp is not known here, so mailto callbacks are let through.
                     let input =
@@ -620,25 +625,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.detail))?;
                     let store = open_for_append(&cli)?;
                     let appended = store.append(vec![input])?;
-                    outln!("{}", serde_json::json!({"seq": appended.first.0}));
-                    Ok(ExitCode::SUCCESS)
+                    serde_json::json!({"seq": appended.first.0})
                 }
-            }
+            };
+            appended("change appended", &answer, *json)
         }
-        Command::Redeliver { file, callback } => {
+        Command::Redeliver {
+            file,
+            callback,
+            json,
+        } => {
             let key = file_key(file)?;
             let callback = callback
                 .as_deref()
                 .map(cb_core::CallbackRef::parse)
                 .transpose()
                 .context("--callback")?;
-            match &cli.server {
+            let answer = match &cli.server {
                 Some(server) => {
                     let mut path = format!("/v1/files/{}/{}/redeliver", key.project, key.file_id);
                     if let Some(c) = &callback {
                         path.push_str(&format!("?callback={c}"));
                     }
-                    send(server, "POST", &path, None)
+                    send(server, "POST", &path, None)?
                 }
                 None => {
                     let store = open_for_append(&cli)?;
@@ -648,15 +657,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
                     let appended = store.append(vec![cb_store::Input::Record(
                         cb_core::RecordKind::RedeliverRequested {
-                            file: key,
-                            callback,
+                            file: key.clone(),
+                            callback: callback.clone(),
                             version: None,
                         },
                     )])?;
-                    outln!("{}", serde_json::json!({"seq": appended.first.0}));
-                    Ok(ExitCode::SUCCESS)
+                    serde_json::json!({"seq": appended.first.0})
                 }
-            }
+            };
+            let what = match &callback {
+                Some(c) => format!("redeliver of {key} to {c} appended"),
+                None => format!("redeliver of {key} appended"),
+            };
+            appended(&what, &answer, *json)
         }
         Command::Status { json } => {
             let v = match &cli.server {
@@ -719,9 +732,23 @@ fn open_for_append(cli: &Cli) -> anyhow::Result<Store> {
         .with_context(|| format!("opening {}", cli.data_dir.display()))
 }
 
-/// One API request to a running daemon; prints its JSON answer.
-fn send(server: &str, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::Result<ExitCode> {
-    out!("{}", call(server, method, path, body)?.into_string()?);
+/// One API request to a running daemon that appends a record; its JSON answer.
+fn send(
+    server: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> anyhow::Result<serde_json::Value> {
+    Ok(call(server, method, path, body)?.into_json()?)
+}
+
+/// What an appending command says: `what` and the record's seq, or `answer` as JSON.
+fn appended(what: &str, answer: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        outln!("{answer}");
+    } else {
+        outln!("{what}: seq {}", answer["seq"]);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -775,15 +802,16 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
             project,
             name,
             file,
+            json,
         } => {
             let body = read_input(file.as_ref())?;
-            match &cli.server {
+            let answer = match &cli.server {
                 Some(server) => send(
                     server,
                     "PUT",
                     &format!("/v1/projects/{project}/callbacks/{name}"),
                     Some(&body),
-                ),
+                )?,
                 None => {
                     let project = cb_core::ProjectId::new(project).context("project")?;
                     let name = cb_core::CallbackName::new(name).context("callback name")?;
@@ -798,37 +826,47 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
                             callback: std::sync::Arc::new(callback),
                         },
                     )])?;
-                    outln!("{}", serde_json::json!({"seq": appended.first.0}));
-                    Ok(ExitCode::SUCCESS)
+                    serde_json::json!({"seq": appended.first.0})
                 }
-            }
+            };
+            appended(&format!("callback {project}/{name} set"), &answer, *json)
         }
-        CallbacksAction::Rm { project, name } => match &cli.server {
-            Some(server) => send(
-                server,
-                "DELETE",
-                &format!("/v1/projects/{project}/callbacks/{name}"),
-                None,
-            ),
-            None => {
-                let project = cb_core::ProjectId::new(project).context("project")?;
-                let name = cb_core::CallbackName::new(name).context("callback name")?;
-                let store = open_for_append(cli)?;
-                let exists = store
-                    .restore()?
-                    .core
-                    .callbacks(&project)
-                    .any(|(n, _)| *n == name);
-                if !exists {
-                    bail!("no callback {name} in {project}");
+        CallbacksAction::Rm {
+            project,
+            name,
+            json,
+        } => {
+            let answer = match &cli.server {
+                Some(server) => send(
+                    server,
+                    "DELETE",
+                    &format!("/v1/projects/{project}/callbacks/{name}"),
+                    None,
+                )?,
+                None => {
+                    let project = cb_core::ProjectId::new(project).context("project")?;
+                    let name = cb_core::CallbackName::new(name).context("callback name")?;
+                    let store = open_for_append(cli)?;
+                    let exists = store
+                        .restore()?
+                        .core
+                        .callbacks(&project)
+                        .any(|(n, _)| *n == name);
+                    if !exists {
+                        bail!("no callback {name} in {project}");
+                    }
+                    let appended = store.append(vec![cb_store::Input::Record(
+                        cb_core::RecordKind::CallbackRemoved { project, name },
+                    )])?;
+                    serde_json::json!({"seq": appended.first.0})
                 }
-                let appended = store.append(vec![cb_store::Input::Record(
-                    cb_core::RecordKind::CallbackRemoved { project, name },
-                )])?;
-                outln!("{}", serde_json::json!({"seq": appended.first.0}));
-                Ok(ExitCode::SUCCESS)
-            }
-        },
+            };
+            appended(
+                &format!("callback {project}/{name} removed"),
+                &answer,
+                *json,
+            )
+        }
     }
 }
 
