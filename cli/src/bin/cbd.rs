@@ -122,7 +122,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     notice(&token_line);
     notice(&format!("cbd: listening on http://{addr}"));
-    info!(%addr, allow_private_targets = settings.allow_private_targets, smtp = ?settings.smtp, "serving");
+    info!(
+        %addr,
+        allow_private_targets = settings.allow_private_targets,
+        smtp = settings.smtp.as_deref().unwrap_or("none"),
+        "serving"
+    );
 
     let api = Arc::new(Api::new(
         dispatcher.handle(),
