@@ -10,15 +10,22 @@
 //!
 //! An origin whose last [`FAILING_AFTER`] attempts each failed to get an answer (timeout,
 //! connection or TLS failure: the failures that hold a slot for long) is *failing*: its
-//! attempts go through a single probe slot until one gets an answer. Without that, a few dozen
-//! dead customer sites, each holding its full per-origin share for `timeout_secs`, would take
-//! every global slot and healthy receivers would wait.
+//! attempts go through a single probe slot until one gets an answer. An origin that has not
+//! answered yet (new, or pruned while idle) is *starting*: it has [`STARTING_SLOTS`] until
+//! its first answer. Without both, a few dozen dead customer sites, each holding its full
+//! per-origin share for `timeout_secs`, would take every global slot and healthy receivers
+//! would wait (80 dead origins delayed a healthy project by 12 s before `starting` existed).
+//!
+//! An attempt waiting for a slot picks its semaphore again whenever its origin's health
+//! changes ([`Origin::health`]): attempts queued on a failing origin's probe slot move back
+//! to the full share as soon as one answer comes (before, they stayed queued one at a time,
+//! and a receiver with a few slow answers served its backlog serially for a minute).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// How many attempts may be in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +57,9 @@ pub enum Pool {
 /// Consecutive answerless failures after which an origin is probed one attempt at a time.
 pub const FAILING_AFTER: u32 = 3;
 
+/// First attempts in flight to an origin that has not answered yet (retries get one).
+pub const STARTING_SLOTS: usize = 2;
+
 struct Pair {
     first: Arc<Semaphore>,
     retry: Arc<Semaphore>,
@@ -74,10 +84,17 @@ impl Pair {
 /// One origin's slots and health.
 struct Origin {
     pools: Pair,
+    /// The few slots of an origin that has not answered yet.
+    starting: Pair,
     /// The single slot of a failing origin.
     probe: Arc<Semaphore>,
     /// Consecutive attempts that got no answer.
     failures: AtomicU32,
+    /// Whether any attempt got an answer.
+    answered: AtomicBool,
+    /// Woken when the origin starts or stops failing, or first answers: waiters pick their
+    /// semaphore again.
+    health: Notify,
 }
 
 impl Origin {
@@ -86,7 +103,20 @@ impl Origin {
         Arc::strong_count(self) == 1
             && Arc::strong_count(&self.pools.first) == 1
             && Arc::strong_count(&self.pools.retry) == 1
+            && Arc::strong_count(&self.starting.first) == 1
+            && Arc::strong_count(&self.starting.retry) == 1
             && Arc::strong_count(&self.probe) == 1
+    }
+
+    /// The semaphore an attempt in `pool` waits on, given the origin's health now.
+    fn semaphore(&self, pool: Pool) -> Arc<Semaphore> {
+        if self.failures.load(Ordering::Relaxed) >= FAILING_AFTER {
+            self.probe.clone()
+        } else if !self.answered.load(Ordering::Relaxed) {
+            self.starting.get(pool)
+        } else {
+            self.pools.get(pool)
+        }
     }
 }
 
@@ -114,10 +144,16 @@ impl Slot {
     /// Records how the attempt went: `unanswered` for a timeout or a connection or TLS
     /// failure, which count towards marking the origin failing; anything else clears it.
     pub fn settle(&self, unanswered: bool) {
-        if unanswered {
-            self.origin.failures.fetch_add(1, Ordering::Relaxed);
+        let origin = &self.origin;
+        let changed = if unanswered {
+            origin.failures.fetch_add(1, Ordering::Relaxed) + 1 == FAILING_AFTER
         } else {
-            self.origin.failures.store(0, Ordering::Relaxed);
+            let was_failing = origin.failures.swap(0, Ordering::Relaxed) >= FAILING_AFTER;
+            let first_answer = !origin.answered.swap(true, Ordering::Relaxed);
+            was_failing || first_answer
+        };
+        if changed {
+            origin.health.notify_waiters();
         }
     }
 }
@@ -149,21 +185,28 @@ impl Limits {
                 .or_insert_with(|| {
                     Arc::new(Origin {
                         pools: Pair::new(self.config.per_origin, self.config.per_origin / 2),
+                        starting: Pair::new(STARTING_SLOTS.min(self.config.per_origin), 1),
                         probe: Arc::new(Semaphore::new(1)),
                         failures: AtomicU32::new(0),
+                        answered: AtomicBool::new(false),
+                        health: Notify::new(),
                     })
                 })
                 .clone()
         };
-        let semaphore = if entry.failures.load(Ordering::Relaxed) >= FAILING_AFTER {
-            entry.probe.clone()
-        } else {
-            entry.pools.get(pool)
+        let origin_permit = loop {
+            // Registered before the health is read, so a change in between is not missed.
+            let changed = entry.health.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let semaphore = entry.semaphore(pool);
+            tokio::select! {
+                permit = semaphore.acquire_owned() => {
+                    break permit.expect("semaphores are never closed");
+                }
+                () = &mut changed => {}
+            }
         };
-        let origin_permit = semaphore
-            .acquire_owned()
-            .await
-            .expect("semaphores are never closed");
         let global_permit = self
             .global
             .get(pool)
@@ -183,12 +226,24 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Marks `origin` as one that answers (past its starting share).
+    async fn answered(limits: &Limits, origin: &str) {
+        limits.acquire(origin, Pool::First).await.settle(false);
+    }
+
+    async fn waits(limits: &Limits, origin: &str, pool: Pool) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), limits.acquire(origin, pool))
+            .await
+            .is_err()
+    }
+
     #[tokio::test]
     async fn a_full_origin_does_not_block_another() {
         let limits = Limits::new(LimitsConfig {
             global: 8,
             per_origin: 2,
         });
+        answered(&limits, "http://dead").await;
         let _a = limits.acquire("http://dead", Pool::First).await;
         let _b = limits.acquire("http://dead", Pool::First).await;
         let blocked = tokio::time::timeout(
@@ -211,6 +266,7 @@ mod tests {
             global: 8,
             per_origin: 4,
         });
+        answered(&limits, "http://x").await;
         let _r1 = limits.acquire("http://x", Pool::Retry).await;
         let _r2 = limits.acquire("http://x", Pool::Retry).await;
         let third_retry = tokio::time::timeout(
@@ -233,6 +289,7 @@ mod tests {
             global: 64,
             per_origin: 8,
         });
+        answered(&limits, "http://dead").await;
         for _ in 0..FAILING_AFTER {
             limits
                 .acquire("http://dead", Pool::First)
@@ -256,6 +313,69 @@ mod tests {
         .await;
         assert!(b.is_ok(), "an answer restores the full share");
         drop(a);
+    }
+
+    /// Attempts queued on a failing origin's probe slot move to the full share as soon as
+    /// one answer comes, without waiting for the probe to be released one by one.
+    #[tokio::test]
+    async fn waiters_on_the_probe_slot_move_back_when_the_origin_answers() {
+        let limits = Arc::new(Limits::new(LimitsConfig {
+            global: 64,
+            per_origin: 8,
+        }));
+        answered(&limits, "http://slow").await;
+        for _ in 0..FAILING_AFTER {
+            limits
+                .acquire("http://slow", Pool::First)
+                .await
+                .settle(true);
+        }
+        let probe = limits.acquire("http://slow", Pool::First).await;
+        let queued: Vec<_> = (0..4)
+            .map(|_| {
+                let limits = limits.clone();
+                tokio::spawn(async move { limits.acquire("http://slow", Pool::First).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            queued.iter().all(|q| !q.is_finished()),
+            "one probe at a time"
+        );
+        probe.settle(false);
+        for q in queued {
+            let slot = tokio::time::timeout(Duration::from_millis(200), q).await;
+            assert!(slot.is_ok(), "a queued attempt moved to the full share");
+        }
+        drop(probe);
+    }
+
+    /// An origin that has not answered yet gets a few slots, so dead ones cannot take the
+    /// global share between them; its first answer opens the full share to those waiting.
+    #[tokio::test]
+    async fn a_new_origin_starts_with_a_few_slots_until_it_answers() {
+        let limits = Arc::new(Limits::new(LimitsConfig {
+            global: 64,
+            per_origin: 8,
+        }));
+        let mut held = Vec::new();
+        for _ in 0..STARTING_SLOTS {
+            held.push(limits.acquire("http://new", Pool::First).await);
+        }
+        assert!(waits(&limits, "http://new", Pool::First).await);
+        let retry = limits.acquire("http://new", Pool::Retry).await;
+        assert!(waits(&limits, "http://new", Pool::Retry).await);
+        let more = {
+            let limits = limits.clone();
+            tokio::spawn(async move { limits.acquire("http://new", Pool::First).await })
+        };
+        held[0].settle(false);
+        let more = tokio::time::timeout(Duration::from_millis(200), more).await;
+        assert!(more.is_ok(), "the first answer opens the full share");
+        for _ in 0..4 {
+            assert!(!waits(&limits, "http://new", Pool::First).await);
+        }
+        drop((held, retry));
     }
 
     #[tokio::test]

@@ -55,7 +55,11 @@ fn dead_and_failing_receivers_do_not_slow_a_healthy_one() {
         "healthy receiver delivery latency: alone p50 {} ms max {} ms; beside a dead and a failing receiver p50 {} ms max {} ms",
         p50(&alone), alone.last().unwrap(), p50(&with_bad), with_bad.last().unwrap()
     );
-    assert!(dead.count() >= 4, "the dead receiver holds its slots");
+    // An origin that never answered holds only its starting share (limits.rs).
+    assert!(
+        dead.count() >= cb_dispatcher::limits::STARTING_SLOTS,
+        "the dead receiver holds its slots"
+    );
     assert!(failing.count() >= 20, "the failing receiver was tried");
     assert!(
         *with_bad.last().unwrap() < 500,
