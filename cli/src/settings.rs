@@ -56,7 +56,8 @@ pub struct Args {
     /// First attempts in flight, all receivers together [default: 1024].
     #[arg(long, env = "CBD_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<usize>,
-    /// First attempts in flight to one origin [default: 16].
+    /// First attempts in flight to one origin that answers [default: 16]; one that has not
+    /// answered yet gets 2, and one whose last 3 attempts got no answer gets 1.
     #[arg(long, env = "CBD_MAX_IN_FLIGHT_PER_ORIGIN", value_name = "N")]
     pub max_in_flight_per_origin: Option<usize>,
     /// How long shutdown waits for attempts in flight [default: 10].
