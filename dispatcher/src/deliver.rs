@@ -62,7 +62,11 @@ pub struct Deliverer {
 
 impl Deliverer {
     /// A deliverer reading versions from `store`.
-    pub fn new(store: Store, config: &DeliveryConfig) -> Deliverer {
+    pub fn new(
+        store: Store,
+        config: &DeliveryConfig,
+        waiting: prometheus_client::metrics::gauge::Gauge,
+    ) -> Deliverer {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
@@ -76,7 +80,7 @@ impl Deliverer {
             .build(https);
         Deliverer {
             client,
-            limits: Limits::new(config.limits),
+            limits: Limits::new(config.limits, waiting),
             store,
             mailer: config.smtp.as_deref().map(|relay| {
                 Mailer::new(

@@ -200,7 +200,11 @@ impl Dispatcher {
         };
         let mut driver = Driver {
             core,
-            deliverer: Arc::new(Deliverer::new(store.clone(), &options.delivery)),
+            deliverer: Arc::new(Deliverer::new(
+                store.clone(),
+                &options.delivery,
+                metrics.waiting.clone(),
+            )),
             store,
             records: records_rx,
             inbox: inbox_rx,

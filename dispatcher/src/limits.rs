@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// How many attempts may be in flight.
@@ -125,6 +126,18 @@ pub struct Limits {
     config: LimitsConfig,
     global: Pair,
     origins: Mutex<OriginTable>,
+    /// Attempts waiting for a slot (`cb_attempts_waiting`): started by the core, not yet on
+    /// the wire. A backlog here is delay no deadline shows.
+    waiting: Gauge,
+}
+
+/// Counts one attempt in [`Limits::waiting`] while it lives (a cancelled wait included).
+struct Waiting<'a>(&'a Gauge);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 struct OriginTable {
@@ -159,8 +172,8 @@ impl Slot {
 }
 
 impl Limits {
-    /// New bounds.
-    pub fn new(config: LimitsConfig) -> Limits {
+    /// New bounds; `waiting` counts the attempts waiting for a slot.
+    pub fn new(config: LimitsConfig, waiting: Gauge) -> Limits {
         Limits {
             config,
             global: Pair::new(config.global, config.global / 4),
@@ -168,11 +181,14 @@ impl Limits {
                 map: HashMap::new(),
                 prune_at: 1024,
             }),
+            waiting,
         }
     }
 
     /// Waits for a slot to `origin` in `pool` (or the origin's probe slot, if it is failing).
     pub async fn acquire(&self, origin: &str, pool: Pool) -> Slot {
+        self.waiting.inc();
+        let _waiting = Waiting(&self.waiting);
         let entry = {
             let mut table = self.origins.lock().expect("origin table");
             if table.map.len() >= table.prune_at {
@@ -239,10 +255,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_origin_does_not_block_another() {
-        let limits = Limits::new(LimitsConfig {
-            global: 8,
-            per_origin: 2,
-        });
+        let limits = Limits::new(
+            LimitsConfig {
+                global: 8,
+                per_origin: 2,
+            },
+            Gauge::default(),
+        );
         answered(&limits, "http://dead").await;
         let _a = limits.acquire("http://dead", Pool::First).await;
         let _b = limits.acquire("http://dead", Pool::First).await;
@@ -262,10 +281,13 @@ mod tests {
 
     #[tokio::test]
     async fn retries_do_not_take_first_attempt_slots() {
-        let limits = Limits::new(LimitsConfig {
-            global: 8,
-            per_origin: 4,
-        });
+        let limits = Limits::new(
+            LimitsConfig {
+                global: 8,
+                per_origin: 4,
+            },
+            Gauge::default(),
+        );
         answered(&limits, "http://x").await;
         let _r1 = limits.acquire("http://x", Pool::Retry).await;
         let _r2 = limits.acquire("http://x", Pool::Retry).await;
@@ -285,10 +307,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_origin_gets_one_probe_slot_until_it_answers() {
-        let limits = Limits::new(LimitsConfig {
-            global: 64,
-            per_origin: 8,
-        });
+        let limits = Limits::new(
+            LimitsConfig {
+                global: 64,
+                per_origin: 8,
+            },
+            Gauge::default(),
+        );
         answered(&limits, "http://dead").await;
         for _ in 0..FAILING_AFTER {
             limits
@@ -319,10 +344,13 @@ mod tests {
     /// one answer comes, without waiting for the probe to be released one by one.
     #[tokio::test]
     async fn waiters_on_the_probe_slot_move_back_when_the_origin_answers() {
-        let limits = Arc::new(Limits::new(LimitsConfig {
-            global: 64,
-            per_origin: 8,
-        }));
+        let limits = Arc::new(Limits::new(
+            LimitsConfig {
+                global: 64,
+                per_origin: 8,
+            },
+            Gauge::default(),
+        ));
         answered(&limits, "http://slow").await;
         for _ in 0..FAILING_AFTER {
             limits
@@ -354,10 +382,13 @@ mod tests {
     /// global share between them; its first answer opens the full share to those waiting.
     #[tokio::test]
     async fn a_new_origin_starts_with_a_few_slots_until_it_answers() {
-        let limits = Arc::new(Limits::new(LimitsConfig {
-            global: 64,
-            per_origin: 8,
-        }));
+        let limits = Arc::new(Limits::new(
+            LimitsConfig {
+                global: 64,
+                per_origin: 8,
+            },
+            Gauge::default(),
+        ));
         let mut held = Vec::new();
         for _ in 0..STARTING_SLOTS {
             held.push(limits.acquire("http://new", Pool::First).await);
@@ -378,12 +409,41 @@ mod tests {
         drop((held, retry));
     }
 
+    /// `cb_attempts_waiting` counts attempts without a slot, a cancelled wait not after it.
+    #[tokio::test]
+    async fn waiting_counts_attempts_without_a_slot() {
+        let waiting = Gauge::default();
+        let limits = Arc::new(Limits::new(
+            LimitsConfig {
+                global: 8,
+                per_origin: 1,
+            },
+            waiting.clone(),
+        ));
+        let held = limits.acquire("http://x", Pool::First).await;
+        assert_eq!(waiting.get(), 0);
+        assert!(waits(&limits, "http://x", Pool::First).await);
+        assert_eq!(waiting.get(), 0, "a cancelled wait is not counted");
+        let waiter = {
+            let limits = limits.clone();
+            tokio::spawn(async move { drop(limits.acquire("http://x", Pool::First).await) })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(waiting.get(), 1);
+        drop(held);
+        waiter.await.unwrap();
+        assert_eq!(waiting.get(), 0);
+    }
+
     #[tokio::test]
     async fn pruning_never_forgets_an_origin_with_attempts_in_flight() {
-        let limits = Limits::new(LimitsConfig {
-            global: 4096,
-            per_origin: 1,
-        });
+        let limits = Limits::new(
+            LimitsConfig {
+                global: 4096,
+                per_origin: 1,
+            },
+            Gauge::default(),
+        );
         let held = limits.acquire("http://busy", Pool::First).await;
         for i in 0..3000 {
             drop(limits.acquire(&format!("http://o{i}"), Pool::First).await);

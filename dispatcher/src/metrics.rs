@@ -45,6 +45,9 @@ pub struct Metrics {
     pub attempts: Family<OutcomeLabel, Counter>,
     /// Attempts started and not yet recorded.
     pub in_flight: Gauge,
+    /// Attempts waiting for a slot (per origin or in all): part of `in_flight`, not yet on
+    /// the wire.
+    pub waiting: Gauge,
     /// The last sequence number the core folded.
     pub folded_seq: Gauge,
     /// The last durable sequence number (set at scrape).
@@ -77,8 +80,13 @@ impl Metrics {
         );
         r.register(
             "attempts_in_flight",
-            "Attempts the core started whose outcome is not recorded yet (those queued behind an origin's limit included)",
+            "Attempts the core started whose outcome is not recorded yet (those waiting for a slot included)",
             self.in_flight.clone(),
+        );
+        r.register(
+            "attempts_waiting",
+            "Attempts waiting for a slot (an origin's share or the global one): started, not yet sent",
+            self.waiting.clone(),
         );
         r.register(
             "folded_seq",
