@@ -61,6 +61,16 @@ pub enum ConfigError {
     /// A header name is not a valid HTTP token.
     #[error("header name {0:?} is invalid")]
     BadHeaderName(String),
+    /// A header value is longer than a receiver can be expected to take.
+    #[error("header {name:?} has a value of {len} bytes; at most {max}")]
+    HeaderValueTooLong {
+        /// The header's name.
+        name: String,
+        /// The value's length.
+        len: usize,
+        /// The most allowed.
+        max: usize,
+    },
     /// A header value has a control character (CR, LF, NUL, …).
     #[error("header {name:?} has an invalid value (control characters such as CR or LF are not allowed)")]
     BadHeaderValue {
@@ -841,7 +851,14 @@ impl CallbackSpec {
             if RESERVED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-") {
                 return Err(ConfigError::ReservedHeader(h.name.clone()));
             }
-            if h.value.len() > 8192 || http::HeaderValue::from_str(&h.value).is_err() {
+            if h.value.len() > MAX_HEADER_VALUE {
+                return Err(ConfigError::HeaderValueTooLong {
+                    name: h.name.clone(),
+                    len: h.value.len(),
+                    max: MAX_HEADER_VALUE,
+                });
+            }
+            if http::HeaderValue::from_str(&h.value).is_err() {
                 return Err(ConfigError::BadHeaderValue {
                     name: h.name.clone(),
                 });
@@ -935,6 +952,7 @@ impl CallbackSpec {
 }
 
 const MAX_FIELDS: usize = 1024;
+const MAX_HEADER_VALUE: usize = 8192;
 const MAX_HEADERS: usize = 32;
 const MAX_BACKOFF: usize = 32;
 
@@ -1145,6 +1163,15 @@ mod tests {
         assert!(
             err.len() < 400 && err.contains("100013 bytes") && err.contains("2048"),
             "{err}"
+        );
+        let long = format!(
+            r#"{{"url":"http://x.org/","headers":[{{"name":"X-A","value":"{}"}}]}}"#,
+            "a".repeat(9000)
+        );
+        let err = parse(&long).unwrap_err();
+        assert!(
+            err.contains("9000 bytes; at most 8192"),
+            "the reason is the length: {err}"
         );
     }
 

@@ -278,9 +278,16 @@ fn build_request(
         .header(USER_AGENT, USER_AGENT_VALUE)
         .header("cb-file-version", attempt.version.0.to_string());
     let id = webhook_id(&attempt.machine, attempt.delivery);
+    // A `Content-Type` among the callback's headers replaces cb's (one, not two).
+    let own_type = cb
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("content-type"));
     let body = match rendered.placement {
         Placement::Body { content_type } => {
-            builder = builder.header(CONTENT_TYPE, content_type);
+            if !own_type {
+                builder = builder.header(CONTENT_TYPE, content_type);
+            }
             Bytes::copy_from_slice(&rendered.bytes)
         }
         Placement::Query => Bytes::new(),
@@ -306,9 +313,15 @@ fn build_request(
             .map_err(|e| format!("header {:?} value: {e}", h.name))?;
         builder = builder.header(name, value);
     }
-    builder
-        .body(Full::new(body))
-        .map_err(|e| format!("cannot build the request for {url}: {e}"))
+    builder.body(Full::new(body)).map_err(|e| {
+        // The cause first: a URL too long to build is the usual case, and the detail is
+        // clipped.
+        let shown: String = url.chars().take(120).collect();
+        format!(
+            "cannot build the request ({e}) for a URL of {} bytes: {shown}…",
+            url.len()
+        )
+    })
 }
 
 /// Seconds from a `Retry-After` value: delta-seconds or an HTTP date.
@@ -374,6 +387,44 @@ mod tests {
         assert_eq!(parse_retry_after(" 7 "), Some(7));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(0));
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    /// A `Content-Type` among the callback's headers replaces cb's: one header, not two.
+    #[test]
+    fn a_configured_content_type_replaces_cbs() {
+        let attempt = |headers: &str| {
+            let callback = cb_core::Callback::from_json(&format!(
+                r#"{{"url":"https://x.org/cb","format":"json","headers":{headers}}}"#
+            ))
+            .unwrap();
+            Attempt {
+                machine: MachineKey {
+                    file: cb_core::FileKey::parse("p/1").unwrap(),
+                    callback: cb_core::CallbackRef::parse("site").unwrap(),
+                },
+                delivery: cb_core::DeliveryId(cb_core::Seq(2)),
+                attempt: 1,
+                version: cb_core::Seq(2),
+                started_at: cb_core::Timestamp(0),
+                redeliver: false,
+                callback: std::sync::Arc::new(callback),
+            }
+        };
+        let snapshot = cb_core::Snapshot::from_pairs([("id", "1")]).unwrap();
+        let types = |a: &Attempt| {
+            let rendered = cb_core::render(&snapshot, &a.callback);
+            let request = build_request(a, "https://x.org/cb", &rendered).unwrap();
+            let values: Vec<String> = request
+                .headers()
+                .get_all(CONTENT_TYPE)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            values
+        };
+        assert_eq!(types(&attempt("[]")), ["application/json"]);
+        let own = attempt(r#"[{"name":"Content-Type","value":"application/json; charset=utf-8"}]"#);
+        assert_eq!(types(&own), ["application/json; charset=utf-8"]);
     }
 
     #[test]
