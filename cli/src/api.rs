@@ -416,7 +416,7 @@ async fn post_change(api: &Api, req: Request<Incoming>) -> Result<Response<Body>
 
 async fn post_batch(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_body(req, api.max_batch).await?;
-    let inputs = ingest::ndjson_batch(&body, api.rules)?;
+    let inputs = ingest::ndjson_batch(&body, api.rules, api.max_body)?;
     let appended = append(api, inputs).await?;
     Ok(json_response(
         StatusCode::ACCEPTED,

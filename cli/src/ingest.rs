@@ -112,7 +112,8 @@ pub fn xml_change(
 
 /// A batch: one JSON change a line (blank lines skipped). All or nothing: the first bad line
 /// refuses the whole batch, naming its number.
-pub fn ndjson_batch(body: &[u8], rules: Rules) -> Result<Vec<Input>, ApiError> {
+/// A line longer than `max_line` bytes is refused, as a single change that size would be.
+pub fn ndjson_batch(body: &[u8], rules: Rules, max_line: usize) -> Result<Vec<Input>, ApiError> {
     // UTF-8 is checked once for the whole body, a word at a time on ASCII, and lines are
     // parsed as `str`: serde_json then skips its own check of every string, which was a
     // tenth of parsing a batch.
@@ -136,6 +137,17 @@ pub fn ndjson_batch(body: &[u8], rules: Rules) -> Result<Vec<Input>, ApiError> {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.bytes().all(|b| b.is_ascii_whitespace()) {
             continue;
+        }
+        if line.len() > max_line {
+            return Err(ApiError::new(
+                hyper::StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the line is {} bytes, larger than the limit of {max_line} bytes for one change",
+                    line.len()
+                ),
+            )
+            .at_line(i + 1));
         }
         let parsed: ChangeBody = serde_json::from_str(line)
             .map_err(|e| ApiError::bad_request("bad_json", e.to_string()).at_line(i + 1))?;
@@ -210,12 +222,12 @@ mod tests {
     fn a_batch_that_is_not_utf8_names_the_line() {
         let good = br#"{"project":"p","file_id":"1","event":"rated","file":{"t":"caf\u00e9"}}"#;
         let mut body = [&good[..], b"\n", &good[..], b"\n"].concat();
-        assert_eq!(ndjson_batch(&body, RULES).unwrap().len(), 2);
+        assert_eq!(ndjson_batch(&body, RULES, usize::MAX).unwrap().len(), 2);
         body.extend_from_slice(b"{\"project\":\"p\",\"file_id\":\"1\",\"event\":\"rated\",\"file\":{\"t\":\"\xff\"}}\n");
-        let err = ndjson_batch(&body, RULES).unwrap_err();
+        let err = ndjson_batch(&body, RULES, usize::MAX).unwrap_err();
         assert_eq!(err.line, Some(3), "{}", err.detail);
         assert!(err.detail.contains("not UTF-8"), "{}", err.detail);
-        let err = ndjson_batch(b"\n\n{", RULES).unwrap_err();
+        let err = ndjson_batch(b"\n\n{", RULES, usize::MAX).unwrap_err();
         assert_eq!(err.line, Some(3), "{}", err.detail);
     }
 
@@ -257,6 +269,19 @@ mod tests {
         }
     }
 
+    /// A batch line is held to the size limit of a single change.
+    #[test]
+    fn a_batch_line_over_the_change_limit_is_refused() {
+        let line = br#"{"project":"p","file_id":"1","event":"rated","file":{"t":"x"}}"#;
+        let body = [&line[..], b"\n", &line[..]].concat();
+        assert_eq!(ndjson_batch(&body, RULES, line.len()).unwrap().len(), 2);
+        let e = ndjson_batch(&body, RULES, line.len() - 1).unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.code, e.line),
+            (413, "too_large", Some(1))
+        );
+    }
+
     #[test]
     fn batch_names_the_bad_line() {
         let good = br#"{"project":"p","file_id":"1","event":"rated","file":{}}"#;
@@ -265,16 +290,25 @@ mod tests {
         body.extend_from_slice(b"\n\n");
         body.extend_from_slice(good);
         body.extend_from_slice(b"\n{oops\n");
-        let e = ndjson_batch(&body, RULES).err().unwrap();
+        let e = ndjson_batch(&body, RULES, usize::MAX).err().unwrap();
         assert_eq!(e.line, Some(4));
         body.truncate(body.len() - 7);
-        assert_eq!(ndjson_batch(&body, RULES).unwrap().len(), 2);
+        assert_eq!(ndjson_batch(&body, RULES, usize::MAX).unwrap().len(), 2);
         // CRLF line ends, no final newline, and a last line that is bad.
         let crlf = [&good[..], b"\r\n", &good[..], b"\r\n", &good[..]].concat();
-        assert_eq!(ndjson_batch(&crlf, RULES).unwrap().len(), 3);
+        assert_eq!(ndjson_batch(&crlf, RULES, usize::MAX).unwrap().len(), 3);
         let last_bad = [&good[..], b"\n", b"{oops"].concat();
-        assert_eq!(ndjson_batch(&last_bad, RULES).err().unwrap().line, Some(2));
-        assert!(ndjson_batch(b"\n \n", RULES).is_err(), "no change at all");
+        assert_eq!(
+            ndjson_batch(&last_bad, RULES, usize::MAX)
+                .err()
+                .unwrap()
+                .line,
+            Some(2)
+        );
+        assert!(
+            ndjson_batch(b"\n \n", RULES, usize::MAX).is_err(),
+            "no change at all"
+        );
     }
 
     #[test]
