@@ -109,14 +109,17 @@ impl Origin {
             && Arc::strong_count(&self.probe) == 1
     }
 
-    /// The semaphore an attempt in `pool` waits on, given the origin's health now.
-    fn semaphore(&self, pool: Pool) -> Arc<Semaphore> {
+    /// The narrower gate an attempt in `pool` passes first, given the origin's health now:
+    /// the probe slot of a failing origin, the starting share of one that has not answered.
+    /// A gate is taken on top of a pool slot, never instead of one, so the per-origin bound
+    /// holds while attempts that passed a gate finish after the origin's health changed.
+    fn gate(&self, pool: Pool) -> Option<Arc<Semaphore>> {
         if self.failures.load(Ordering::Relaxed) >= FAILING_AFTER {
-            self.probe.clone()
+            Some(self.probe.clone())
         } else if !self.answered.load(Ordering::Relaxed) {
-            self.starting.get(pool)
+            Some(self.starting.get(pool))
         } else {
-            self.pools.get(pool)
+            None
         }
     }
 }
@@ -146,9 +149,10 @@ struct OriginTable {
     prune_at: usize,
 }
 
-/// Held while an attempt is in flight; dropping it frees the slots.
+/// Held while an attempt is in flight; dropping it frees the slots (and the gate it passed).
 pub struct Slot {
     origin: Arc<Origin>,
+    _gate: Option<OwnedSemaphorePermit>,
     _origin_permit: OwnedSemaphorePermit,
     _global: OwnedSemaphorePermit,
 }
@@ -210,15 +214,24 @@ impl Limits {
                 })
                 .clone()
         };
-        let origin_permit = loop {
+        let (gate_permit, origin_permit) = loop {
             // Registered before the health is read, so a change in between is not missed.
             let changed = entry.health.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let semaphore = entry.semaphore(pool);
+            let gate = entry.gate(pool);
+            let slots = entry.pools.get(pool);
+            let both = async move {
+                let gate = match gate {
+                    Some(g) => Some(g.acquire_owned().await),
+                    None => None,
+                };
+                (gate, slots.acquire_owned().await)
+            };
             tokio::select! {
-                permit = semaphore.acquire_owned() => {
-                    break permit.expect("semaphores are never closed");
+                (gate, slot) = both => {
+                    let closed = "semaphores are never closed";
+                    break (gate.map(|g| g.expect(closed)), slot.expect(closed));
                 }
                 () = &mut changed => {}
             }
@@ -231,6 +244,7 @@ impl Limits {
             .expect("semaphores are never closed");
         Slot {
             origin: entry,
+            _gate: gate_permit,
             _origin_permit: origin_permit,
             _global: global_permit,
         }
@@ -407,6 +421,41 @@ mod tests {
             assert!(!waits(&limits, "http://new", Pool::First).await);
         }
         drop((held, retry));
+    }
+
+    /// The per-origin bound holds across a change of health: attempts that passed the
+    /// starting gate still count against the full share when the origin first answers.
+    #[tokio::test]
+    async fn the_per_origin_bound_holds_when_an_origin_first_answers() {
+        let limits = Arc::new(Limits::new(
+            LimitsConfig {
+                global: 64,
+                per_origin: 4,
+            },
+            Gauge::default(),
+        ));
+        let first = limits.acquire("http://o", Pool::First).await;
+        let _second = limits.acquire("http://o", Pool::First).await;
+        let queued: Vec<_> = (0..4)
+            .map(|_| {
+                let limits = limits.clone();
+                tokio::spawn(async move { limits.acquire("http://o", Pool::First).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        first.settle(false);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let running = queued.iter().filter(|q| q.is_finished()).count();
+        assert_eq!(
+            running, 2,
+            "4 slots, 2 of them still held by the starting attempts"
+        );
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(queued.iter().filter(|q| q.is_finished()).count(), 3);
+        for q in queued {
+            q.abort();
+        }
     }
 
     /// `cb_attempts_waiting` counts attempts without a slot, a cancelled wait not after it.

@@ -222,6 +222,13 @@ fn operator_commands_offline_and_through_the_server() {
     assert_eq!(online, out, "the same output online and offline");
     let (code, out, err) = run(&["redeliver", "p/9", "--callback", "site"]);
     assert_eq!(code, 0, "{err}");
+    // A refusal reads as on a data dir: the detail, then the status and code.
+    let (code, _, refused) = run(&["redeliver", "p/404"]);
+    assert_eq!(code, 2);
+    assert!(
+        refused.contains("file p/404 has no change to deliver (HTTP 404 not_found)"),
+        "{refused}"
+    );
     assert!(
         out.starts_with("redeliver of p/9 to site appended: seq "),
         "{out}"
@@ -456,6 +463,12 @@ fn redelivers_that_cannot_happen_are_refused_online_and_offline() {
     let (code, out, err) = cbctl(&cbd.dir, &["status"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("disabled: lf/a file:x (410 at seq"), "{out}");
+    // A disabled callback is not in force: rewind shows no payload for it.
+    let (code, out, err) = cbctl(&cbd.dir, &["rewind", "lf/a", "--to", "9999", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["payloads"], json!([]), "{v}");
+    assert_eq!(v["disabled_callbacks"][0]["callback"], "file:x", "{v}");
     let (code, _, err) = cbctl(&cbd.dir, &["redeliver", "p/1", "--callback", "slow"]);
     assert_eq!(code, 0, "a sent machine can be redelivered: {err}");
 }
@@ -514,6 +527,9 @@ fn cbctl_refuses_what_is_not_there() {
     assert!(err.contains("no record of file p/nosuch"), "{err}");
     let (code, out, err) = cbctl(&cbd.dir, &["replay", "--file", "p/1"]);
     assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cbctl(&cbd.dir, &["rewind", "p/1", "--to", "9999"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("the log's end: it has no seq 9999"), "{out}");
 }
 
 /// `rewind` to a tick's seq shows what that tick did to the file (its window fired), and

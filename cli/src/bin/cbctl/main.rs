@@ -463,10 +463,16 @@ fn call(
     match result {
         Ok(r) => Ok(r),
         Err(ureq::Error::Status(code, r)) => {
-            bail!(
-                "{url}: {code} {}",
-                r.into_string().unwrap_or_default().trim()
-            )
+            // The API's refusals read as on a data dir: the detail, then the code.
+            let text = r.into_string().unwrap_or_default();
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(v) if v["detail"].is_string() => bail!(
+                    "{} (HTTP {code} {})",
+                    v["detail"].as_str().unwrap_or_default(),
+                    v["error"].as_str().unwrap_or_default()
+                ),
+                _ => bail!("{url}: {code} {}", text.trim()),
+            }
         }
         // ureq names the URL in its transport errors.
         Err(e) => bail!("{e}"),
@@ -1203,21 +1209,35 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
     // version it started with, which a later PUT or change does not alter.
     let mut payloads = Vec::new();
     if let Some(snap) = &snapshot {
-        let mut callbacks: Vec<(CallbackRef, Arc<cb_core::Callback>)> = h
+        // Disabled callbacks (a 410) are not in force: they get no payload, unless an
+        // attempt was still in flight when they were disabled.
+        let mut callbacks: Vec<(CallbackRef, Arc<cb_core::Callback>, bool)> = h
             .core
             .callbacks(&file.project)
-            .map(|(name, slot)| (CallbackRef::Project(name.clone()), slot.callback.clone()))
+            .map(|(name, slot)| {
+                let enabled = slot.disabled_by.is_none();
+                (
+                    CallbackRef::Project(name.clone()),
+                    slot.callback.clone(),
+                    enabled,
+                )
+            })
             .collect();
         if let Some(entry) = h.core.file(file) {
             callbacks.extend(entry.callbacks.iter().map(|slot| {
                 (
                     CallbackRef::File(slot.callback.name.clone()),
                     slot.callback.callback.clone(),
+                    slot.disabled_by.is_none(),
                 )
             }));
         }
-        for (callback, config) in callbacks {
-            let (flight, r, cb) = match in_flight_attempt(&h, &callback) {
+        for (callback, config, enabled) in callbacks {
+            let flight = in_flight_attempt(&h, &callback);
+            if !enabled && flight.is_none() {
+                continue;
+            }
+            let (flight, r, cb) = match flight {
                 Some(a) => {
                     let Some(sent) = store.snapshot(a.version)? else {
                         continue;
@@ -1274,12 +1294,14 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
         outln!("{}", serde_json::to_string_pretty(&rewound)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let as_of = match to {
-        Point::Seq(s) => s.min(store.last_seq().unwrap_or(last_seq)),
-        Point::Time(_) => last_seq,
+    let log_end = store.last_seq().unwrap_or(last_seq);
+    let (as_of, past_end) = match to {
+        Point::Seq(s) if s > log_end => (log_end, format!(", the log's end: it has no seq {s}")),
+        Point::Seq(s) => (s, String::new()),
+        Point::Time(_) => (last_seq, String::new()),
     };
     outln!(
-        "{file} as of seq {as_of} ({})",
+        "{file} as of seq {as_of}{past_end} ({})",
         time_of(until.unwrap_or(last_at))
     );
     outln!(
