@@ -226,9 +226,9 @@ fn query(
 
 /// At most 64 bytes of `s`, for echoing client input in an error.
 fn clip(s: &str) -> String {
-    match s.char_indices().nth(64) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
+    match cb_core::clipped(s, 64) {
+        whole if whole.len() == s.len() => s.to_owned(),
+        start => format!("{start}…"),
     }
 }
 

@@ -26,9 +26,10 @@ pub fn check(
         (Ignored::UnknownCallback, Some(c)) => {
             // A per-file callback is `file:NAME`; say so when NAME is one of them.
             let per_file = match c {
-                CallbackRef::Project(name) => core
-                    .file(file)
-                    .is_some_and(|e| e.callbacks.iter().any(|s| s.callback.name == *name)),
+                CallbackRef::Project(name) => {
+                    let as_file = CallbackRef::File(name.clone());
+                    core.callbacks_of(file).any(|(r, ..)| r == as_file)
+                }
                 CallbackRef::File(_) => false,
             };
             let hint = if per_file {

@@ -259,18 +259,12 @@ pub fn file_state<'a>(
             v
         })
         .collect();
-    let project = h
+    let disabled_callbacks = h
         .core
-        .callbacks(&h.file.project)
-        .filter_map(|(n, s)| Some((CallbackRef::Project(n.clone()), s.disabled_by?)));
-    let per_file = h.core.file(&h.file).into_iter().flat_map(|e| {
-        e.callbacks
-            .iter()
-            .filter_map(|s| Some((CallbackRef::File(s.callback.name.clone()), s.disabled_by?)))
-    });
-    let disabled_callbacks = project
-        .chain(per_file)
-        .map(|(callback, by)| json!({"callback": callback.to_string(), "disabled_by": by.0}))
+        .callbacks_of(&h.file)
+        .filter_map(|(callback, _, by)| {
+            Some(json!({"callback": callback.to_string(), "disabled_by": by?.0}))
+        })
         .collect();
     FileState {
         project: h.file.project.as_str(),

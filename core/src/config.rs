@@ -200,10 +200,9 @@ impl fmt::Display for Format {
 /// A URL as an error shows it: clipped, so a 100 KB one does not come back whole in the
 /// answer and in the daemon's log.
 fn shown(url: &str) -> String {
-    const MAX: usize = 200;
-    match url.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}… ({} bytes)", &url[..i], url.len()),
-        None => url.to_owned(),
+    match crate::clipped(url, 200) {
+        whole if whole.len() == url.len() => url.to_owned(),
+        start => format!("{start}… ({} bytes)", url.len()),
     }
 }
 

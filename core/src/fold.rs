@@ -555,24 +555,43 @@ impl Core {
         Ok(())
     }
 
-    /// The enabled callbacks of `file`: the project's, by name, then its per-file ones (the
-    /// order `on_change` steps them in).
-    fn enabled_callbacks(&self, file: &FileKey) -> Vec<CallbackRef> {
+    /// Every callback that applies to `file`: its project's, by name, then its per-file ones
+    /// (the order `on_change` steps them in), each with the outcome record whose `410 Gone`
+    /// disabled it, if any.
+    pub fn callbacks_of<'a>(
+        &'a self,
+        file: &'a FileKey,
+    ) -> impl Iterator<Item = (CallbackRef, &'a Arc<Callback>, Option<Seq>)> + 'a {
         let project = self
             .projects
             .get(&file.project)
             .into_iter()
             .flatten()
-            .filter(|(_, s)| s.disabled_by.is_none())
-            .map(|(name, _)| CallbackRef::Project(name.clone()));
+            .map(|(name, s)| {
+                (
+                    CallbackRef::Project(name.clone()),
+                    &s.callback,
+                    s.disabled_by,
+                )
+            });
         let per_file = self
             .files
             .get(file)
             .into_iter()
             .flat_map(|entry| &entry.callbacks)
-            .filter(|s| s.disabled_by.is_none())
-            .map(|s| CallbackRef::File(s.callback.name.clone()));
-        project.chain(per_file).collect()
+            .map(|s| {
+                let name = CallbackRef::File(s.callback.name.clone());
+                (name, &s.callback.callback, s.disabled_by)
+            });
+        project.chain(per_file)
+    }
+
+    /// The enabled callbacks of `file`, in [`Core::callbacks_of`]'s order.
+    fn enabled_callbacks(&self, file: &FileKey) -> Vec<CallbackRef> {
+        self.callbacks_of(file)
+            .filter(|(_, _, disabled_by)| disabled_by.is_none())
+            .map(|(callback, ..)| callback)
+            .collect()
     }
 
     /// The configuration of `callback` for `file`, and whether it is enabled.

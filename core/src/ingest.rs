@@ -478,15 +478,7 @@ fn reference(text: &str, field: &str) -> Result<(char, usize), XmlError> {
 
 /// Keeps names echoed in error messages short whatever the input holds.
 fn clip(s: &str) -> &str {
-    const MAX: usize = 64;
-    if s.len() <= MAX {
-        return s;
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    crate::clipped(s, 64)
 }
 
 #[cfg(test)]

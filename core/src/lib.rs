@@ -44,6 +44,19 @@ pub mod signing;
 pub mod snapshot;
 mod timers;
 
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary: how
+/// cb echoes client input or a receiver's answer in an error, whatever its length.
+pub fn clipped(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 pub use config::{
     Callback, CallbackSpec, ConfigError, FieldSpec, FileCallback, Format, Header, Method,
     Projection, Secrets, Target, ValueKind,

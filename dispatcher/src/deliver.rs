@@ -316,7 +316,7 @@ fn build_request(
     builder.body(Full::new(body)).map_err(|e| {
         // The cause first: a URL too long to build is the usual case, and the detail is
         // clipped.
-        let shown: String = url.chars().take(120).collect();
+        let shown = cb_core::clipped(url, 120);
         format!(
             "cannot build the request ({e}) for a URL of {} bytes: {shown}…",
             url.len()
@@ -366,11 +366,8 @@ fn classify_error(e: &hyper_util::client::legacy::Error) -> (Outcome, String) {
 }
 
 fn clip(mut s: String) -> String {
-    if s.len() > DETAIL_LIMIT {
-        let mut end = DETAIL_LIMIT;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
+    let end = cb_core::clipped(&s, DETAIL_LIMIT).len();
+    if end < s.len() {
         s.truncate(end);
         s.push('…');
     }

@@ -628,13 +628,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     // The daemon's --smtp is not known here, so mailto callbacks are let through.
                     let input =
                         cb_cli::ingest::json_change(&body, cb_cli::ingest::Rules { smtp: true })
-                            .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.detail))?;
+                            .map_err(refused)?;
                     let store = open_for_append(&cli)?;
                     let appended = store.append(vec![input])?;
                     serde_json::json!({"seq": appended.first.0})
                 }
             };
-            appended("change appended", &answer, *json)
+            say_appended("change appended", &answer, *json)
         }
         Command::Redeliver {
             file,
@@ -660,7 +660,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let version = store.latest_version(&key)?;
                     let restored = store.restore()?;
                     cb_cli::redeliver::check(&restored.core, &key, callback.as_ref(), version)
-                        .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+                        .map_err(refused)?;
                     let appended = store.append(vec![cb_store::Input::Record(
                         cb_core::RecordKind::RedeliverRequested {
                             file: key.clone(),
@@ -675,7 +675,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(c) => format!("redeliver of {key} to {c} appended"),
                 None => format!("redeliver of {key} appended"),
             };
-            appended(&what, &answer, *json)
+            say_appended(&what, &answer, *json)
         }
         Command::Status { json } => {
             let v = match &cli.server {
@@ -707,7 +707,6 @@ fn read_input(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-/// Opens the data dir to append, durably (the daemon is stopped; it folds these at start).
 /// Refuses a `--data-dir` that is not one cbd made: opening it would create a log there
 /// (a read-only command must not write into a directory it was pointed at by mistake). A
 /// command that appends may also start a log in an empty dir (`empty_is_new`): setting
@@ -732,10 +731,17 @@ fn existing_data_dir(cli: &Cli, empty_is_new: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens the data dir to append, durably (the daemon is stopped; it folds these at start).
 fn open_for_append(cli: &Cli) -> anyhow::Result<Store> {
     existing_data_dir(cli, true)?;
     Store::open(&cli.data_dir, StoreOptions::default())
         .with_context(|| format!("opening {}", cli.data_dir.display()))
+}
+
+/// An input the API would refuse, refused on a data dir in the words a `--server` refusal
+/// uses ([`call`]): the detail, then the code.
+fn refused(e: cb_cli::error::ApiError) -> anyhow::Error {
+    anyhow::anyhow!("{} ({})", e.detail, e.code)
 }
 
 /// One API request to a running daemon that appends a record; its JSON answer.
@@ -749,7 +755,7 @@ fn send(
 }
 
 /// What an appending command says: `what` and the record's seq, or `answer` as JSON.
-fn appended(what: &str, answer: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
+fn say_appended(what: &str, answer: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         outln!("{answer}");
     } else {
@@ -823,7 +829,7 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
                     let name = cb_core::CallbackName::new(name).context("callback name")?;
                     let callback =
                         cb_cli::ingest::callback(&body, cb_cli::ingest::Rules { smtp: true })
-                            .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.detail))?;
+                            .map_err(refused)?;
                     let store = open_for_append(cli)?;
                     let appended = store.append(vec![cb_store::Input::Record(
                         cb_core::RecordKind::CallbackPut {
@@ -835,7 +841,7 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
                     serde_json::json!({"seq": appended.first.0})
                 }
             };
-            appended(&format!("callback {project}/{name} set"), &answer, *json)
+            say_appended(&format!("callback {project}/{name} set"), &answer, *json)
         }
         CallbacksAction::Rm {
             project,
@@ -867,7 +873,7 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
                     serde_json::json!({"seq": appended.first.0})
                 }
             };
-            appended(
+            say_appended(
                 &format!("callback {project}/{name} removed"),
                 &answer,
                 *json,
@@ -1178,6 +1184,17 @@ fn in_flight_attempt<'h>(
         .next_back()
 }
 
+/// The request one callback gets (or, `in_flight`, got) in `rewind`.
+struct Payload {
+    callback: String,
+    /// The attempt in flight and its version, if the request is that attempt's.
+    in_flight: Option<(u32, u64)>,
+    /// The configuration it is rendered with.
+    config: Arc<cb_core::Callback>,
+    url: String,
+    rendered: cb_core::Rendered,
+}
+
 fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Result<ExitCode> {
     let records: Vec<Record> = store
         .file_records(file)?
@@ -1211,33 +1228,12 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
     if let Some(snap) = &snapshot {
         // Disabled callbacks (a 410) are not in force: they get no payload, unless an
         // attempt was still in flight when they were disabled.
-        let mut callbacks: Vec<(CallbackRef, Arc<cb_core::Callback>, bool)> = h
-            .core
-            .callbacks(&file.project)
-            .map(|(name, slot)| {
-                let enabled = slot.disabled_by.is_none();
-                (
-                    CallbackRef::Project(name.clone()),
-                    slot.callback.clone(),
-                    enabled,
-                )
-            })
-            .collect();
-        if let Some(entry) = h.core.file(file) {
-            callbacks.extend(entry.callbacks.iter().map(|slot| {
-                (
-                    CallbackRef::File(slot.callback.name.clone()),
-                    slot.callback.callback.clone(),
-                    slot.disabled_by.is_none(),
-                )
-            }));
-        }
-        for (callback, config, enabled) in callbacks {
+        for (callback, config, disabled_by) in h.core.callbacks_of(file) {
             let flight = in_flight_attempt(&h, &callback);
-            if !enabled && flight.is_none() {
+            if disabled_by.is_some() && flight.is_none() {
                 continue;
             }
-            let (flight, r, cb) = match flight {
+            let (in_flight, rendered, cb) = match flight {
                 Some(a) => {
                     let Some(sent) = store.snapshot(a.version)? else {
                         continue;
@@ -1245,22 +1241,15 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
                     let flight = (a.attempt, a.version.0);
                     (Some(flight), render(&sent, &a.callback), a.callback.clone())
                 }
-                None => (None, render(snap, &config), config),
+                None => (None, render(snap, config), config.clone()),
             };
-            let url = cb_core::render::request_url(&cb.target.to_url(), &r);
-            let headers: Vec<(String, String)> = cb
-                .headers
-                .iter()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect();
-            payloads.push((
-                callback.to_string(),
-                flight,
-                cb.method.as_str(),
-                url,
-                headers,
-                r,
-            ));
+            payloads.push(Payload {
+                callback: callback.to_string(),
+                in_flight,
+                url: cb_core::render::request_url(&cb.target.to_url(), &rendered),
+                config: cb,
+                rendered,
+            });
         }
     }
     let state = view::file_state(&h, version.map(|v| v.0), snapshot.as_ref());
@@ -1275,16 +1264,19 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
         }
         let payloads = payloads
             .iter()
-            .map(|(n, flight, m, u, headers, r)| {
-                let headers: Vec<_> = headers
+            .map(|p| {
+                let headers: Vec<_> = p
+                    .config
+                    .headers
                     .iter()
-                    .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+                    .map(|h| serde_json::json!({"name": h.name, "value": h.value}))
                     .collect();
-                let mut p = serde_json::json!({"callback": n, "method": m, "url": u, "headers": headers, "digest": r.digest().to_hex(), "body": String::from_utf8_lossy(&r.bytes)});
-                if let Some((attempt, version)) = flight {
-                    p["in_flight"] = serde_json::json!({"attempt": attempt, "version": version});
+                let r = &p.rendered;
+                let mut v = serde_json::json!({"callback": p.callback, "method": p.config.method.as_str(), "url": p.url, "headers": headers, "digest": r.digest().to_hex(), "body": String::from_utf8_lossy(&r.bytes)});
+                if let Some((attempt, version)) = p.in_flight {
+                    v["in_flight"] = serde_json::json!({"attempt": attempt, "version": version});
                 }
-                p
+                v
             })
             .collect();
         let rewound = Rewound {
@@ -1338,19 +1330,23 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
             d["disabled_by"]
         );
     }
-    for (name, flight, method, url, headers, r) in &payloads {
-        let flight = match flight {
+    for p in &payloads {
+        let flight = match p.in_flight {
             Some((attempt, version)) => {
                 format!(" (in flight: attempt {attempt} of version {version})")
             }
             None => String::new(),
         };
+        let r = &p.rendered;
         outln!(
-            "\n{name}{flight}: {method} {url}  (digest {})",
+            "\n{}{flight}: {} {}  (digest {})",
+            p.callback,
+            p.config.method.as_str(),
+            p.url,
             r.digest().to_hex()
         );
-        for (name, value) in headers {
-            outln!("{name}: {value}");
+        for h in &p.config.headers {
+            outln!("{}: {}", h.name, h.value);
         }
         if let cb_core::Placement::Body { content_type } = r.placement {
             outln!(
