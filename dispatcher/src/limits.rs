@@ -256,6 +256,19 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn limits(global: usize, per_origin: usize) -> Arc<Limits> {
+        let config = LimitsConfig { global, per_origin };
+        Arc::new(Limits::new(config, Gauge::default()))
+    }
+
+    /// Marks `origin` as one that answers, then as failing (its probe slot only).
+    async fn failing(limits: &Limits, origin: &str) {
+        answered(limits, origin).await;
+        for _ in 0..FAILING_AFTER {
+            limits.acquire(origin, Pool::First).await.settle(true);
+        }
+    }
+
     /// Marks `origin` as one that answers (past its starting share).
     async fn answered(limits: &Limits, origin: &str) {
         limits.acquire(origin, Pool::First).await.settle(false);
@@ -269,13 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_origin_does_not_block_another() {
-        let limits = Limits::new(
-            LimitsConfig {
-                global: 8,
-                per_origin: 2,
-            },
-            Gauge::default(),
-        );
+        let limits = limits(8, 2);
         answered(&limits, "http://dead").await;
         let _a = limits.acquire("http://dead", Pool::First).await;
         let _b = limits.acquire("http://dead", Pool::First).await;
@@ -295,13 +302,7 @@ mod tests {
 
     #[tokio::test]
     async fn retries_do_not_take_first_attempt_slots() {
-        let limits = Limits::new(
-            LimitsConfig {
-                global: 8,
-                per_origin: 4,
-            },
-            Gauge::default(),
-        );
+        let limits = limits(8, 4);
         answered(&limits, "http://x").await;
         let _r1 = limits.acquire("http://x", Pool::Retry).await;
         let _r2 = limits.acquire("http://x", Pool::Retry).await;
@@ -321,20 +322,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_origin_gets_one_probe_slot_until_it_answers() {
-        let limits = Limits::new(
-            LimitsConfig {
-                global: 64,
-                per_origin: 8,
-            },
-            Gauge::default(),
-        );
-        answered(&limits, "http://dead").await;
-        for _ in 0..FAILING_AFTER {
-            limits
-                .acquire("http://dead", Pool::First)
-                .await
-                .settle(true);
-        }
+        let limits = limits(64, 8);
+        failing(&limits, "http://dead").await;
         let probe = limits.acquire("http://dead", Pool::First).await;
         let second = tokio::time::timeout(
             Duration::from_millis(50),
@@ -358,20 +347,8 @@ mod tests {
     /// one answer comes, without waiting for the probe to be released one by one.
     #[tokio::test]
     async fn waiters_on_the_probe_slot_move_back_when_the_origin_answers() {
-        let limits = Arc::new(Limits::new(
-            LimitsConfig {
-                global: 64,
-                per_origin: 8,
-            },
-            Gauge::default(),
-        ));
-        answered(&limits, "http://slow").await;
-        for _ in 0..FAILING_AFTER {
-            limits
-                .acquire("http://slow", Pool::First)
-                .await
-                .settle(true);
-        }
+        let limits = limits(64, 8);
+        failing(&limits, "http://slow").await;
         let probe = limits.acquire("http://slow", Pool::First).await;
         let queued: Vec<_> = (0..4)
             .map(|_| {
@@ -396,13 +373,7 @@ mod tests {
     /// global share between them; its first answer opens the full share to those waiting.
     #[tokio::test]
     async fn a_new_origin_starts_with_a_few_slots_until_it_answers() {
-        let limits = Arc::new(Limits::new(
-            LimitsConfig {
-                global: 64,
-                per_origin: 8,
-            },
-            Gauge::default(),
-        ));
+        let limits = limits(64, 8);
         let mut held = Vec::new();
         for _ in 0..STARTING_SLOTS {
             held.push(limits.acquire("http://new", Pool::First).await);
@@ -427,13 +398,7 @@ mod tests {
     /// starting gate still count against the full share when the origin first answers.
     #[tokio::test]
     async fn the_per_origin_bound_holds_when_an_origin_first_answers() {
-        let limits = Arc::new(Limits::new(
-            LimitsConfig {
-                global: 64,
-                per_origin: 4,
-            },
-            Gauge::default(),
-        ));
+        let limits = limits(64, 4);
         let first = limits.acquire("http://o", Pool::First).await;
         let _second = limits.acquire("http://o", Pool::First).await;
         let queued: Vec<_> = (0..4)
@@ -486,13 +451,7 @@ mod tests {
 
     #[tokio::test]
     async fn pruning_never_forgets_an_origin_with_attempts_in_flight() {
-        let limits = Limits::new(
-            LimitsConfig {
-                global: 4096,
-                per_origin: 1,
-            },
-            Gauge::default(),
-        );
+        let limits = limits(4096, 1);
         let held = limits.acquire("http://busy", Pool::First).await;
         for i in 0..3000 {
             drop(limits.acquire(&format!("http://o{i}"), Pool::First).await);
