@@ -88,6 +88,9 @@ pub async fn serve(api: Arc<Api>, req: Request<Incoming>) -> Result<Response<Bod
             if let Some(allow) = e.allow {
                 headers.insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
             }
+            if let Some(secs) = e.retry_after {
+                headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
+            }
             if e.status == StatusCode::UNAUTHORIZED {
                 // RFC 6750: say which scheme the token goes in.
                 headers.insert(

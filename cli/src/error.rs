@@ -18,7 +18,12 @@ pub struct ApiError {
     pub close: bool,
     /// The methods the path takes, for the `Allow` header of a 405.
     pub allow: Option<&'static str>,
+    /// Seconds after which to try again, for a `Retry-After` header.
+    pub retry_after: Option<u32>,
 }
+
+/// What a 503 or 507 from the log asks a client to wait before trying again.
+const RETRY_AFTER_SECS: u32 = 5;
 
 impl ApiError {
     /// A new error.
@@ -30,7 +35,14 @@ impl ApiError {
             line: None,
             close: false,
             allow: None,
+            retry_after: None,
         }
+    }
+
+    /// The same error, asking the client to try again after `secs`.
+    pub fn retry_after(mut self, secs: u32) -> ApiError {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// The same error, naming the methods the path takes (a 405's `Allow`).
@@ -55,15 +67,30 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
     }
 
-    /// 500/503 from the log: it could not take or give the records.
+    /// 507/503/500 from the log: it could not take or give the records. A full disk is
+    /// 507 `disk_full` (nothing was appended; retry once space is freed), other I/O and an
+    /// index being rebuilt are 503 with `Retry-After`, damage to the log is 500.
     pub fn store(e: &cb_store::Error) -> ApiError {
         match e {
             cb_store::Error::Rejected(reason) => ApiError::bad_request("rejected", reason.clone()),
-            cb_store::Error::Poisoned(_) | cb_store::Error::Closed => ApiError::new(
+            cb_store::Error::DiskFull { .. } => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", e.to_string())
+                    .retry_after(RETRY_AFTER_SECS)
+            }
+            cb_store::Error::IndexUnavailable(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "log_unavailable",
+                "index_rebuilding",
                 e.to_string(),
-            ),
+            )
+            .retry_after(RETRY_AFTER_SECS),
+            cb_store::Error::Poisoned(_) | cb_store::Error::Closed | cb_store::Error::Io { .. } => {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "log_unavailable",
+                    e.to_string(),
+                )
+                .retry_after(RETRY_AFTER_SECS)
+            }
             _ => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "log_error",

@@ -1,6 +1,6 @@
 //! The store's benchmark: durable appends (batches of 1000; 64 concurrent single-record
 //! appenders), the fold rate from the log, and restart from a checkpoint — each beside the
-//! raw sled ceiling measured in the same run on the same disk. Prints what it measured.
+//! raw file ceiling measured in the same run on the same disk. Prints what it measured.
 //!
 //! `cargo run --release -p cb-store --example store_bench -- [--changes N] [--files N]
 //!  [--seconds S] [--dir PATH]`
@@ -79,47 +79,38 @@ fn main() {
         .len()
     );
 
-    // ---- ceilings: raw sled on the same disk ----
-    let value = vec![7u8; 1500];
+    // ---- ceilings: a raw file on the same disk ----
     {
-        let db = sled::Config::new()
-            .path(fresh(&root, "raw-sled"))
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .unwrap();
-        let data = std::fs::File::open(root.join("raw-sled").join("db")).unwrap();
-        let (mut n, mut k) = (0u64, 0u64);
-        let t = Instant::now();
-        while t.elapsed() < window {
-            db.insert(k.to_be_bytes(), value.as_slice()).unwrap();
-            k += 1;
-            db.flush().unwrap();
-            n += 1;
-        }
-        println!(
-            "ceiling  sled insert 1.5 KB + flush, one thread:            {:>10.0} flushes/s",
-            rate(n, t.elapsed())
-        );
+        use std::io::Write;
+        let path = fresh(&root, "raw-file");
+        std::fs::create_dir_all(&path).unwrap();
+        let mut f = std::fs::File::create(path.join("f")).unwrap();
+        let one = vec![7u8; 1500];
         let (mut n, t) = (0u64, Instant::now());
         while t.elapsed() < window {
-            db.insert(k.to_be_bytes(), value.as_slice()).unwrap();
-            k += 1;
-            db.flush().unwrap();
-            data.sync_data().unwrap();
+            f.write_all(&one).unwrap();
+            f.sync_data().unwrap();
             n += 1;
         }
         println!(
-            "ceiling  sled insert 1.5 KB + flush + fdatasync, one thread: {:>10.0} syncs/s",
+            "ceiling  file append 1.5 KB + fdatasync, one thread:         {:>10.0} syncs/s",
+            rate(n, t.elapsed())
+        );
+        let thousand = vec![7u8; 1500 * 1000];
+        let (mut n, t) = (0u64, Instant::now());
+        while t.elapsed() < window {
+            f.write_all(&thousand).unwrap();
+            f.sync_data().unwrap();
+            n += 1000;
+        }
+        println!(
+            "ceiling  file append 1000 x 1.5 KB + fdatasync:               {:>10.0} values/s",
             rate(n, t.elapsed())
         );
     }
-    println!(
-        "ceiling  sled batches of 1000 x 1.5 KB + flush + fdatasync:  {:>10.0} values/s",
-        synthetic::sled_durable_batches(&fresh(&root, "raw-sled-batches"), window).unwrap()
-    );
 
     // ---- durable appends through the store ----
-    for durability in [Durability::Sync, Durability::SledFlush] {
+    for durability in [Durability::Sync] {
         let store = Store::open(
             &fresh(&root, "append-batch"),
             StoreOptions {
@@ -178,7 +169,7 @@ fn main() {
             rate(n, elapsed),
         );
     }
-    for durability in [Durability::Sync, Durability::SledFlush] {
+    for durability in [Durability::Sync] {
         let store = Store::open(
             &fresh(&root, "append-concurrent"),
             StoreOptions {

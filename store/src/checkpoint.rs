@@ -12,6 +12,9 @@
 //! frame       CRC-32 + bincode of cb_core::Checkpoint (codec.rs)
 //! ```
 //!
+//! `format` is the log format the checkpoint was taken under: 3 and 4 hold the same
+//! encoding of the core's state (format 4 changed only where records live), so both load.
+//!
 //! It is written to a temporary name, `fsync`ed, renamed into place and the directory
 //! `fsync`ed, so a crash mid-write leaves either the old set or the new file, never a torn
 //! `.cp`. The anchor ties a checkpoint to the log it was taken from: one left over from
@@ -19,18 +22,17 @@
 //! state. Restoring tries the newest checkpoint first; any that fails a check is reported
 //! as [`Damaged`] and the next older is tried, down to a full fold from the first record.
 
-use std::fs::{self, File};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
 use cb_core::{Checkpoint, Core, Seq};
 
-use crate::codec::{self, FORMAT_VERSION};
-use crate::dir::sync_dir;
+use crate::base::write_whole;
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::log::Store;
+use crate::segment::FORMAT_VERSION;
 
 const MAGIC: &[u8; 8] = b"CBCHECKP";
 const HEADER_LEN: usize = 8 + 4 + 8 + 4 + 8;
@@ -42,6 +44,8 @@ pub const KEEP: usize = 3;
 pub struct CheckpointFile {
     /// The last record folded into it.
     pub seq: Seq,
+    /// Its file name in the checkpoints directory.
+    pub name: String,
     /// Where it is.
     pub path: PathBuf,
     /// Its size.
@@ -82,7 +86,6 @@ impl Store {
                 "checkpoint at {seq}: that record is not durable in this log"
             ))
         })?;
-        let dir = self.dir().checkpoints_path();
         let frame = codec::encode_value(checkpoint);
         let mut bytes = Vec::with_capacity(HEADER_LEN + frame.len());
         bytes.extend_from_slice(MAGIC);
@@ -92,17 +95,9 @@ impl Store {
         bytes.extend_from_slice(&(frame.len() as u64).to_le_bytes());
         bytes.extend_from_slice(&frame);
 
+        let storage = &self.shared.checkpoints;
         let name = format!("{:020}.cp", seq.0);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let path = dir.join(&name);
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(Error::io(format!("writing checkpoint {}", path.display())))?;
-        sync_dir(&dir)?;
+        write_whole(storage, &name, &bytes)?;
 
         // Keep the newest KEEP up to this one; one numbered past the durable log cannot be
         // valid (left from another log) and must not push this one out.
@@ -110,38 +105,41 @@ impl Store {
         let files = self.checkpoints()?;
         let (stale, current): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| f.seq > tip);
         for old in stale.iter().chain(current.iter().skip(KEEP)) {
-            fs::remove_file(&old.path)
+            storage
+                .remove(&old.name)
                 .map_err(Error::io(format!("removing {}", old.path.display())))?;
         }
         Ok(CheckpointFile {
             seq,
-            path,
+            path: self.checkpoint_path(&name),
+            name,
             bytes: bytes.len() as u64,
         })
+    }
+
+    fn checkpoint_path(&self, name: &str) -> PathBuf {
+        PathBuf::from(self.shared.checkpoints.describe()).join(name)
     }
 
     /// The checkpoints on disk, newest first (names only; contents are checked on restore).
     /// Leftover temporary files of an interrupted write are removed.
     pub fn checkpoints(&self) -> Result<Vec<CheckpointFile>> {
-        let dir = self.dir().checkpoints_path();
+        let storage = &self.shared.checkpoints;
+        let listing = Error::io(format!("listing {}", storage.describe()));
         let mut found = Vec::new();
-        let entries =
-            fs::read_dir(&dir).map_err(Error::io(format!("listing {}", dir.display())))?;
-        for entry in entries {
-            let entry = entry.map_err(Error::io(format!("listing {}", dir.display())))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') && name.ends_with(".tmp") {
-                let _ = fs::remove_file(entry.path());
+        for name in storage.list().map_err(listing)? {
+            if name.starts_with('.') && name.ends_with(".tmp") || name.ends_with(".cp.tmp") {
+                let _ = storage.remove(&name);
                 continue;
             }
             let Some(seq) = name.strip_suffix(".cp").and_then(|s| s.parse().ok()) else {
                 continue;
             };
-            let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            let bytes = storage.open(&name).and_then(|f| f.len()).unwrap_or(0);
             found.push(CheckpointFile {
                 seq: Seq(seq),
-                path: entry.path(),
+                path: self.checkpoint_path(&name),
+                name,
                 bytes,
             });
         }
@@ -155,7 +153,12 @@ impl Store {
     pub fn restore(&self) -> Result<Restored> {
         let mut damaged = Vec::new();
         let mut start = None;
+        let first = self.first_seq();
         for file in self.checkpoints()? {
+            if file.seq < first {
+                // Older than the base: the base is newer (and is where the log starts).
+                continue;
+            }
             match self.load_checkpoint(&file) {
                 Ok(cp) => {
                     start = Some((file.seq, cp));
@@ -169,7 +172,14 @@ impl Store {
         }
         let (checkpoint, mut core, from) = match start {
             Some((seq, cp)) => (Some(seq), Core::from_checkpoint(cp), Seq(seq.0 + 1)),
-            None => (None, Core::new(), Seq(1)),
+            None => match self.base() {
+                Some(base) => (
+                    Some(base.seq),
+                    Core::from_checkpoint(base.checkpoint(&self.shared.log.storage().clone())?),
+                    Seq(base.seq.0 + 1),
+                ),
+                None => (None, Core::new(), Seq(1)),
+            },
         };
         let mut effects = Vec::new();
         let mut tail_records = 0;
@@ -188,7 +198,8 @@ impl Store {
 
     /// Reads and checks one checkpoint.
     pub fn load_checkpoint(&self, file: &CheckpointFile) -> Result<Checkpoint, String> {
-        let bytes = fs::read(&file.path).map_err(|e| format!("unreadable: {e}"))?;
+        let bytes = read_all(&*self.shared.checkpoints, &file.name)
+            .map_err(|e| format!("unreadable: {e}"))?;
         if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
             return Err(format!(
                 "not a checkpoint ({} bytes, no CBCHECKP header)",
@@ -197,7 +208,7 @@ impl Store {
         }
         let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let format = word(8);
-        if format != FORMAT_VERSION {
+        if format != FORMAT_VERSION && format != 3 {
             return Err(format!(
                 "log format {format}, this build reads {FORMAT_VERSION}"
             ));
@@ -240,6 +251,13 @@ impl Store {
             .record_frame(seq)?
             .and_then(|frame| codec::frame_crc(&frame)))
     }
+}
+
+fn read_all(storage: &dyn crate::storage::Storage, name: &str) -> std::io::Result<Vec<u8>> {
+    let file = storage.open(name)?;
+    let mut bytes = vec![0u8; file.len()? as usize];
+    file.read_exact_at(&mut bytes, 0)?;
+    Ok(bytes)
 }
 
 /// Writes checkpoints on a background thread, one at a time: the driver offers one now and

@@ -1,40 +1,44 @@
-//! Group commit: one thread stamps, writes and syncs every append, many at a time.
+//! Group commit: one thread stamps and writes every append, many at a time; a second one
+//! makes them durable and replies.
 //!
-//! Appenders hand a [`Request`] to the committer thread and wait for its reply. The thread
-//! takes the first request, then everything else already queued (up to
-//! [`StoreOptions::max_group_records`](crate::StoreOptions::max_group_records)), and commits
-//! the group: sequence numbers and one timestamp are assigned, the bodies are written to
-//! their segment (and synced), and every record, body directory and index entry goes into
-//! one sled batch. The group then passes to the sync thread, which takes every group written
-//! meanwhile, has sled `flush` them and `fdatasync`s, and only then replies — one flush and
-//! one sync shared by every appender of those groups. The two threads form a pipeline:
-//! while groups wait for the disk, the next ones are already being written, so the sync
-//! rate, not the append rate, sets the number of flushes and syncs. (Flushing in the
-//! committer, once per group, made many small groups — the outcomes of a delivery burst —
-//! pay one sled flush each, and its I/O threads were a seventh of the daemon's CPU.)
+//! Appenders hand a [`Request`] to the commit thread and wait for its reply. The commit
+//! thread takes the first request, then everything else already queued (up to
+//! [`StoreOptions::max_group_records`](crate::StoreOptions::max_group_records)), stamps the
+//! group's records (dense sequence numbers, one timestamp) and writes them as one group at
+//! the end of the active segment (`seglog.rs`) — one `write`. The group passes to the sync
+//! thread, which takes every group written meanwhile, `fdatasync`s once, publishes the new
+//! durable tip and only then replies: one sync shared by every appender of those groups,
+//! and nothing else on the durable path (the index goes to sled later, `index.rs`). While
+//! groups wait for the disk, the next ones are written.
+//!
+//! **When the disk refuses.** A group that cannot be written (no room for a new segment,
+//! an I/O error) is refused — [`Error::DiskFull`] or [`Error::Io`] — and nothing of it is
+//! acknowledged; the next group is written to the same place, so appends resume by
+//! themselves once the disk takes them again. A failed `fdatasync` is worse: the kernel may
+//! have dropped the pages it could not write and report the next sync clean, so every group
+//! written since the last good sync is refused, and the commit thread goes back to where
+//! they began and writes from there again ([`SegmentWriter::rewind`]). A roll to a new
+//! segment waits until the sync thread has made everything before it durable, so a failure
+//! never has to reach into a closed segment.
 //!
 //! Being the only writer of the log is what makes sequence numbers dense and increasing and
 //! timestamps non-decreasing without a lock.
 
-use std::collections::HashSet;
-use std::ffi::OsString;
-use std::fs::File;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
 
 use rustc_hash::FxHashMap;
 
-use cb_core::{FileKey, Record, RecordKind, Scope, Seq, Timestamp};
+use cb_core::{FileKey, Record, RecordKind, Seq, Timestamp};
 
-use crate::bodies::{BodyWriter, DIRECTORIES};
-use crate::codec::{self, IndexTag, RECORDS};
-use crate::dir::sync_dir;
+use crate::codec;
 use crate::error::{Error, Result};
-use crate::index::FileIndex;
+use crate::index::Index;
 use crate::log::{Appended, CommitHook, Durability};
+use crate::seglog::{sync_error, SegmentWriter};
+use crate::segment::{GroupBuilder, Loc};
+use crate::storage::StorageFile;
 
 /// One appender's records, before sequence numbers are known.
 pub(crate) struct Request {
@@ -44,12 +48,15 @@ pub(crate) struct Request {
 
 pub(crate) type Reply = Box<dyn FnOnce(Result<Appended>) + Send>;
 
-/// Records of one request; bodies are encoded by the appender, off the committer thread.
+/// Records of one request; bodies are encoded by the appender, off the commit thread.
 pub(crate) enum Batch {
-    /// New records: the committer stamps `seq` and `at`.
+    /// New records: the commit thread stamps `seq` and `at`.
     Fresh(Vec<Prepared>),
     /// Records that already have `seq` and `at` (an import); they must continue the log.
     Stamped(Vec<(Record, Option<Vec<u8>>)>),
+    /// Not records: make everything written so far durable, whatever the durability
+    /// setting, then reply (with `Appended` of count 0).
+    Sync,
 }
 
 impl Batch {
@@ -57,6 +64,7 @@ impl Batch {
         match self {
             Batch::Fresh(v) => v.len(),
             Batch::Stamped(v) => v.len(),
+            Batch::Sync => 0,
         }
     }
 }
@@ -67,75 +75,119 @@ pub(crate) struct Prepared {
     pub(crate) body: Option<Vec<u8>>,
 }
 
-/// One group's records on their way into chunks.
+/// Whether appends are being taken.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Health {
+    /// The last group was written and made durable.
+    Writable,
+    /// The last group could not be written or synced for want of space; appends are tried
+    /// again as they come.
+    DiskFull(String),
+    /// The last group failed with another I/O error; appends are tried again as they come.
+    Failing(String),
+}
+
+/// What the commit and sync threads share with the store.
+pub(crate) struct CommitState {
+    /// The last durable sequence number (0: none). Readers never look past it.
+    pub(crate) tip: AtomicU64,
+    pub(crate) health: Mutex<Health>,
+    /// Set by the sync thread when a sync failed: the first seq that was not made durable,
+    /// and where its group begins. The commit thread goes back there before its next group.
+    rewind: Mutex<Option<(Seq, (u32, u64))>>,
+    /// Bumped with every failed sync; groups written before the bump are refused.
+    epoch: AtomicU64,
+}
+
+impl CommitState {
+    pub(crate) fn new(tip: Seq) -> CommitState {
+        CommitState {
+            tip: AtomicU64::new(tip.0),
+            health: Mutex::new(Health::Writable),
+            rewind: Mutex::new(None),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn set_health(&self, health: Health) {
+        *self.health.lock().expect("health lock") = health;
+    }
+
+    fn note_failure(&self, e: &Error) {
+        self.set_health(match e {
+            Error::DiskFull { context } => Health::DiskFull(context.clone()),
+            other => Health::Failing(other.to_string()),
+        });
+    }
+}
+
+/// One group's records, stamped, on their way into the group's bytes.
 #[derive(Default)]
 struct Staging {
     records: Vec<Record>,
-    /// Invariant: `frames[i]` is `records[i]` framed; they are consecutive from the group's
-    /// first seq.
-    frames: Vec<Vec<u8>>,
-    /// Framed bodies of the group's changes, by seq.
-    bodies: Vec<(Seq, Vec<u8>)>,
+    /// The frames' CRCs, by record (the index's anchors).
+    crcs: Vec<u32>,
+    group: GroupBuilder,
 }
 
-/// What the committer needs besides the queue.
+/// The commit thread's state.
 pub(crate) struct Committer {
-    pub(crate) tree: sled::Tree,
-    pub(crate) index: Arc<FileIndex>,
-    pub(crate) durability: Durability,
+    pub(crate) index: Arc<Index>,
     pub(crate) max_group_records: usize,
     pub(crate) clock: Box<dyn FnMut() -> Timestamp + Send>,
     /// Invariant: the next record gets exactly this number.
     pub(crate) next: Seq,
     /// Invariant: no record gets an earlier `at`.
     pub(crate) last_at: Timestamp,
-    pub(crate) poisoned: Arc<Mutex<Option<String>>>,
-    /// Where the group's snapshot bodies go, before sled points at them.
-    pub(crate) bodies: BodyWriter,
+    pub(crate) writer: SegmentWriter,
+    pub(crate) state: Arc<CommitState>,
     /// The second stage, moved to its own thread when the committer starts.
     pub(crate) syncer: Option<Syncer>,
 }
 
-/// A group written to sled, on its way to the disk.
+/// A message to the sync thread.
+enum ToSync {
+    /// A group written to the segment named, waiting to be made durable.
+    Written(Written),
+    /// Everything before this is to be durable (a roll, or [`Batch::Sync`]): the reply says
+    /// whether it is.
+    Barrier(SyncSender<Result<()>>),
+}
+
 struct Written {
     records: Vec<Record>,
     accepted: Vec<(Reply, Appended)>,
+    file: Arc<dyn StorageFile>,
+    /// Where the group begins.
+    at: (u32, u64),
+    epoch: u64,
 }
 
-/// The second stage: makes written groups durable, then replies, in log order.
+/// The sync thread's state: makes written groups durable, then replies, in log order.
 pub(crate) struct Syncer {
-    pub(crate) tree: sled::Tree,
-    pub(crate) db: sled::Db,
-    pub(crate) index: Arc<FileIndex>,
     pub(crate) durability: Durability,
     pub(crate) on_commit: Option<CommitHook>,
-    /// sled's data file, opened for `fdatasync`.
-    pub(crate) data_file: File,
-    pub(crate) blobs_dir: PathBuf,
-    pub(crate) synced_blobs: BlobsSynced,
-    /// The last durable sequence number, published for readers.
-    pub(crate) tip: Arc<AtomicU64>,
-    pub(crate) poisoned: Arc<Mutex<Option<String>>>,
+    pub(crate) state: Arc<CommitState>,
+    /// Told the new tip after each durable batch (the index writer thread).
+    pub(crate) durable: Option<mpsc::Sender<Seq>>,
 }
 
 impl Committer {
     pub(crate) fn run(mut self, queue: Receiver<Request>) {
-        // Groups written and not yet synced: the sync thread takes them all at once, so this
-        // bounds how far writing runs ahead of the disk.
-        let (to_sync, written) = mpsc::sync_channel::<Written>(64);
+        // Groups written and not yet synced: this bounds how far writing runs ahead of the
+        // disk.
+        let (to_sync, from_commit) = mpsc::sync_channel::<ToSync>(64);
         let syncer = self.syncer.take().expect("a committer runs once");
         let sync_thread = std::thread::Builder::new()
             .name("cb-store-sync".into())
-            .spawn(move || syncer.run(written));
+            .spawn(move || syncer.run(from_commit));
         let sync_thread = match sync_thread {
             Ok(t) => t,
             Err(e) => {
-                *self.poisoned.lock().expect("poison flag") =
-                    Some(format!("cannot start the sync thread: {e}"));
+                let why = format!("cannot start the sync thread: {e}");
+                self.state.set_health(Health::Failing(why.clone()));
                 for req in queue {
-                    (req.reply)(Err(Error::Poisoned(format!(
-                        "cannot start the sync thread: {e}"
-                    ))));
+                    (req.reply)(Err(Error::Poisoned(why.clone())));
                 }
                 return;
             }
@@ -153,45 +205,45 @@ impl Committer {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            if let Some(w) = self.commit(&mut group) {
-                if let Err(mpsc::SendError(w)) = to_sync.send(w) {
-                    // The sync thread is gone (a reply or the hook panicked): what was just
-                    // written may or may not reach the disk, so stop here.
-                    let why = "the sync thread stopped".to_string();
-                    *self.poisoned.lock().expect("poison flag") = Some(why.clone());
-                    for (reply, _) in w.accepted {
-                        reply(Err(Error::Poisoned(why.clone())));
-                    }
-                }
-            }
+            self.commit(&mut group, &to_sync);
         }
         drop(to_sync);
         let _ = sync_thread.join();
     }
 
-    /// Stages and writes one group; returns it for the sync thread, or `None` when nothing
-    /// was written (every request refused, or the write failed and was answered).
-    fn commit(&mut self, group: &mut Vec<Request>) -> Option<Written> {
-        if let Some(why) = self.poisoned.lock().expect("poison flag").clone() {
-            for req in group.drain(..) {
-                (req.reply)(Err(Error::Poisoned(why.clone())));
-            }
-            return None;
-        }
+    /// Goes back to where a failed sync left the log, if it did.
+    fn apply_rewind(&mut self) {
+        let Some((seq, at)) = self.state.rewind.lock().expect("rewind lock").take() else {
+            return;
+        };
+        assert!(seq <= self.next, "a rewind goes back");
+        self.writer.rewind(at);
+        self.index.truncate_after(Seq(seq.0 - 1));
+        self.next = seq;
+    }
+
+    /// Stages and writes one group (refusing what cannot be), and hands it to the sync
+    /// thread.
+    fn commit(&mut self, group: &mut Vec<Request>, to_sync: &SyncSender<ToSync>) {
+        self.apply_rewind();
         let (first_of_group, at_before) = (self.next, self.last_at);
         let at = self.last_at.max((self.clock)());
-        let mut batch = sled::Batch::default();
         let mut staging = Staging::default();
         // Versions of files changed earlier in this group, not yet readable from the index.
         let mut staged_versions: FxHashMap<FileKey, Seq> = FxHashMap::default();
         let mut accepted: Vec<(Reply, Appended)> = Vec::with_capacity(group.len());
+        let mut syncs = Vec::new();
         for req in group.drain(..) {
             let staged = match req.batch {
                 Batch::Fresh(items) => {
-                    self.stage_fresh(items, at, &mut batch, &mut staging, &mut staged_versions)
+                    self.stage_fresh(items, at, &mut staging, &mut staged_versions)
                 }
                 Batch::Stamped(items) => {
-                    self.stage_stamped(items, &mut batch, &mut staging, &mut staged_versions)
+                    self.stage_stamped(items, &mut staging, &mut staged_versions)
+                }
+                Batch::Sync => {
+                    syncs.push(req.reply);
+                    continue;
                 }
             };
             match staged {
@@ -199,47 +251,115 @@ impl Committer {
                 Err(e) => (req.reply)(Err(e)),
             }
         }
-        if staging.records.is_empty() {
-            return None;
-        }
-        for (first, chunk) in codec::records_chunks(first_of_group, &staging.frames) {
-            batch.insert(&codec::seq_key(RECORDS, first), chunk);
-        }
-        let records = staging.records;
-        // Bodies first, synced under Durability::Sync, and only then the sled batch that
-        // points at them: a durable pointer points at durable bytes (bodies.rs).
-        let written = self
-            .bodies
-            .append(&staging.bodies, self.durability == Durability::Sync)
-            .and_then(|directories| {
-                for (first, directory) in directories {
-                    batch.insert(&codec::seq_key(DIRECTORIES, first), directory.encode());
-                }
-                self.tree.apply_batch(batch).map_err(Error::from)
-            });
-        if let Err(e) = written {
-            // The group may be partly on disk or not at all; only a reopen (sled's recovery
-            // to its last flush) can tell, so no number is handed out again until then.
-            self.next = first_of_group;
-            self.last_at = at_before;
-            let why = e.to_string();
-            *self.poisoned.lock().expect("poison flag") = Some(why.clone());
-            for (reply, _) in accepted {
-                reply(Err(Error::Poisoned(why.clone())));
+        if !staging.records.is_empty() {
+            if let Err(e) = self.write(&mut staging, accepted, at, to_sync) {
+                // Nothing of the group was appended: its numbers are handed out again (and
+                // earlier ones too, if a failed sync sent the log back before them).
+                self.next = self.next.min(first_of_group);
+                self.last_at = at_before;
+                self.state.note_failure(&e);
             }
-            return None;
         }
+        for reply in syncs {
+            let result = self.barrier(to_sync);
+            reply(result.map(|()| Appended {
+                first: self.next,
+                count: 0,
+                at: self.last_at,
+            }));
+        }
+    }
+
+    /// Writes a staged group (rolling to a new segment first if it does not fit) and passes
+    /// it to the sync thread. On `Err` every appender of the group has been answered.
+    fn write(
+        &mut self,
+        staging: &mut Staging,
+        accepted: Vec<(Reply, Appended)>,
+        at: Timestamp,
+        to_sync: &SyncSender<ToSync>,
+    ) -> Result<()> {
+        let synced_through = Seq(self.state.tip.load(Ordering::Acquire));
+        let mut locs: Vec<(Seq, Loc)> = Vec::with_capacity(staging.records.len());
+        let result = match self.writer.fits(&staging.group) {
+            true => Ok(()),
+            // A new segment exists only once everything before it is durable.
+            false => self.barrier(to_sync).and_then(|()| {
+                self.writer.roll(
+                    staging.group.first_seq().expect("not empty"),
+                    at,
+                    staging.group.byte_len(),
+                )
+            }),
+        };
+        let written = result.and_then(|()| {
+            let synced_through = Seq(self.state.tip.load(Ordering::Acquire)).max(synced_through);
+            self.writer
+                .write(&mut staging.group, synced_through, &mut locs)
+        });
+        let placed = match written {
+            Ok(placed) => placed,
+            Err(e) => {
+                let why = e.to_string();
+                for (reply, _) in accepted {
+                    reply(Err(same_error(&e, &why)));
+                }
+                return Err(e);
+            }
+        };
+        let records = std::mem::take(&mut staging.records);
+        let notes: Vec<(Record, Loc, u32)> = records
+            .iter()
+            .zip(&locs)
+            .zip(&staging.crcs)
+            .map(|((r, (seq, loc)), crc)| {
+                debug_assert_eq!(r.seq, *seq);
+                (r.clone(), *loc, *crc)
+            })
+            .collect();
         // Indexed now, before the sync, so that the next group's redelivers see these
         // changes; readers never look past the durable tip.
-        self.index.note(&records);
-        Some(Written { records, accepted })
+        self.index.note(&notes);
+        let (_, file) = self.writer.active();
+        let written = Written {
+            records,
+            accepted,
+            file,
+            at: (placed.segment, placed.at),
+            epoch: self.state.epoch.load(Ordering::Acquire),
+        };
+        if let Err(mpsc::SendError(ToSync::Written(w))) = to_sync.send(ToSync::Written(written)) {
+            // The sync thread is gone (a reply or the hook panicked): nothing more can be
+            // acknowledged.
+            let why = "the sync thread stopped".to_string();
+            self.state.set_health(Health::Failing(why.clone()));
+            for (reply, _) in w.accepted {
+                reply(Err(Error::Poisoned(why.clone())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until everything written so far is durable (or says why it is not).
+    fn barrier(&mut self, to_sync: &SyncSender<ToSync>) -> Result<()> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if to_sync.send(ToSync::Barrier(tx)).is_err() {
+            return Err(Error::Poisoned("the sync thread stopped".into()));
+        }
+        let result = rx
+            .recv()
+            .unwrap_or_else(|_| Err(Error::Poisoned("the sync thread stopped".into())));
+        if result.is_err() {
+            // The sync thread has set the rewind: go back before writing anything else.
+            self.apply_rewind();
+        }
+        result
     }
 
     fn stage_fresh(
         &mut self,
         items: Vec<Prepared>,
         at: Timestamp,
-        batch: &mut sled::Batch,
         staging: &mut Staging,
         staged_versions: &mut FxHashMap<FileKey, Seq>,
     ) -> Result<Appended> {
@@ -258,7 +378,7 @@ impl Committer {
                 RecordKind::RedeliverRequested { file, .. } => {
                     let version = match own_versions.get(file).or(staged_versions.get(file)) {
                         Some(v) => Some(*v),
-                        None => self.index.latest_change(&self.tree, file, Seq(u64::MAX))?,
+                        None => self.index.latest_change(file, Seq(u64::MAX))?,
                     };
                     versions.push(version);
                 }
@@ -280,7 +400,7 @@ impl Committer {
                 at,
                 kind,
             };
-            self.stage(record, body, batch, staging, staged_versions);
+            self.stage(record, body, staging, staged_versions);
         }
         self.last_at = at;
         Ok(Appended {
@@ -293,7 +413,6 @@ impl Committer {
     fn stage_stamped(
         &mut self,
         items: Vec<(Record, Option<Vec<u8>>)>,
-        batch: &mut sled::Batch,
         staging: &mut Staging,
         staged_versions: &mut FxHashMap<FileKey, Seq>,
     ) -> Result<Appended> {
@@ -324,7 +443,7 @@ impl Committer {
         }
         let at = items.last().map_or(self.last_at, |(r, _)| r.at);
         for (record, body) in items {
-            self.stage(record, body, batch, staging, staged_versions);
+            self.stage(record, body, staging, staged_versions);
         }
         self.last_at = last_at;
         Ok(Appended {
@@ -338,25 +457,16 @@ impl Committer {
         &mut self,
         record: Record,
         body: Option<Vec<u8>>,
-        batch: &mut sled::Batch,
         staging: &mut Staging,
         staged_versions: &mut FxHashMap<FileKey, Seq>,
     ) {
         assert_eq!(record.seq, self.next, "sequence numbers are dense");
         let seq = record.seq;
-        staging.frames.push(codec::encode_record(&record));
-        if let Some(body) = body {
-            staging.bodies.push((seq, body));
-        }
-        if let Some(tag) = IndexTag::of(&record.kind) {
-            // File-scoped records are indexed in memory once durable (index.rs).
-            if let Scope::Project(project) = record.scope() {
-                batch.insert(
-                    codec::with_seq(codec::project_prefix(project), seq),
-                    vec![tag as u8],
-                );
-            }
-        }
+        let frame = codec::encode_record(&record);
+        staging
+            .crcs
+            .push(codec::frame_crc(&frame).expect("a frame has a CRC"));
+        staging.group.push(seq, &frame, body.as_deref());
         if let RecordKind::ChangeAppended { file, .. } = &record.kind {
             staged_versions.insert(file.clone(), seq);
         }
@@ -365,163 +475,122 @@ impl Committer {
     }
 }
 
+/// An error of the same kind, for each appender of a failed group.
+fn same_error(e: &Error, why: &str) -> Error {
+    match e {
+        Error::DiskFull { context } => Error::DiskFull {
+            context: context.clone(),
+        },
+        Error::Rejected(r) => Error::Rejected(r.clone()),
+        _ => Error::Io {
+            context: why.to_string(),
+            source: std::io::ErrorKind::Other.into(),
+        },
+    }
+}
+
 impl Syncer {
-    fn run(mut self, written: Receiver<Written>) {
-        let mut groups = Vec::new();
-        while let Ok(first) = written.recv() {
-            groups.push(first);
-            groups.extend(written.try_iter());
-            let failed = self.poisoned.lock().expect("poison flag").clone();
-            let result = match failed {
-                Some(why) => Err(why),
-                None => self.make_durable().map_err(|e| e.to_string()),
-            };
-            if let Err(why) = result {
-                *self.poisoned.lock().expect("poison flag") = Some(why.clone());
-                for w in groups.drain(..) {
-                    for (reply, _) in w.accepted {
-                        reply(Err(Error::Poisoned(why.clone())));
+    fn run(mut self, from_commit: Receiver<ToSync>) {
+        let mut batch = Vec::new();
+        while let Ok(first) = from_commit.recv() {
+            batch.push(first);
+            batch.extend(from_commit.try_iter());
+            self.make_durable(&mut batch);
+        }
+    }
+
+    /// Syncs the files of every group in `batch` (everything, if it holds a barrier), then
+    /// replies in order; after a failed sync refuses them all and sets the rewind.
+    fn make_durable(&mut self, batch: &mut Vec<ToSync>) {
+        let epoch = self.state.epoch.load(Ordering::Acquire);
+        let has_barrier = batch.iter().any(|m| matches!(m, ToSync::Barrier(_)));
+        // Groups written before a failed sync that the commit thread had not yet seen.
+        let (stale, current): (Vec<ToSync>, Vec<ToSync>) = batch
+            .drain(..)
+            .partition(|m| matches!(m, ToSync::Written(w) if w.epoch < epoch));
+        for m in stale {
+            if let ToSync::Written(w) = m {
+                refuse(
+                    w,
+                    "an earlier fdatasync failed; the log goes on from before it",
+                );
+            }
+        }
+        let mut files: Vec<(u32, Arc<dyn StorageFile>)> = Vec::new();
+        for m in &current {
+            if let ToSync::Written(w) = m {
+                if !files.iter().any(|(id, _)| *id == w.at.0) {
+                    files.push((w.at.0, w.file.clone()));
+                }
+            }
+        }
+        let synced = if self.durability == Durability::Buffered && !has_barrier {
+            Ok(())
+        } else {
+            files
+                .iter()
+                .try_for_each(|(id, f)| f.sync_data().map_err(|e| sync_error(*id, e)))
+        };
+        if let Err(e) = synced {
+            self.state.epoch.fetch_add(1, Ordering::AcqRel);
+            self.state.note_failure(&e);
+            let first = current.iter().find_map(|m| match m {
+                ToSync::Written(w) => Some((w.records[0].seq, w.at)),
+                ToSync::Barrier(_) => None,
+            });
+            if let Some(first) = first {
+                *self.state.rewind.lock().expect("rewind lock") = Some(first);
+            }
+            let why = e.to_string();
+            for m in current {
+                match m {
+                    ToSync::Written(w) => refuse_with(w, &e, &why),
+                    ToSync::Barrier(reply) => {
+                        let _ = reply.send(Err(same_error(&e, &why)));
                     }
                 }
-                continue;
             }
-            for w in groups.drain(..) {
-                let last = w.records.last().expect("groups are not empty").seq;
-                self.tip.store(last.0, Ordering::Release);
-                for (reply, appended) in w.accepted {
-                    reply(Ok(appended));
+            return;
+        }
+        let mut tip = None;
+        for m in current {
+            match m {
+                ToSync::Written(w) => {
+                    let last = w.records.last().expect("groups are not empty").seq;
+                    self.state.tip.store(last.0, Ordering::Release);
+                    tip = Some(last);
+                    for (reply, appended) in w.accepted {
+                        reply(Ok(appended));
+                    }
+                    if let Some(hook) = &mut self.on_commit {
+                        hook(&w.records);
+                    }
                 }
-                if let Some(hook) = &mut self.on_commit {
-                    hook(&w.records);
-                }
-            }
-            if let Err(e) = self.index.maybe_write_segment(&self.tree) {
-                *self.poisoned.lock().expect("poison flag") =
-                    Some(format!("writing a per-file index segment: {e}"));
-            }
-        }
-    }
-
-    fn make_durable(&mut self) -> Result<()> {
-        if self.durability == Durability::Buffered {
-            return Ok(());
-        }
-        // Every group handed over so far is applied to sled: one flush writes them all.
-        self.db.flush()?;
-        if self.durability != Durability::Sync {
-            return Ok(());
-        }
-        // The committer's sled flush ended in sync_file_range, which neither writes the file's metadata
-        // (its grown size) nor flushes the drive's cache: fdatasync does both.
-        self.data_file
-            .sync_data()
-            .map_err(Error::io("fdatasync of the log"))?;
-        self.sync_new_blobs()
-    }
-
-    /// sled writes values too big for a log segment into `blobs/`, one file each, and never
-    /// syncs them; a durable record pointing at a lost blob would be a corrupt log.
-    fn sync_new_blobs(&mut self) -> Result<()> {
-        sync_blobs(&self.blobs_dir, &mut self.synced_blobs)
-    }
-}
-
-/// `fdatasync`s every file in sled's `blobs/` not in `synced`, then the directory if any
-/// was new; `synced` becomes the set of files present.
-/// What the sync thread knows of sled's `blobs/` dir: the files it already synced, and the
-/// dir's mtime at the last listing.
-#[derive(Default)]
-pub(crate) struct BlobsSynced {
-    names: HashSet<OsString>,
-    /// The dir's mtime when it was last listed, and the wall-clock time of that listing.
-    listed: Option<(SystemTime, SystemTime)>,
-}
-
-/// How long a dir's mtime must have been still before a listing trusts it: creating a file
-/// sets the mtime to the (coarse, a few ms) current time, so a file created after a listing
-/// taken this long after the last change always moves the mtime.
-const MTIME_SETTLE: Duration = Duration::from_secs(2);
-
-/// `fdatasync`s every file in `blobs_dir` not synced before (sled writes blobs with no sync
-/// of its own), then the dir if any was new.
-///
-/// Listing the dir at every group commit costs a `getdents` per commit, growing with the
-/// number of blobs; so if the dir's mtime has not moved since a listing taken well after its
-/// last change, nothing was added and the listing is skipped (the "racy mtime" guard of
-/// `MTIME_SETTLE` keeps a same-tick creation from hiding).
-pub(crate) fn sync_blobs(blobs_dir: &std::path::Path, known: &mut BlobsSynced) -> Result<()> {
-    let mtime = match std::fs::metadata(blobs_dir).and_then(|m| m.modified()) {
-        Ok(m) => Some(m),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(_) => None,
-    };
-    if let (Some(now), Some((then, listed_at))) = (mtime, known.listed) {
-        if now == then && then + MTIME_SETTLE <= listed_at {
-            return Ok(());
-        }
-    }
-    let listed_at = SystemTime::now();
-    let entries = match std::fs::read_dir(blobs_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("listing sled's blobs")(e)),
-    };
-    let mut present = HashSet::new();
-    let mut synced_any = false;
-    for entry in entries {
-        let entry = entry.map_err(Error::io("listing sled's blobs"))?;
-        let name = entry.file_name();
-        if !known.names.contains(&name) {
-            match File::open(entry.path()).and_then(|f| f.sync_data()) {
-                Ok(()) => synced_any = true,
-                // Collected by sled between the listing and the open: nothing to keep.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(Error::io(format!(
-                        "syncing blob {}",
-                        entry.path().display()
-                    ))(e))
+                ToSync::Barrier(reply) => {
+                    let _ = reply.send(Ok(()));
                 }
             }
         }
-        present.insert(name);
+        if let Some(tip) = tip {
+            self.state.set_health(Health::Writable);
+            if let Some(durable) = &self.durable {
+                let _ = durable.send(tip);
+            }
+        }
     }
-    if synced_any {
-        sync_dir(blobs_dir)?;
-    }
-    known.names = present;
-    known.listed = mtime.map(|m| (m, listed_at));
-    Ok(())
 }
 
-#[cfg(test)]
-mod blob_tests {
-    use super::*;
+fn refuse(w: Written, why: &str) {
+    for (reply, _) in w.accepted {
+        reply(Err(Error::Io {
+            context: why.to_string(),
+            source: std::io::ErrorKind::Other.into(),
+        }));
+    }
+}
 
-    #[test]
-    fn a_quiet_blobs_dir_is_not_listed_again_and_a_new_blob_is_always_seen() {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs = dir.path().join("blobs");
-        std::fs::create_dir(&blobs).unwrap();
-        std::fs::write(blobs.join("1"), b"a").unwrap();
-        // Make the dir look quiet for a while.
-        let past = SystemTime::now() - Duration::from_secs(60);
-        File::open(&blobs).unwrap().set_modified(past).unwrap();
-        let mut known = BlobsSynced::default();
-        sync_blobs(&blobs, &mut known).unwrap();
-        assert_eq!(known.names.len(), 1);
-        let listed = known.listed;
-        assert!(listed.is_some());
-        // Nothing changed: the listing is skipped (its record is untouched).
-        sync_blobs(&blobs, &mut known).unwrap();
-        assert_eq!(known.listed, listed);
-        // A new blob moves the mtime: it is listed and synced.
-        std::fs::write(blobs.join("2"), b"b").unwrap();
-        sync_blobs(&blobs, &mut known).unwrap();
-        assert_eq!(known.names.len(), 2, "the new blob was seen");
-        // Listed right after a change: not trusted yet, so the next call lists again.
-        std::fs::write(blobs.join("3"), b"c").unwrap();
-        sync_blobs(&blobs, &mut known).unwrap();
-        assert_eq!(known.names.len(), 3);
+fn refuse_with(w: Written, e: &Error, why: &str) {
+    for (reply, _) in w.accepted {
+        reply(Err(same_error(e, why)));
     }
 }

@@ -4,10 +4,14 @@
 //! ```text
 //! DIR/
 //!   LOCK           held (flock, exclusive) by the process that owns the dir; holds its pid
-//!   log/           the sled database: the event log, the indexes, where each body lies
-//!   bodies/        the snapshot bodies, in append-only segment files (see `bodies.rs`)
+//!   segments/      the log: append-only segment files, the truth (`seglog.rs`), and the
+//!                  base once retention has removed old segments (`base.rs`)
+//!   index-N/       sled: what can be derived from the segments, rebuilt when it cannot be
+//!                  used (`index.rs`)
 //!   checkpoints/   the core's state at some sequence numbers (see `checkpoint.rs`)
 //! ```
+//! A dir written before format 4 has `log/` (sled) and `bodies/` instead of `segments/`;
+//! it is migrated at its first open (`migrate.rs`).
 //!
 //! The lock is taken with a non-blocking `flock`, so a second `cbd` or a `cbctl` pointed at
 //! a running daemon's dir fails at once with [`Error::Locked`] instead of hanging; the kernel
@@ -70,9 +74,7 @@ impl DataDir {
             .and_then(|()| lock.rewind())
             .and_then(|()| writeln!(lock, "{}", std::process::id()))
             .map_err(not_writable)?;
-        for sub in ["log", "checkpoints"] {
-            fs::create_dir_all(path.join(sub)).map_err(not_writable)?;
-        }
+        fs::create_dir_all(path.join("checkpoints")).map_err(not_writable)?;
         let dir = DataDir {
             path: path.to_owned(),
             _lock: lock,
@@ -86,19 +88,20 @@ impl DataDir {
         Ok(dir)
     }
 
+    /// True if `path` holds a cb log: its segments, or the sled log of a format before 4
+    /// (which an open migrates).
+    pub fn holds_log(path: &Path) -> bool {
+        path.join("segments").is_dir() || crate::legacy::present(path)
+    }
+
     /// The dir itself.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The sled database.
-    pub fn log_path(&self) -> PathBuf {
-        self.path.join("log")
-    }
-
-    /// The snapshot bodies' segment files (`bodies.rs`).
-    pub fn bodies_path(&self) -> PathBuf {
-        self.path.join("bodies")
+    /// The log's segment files.
+    pub fn segments_path(&self) -> PathBuf {
+        self.path.join("segments")
     }
 
     /// Where checkpoints are written.

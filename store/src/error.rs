@@ -52,12 +52,21 @@ pub enum Error {
         /// The sequence number looked up.
         seq: Seq,
     },
+    /// The disk has no room for the append: nothing of it was appended. Appends are tried
+    /// again as they come, so the store takes them once space is freed.
+    #[error("disk full: {context}")]
+    DiskFull {
+        /// What could not be written, and what the OS said.
+        context: String,
+    },
+    /// The index (sled) cannot answer: it failed and is being rebuilt from the log.
+    #[error("the log's index is unavailable ({0}); it is rebuilt from the log")]
+    IndexUnavailable(String),
     /// Input the store refuses; nothing was appended for it.
     #[error("{0}")]
     Rejected(String),
-    /// An earlier write failed after it reached sled, so what is on disk is unknown; the
-    /// store accepts no more appends until it is reopened (which recovers to the last flush).
-    #[error("the store stopped accepting appends after a failed write: {0}")]
+    /// The store cannot take appends at all (a thread it needs is gone).
+    #[error("the store stopped accepting appends: {0}")]
     Poisoned(String),
     /// The store is shutting down.
     #[error("the store is closed")]

@@ -1,60 +1,883 @@
-//! The per-file index: which records concern one file, without scanning the log.
+//! The derived index: where each record lies in the segments, which records concern one
+//! file, and which concern one project — everything a read needs to find records without
+//! scanning the log, and nothing the log cannot give again.
 //!
-//! A sled key per record would cost a random-page insert on the durable path of every
-//! change (measured at ~7 µs each, more than the rest of an append together), so the index
-//! is built like a small LSM tree instead:
+//! It lives in sled (`DIR/index-N/`), **off the durability path**: nothing is acknowledged
+//! because sled has it, and sled is never flushed for an append. Recent records are indexed
+//! in memory (the *tails*); the index writer thread moves them into sled once they are
+//! durable, in batches, each batch with a mark saying how far sled reaches and the checksum
+//! of the record at the mark (its *anchor*):
 //!
-//! - the **tail** — file-scoped records after the last segment — is indexed in memory
-//!   ([`FileIndex::note`] after each group is written) and rebuilt at open by reading those
-//!   records (at most about [`SEGMENT_SPAN`] of them);
-//! - every [`SEGMENT_SPAN`] records the tail is written out as a **segment**: its entries
-//!   sorted by file, packed into parts of at most [`CHUNK_BUDGET`](crate::codec::CHUNK_BUDGET)
-//!   bytes, each part keyed `X` segment_first_seq first_file_key, together with the mark
-//!   `Mindexed` (the last seq the segments cover) in one atomic sled batch.
+//! - **locations** (`L` chunks of [`LOC_CHUNK`] `Loc`s, with the project entries `P` of the
+//!   same stretch), mark `Mlocated`;
+//! - **per-file** entries, as segments of [`SEGMENT_SPAN`] records sorted by file (`X`
+//!   parts; a lookup probes each segment with one range query), mark `Mindexed`;
+//! - the **kept** records of the base (`K` chunks of `(seq, Loc)`), mark `Mbase`.
 //!
-//! Segments are derived data: the batch that writes one is not synced on its own (the next
-//! group commit's flush carries it), and if a crash loses it, the tail is simply rebuilt from
-//! the older mark. A lookup reads the tail and probes each segment with one range query.
-//! A part is `CRC-32` then entries `key_len: u16, key, n: u32, n × (seq: u64, tag: u8)`.
-//!
-//! Project-scoped records (callback configuration) are rare and keep one `P` key each.
+//! Opening checks sled against the log ([`Index::open`], [`Index::verify`]): sled's files
+//! missing, unreadable, panicking or hanging in sled's open, an index of another format or
+//! base, or a mark whose anchor is not the log's record there — each means the index is
+//! rebuilt from the segments into a fresh `index-N+1`, and the old one deleted once the new
+//! one is whole. An index that is only *behind* the log is caught up from its marks. Every
+//! hit is checked against the frame it points at (its seq, its checksum) by the reader, so
+//! a stale index can never serve another record: it fails the read, and the store rebuilds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use rustc_hash::FxHashMap;
-use std::sync::Mutex;
 
-use cb_core::{FileKey, Record, Scope, Seq};
+use cb_core::{FileKey, ProjectId, Record, Scope, Seq};
 
-use crate::codec::{self, IndexTag, CHUNK_BUDGET};
+use crate::codec::{self, IndexTag};
 use crate::error::{Error, Result};
+use crate::segment::Loc;
 
-/// Records per segment: bounds the tail to rebuild at open, and the number of segments a
-/// lookup probes (one per this many records of log).
+/// Records per per-file index segment: bounds the tail rebuilt at open, and the number of
+/// segments a lookup probes (one per this many records of log).
 pub const SEGMENT_SPAN: u64 = 65_536;
+/// Locations per `L` chunk (24 bytes each: 96 KiB, inline in sled).
+pub const LOC_CHUNK: u64 = 4096;
+/// The index's own layout version: an index of another one is rebuilt, never misread.
+const INDEX_FORMAT: u32 = 1;
+/// How long sled may take to open before the index is given up and rebuilt.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
-const SEGMENT: u8 = b'X';
+/// The most bytes one per-file index part takes: under sled's inline limit (a quarter of
+/// its 512 KiB segment), so parts never become blob files of their own.
+const CHUNK_BUDGET: usize = 96 * 1024;
+
+const LOCATIONS: u8 = b'L';
+const KEPT: u8 = b'K';
+const FILE_SEGMENT: u8 = b'X';
+const FORMAT_KEY: &[u8] = b"Mformat";
+const LOCATED_KEY: &[u8] = b"Mlocated";
 const INDEXED_KEY: &[u8] = b"Mindexed";
+const BASE_KEY: &[u8] = b"Mbase";
 
-/// One file's entry: its records' seqs and what each is.
-type Entries = Vec<(Seq, IndexTag)>;
+/// One file's entries: its records' seqs and what each is.
+pub(crate) type Entries = Vec<(Seq, IndexTag)>;
 
-/// The index of file-scoped records; shared by the commit thread and readers.
-pub(crate) struct FileIndex {
-    state: Mutex<State>,
-    /// Records per segment ([`SEGMENT_SPAN`] unless a test asks for small segments).
+/// What sled says it holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) struct Marks {
+    /// Locations and project entries reach this seq; the anchor is that record's CRC.
+    pub(crate) located: Option<(Seq, u32)>,
+    /// Per-file segments reach this seq.
+    pub(crate) indexed: Seq,
+    /// The base the kept locations were built for, and its kept segment (0: no base).
+    pub(crate) base: (Seq, u32),
+}
+
+/// Where indexing resumes after an open: the group to scan from, and its first seq.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Resume {
+    pub(crate) segment: u32,
+    pub(crate) group: u64,
+    pub(crate) first_seq: Seq,
+}
+
+struct Sled {
+    db: sled::Db,
+    /// Which `index-N` this is.
+    number: u64,
+}
+
+/// The index; shared by the commit thread (which notes records as it writes them), the
+/// index writer thread (which moves durable ones into sled) and every reader.
+pub(crate) struct Index {
+    dir: PathBuf,
+    cache_capacity: u64,
+    sled: RwLock<Option<Sled>>,
+    /// Why sled was given up, while it is being replaced.
+    broken: Mutex<Option<String>>,
+    tails: Mutex<Tails>,
+    /// Recently read `L` chunks, decoded, by first seq.
+    chunks: Mutex<BTreeMap<Seq, Arc<[Loc]>>>,
     span: u64,
 }
 
-struct State {
-    /// The last seq the segments cover (0: none).
-    indexed_through: Seq,
-    /// First seqs of the segments, ascending.
-    segments: Vec<Seq>,
-    /// File-scoped records after `indexed_through` (written, perhaps not yet durable).
-    tail: FxHashMap<FileKey, Entries>,
-    /// The last seq noted.
-    noted_through: Seq,
+#[derive(Default)]
+struct Tails {
+    /// Locations (with frame CRCs) of the records after `located`, in order.
+    located: Seq,
+    locs: VecDeque<(Loc, u32)>,
+    /// The last anchor written (the CRC of record `located`).
+    anchor: u32,
+    /// Project-scoped records after `located`.
+    projects: Vec<(ProjectId, Seq, IndexTag)>,
+    /// Per-file segments cover the records up to `indexed`.
+    indexed: Seq,
+    file_segments: Vec<Seq>,
+    /// File-scoped records after `indexed`.
+    files: FxHashMap<FileKey, Entries>,
+    /// The last record noted.
+    noted: Seq,
+    /// Records at or before `base` are the kept ones (`K`); none are noted.
+    base: Seq,
+    base_segment: u32,
+}
+
+/// How many `L` chunks are kept decoded (96 KiB each).
+const CACHED_CHUNKS: usize = 64;
+
+/// Opens sled at `path` on a thread of its own: a panic inside sled's open (a damaged file
+/// it cannot recover: spacejam/sled#1387) and a hang both become an `Err`.
+fn open_sled(path: &Path, cache_capacity: u64) -> std::result::Result<sled::Db, String> {
+    let (tx, rx) = mpsc::channel();
+    let path = path.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("cb-index-open".into())
+        .spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            let opened = loop {
+                let attempt = catch_unwind(|| {
+                    sled::Config::new()
+                        .path(&path)
+                        .cache_capacity(cache_capacity)
+                        .mode(sled::Mode::HighThroughput)
+                        .open()
+                });
+                match attempt {
+                    // A handle just dropped in this process keeps sled's own file lock for a
+                    // few milliseconds (spacejam/sled#1234): wait that out.
+                    Ok(Err(sled::Error::Io(e)))
+                        if e.to_string().contains("could not acquire lock")
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    other => break other,
+                }
+            };
+            let _ = tx.send(opened);
+        });
+    if let Err(e) = spawned {
+        return Err(format!("cannot start a thread to open it: {e}"));
+    }
+    match rx.recv_timeout(OPEN_TIMEOUT) {
+        Ok(Ok(Ok(db))) => Ok(db),
+        Ok(Ok(Err(e))) => Err(format!("sled refused to open it: {e}")),
+        Ok(Err(panic)) => Err(format!(
+            "sled panicked opening it: {}",
+            panic_message(&panic)
+        )),
+        Err(_) => Err(format!(
+            "sled did not open it within {} s",
+            OPEN_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".into()
+    }
+}
+
+/// The `index-N` directories in `dir`, by number.
+fn index_dirs(dir: &Path) -> Result<BTreeMap<u64, PathBuf>> {
+    let mut found = BTreeMap::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()))(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(Error::io(format!("listing {}", dir.display())))?;
+        let name = entry.file_name();
+        if let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("index-"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            found.insert(n, entry.path());
+        }
+    }
+    Ok(found)
+}
+
+impl Index {
+    /// Opens the newest index in the data dir `dir` and reads its marks. `Err(reason)`
+    /// when there is none, or sled cannot open it, or it is not an index this build wrote:
+    /// the caller rebuilds ([`Index::fresh`]).
+    pub(crate) fn open(
+        dir: &Path,
+        cache_capacity: u64,
+        span: u64,
+    ) -> std::result::Result<(Index, Marks), String> {
+        let dirs = index_dirs(dir).map_err(|e| e.to_string())?;
+        let Some((&number, path)) = dirs.iter().next_back() else {
+            return Err("there is no index".into());
+        };
+        let db = open_sled(path, cache_capacity)?;
+        let index = Index::with(dir, cache_capacity, span, Sled { db, number });
+        let marks = index.read_marks().map_err(|e| e.to_string())?;
+        Ok((index, marks))
+    }
+
+    /// A new, empty index in `index-N+1`, replacing every other once it is whole
+    /// ([`finish_rebuild`](Self::finish_rebuild)).
+    pub(crate) fn fresh(dir: &Path, cache_capacity: u64, span: u64) -> Result<Index> {
+        let number = index_dirs(dir)?.keys().next_back().map_or(1, |n| n + 1);
+        let path = dir.join(format!("index-{number}"));
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .map_err(Error::io(format!("removing {}", path.display())))?;
+        }
+        let db = open_sled(&path, cache_capacity).map_err(|reason| {
+            Error::IndexUnavailable(format!(
+                "a new index in {} cannot be made: {reason}",
+                path.display()
+            ))
+        })?;
+        Ok(Index::with(dir, cache_capacity, span, Sled { db, number }))
+    }
+
+    fn with(dir: &Path, cache_capacity: u64, span: u64, sled: Sled) -> Index {
+        Index {
+            dir: dir.to_owned(),
+            cache_capacity,
+            sled: RwLock::new(Some(sled)),
+            broken: Mutex::new(None),
+            tails: Mutex::new(Tails::default()),
+            chunks: Mutex::new(BTreeMap::new()),
+            span: span.max(1),
+        }
+    }
+
+    /// Runs `f` on sled, turning its errors and panics into [`Error::IndexUnavailable`] and
+    /// marking the index broken (the index writer rebuilds it).
+    fn sled<T>(&self, f: impl FnOnce(&sled::Db) -> sled::Result<T>) -> Result<T> {
+        let guard = self.sled.read().expect("index lock");
+        let Some(s) = guard.as_ref() else {
+            return Err(self.unavailable());
+        };
+        match catch_unwind(AssertUnwindSafe(|| f(&s.db))) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.give_up(format!("sled: {e}"))),
+            Err(panic) => Err(self.give_up(format!("sled panicked: {}", panic_message(&panic)))),
+        }
+    }
+
+    fn unavailable(&self) -> Error {
+        let why = self.broken.lock().expect("index lock").clone();
+        Error::IndexUnavailable(why.unwrap_or_else(|| "the index is being rebuilt".into()))
+    }
+
+    /// Marks the index broken; returns the error readers get meanwhile.
+    pub(crate) fn give_up(&self, reason: String) -> Error {
+        let mut broken = self.broken.lock().expect("index lock");
+        if broken.is_none() {
+            *broken = Some(reason.clone());
+        }
+        Error::IndexUnavailable(reason)
+    }
+
+    /// Why the index is broken, if it is (the index writer rebuilds it).
+    pub(crate) fn broken(&self) -> Option<String> {
+        self.broken.lock().expect("index lock").clone()
+    }
+
+    fn read_marks(&self) -> Result<Marks> {
+        let (format, located, indexed, base) = self.sled(|db| {
+            Ok((
+                db.get(FORMAT_KEY)?,
+                db.get(LOCATED_KEY)?,
+                db.get(INDEXED_KEY)?,
+                db.get(BASE_KEY)?,
+            ))
+        })?;
+        let bad = |what: &str| Error::IndexUnavailable(format!("its {what} mark is unreadable"));
+        match format.as_deref() {
+            Some(f) if f == INDEX_FORMAT.to_le_bytes() => {}
+            Some(_) => return Err(bad("format")),
+            None => return Err(Error::IndexUnavailable("it was never finished".into())),
+        }
+        let located = match located.as_deref() {
+            None => None,
+            Some(v) if v.len() == 12 => Some((
+                Seq(u64::from_le_bytes(v[..8].try_into().expect("8"))),
+                u32::from_le_bytes(v[8..].try_into().expect("4")),
+            )),
+            Some(_) => return Err(bad("location")),
+        };
+        let indexed = match indexed.as_deref() {
+            None => Seq(0),
+            Some(v) => Seq(u64::from_le_bytes(
+                v.try_into().map_err(|_| bad("per-file"))?,
+            )),
+        };
+        let base = match base.as_deref() {
+            None => (Seq(0), 0),
+            Some(v) if v.len() == 12 => (
+                Seq(u64::from_le_bytes(v[..8].try_into().expect("8"))),
+                u32::from_le_bytes(v[8..].try_into().expect("4")),
+            ),
+            Some(_) => return Err(bad("base")),
+        };
+        if indexed > located.map_or(Seq(0), |l| l.0) {
+            return Err(bad("per-file"));
+        }
+        let mut segments = Vec::new();
+        let keys: Vec<_> = self.sled(|db| {
+            db.scan_prefix([FILE_SEGMENT])
+                .keys()
+                .collect::<sled::Result<Vec<_>>>()
+        })?;
+        for key in keys {
+            let first = key
+                .get(1..9)
+                .map(|b| Seq(u64::from_be_bytes(b.try_into().expect("8 bytes"))))
+                .ok_or_else(|| bad("per-file segment"))?;
+            if segments.last() != Some(&first) && first <= indexed {
+                segments.push(first);
+            }
+        }
+        let marks = Marks {
+            located,
+            indexed,
+            base,
+        };
+        let mut tails = self.tails.lock().expect("index lock");
+        tails.located = located.map_or(Seq(0), |l| l.0);
+        tails.anchor = located.map_or(0, |l| l.1);
+        tails.indexed = indexed;
+        tails.noted = tails.located.max(base.0);
+        tails.file_segments = segments;
+        tails.base = base.0;
+        tails.base_segment = base.1;
+        Ok(marks)
+    }
+
+    /// The location of `seq` as sled has it (`None` if sled has none).
+    pub(crate) fn sled_loc(&self, seq: Seq) -> Result<Option<Loc>> {
+        self.loc_in_chunks(LOCATIONS, seq)
+    }
+
+    /// Where records resume being noted after an open that found `marks`, given the
+    /// location of the record the per-file mark (or the location mark) names; `None`: from
+    /// the log's first live record.
+    pub(crate) fn resume_point(&self, marks: &Marks) -> Result<Option<Resume>> {
+        let Some((located, _)) = marks.located else {
+            return Ok(None);
+        };
+        // The earliest record either part still needs: the one after the per-file mark,
+        // found through the group of the record before it (or the located one itself).
+        let from = if marks.indexed.0 > 0 {
+            marks.indexed
+        } else {
+            located
+        };
+        let Some(loc) = self.sled_loc(from)? else {
+            return Err(Error::IndexUnavailable(format!(
+                "it has no location for record {from}"
+            )));
+        };
+        Ok(Some(Resume {
+            segment: loc.segment,
+            group: u64::from(loc.group),
+            first_seq: Seq(0), // filled by the caller from the group's head
+        }))
+    }
+
+    /// Sets where the kept records are (the log's base), for a fresh index before the kept
+    /// segment is noted.
+    pub(crate) fn set_base(&self, base: Seq, segment: u32) {
+        let mut tails = self.tails.lock().expect("index lock");
+        tails.base = base;
+        tails.base_segment = segment;
+        tails.noted = tails.noted.max(base);
+        tails.located = tails.located.max(base);
+        tails.indexed = tails.indexed.max(Seq(0));
+    }
+
+    /// The log's base as the index knows it.
+    pub(crate) fn base(&self) -> Seq {
+        self.tails.lock().expect("index lock").base
+    }
+
+    /// Writes the kept records' locations and per-file entries (a fresh index, or a new
+    /// base): `kept` in increasing seq order. Marks the base last.
+    pub(crate) fn write_kept(&self, base: Seq, segment: u32, kept: &[(Record, Loc)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for chunk in kept.chunks(LOC_CHUNK as usize) {
+            let mut payload = Vec::with_capacity(4 + chunk.len() * (8 + Loc::BYTES));
+            payload.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+            for (record, loc) in chunk {
+                payload.extend_from_slice(&record.seq.0.to_le_bytes());
+                loc.encode_into(&mut payload);
+            }
+            batch.insert(
+                &codec::seq_key(KEPT, chunk[0].0.seq),
+                codec::raw_frame(&payload),
+            );
+        }
+        // The kept changes, as a per-file segment of their own (under the base's seq).
+        let mut files: BTreeMap<Vec<u8>, Entries> = BTreeMap::new();
+        for (record, _) in kept {
+            if let Scope::File(file) = record.scope() {
+                if let Some(tag) = IndexTag::of(&record.kind) {
+                    files
+                        .entry(file_key_bytes(file))
+                        .or_default()
+                        .push((record.seq, tag));
+                }
+            }
+        }
+        let kept_segment = Seq(0);
+        file_segment_parts(kept_segment, &files, &mut batch);
+        let mut mark = base.0.to_le_bytes().to_vec();
+        mark.extend_from_slice(&segment.to_le_bytes());
+        batch.insert(BASE_KEY, mark);
+        self.sled(|db| db.apply_batch(batch))?;
+        let mut tails = self.tails.lock().expect("index lock");
+        if !tails.file_segments.contains(&kept_segment) {
+            tails.file_segments.insert(0, kept_segment);
+        }
+        tails.base = base;
+        tails.base_segment = segment;
+        Ok(())
+    }
+
+    /// Notes records just written (perhaps not durable yet) with their locations and frame
+    /// CRCs, in log order: readers find them at once (bounded by the durable tip, which the
+    /// store enforces), and the index writer moves them into sled once durable. Parts sled
+    /// already has (after a catch-up's first group) are skipped.
+    pub(crate) fn note(&self, records: &[(Record, Loc, u32)]) {
+        let mut tails = self.tails.lock().expect("index lock");
+        for (r, loc, crc) in records {
+            if r.seq <= tails.noted && r.seq <= tails.located {
+                // Already in sled (the catch-up's first group): per-file entries may not be.
+                if r.seq > tails.indexed {
+                    note_file(&mut tails, r);
+                }
+                continue;
+            }
+            assert_eq!(
+                r.seq.0,
+                tails.noted.0 + 1,
+                "records are noted densely, in order"
+            );
+            tails.noted = r.seq;
+            tails.locs.push_back((*loc, *crc));
+            if let (Scope::Project(project), Some(tag)) = (r.scope(), IndexTag::of(&r.kind)) {
+                tails.projects.push((project.clone(), r.seq, tag));
+            }
+            if r.seq > tails.indexed {
+                note_file(&mut tails, r);
+            }
+        }
+    }
+
+    /// Forgets what was noted after `seq` (groups written and then given up).
+    pub(crate) fn truncate_after(&self, seq: Seq) {
+        let mut tails = self.tails.lock().expect("index lock");
+        if tails.noted <= seq {
+            return;
+        }
+        assert!(seq >= tails.located, "what sled has was durable");
+        let keep = (seq.0 - tails.located.0) as usize;
+        tails.locs.truncate(keep);
+        tails.projects.retain(|(_, s, _)| *s <= seq);
+        for entries in tails.files.values_mut() {
+            entries.retain(|(s, _)| *s <= seq);
+        }
+        tails.files.retain(|_, e| !e.is_empty());
+        tails.noted = seq;
+    }
+
+    /// The last record noted.
+    pub(crate) fn noted(&self) -> Seq {
+        self.tails.lock().expect("index lock").noted
+    }
+
+    /// Moves what is durable (up to `durable`) into sled: whole `L` chunks, or everything
+    /// when `all`; then a per-file segment when a span of records is located. Returns
+    /// whether anything was written.
+    pub(crate) fn spill(&self, durable: Seq, all: bool) -> Result<bool> {
+        let mut wrote = false;
+        loop {
+            let (first, payload, projects, last, crc) = {
+                let tails = self.tails.lock().expect("index lock");
+                let ready = durable
+                    .0
+                    .saturating_sub(tails.located.0)
+                    .min(tails.locs.len() as u64);
+                let n = if ready >= LOC_CHUNK {
+                    LOC_CHUNK
+                } else if all && ready > 0 {
+                    ready
+                } else {
+                    break;
+                };
+                let first = Seq(tails.located.0 + 1);
+                let last = Seq(tails.located.0 + n);
+                let mut payload = Vec::with_capacity(4 + n as usize * Loc::BYTES);
+                payload.extend_from_slice(&(n as u32).to_le_bytes());
+                for (loc, _) in tails.locs.iter().take(n as usize) {
+                    loc.encode_into(&mut payload);
+                }
+                let crc = tails.locs[n as usize - 1].1;
+                let projects: Vec<_> = tails
+                    .projects
+                    .iter()
+                    .filter(|(_, s, _)| *s <= last)
+                    .cloned()
+                    .collect();
+                (first, payload, projects, last, crc)
+            };
+            let mut batch = sled::Batch::default();
+            batch.insert(
+                &codec::seq_key(LOCATIONS, first),
+                codec::raw_frame(&payload),
+            );
+            for (project, seq, tag) in &projects {
+                batch.insert(
+                    codec::with_seq(codec::project_prefix(project), *seq),
+                    vec![*tag as u8],
+                );
+            }
+            let mut mark = last.0.to_le_bytes().to_vec();
+            mark.extend_from_slice(&crc.to_le_bytes());
+            batch.insert(LOCATED_KEY, mark);
+            self.sled(|db| db.apply_batch(batch))?;
+            let mut tails = self.tails.lock().expect("index lock");
+            let n = (last.0 - first.0 + 1) as usize;
+            tails.locs.drain(..n);
+            tails.projects.retain(|(_, s, _)| *s > last);
+            tails.located = last;
+            tails.anchor = crc;
+            wrote = true;
+        }
+        wrote |= self.spill_files(all)?;
+        Ok(wrote)
+    }
+
+    /// Writes the per-file tail up to the location mark as a segment, once it spans
+    /// `span` records (or whatever it holds, when `all`).
+    fn spill_files(&self, all: bool) -> Result<bool> {
+        let (first, last, sorted) = {
+            let tails = self.tails.lock().expect("index lock");
+            let last = tails.located;
+            let spans = last.0.saturating_sub(tails.indexed.0);
+            if spans == 0 || (spans < self.span && !all) {
+                return Ok(false);
+            }
+            let sorted: BTreeMap<Vec<u8>, Entries> = tails
+                .files
+                .iter()
+                .filter_map(|(f, e)| {
+                    let upto: Entries = e.iter().copied().filter(|(s, _)| *s <= last).collect();
+                    (!upto.is_empty()).then(|| (file_key_bytes(f), upto))
+                })
+                .collect();
+            (Seq(tails.indexed.0 + 1), last, sorted)
+        };
+        let mut batch = sled::Batch::default();
+        file_segment_parts(first, &sorted, &mut batch);
+        batch.insert(INDEXED_KEY, &last.0.to_le_bytes());
+        self.sled(|db| db.apply_batch(batch))?;
+        let mut tails = self.tails.lock().expect("index lock");
+        if !sorted.is_empty() {
+            tails.file_segments.push(first);
+        }
+        tails.indexed = last;
+        for entries in tails.files.values_mut() {
+            entries.retain(|(seq, _)| *seq > last);
+        }
+        tails.files.retain(|_, entries| !entries.is_empty());
+        Ok(true)
+    }
+
+    /// Makes what sled holds durable (a finished rebuild, or a clean shutdown), and marks
+    /// the index as this build's.
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.sled(|db| {
+            db.insert(FORMAT_KEY, &INDEX_FORMAT.to_le_bytes())?;
+            db.flush()
+        })?;
+        Ok(())
+    }
+
+    /// After a rebuild into a fresh index: flush it and remove every older `index-N`.
+    pub(crate) fn finish_rebuild(&self) -> Result<()> {
+        self.flush()?;
+        self.remove_older()
+    }
+
+    /// Removes every `index-N` but this one.
+    pub(crate) fn remove_older(&self) -> Result<()> {
+        let number = match self.sled.read().expect("index lock").as_ref() {
+            Some(s) => s.number,
+            None => return Ok(()),
+        };
+        for (n, path) in index_dirs(&self.dir)? {
+            if n != number {
+                std::fs::remove_dir_all(&path).map_err(Error::io(format!(
+                    "removing the old index {}",
+                    path.display()
+                )))?;
+            }
+        }
+        crate::dir::sync_dir(&self.dir)
+    }
+
+    /// Takes the place of this index's sled and tails with `rebuilt`'s, which covers the
+    /// log up to `through`; what this one noted after `through` is kept.
+    pub(crate) fn adopt(&self, rebuilt: Index, through: Seq) {
+        let new_sled = rebuilt.sled.write().expect("index lock").take();
+        let new = std::mem::take(&mut *rebuilt.tails.lock().expect("index lock"));
+        let mut tails = self.tails.lock().expect("index lock");
+        let mut merged = new;
+        // Locations: the rebuilt tail ends at `through`; the live one goes on past it.
+        let live_from = tails.located.0 + 1;
+        for (i, entry) in tails.locs.iter().enumerate() {
+            if live_from + i as u64 > through.0 {
+                merged.locs.push_back(*entry);
+            }
+        }
+        merged.projects.extend(
+            tails
+                .projects
+                .iter()
+                .filter(|(_, s, _)| *s > through)
+                .cloned(),
+        );
+        for (file, entries) in &tails.files {
+            let later: Vec<_> = entries
+                .iter()
+                .copied()
+                .filter(|(s, _)| *s > through)
+                .collect();
+            if !later.is_empty() {
+                merged.files.entry(file.clone()).or_default().extend(later);
+            }
+        }
+        merged.noted = tails.noted;
+        *tails = merged;
+        drop(tails);
+        self.chunks.lock().expect("index lock").clear();
+        let old = std::mem::replace(&mut *self.sled.write().expect("index lock"), new_sled);
+        // A broken sled may hang in its own threads when dropped: leak it instead (its
+        // files are removed with its directory; the process lets go of them at exit).
+        std::mem::forget(old);
+        *self.broken.lock().expect("index lock") = None;
+    }
+
+    /// Where record `seq` lies: in memory for recent records, else in sled. `None` if
+    /// the index has no such record.
+    pub(crate) fn loc(&self, seq: Seq) -> Result<Option<Loc>> {
+        {
+            let tails = self.tails.lock().expect("index lock");
+            if seq.0 == 0 || seq > tails.noted {
+                return Ok(None);
+            }
+            if seq <= tails.base {
+                drop(tails);
+                return self.kept_loc(seq);
+            }
+            if seq > tails.located {
+                let i = (seq.0 - tails.located.0 - 1) as usize;
+                return Ok(tails.locs.get(i).map(|(loc, _)| *loc));
+            }
+        }
+        self.loc_in_chunks(LOCATIONS, seq)
+    }
+
+    fn loc_in_chunks(&self, prefix: u8, seq: Seq) -> Result<Option<Loc>> {
+        if prefix == LOCATIONS {
+            let cached = self.chunks.lock().expect("index lock");
+            if let Some((first, locs)) = cached.range(..=seq).next_back() {
+                if let Some(loc) = locs.get((seq.0 - first.0) as usize) {
+                    return Ok(Some(*loc));
+                }
+            }
+        }
+        let found = self.sled(|db| {
+            db.range(codec::seq_key(prefix, Seq(0))..=codec::seq_key(prefix, seq))
+                .next_back()
+                .transpose()
+        })?;
+        let Some((key, value)) = found else {
+            return Ok(None);
+        };
+        let first = codec::seq_of_key(&key)
+            .ok_or_else(|| self.give_up("a location key without a seq".into()))?;
+        let payload = codec::raw_unframe(&value)
+            .map_err(|r| self.give_up(format!("location chunk {first}: {r}")))?;
+        let count = payload
+            .first_chunk::<4>()
+            .map(|c| u32::from_le_bytes(*c) as usize)
+            .ok_or_else(|| self.give_up(format!("location chunk {first} is empty")))?;
+        let entries = &payload[4..];
+        if prefix == KEPT {
+            if entries.len() != count * (8 + Loc::BYTES) {
+                return Err(self.give_up(format!("kept chunk {first} has the wrong length")));
+            }
+            let found = entries
+                .chunks_exact(8 + Loc::BYTES)
+                .map(|e| {
+                    (
+                        Seq(u64::from_le_bytes(e[..8].try_into().expect("8"))),
+                        Loc::decode(&e[8..]),
+                    )
+                })
+                .find(|(s, _)| *s == seq)
+                .map(|(_, loc)| loc);
+            return Ok(found);
+        }
+        if entries.len() != count * Loc::BYTES {
+            return Err(self.give_up(format!("location chunk {first} has the wrong length")));
+        }
+        let locs: Arc<[Loc]> = entries.chunks_exact(Loc::BYTES).map(Loc::decode).collect();
+        let found = locs.get((seq.0 - first.0) as usize).copied();
+        let mut cached = self.chunks.lock().expect("index lock");
+        if cached.len() >= CACHED_CHUNKS {
+            cached.pop_first();
+        }
+        cached.insert(first, locs);
+        Ok(found)
+    }
+
+    /// Where kept record `seq` lies (`None`: not kept).
+    pub(crate) fn kept_loc(&self, seq: Seq) -> Result<Option<Loc>> {
+        self.loc_in_chunks(KEPT, seq)
+    }
+
+    /// Every indexed record of `file`, in order (kept ones included).
+    pub(crate) fn file_entries(&self, file: &FileKey) -> Result<Entries> {
+        let (segments, mut tail) = self.file_snapshot(file);
+        let key = file_key_bytes(file);
+        let mut all = Vec::new();
+        for segment in segments {
+            all.extend(self.probe(segment, &key)?);
+        }
+        all.append(&mut tail);
+        Ok(all)
+    }
+
+    /// The seq of `file`'s latest change at or before `max`, newest segment first. A change
+    /// at or before the base counts only if it is kept (a forgotten file has none).
+    pub(crate) fn latest_change(&self, file: &FileKey, max: Seq) -> Result<Option<Seq>> {
+        let (segments, tail) = self.file_snapshot(file);
+        let change = |entries: &[(Seq, IndexTag)]| {
+            entries
+                .iter()
+                .rev()
+                .find(|(seq, tag)| *tag == IndexTag::Change && *seq <= max)
+                .map(|(seq, _)| *seq)
+        };
+        let mut found = change(&tail);
+        if found.is_none() {
+            let key = file_key_bytes(file);
+            for segment in segments.into_iter().rev() {
+                if let Some(seq) = change(&self.probe(segment, &key)?) {
+                    found = Some(seq);
+                    break;
+                }
+            }
+        }
+        match found {
+            Some(seq) if seq <= self.base() => Ok(self.kept_loc(seq)?.map(|_| seq)),
+            other => Ok(other),
+        }
+    }
+
+    /// The records of `project`'s scope (callback configuration), in order.
+    pub(crate) fn project_seqs(&self, project: &ProjectId) -> Result<Vec<Seq>> {
+        let prefix = codec::project_prefix(project);
+        let keys = self.sled(|db| {
+            db.scan_prefix(&prefix)
+                .keys()
+                .collect::<sled::Result<Vec<_>>>()
+        })?;
+        let mut seqs: Vec<Seq> = keys.iter().filter_map(|k| codec::seq_of_key(k)).collect();
+        let tails = self.tails.lock().expect("index lock");
+        seqs.extend(
+            tails
+                .projects
+                .iter()
+                .filter(|(p, _, _)| p == project)
+                .map(|(_, s, _)| *s),
+        );
+        Ok(seqs)
+    }
+
+    fn file_snapshot(&self, file: &FileKey) -> (Vec<Seq>, Entries) {
+        let tails = self.tails.lock().expect("index lock");
+        (
+            tails.file_segments.clone(),
+            tails.files.get(file).cloned().unwrap_or_default(),
+        )
+    }
+
+    /// `file`'s entries in one per-file segment: the part whose first key is the greatest
+    /// at or before the file's, scanned for an exact match.
+    fn probe(&self, segment: Seq, key: &[u8]) -> Result<Entries> {
+        let lo = codec::seq_key(FILE_SEGMENT, segment).to_vec();
+        let hi = part_key(segment, key);
+        let Some((_, part)) = self.sled(|db| db.range(lo..=hi).next_back().transpose())? else {
+            return Ok(Vec::new());
+        };
+        let corrupt =
+            |reason: String| self.give_up(format!("per-file index segment {segment}: {reason}"));
+        let bytes = codec::raw_unframe(&part).map_err(corrupt)?;
+        let mut at = 0;
+        let take = |at: &mut usize, n: usize| -> Result<&[u8]> {
+            let s = bytes
+                .get(*at..*at + n)
+                .ok_or_else(|| corrupt(format!("truncated at byte {at}")))?;
+            *at += n;
+            Ok(s)
+        };
+        while at < bytes.len() {
+            let len = u16::from_le_bytes(take(&mut at, 2)?.try_into().expect("2")) as usize;
+            let this = take(&mut at, len)?;
+            let n = u32::from_le_bytes(take(&mut at, 4)?.try_into().expect("4")) as usize;
+            if this != key {
+                take(&mut at, 9 * n)?;
+                continue;
+            }
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n {
+                let e = take(&mut at, 9)?;
+                let seq = Seq(u64::from_le_bytes(e[..8].try_into().expect("8")));
+                let tag = IndexTag::from_byte(e[8])
+                    .ok_or_else(|| corrupt(format!("unknown tag {}", e[8])))?;
+                out.push((seq, tag));
+            }
+            return Ok(out);
+        }
+        Ok(Vec::new())
+    }
+
+    /// The index's bytes on disk (sled's).
+    pub(crate) fn size_on_disk(&self) -> u64 {
+        self.sled(|db| db.size_on_disk()).unwrap_or(0)
+    }
+
+    /// A new index like this one (same dir and settings), for a rebuild while running.
+    pub(crate) fn fresh_sibling(&self) -> Result<Index> {
+        Index::fresh(&self.dir, self.cache_capacity, self.span)
+    }
+}
+
+fn note_file(tails: &mut Tails, r: &Record) {
+    if let (Scope::File(file), Some(tag)) = (r.scope(), IndexTag::of(&r.kind)) {
+        tails
+            .files
+            .entry(file.clone())
+            .or_default()
+            .push((r.seq, tag));
+    }
 }
 
 /// The bytes a file's entries are sorted by: `project \0 file_id`.
@@ -68,232 +891,40 @@ fn file_key_bytes(file: &FileKey) -> Vec<u8> {
 
 fn part_key(segment: Seq, first_file: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(9 + first_file.len());
-    k.extend_from_slice(&codec::seq_key(SEGMENT, segment));
+    k.extend_from_slice(&codec::seq_key(FILE_SEGMENT, segment));
     k.extend_from_slice(first_file);
     k
 }
 
-impl FileIndex {
-    /// Loads the segment list and rebuilds the tail from the records after the last
-    /// segment, up to `last`.
-    pub(crate) fn open(tree: &sled::Tree, last: Seq, span: u64) -> Result<FileIndex> {
-        let indexed_through = match tree.get(INDEXED_KEY)? {
-            Some(v) => Seq(u64::from_le_bytes(v.as_ref().try_into().map_err(|_| {
-                Error::Corrupt {
-                    seq: Seq(0),
-                    reason: "the index mark is not 8 bytes".into(),
-                }
-            })?)),
-            None => Seq(0),
-        };
-        let mut segments = Vec::new();
-        for key in tree.scan_prefix([SEGMENT]).keys() {
-            let key = key?;
-            let first = key
-                .get(1..9)
-                .map(|b| Seq(u64::from_be_bytes(b.try_into().expect("8 bytes"))))
-                .ok_or_else(|| Error::Corrupt {
-                    seq: Seq(0),
-                    reason: "an index segment key is too short".into(),
-                })?;
-            if segments.last() != Some(&first) && first <= indexed_through {
-                segments.push(first);
-            }
-        }
-        let index = FileIndex {
-            state: Mutex::new(State {
-                indexed_through,
-                segments,
-                tail: FxHashMap::default(),
-                noted_through: indexed_through,
-            }),
-            span: span.max(1),
-        };
-        let mut batch = Vec::new();
-        for record in crate::log::read_records(tree, Seq(indexed_through.0 + 1), last) {
-            // A damaged record cannot be indexed; reading it names it (Error::Corrupt), and
-            // the store still opens so the rest of the log can be read and exported.
-            let Ok(record) = record else { continue };
-            batch.push(record);
-            if batch.len() == 4096 {
-                index.note(&batch);
-                batch.clear();
-            }
-        }
-        index.note(&batch);
-        Ok(index)
-    }
-
-    /// Adds written records, in log order, to the tail. They may not be durable yet:
-    /// readers bound what they take by the durable tip.
-    pub(crate) fn note(&self, records: &[Record]) {
-        let mut state = self.state.lock().expect("index lock");
-        for r in records {
-            if let (Scope::File(file), Some(tag)) = (r.scope(), IndexTag::of(&r.kind)) {
-                state
-                    .tail
-                    .entry(file.clone())
-                    .or_default()
-                    .push((r.seq, tag));
-            }
-            state.noted_through = r.seq;
-        }
-    }
-
-    /// Writes the tail out as a segment once it spans [`SEGMENT_SPAN`] records. Called by
-    /// the sync thread after each group.
-    pub(crate) fn maybe_write_segment(&self, tree: &sled::Tree) -> Result<()> {
-        let (first, last, sorted) = {
-            let state = self.state.lock().expect("index lock");
-            if state
-                .noted_through
-                .0
-                .saturating_sub(state.indexed_through.0)
-                < self.span
-            {
-                return Ok(());
-            }
-            let sorted: BTreeMap<Vec<u8>, Entries> = state
-                .tail
-                .iter()
-                .map(|(f, e)| (file_key_bytes(f), e.clone()))
-                .collect();
-            (
-                Seq(state.indexed_through.0 + 1),
-                state.noted_through,
-                sorted,
-            )
-        };
-        let mut batch = sled::Batch::default();
-        let mut part: Vec<u8> = Vec::new();
-        let mut part_first: Option<Vec<u8>> = None;
-        for (key, entries) in &sorted {
-            let size = 2 + key.len() + 4 + 9 * entries.len();
-            if part_first.is_some() && part.len() + size > CHUNK_BUDGET {
-                let done = std::mem::take(&mut part);
-                batch.insert(
-                    part_key(first, &part_first.take().expect("set")),
-                    codec::raw_frame(&done),
-                );
-            }
-            part_first.get_or_insert_with(|| key.clone());
-            part.extend_from_slice(
-                &u16::try_from(key.len())
-                    .expect("ids are short")
-                    .to_le_bytes(),
+/// A per-file segment: entries sorted by file, packed into parts of at most
+/// [`CHUNK_BUDGET`] bytes, each keyed `X` segment first_file_key. A part is `CRC-32` then
+/// entries `key_len: u16, key, n: u32, n × (seq: u64, tag: u8)`.
+fn file_segment_parts(segment: Seq, sorted: &BTreeMap<Vec<u8>, Entries>, batch: &mut sled::Batch) {
+    let mut part: Vec<u8> = Vec::new();
+    let mut part_first: Option<Vec<u8>> = None;
+    for (key, entries) in sorted {
+        let size = 2 + key.len() + 4 + 9 * entries.len();
+        if part_first.is_some() && part.len() + size > CHUNK_BUDGET {
+            let done = std::mem::take(&mut part);
+            batch.insert(
+                part_key(segment, &part_first.take().expect("set")),
+                codec::raw_frame(&done),
             );
-            part.extend_from_slice(key);
-            part.extend_from_slice(&u32::try_from(entries.len()).expect("< 4G").to_le_bytes());
-            for (seq, tag) in entries {
-                part.extend_from_slice(&seq.0.to_le_bytes());
-                part.push(*tag as u8);
-            }
         }
-        if let Some(key) = part_first {
-            batch.insert(part_key(first, &key), codec::raw_frame(&part));
+        part_first.get_or_insert_with(|| key.clone());
+        part.extend_from_slice(
+            &u16::try_from(key.len())
+                .expect("ids are short")
+                .to_le_bytes(),
+        );
+        part.extend_from_slice(key);
+        part.extend_from_slice(&u32::try_from(entries.len()).expect("< 4G").to_le_bytes());
+        for (seq, tag) in entries {
+            part.extend_from_slice(&seq.0.to_le_bytes());
+            part.push(*tag as u8);
         }
-        batch.insert(INDEXED_KEY, &last.0.to_le_bytes());
-        tree.apply_batch(batch)?;
-
-        let mut state = self.state.lock().expect("index lock");
-        state.segments.push(first);
-        state.indexed_through = last;
-        // Records noted while the segment was built stay in the tail.
-        for entries in state.tail.values_mut() {
-            entries.retain(|(seq, _)| *seq > last);
-        }
-        state.tail.retain(|_, entries| !entries.is_empty());
-        Ok(())
     }
-
-    /// Every indexed record of `file`, in order.
-    pub(crate) fn entries(&self, tree: &sled::Tree, file: &FileKey) -> Result<Entries> {
-        let (segments, mut tail) = self.snapshot(file);
-        let key = file_key_bytes(file);
-        let mut all = Vec::new();
-        for segment in segments {
-            all.extend(probe(tree, segment, &key)?);
-        }
-        all.append(&mut tail);
-        Ok(all)
+    if let Some(key) = part_first {
+        batch.insert(part_key(segment, &key), codec::raw_frame(&part));
     }
-
-    /// The seq of `file`'s latest change at or before `max`, newest segment first.
-    pub(crate) fn latest_change(
-        &self,
-        tree: &sled::Tree,
-        file: &FileKey,
-        max: Seq,
-    ) -> Result<Option<Seq>> {
-        let (segments, tail) = self.snapshot(file);
-        let change = |entries: &[(Seq, IndexTag)]| {
-            entries
-                .iter()
-                .rev()
-                .find(|(seq, tag)| *tag == IndexTag::Change && *seq <= max)
-                .map(|(seq, _)| *seq)
-        };
-        if let Some(seq) = change(&tail) {
-            return Ok(Some(seq));
-        }
-        let key = file_key_bytes(file);
-        for segment in segments.into_iter().rev() {
-            if let Some(seq) = change(&probe(tree, segment, &key)?) {
-                return Ok(Some(seq));
-            }
-        }
-        Ok(None)
-    }
-
-    /// The segments to probe and the tail entries of `file`, taken together under the lock
-    /// so that a segment written meanwhile is neither missed nor counted twice.
-    fn snapshot(&self, file: &FileKey) -> (Vec<Seq>, Entries) {
-        let state = self.state.lock().expect("index lock");
-        (
-            state.segments.clone(),
-            state.tail.get(file).cloned().unwrap_or_default(),
-        )
-    }
-}
-
-/// `file`'s entries in one segment: the part whose first key is the greatest at or before
-/// the file's, scanned for an exact match.
-fn probe(tree: &sled::Tree, segment: Seq, key: &[u8]) -> Result<Entries> {
-    let lo = codec::seq_key(SEGMENT, segment).to_vec();
-    let Some(entry) = tree.range(lo..=part_key(segment, key)).next_back() else {
-        return Ok(Vec::new());
-    };
-    let (_, part) = entry?;
-    let corrupt = |reason: String| Error::Corrupt {
-        seq: segment,
-        reason: format!("per-file index segment {segment}: {reason}"),
-    };
-    let bytes = codec::raw_unframe(&part).map_err(corrupt)?;
-    let mut at = 0;
-    let take = |at: &mut usize, n: usize| -> Result<&[u8]> {
-        let s = bytes
-            .get(*at..*at + n)
-            .ok_or_else(|| corrupt(format!("truncated at byte {at}")))?;
-        *at += n;
-        Ok(s)
-    };
-    while at < bytes.len() {
-        let len = u16::from_le_bytes(take(&mut at, 2)?.try_into().expect("2")) as usize;
-        let this = take(&mut at, len)?;
-        let n = u32::from_le_bytes(take(&mut at, 4)?.try_into().expect("4")) as usize;
-        if this != key {
-            take(&mut at, 9 * n)?;
-            continue;
-        }
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            let e = take(&mut at, 9)?;
-            let seq = Seq(u64::from_le_bytes(e[..8].try_into().expect("8")));
-            let tag = IndexTag::from_byte(e[8])
-                .ok_or_else(|| corrupt(format!("unknown tag {}", e[8])))?;
-            out.push((seq, tag));
-        }
-        return Ok(out);
-    }
-    Ok(Vec::new())
 }

@@ -3,13 +3,10 @@
 //! have written it — every record folded by the core as it is appended, a tick whenever a
 //! deadline passes, and an outcome carrying the digest of the real payload for every
 //! attempt the core starts. Such a log replays clean, so it measures `cbctl replay` too.
-//! Also the raw sled ceiling the benchmarks compare the store with
-//! ([`sled_durable_batches`]).
 
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use cb_core::render::fixtures::seed_001_snapshot;
 use cb_core::{
@@ -17,7 +14,6 @@ use cb_core::{
     Outcome, ProjectId, Record, RecordKind, Seq, Snapshot, Timestamp,
 };
 
-use crate::error::Error;
 use crate::{Durability, Result, Store, StoreOptions};
 
 /// The project every generated file belongs to.
@@ -153,33 +149,6 @@ pub fn build_log(
         records: w.seq,
         checkpointable: Seq(w.seq.saturating_sub(10_000).max(1)),
     })
-}
-
-/// The ceiling of durable appends on this disk through sled alone: for `window`, batches of
-/// 1000 values of 1.5 KB, each applied, flushed and `fdatasync`ed, into a new sled db at
-/// `dir`. Returns values per second.
-pub fn sled_durable_batches(dir: &Path, window: Duration) -> Result<f64> {
-    let db = sled::Config::new()
-        .path(dir)
-        .mode(sled::Mode::HighThroughput)
-        .open()?;
-    let data =
-        std::fs::File::open(dir.join("db")).map_err(Error::io("opening sled's data file"))?;
-    let value = vec![7u8; 1500];
-    let (mut n, mut k, t) = (0u64, 0u64, Instant::now());
-    while t.elapsed() < window {
-        let mut batch = sled::Batch::default();
-        for _ in 0..1000 {
-            batch.insert(&k.to_be_bytes(), value.as_slice());
-            k += 1;
-        }
-        db.apply_batch(batch)?;
-        db.flush()?;
-        data.sync_data()
-            .map_err(Error::io("syncing sled's data file"))?;
-        n += 1000;
-    }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Appends stamped records in groups of 2000, folding each as the dispatcher would.

@@ -306,7 +306,6 @@ fn bench_reports_every_figure() {
             .clone()
     };
     for what in [
-        "ceiling: raw sled",
         "ceiling: raw file",
         "ceiling: plain hyper",
         "fold (cbctl replay",

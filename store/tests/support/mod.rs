@@ -41,6 +41,9 @@ pub fn options(clock: &VirtualClock, durability: Durability) -> StoreOptions {
     StoreOptions {
         durability,
         index_segment_span: 7,
+        // Small segments, so that logs of a few hundred records span several.
+        segment_bytes: 64 * 1024,
+        reserve_bytes: Some(0),
         clock: Box::new(move || clock.now()),
         cache_capacity_bytes: 16 * 1024 * 1024,
         ..StoreOptions::default()

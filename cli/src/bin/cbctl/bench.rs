@@ -204,17 +204,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
 
-    eprintln!("ceilings: raw sled, plain HTTP…");
-    let sled_ceiling = synthetic::sled_durable_batches(&root.join("raw-sled"), window)?;
+    eprintln!("ceilings: raw file, plain HTTP…");
     let file_ceiling = file_durable_ceiling(&root.join("raw-file"), window)?;
     let http_16 = runtime.block_on(http_ceiling(16, window))?;
     let http_64 = runtime.block_on(http_ceiling(64, window))?;
     for (what, v, how) in [
-        (
-            "ceiling: raw sled, batches of 1000 × 1.5 KB + flush + fdatasync",
-            sled_ceiling,
-            "one thread, sled::Db::apply_batch + flush + File::sync_data of sled's data file",
-        ),
         (
             "ceiling: raw file, 1000 × 1.5 KB appended + fdatasync",
             file_ceiling,

@@ -720,10 +720,10 @@ fn existing_data_dir(cli: &Cli, empty_is_new: bool) -> anyhow::Result<()> {
         );
     }
     let empty = || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
-    let usable = dir.join("log").is_dir() || (empty_is_new && empty());
+    let usable = cb_store::DataDir::holds_log(dir) || (empty_is_new && empty());
     if !usable {
         bail!(
-            "{} is not a cb data dir (it has no log/ inside): give the dir cbd runs on, \
+            "{} is not a cb data dir (it has no segments/ inside): give the dir cbd runs on, \
              or --server for a running daemon",
             dir.display()
         );
