@@ -38,6 +38,21 @@ pub enum Error {
         /// The format this build reads and writes.
         supported: u32,
     },
+    /// A data dir of an older format could not be migrated; the old log is left as it was.
+    #[error(
+        "data dir {path} holds a log of format {format} that could not be migrated ({reason}); \
+         it is untouched. With the cb build that wrote it, run `cbctl --data-dir {path} export \
+         > log.ndjson`, then with this one `cbctl --data-dir NEW_DIR import log.ndjson` and start \
+         cbd on NEW_DIR"
+    )]
+    Migration {
+        /// The directory.
+        path: PathBuf,
+        /// The format found.
+        format: u32,
+        /// What went wrong.
+        reason: String,
+    },
     /// A record of the log cannot be decoded or fails its checksum.
     #[error("log record {seq} is corrupt: {reason}")]
     Corrupt {

@@ -59,10 +59,59 @@ pub(crate) fn run(dir: &DataDir, segment_bytes: u64, now: Timestamp) -> Result<O
         std::fs::remove_dir_all(&staging)
             .map_err(Error::io(format!("removing {}", staging.display())))?;
     }
-    let mut old = LegacyLog::open(root)?;
+    let refuse = |format: u32, e: Error| Error::Migration {
+        path: root.to_owned(),
+        format,
+        reason: e.to_string(),
+    };
+    // sled may panic on a damaged log (spacejam/sled#1387): that is a refusal too.
+    let opened = std::panic::catch_unwind(|| LegacyLog::open(root)).unwrap_or_else(|_| {
+        Err(Error::Corrupt {
+            seq: Seq(0),
+            reason: "sled panicked opening it".into(),
+        })
+    });
+    let mut old = match opened {
+        Ok(old) => old,
+        Err(e @ Error::UnknownFormat { .. }) => return Err(e),
+        Err(e) => return Err(refuse(3, e)),
+    };
+    let from_format = old.format;
+    let copied = copy(&mut old, &staging, segment_bytes, now, &refuse);
+    drop(old);
+    let records = match copied {
+        Ok(records) => records,
+        Err(e) => {
+            // Nothing of the old log changed; the half copy goes.
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&staging, &segments).map_err(Error::io(format!(
+        "renaming {} to {}",
+        staging.display(),
+        segments.display()
+    )))?;
+    sync_dir(root)?;
+    remove_legacy(root)?;
+    Ok(Some(Migrated {
+        from_format,
+        records,
+        took: started.elapsed(),
+    }))
+}
+
+/// Writes every record of `old` into segments in `staging`, synced; returns how many.
+fn copy(
+    old: &mut LegacyLog,
+    staging: &Path,
+    segment_bytes: u64,
+    now: Timestamp,
+    refuse: &dyn Fn(u32, Error) -> Error,
+) -> Result<u64> {
     let from_format = old.format;
     let storage: Arc<dyn crate::storage::Storage> = Arc::new(
-        FsStorage::open(&staging).map_err(Error::io(format!("creating {}", staging.display())))?,
+        FsStorage::open(staging).map_err(Error::io(format!("creating {}", staging.display())))?,
     );
     let log = SegmentLog::open(storage.clone())?;
     let header = SegmentHeader {
@@ -96,7 +145,7 @@ pub(crate) fn run(dir: &DataDir, segment_bytes: u64, now: Timestamp) -> Result<O
             *through = last;
             Ok(())
         };
-    old.for_each(|record, body| {
+    let copied = old.for_each(|record, body| {
         let frame = codec::encode_record(&record);
         let payload = body.as_ref().map(encode_body);
         group.push(record.seq, &frame, payload.as_deref());
@@ -105,7 +154,8 @@ pub(crate) fn run(dir: &DataDir, segment_bytes: u64, now: Timestamp) -> Result<O
             flush(&mut group, &mut writer, &mut written_through)?;
         }
         Ok(())
-    })?;
+    });
+    copied.map_err(|e| refuse(from_format, e))?;
     flush(&mut group, &mut writer, &mut written_through)?;
     let (id, file) = writer.active();
     file.sync_data()
@@ -113,19 +163,7 @@ pub(crate) fn run(dir: &DataDir, segment_bytes: u64, now: Timestamp) -> Result<O
     storage
         .sync_dir()
         .map_err(Error::io("syncing the migrated segments"))?;
-    drop((writer, log, storage, old));
-    std::fs::rename(&staging, &segments).map_err(Error::io(format!(
-        "renaming {} to {}",
-        staging.display(),
-        segments.display()
-    )))?;
-    sync_dir(root)?;
-    remove_legacy(root)?;
-    Ok(Some(Migrated {
-        from_format,
-        records,
-        took: started.elapsed(),
-    }))
+    Ok(records)
 }
 
 fn remove_legacy(root: &Path) -> Result<()> {
