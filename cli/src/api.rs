@@ -317,18 +317,26 @@ async fn append(api: &Api, inputs: Vec<Input>) -> Result<cb_store::Appended, Api
         .map_err(|e| ApiError::store(&e))
 }
 
+/// 200 while the log takes appends; 503 with `disk_full` or `failing` (and the reason)
+/// while it refuses them — reads still work, and cbd takes appends again by itself once
+/// the disk does.
 fn healthz(api: &Api) -> Result<Response<Body>, ApiError> {
     let store = api.handle.store();
-    match store.poisoned() {
-        None => Ok(json_response(
+    let last_seq = store.last_seq().map(|s| s.0);
+    Ok(match store.health() {
+        cb_store::Health::Writable => json_response(
             StatusCode::OK,
-            &json!({"status": "ok", "last_seq": store.last_seq().map(|s| s.0)}),
-        )),
-        Some(reason) => Ok(json_response(
+            &json!({"status": "ok", "last_seq": last_seq}),
+        ),
+        cb_store::Health::DiskFull(reason) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "failing", "detail": reason}),
-        )),
-    }
+            &json!({"status": "disk_full", "detail": reason, "last_seq": last_seq}),
+        ),
+        cb_store::Health::Failing(reason) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "failing", "detail": reason, "last_seq": last_seq}),
+        ),
+    })
 }
 
 async fn metrics(api: &Api) -> Result<Response<Body>, ApiError> {
@@ -358,8 +366,14 @@ async fn metrics(api: &Api) -> Result<Response<Body>, ApiError> {
     // Set here too: the driver sets it as it folds, and after a restart it has folded
     // nothing new yet.
     m.folded_seq.set(folded.map_or(0, |s| s.0 as i64));
-    m.log_seq
-        .set(api.handle.store().last_seq().map_or(0, |s| s.0 as i64));
+    let store = api.handle.store();
+    m.log_seq.set(store.last_seq().map_or(0, |s| s.0 as i64));
+    m.base_seq.set(store.base().map_or(0, |b| b.seq.0 as i64));
+    if let Ok(usage) = store.disk_usage() {
+        m.log_bytes.set(usage.log_bytes as i64);
+        m.index_bytes.set(usage.index_bytes as i64);
+        m.free_bytes.set(usage.free_bytes as i64);
+    }
     let lag = census
         .next_deadline
         .map_or(0.0, |d| now.0.saturating_sub(d.0) as f64 / 1000.0);
@@ -551,11 +565,14 @@ async fn fold_file(api: &Api, file: &FileKey) -> Result<FileHistory, ApiError> {
     // The records and the fold off the async workers: a file with a long history takes a while.
     let folded = tokio::task::spawn_blocking(move || {
         let records = store.file_records(&key)?;
-        let has_file_records = records
+        // After retention a file may have only its kept change, before the base.
+        let start = store.file_start(&key)?;
+        let known = records
             .iter()
-            .any(|r| matches!(r.scope(), cb_core::Scope::File(_)));
+            .any(|r| matches!(r.scope(), cb_core::Scope::File(_)))
+            || start.as_ref().is_some_and(|s| s.version.is_some());
         Ok::<_, cb_store::Error>(
-            has_file_records.then(|| FileHistory::fold(&key, records, Some(now))),
+            known.then(|| FileHistory::fold_from(&key, start, records, Some(now))),
         )
     })
     .await

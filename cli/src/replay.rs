@@ -53,6 +53,8 @@ pub struct Summary {
     pub ignored: u64,
     /// The last record folded.
     pub last_seq: Option<u64>,
+    /// The log's base, when the audit started from it (retention removed what was before).
+    pub base: Option<u64>,
     /// Every divergence, in log order.
     pub divergences: Vec<Divergence>,
 }
@@ -255,6 +257,26 @@ impl Audit {
             summary: Summary::default(),
             effects: Vec::new(),
         }
+    }
+
+    /// An audit that starts from the log's base (after retention removed older history):
+    /// the core's state there, whose attempts in flight count as decided — their outcomes
+    /// come after the base and are checked like any other (not counted as started here).
+    pub fn from_base(state: cb_core::Checkpoint) -> Audit {
+        let mut audit = Audit::new();
+        audit.summary.base = state.last_seq.map(|s| s.0);
+        audit.core = Core::from_checkpoint(state);
+        for a in audit.core.in_flight() {
+            audit.decided.insert(
+                (a.machine, a.delivery, a.attempt),
+                Decided {
+                    version: a.version,
+                    callback: a.callback,
+                    redeliver: a.redeliver,
+                },
+            );
+        }
+        audit
     }
 
     /// The checks and changed files ready so far (hand them to [`check`]).

@@ -66,6 +66,81 @@ pub struct Args {
     /// Log format: text or json [default: text].
     #[arg(long, env = "CBD_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Keep history this long: a number with s, m, h or d, or `forever` [default: 30d].
+    /// Older segments are removed once a checkpoint covers them; the latest change of
+    /// every file is kept.
+    #[arg(long, env = "CBD_RETAIN", value_name = "DURATION", value_parser = retain)]
+    pub retain: Option<Retain>,
+    /// Keep at most this much log: a number with KiB, MiB or GiB, or plain bytes [default:
+    /// no limit]. With --retain too, whichever removes more applies.
+    #[arg(long, env = "CBD_RETAIN_BYTES", value_name = "SIZE", value_parser = size)]
+    pub retain_bytes: Option<u64>,
+    /// Write removed history here first, as zstd-compressed NDJSON that `cbctl import`
+    /// reads.
+    #[arg(long, env = "CBD_ARCHIVE_DIR", value_name = "DIR")]
+    pub archive_dir: Option<PathBuf>,
+    /// Space of one log segment, the unit in which the log grows and retention removes it
+    /// [default: 64MiB].
+    #[arg(long, env = "CBD_SEGMENT_BYTES", value_name = "SIZE", value_parser = size)]
+    pub segment_bytes: Option<u64>,
+}
+
+/// How long history is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retain {
+    /// Never removed.
+    Forever,
+    /// Removed once older than this.
+    For(Duration),
+}
+
+/// `--retain`: `forever`, or a number with `s`, `m`, `h` or `d` (`30d`, `12h`).
+pub fn retain(s: &str) -> Result<Retain, String> {
+    if s.trim() == "forever" {
+        return Ok(Retain::Forever);
+    }
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: give a number with s, m, h or d (30d), or forever"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => {
+            return Err(format!(
+                "{s:?}: give a number with s, m, h or d (30d), or forever"
+            ))
+        }
+    };
+    if secs == 0 {
+        return Err(format!("{s:?}: history kept for no time at all; give forever to keep it all, or a positive duration"));
+    }
+    Ok(Retain::For(Duration::from_secs(secs)))
+}
+
+/// A size: a number with `KiB`, `MiB` or `GiB`, or plain bytes.
+pub fn size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: give a number with KiB, MiB or GiB, or plain bytes"))?;
+    let scale = match unit.trim() {
+        "" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{s:?}: give a number with KiB, MiB or GiB, or plain bytes"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// How log lines look.
@@ -113,6 +188,10 @@ struct FileSettings {
     max_in_flight_per_origin: Option<usize>,
     shutdown_grace_secs: Option<u64>,
     log_format: Option<LogFormat>,
+    retain: Option<String>,
+    retain_bytes: Option<String>,
+    archive_dir: Option<PathBuf>,
+    segment_bytes: Option<String>,
 }
 
 /// Resolved settings.
@@ -140,6 +219,10 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// What the log keeps.
+    pub retention: cb_store::Retention,
+    /// Space of one log segment.
+    pub segment_bytes: u64,
 }
 
 /// Why the settings are unusable.
@@ -212,7 +295,38 @@ impl Settings {
                     .unwrap_or(10),
             ),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            retention: {
+                let retain = match args.retain {
+                    Some(r) => r,
+                    None => file_value("retain", file.retain, retain)?
+                        .unwrap_or(Retain::For(Duration::from_secs(30 * 86_400))),
+                };
+                let max_bytes = match args.retain_bytes {
+                    Some(b) => Some(b),
+                    None => file_value("retain_bytes", file.retain_bytes, size)?,
+                };
+                cb_store::Retention {
+                    max_age: match retain {
+                        Retain::Forever => None,
+                        Retain::For(d) => Some(d),
+                    },
+                    max_bytes,
+                    archive_dir: args.archive_dir.or(file.archive_dir),
+                    ..cb_store::Retention::default()
+                }
+            },
+            segment_bytes: match args.segment_bytes {
+                Some(b) => b,
+                None => file_value("segment_bytes", file.segment_bytes, size)?
+                    .unwrap_or(cb_store::SEGMENT_BYTES),
+            },
         };
+        if s.segment_bytes < 64 * 1024 || s.segment_bytes > cb_store::MAX_SEGMENT_BYTES {
+            return Err(SettingsError::Invalid(format!(
+                "segment_bytes must be between 64KiB and 4GiB, not {}",
+                s.segment_bytes
+            )));
+        }
         if s.max_in_flight == 0 || s.max_in_flight_per_origin == 0 {
             return Err(SettingsError::Invalid(
                 "max_in_flight and max_in_flight_per_origin must be at least 1".into(),
@@ -249,8 +363,21 @@ impl Settings {
             mail_from: self.mail_from.clone(),
         };
         o.shutdown_grace = self.shutdown_grace;
+        o.segment_bytes = self.segment_bytes;
+        o.retention = Some(self.retention.clone());
         o
     }
+}
+
+/// A TOML value parsed as its flag is.
+fn file_value<T>(
+    key: &str,
+    value: Option<String>,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, SettingsError> {
+    value
+        .map(|v| parse(&v).map_err(|e| SettingsError::Invalid(format!("{key}: {e}"))))
+        .transpose()
 }
 
 fn read_file(path: &Path) -> Result<FileSettings, SettingsError> {
@@ -313,6 +440,60 @@ mod tests {
         std::fs::write(&path, "listen = \"localhost:9003\"\n").unwrap();
         let args = Args::try_parse_from(["cbd", "--config", path.to_str().unwrap()]).unwrap();
         assert_eq!(Settings::resolve(args).unwrap().listen.port(), 9003);
+    }
+
+    #[test]
+    fn retention_and_sizes_read_as_documented() {
+        let s = Settings::resolve(Args::default()).unwrap();
+        assert_eq!(s.retention.max_age, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(s.retention.max_bytes, None);
+        assert_eq!(s.segment_bytes, 64 << 20);
+        let args = Args::try_parse_from([
+            "cbd",
+            "--retain",
+            "12h",
+            "--retain-bytes",
+            "10GiB",
+            "--segment-bytes",
+            "1MiB",
+        ])
+        .unwrap();
+        let s = Settings::resolve(args).unwrap();
+        assert_eq!(s.retention.max_age, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(s.retention.max_bytes, Some(10 << 30));
+        assert_eq!(s.segment_bytes, 1 << 20);
+        let args = Args::try_parse_from(["cbd", "--retain", "forever"]).unwrap();
+        assert_eq!(Settings::resolve(args).unwrap().retention.max_age, None);
+        for bad in ["30", "3w", "d", "0s", "-1d"] {
+            assert!(
+                Args::try_parse_from(["cbd", "--retain", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        for bad in ["10GB", "MiB", "1.5MiB"] {
+            assert!(
+                Args::try_parse_from(["cbd", "--retain-bytes", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cbd.toml");
+        std::fs::write(&path, "retain = \"7d\"\nretain_bytes = \"512MiB\"\nsegment_bytes = \"16MiB\"\narchive_dir = \"/var/lib/cb/archive\"\n").unwrap();
+        let args = Args::try_parse_from(["cbd", "--config", path.to_str().unwrap()]).unwrap();
+        let s = Settings::resolve(args).unwrap();
+        assert_eq!(s.retention.max_age, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(s.retention.max_bytes, Some(512 << 20));
+        assert_eq!(s.segment_bytes, 16 << 20);
+        assert_eq!(
+            s.retention.archive_dir,
+            Some(PathBuf::from("/var/lib/cb/archive"))
+        );
+        std::fs::write(&path, "retain = \"soon\"\n").unwrap();
+        let args = Args::try_parse_from(["cbd", "--config", path.to_str().unwrap()]).unwrap();
+        let e = Settings::resolve(args).unwrap_err().to_string();
+        assert!(e.contains("retain") && e.contains("soon"), "{e}");
+        let args = Args::try_parse_from(["cbd", "--segment-bytes", "1KiB"]).unwrap();
+        assert!(Settings::resolve(args).is_err());
     }
 
     #[test]

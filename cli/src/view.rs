@@ -217,10 +217,16 @@ fn step(s: &Step) -> Value {
 }
 
 /// A file's history: every step with the machines after it.
+/// After retention, `base` says where the kept history begins: the log's base and the
+/// file's version there (`null` without a base).
 pub fn history(h: &FileHistory) -> Value {
     json!({
         "project": h.file.project.as_str(),
         "file_id": h.file.file_id.as_str(),
+        "base": h.base.as_ref().map(|b| json!({
+            "seq": b.seq().0,
+            "version": b.version.map(|v| v.0),
+        })),
         "steps": h.steps.iter().map(step).collect::<Vec<_>>(),
     })
 }

@@ -960,6 +960,38 @@ pub struct Checkpoint {
     pub owed_disables: Vec<(MachineKey, Seq)>,
 }
 
+impl Checkpoint {
+    /// This state as far as one file can tell: its project's callbacks, its own entry and
+    /// the disables owed for it. Folding the file's later records from here reaches the
+    /// states the whole log reaches for the file (the projection property, `fold.rs`
+    /// module docs): how a file's history starts at the log's base after retention.
+    pub fn for_file(&self, file: &FileKey) -> Checkpoint {
+        Checkpoint {
+            now: self.now,
+            last_seq: self.last_seq,
+            ignored: 0,
+            projects: self
+                .projects
+                .iter()
+                .filter(|(p, _)| *p == file.project)
+                .cloned()
+                .collect(),
+            files: self
+                .files
+                .iter()
+                .filter(|(f, _)| f == file)
+                .cloned()
+                .collect(),
+            owed_disables: self
+                .owed_disables
+                .iter()
+                .filter(|(m, _)| m.file == *file)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
 /// Where `callback`'s machine is among a file's `machines` (sorted by callback), or would go.
 fn machine_pos(machines: &Machines, callback: &CallbackRef) -> Result<usize, usize> {
     machines.binary_search_by(|(r, _)| r.cmp(callback))

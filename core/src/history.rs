@@ -8,7 +8,7 @@
 //! `GET /v1/files/…/history`, `cbctl history` and `cbctl rewind` are views of this.
 
 use crate::effect::Effect;
-use crate::fold::{Core, Disposition};
+use crate::fold::{Checkpoint, Core, Disposition};
 use crate::ids::{CallbackRef, FileKey, Seq, Timestamp};
 use crate::machine::{Machine, StateName};
 use crate::record::{Record, RecordKind};
@@ -50,10 +50,31 @@ impl Step {
 pub struct FileHistory {
     /// The file.
     pub file: FileKey,
+    /// Where the fold started, when not at the log's first record: the log's base (history
+    /// before it was removed by retention) and the file's version there.
+    pub base: Option<FileStart>,
     /// Every step, in order.
     pub steps: Vec<Step>,
     /// The fold's core after the last step (per-file: it knows only this file).
     pub core: Core,
+}
+
+/// Where a file's fold starts after retention removed older history: the core's state at
+/// the log's base as far as the file can tell ([`Checkpoint::for_file`]), and the file's
+/// version there (its latest change at or before the base, kept by retention).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileStart {
+    /// The state at the base.
+    pub state: Checkpoint,
+    /// The file's version at the base, if it had one.
+    pub version: Option<Seq>,
+}
+
+impl FileStart {
+    /// The base: the last record the state covers.
+    pub fn seq(&self) -> Seq {
+        self.state.last_seq.unwrap_or(Seq(0))
+    }
 }
 
 impl FileHistory {
@@ -64,10 +85,26 @@ impl FileHistory {
         records: impl IntoIterator<Item = Record>,
         until: Option<Timestamp>,
     ) -> FileHistory {
+        FileHistory::fold_from(file, None, records, until)
+    }
+
+    /// [`fold`](Self::fold), starting from the state at the log's base (`start`) instead of
+    /// the log's first record: `records` are then the ones after the base.
+    pub fn fold_from(
+        file: &FileKey,
+        start: Option<FileStart>,
+        records: impl IntoIterator<Item = Record>,
+        until: Option<Timestamp>,
+    ) -> FileHistory {
+        let core = match &start {
+            Some(s) => Core::from_checkpoint(s.state.for_file(file)),
+            None => Core::new(),
+        };
         let mut h = FileHistory {
             file: file.clone(),
+            base: start,
             steps: Vec::new(),
-            core: Core::new(),
+            core,
         };
         for record in records {
             if h.core.last_seq().is_some_and(|s| record.seq <= s) {
@@ -90,12 +127,16 @@ impl FileHistory {
     /// The file's version as of the last step: the latest change among the records folded.
     /// (The fold's core may have forgotten the file; the records have not.)
     pub fn latest_change(&self) -> Option<Seq> {
-        self.steps.iter().rev().find_map(|s| match &s.cause {
-            Cause::Record(r, _) if matches!(r.kind, RecordKind::ChangeAppended { .. }) => {
-                Some(r.seq)
-            }
-            _ => None,
-        })
+        self.steps
+            .iter()
+            .rev()
+            .find_map(|s| match &s.cause {
+                Cause::Record(r, _) if matches!(r.kind, RecordKind::ChangeAppended { .. }) => {
+                    Some(r.seq)
+                }
+                _ => None,
+            })
+            .or_else(|| self.base.as_ref().and_then(|b| b.version))
     }
 
     fn fire_deadlines_until(&mut self, to: Timestamp) {

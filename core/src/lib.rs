@@ -65,7 +65,7 @@ pub use digest::Digest;
 pub use effect::{Attempt, Effect};
 pub use event::{EventKind, EventSet, UnknownEvent};
 pub use fold::{Census, Checkpoint, Core, Disposition, FileEntry, Ignored, Machines};
-pub use history::{Cause, FileHistory, Step};
+pub use history::{Cause, FileHistory, FileStart, Step};
 pub use ids::{
     CallbackName, CallbackRef, DeliveryId, FileId, FileKey, IdError, MachineKey, ProjectId, Seq,
     Timestamp,

@@ -10,6 +10,12 @@
 //! appends a `Ticked` when the wall clock passes [`Core::next_deadline`], and after a restart
 //! performs [`Core::in_flight`] again and appends [`Core::owed_disables`].
 //!
+//! **When the log refuses a record** (a full disk: `cb_store::Error::DiskFull`, or another
+//! I/O error), the driver does not stop: a record it owes the log (an attempt's outcome, a
+//! disable) is kept and appended again every [`RETRY_REFUSED`] until the log takes it, a
+//! refused tick is simply tried again, and **no attempt starts** while an outcome could not
+//! be recorded — the core's attempts wait in the driver until the log takes records again.
+//!
 //! Others read the core through [`Handle::query`]: a closure run on the driver's task once
 //! the core has folded everything durable when the query was made (read-your-writes for an
 //! API client whose append was acknowledged).
@@ -48,6 +54,10 @@ pub struct DispatcherOptions {
     /// The least time between two ticks the driver appends: bounds tick records when many
     /// machines have deadlines a few milliseconds apart, at the cost of that much delay.
     pub tick_spacing: Duration,
+    /// Space of one log segment ([`cb_store::SEGMENT_BYTES`] by default).
+    pub segment_bytes: u64,
+    /// What the log keeps; `None`: everything.
+    pub retention: Option<cb_store::Retention>,
 }
 
 impl DispatcherOptions {
@@ -60,6 +70,8 @@ impl DispatcherOptions {
             checkpoint_interval: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(10),
             tick_spacing: Duration::from_millis(10),
+            segment_bytes: cb_store::SEGMENT_BYTES,
+            retention: None,
         }
     }
 }
@@ -82,9 +94,35 @@ pub enum Error {
 type Query = Box<dyn FnOnce(&Core) + Send>;
 
 enum Command {
-    Query { min_seq: Seq, ask: Query },
+    Query {
+        min_seq: Seq,
+        ask: Query,
+    },
     Fatal(String),
     Shutdown(oneshot::Sender<()>),
+    /// The log refused records the driver owes it: they are appended again later. `outcomes`
+    /// of them are attempt outcomes (whose attempts count as in flight until recorded).
+    Refused {
+        inputs: Vec<Input>,
+        outcomes: usize,
+        why: String,
+    },
+    /// The log refused a tick.
+    TickRefused(String),
+    /// Owed records were appended.
+    Recorded,
+}
+
+/// How long the driver waits before offering the log refused records again.
+pub const RETRY_REFUSED: Duration = Duration::from_secs(1);
+
+/// True for the refusals the log recovers from by itself (space freed, a transient I/O
+/// error): the driver keeps what was refused and tries again.
+fn refused_for_now(e: &cb_store::Error) -> bool {
+    matches!(
+        e,
+        cb_store::Error::DiskFull { .. } | cb_store::Error::Io { .. }
+    )
 }
 
 /// How the rest of the daemon talks to the driver and the log. Cheap to clone.
@@ -163,10 +201,13 @@ impl Dispatcher {
             on_commit: Some(Box::new(move |records: &[Record]| {
                 let _ = records_tx.send(records.to_vec());
             })),
+            segment_bytes: options.segment_bytes,
+            retention: options.retention.clone(),
             ..StoreOptions::default()
         };
         let path = options.data_dir.clone();
         let store = blocking(move || Store::open(&path, store_options)).await??;
+        report_recovery(store.recovery());
         let restored = {
             let store = store.clone();
             blocking(move || store.restore()).await??
@@ -217,6 +258,11 @@ impl Dispatcher {
             last_checkpoint: Instant::now(),
             tick_outstanding: false,
             last_tick: None,
+            owed: Vec::new(),
+            owed_outcomes: 0,
+            deferred: VecDeque::new(),
+            blocked_since: None,
+            retrying: false,
             shutting_down: false,
             metrics,
             options,
@@ -268,6 +314,30 @@ impl Dispatcher {
     }
 }
 
+/// Says what opening the log had to do: nothing for the operator to act on, but worth a
+/// line when a torn tail was cut or the index rebuilt.
+fn report_recovery(r: &cb_store::Recovery) {
+    if let Some(m) = &r.migrated {
+        info!(
+            from_format = m.from_format,
+            records = m.records,
+            took_ms = m.took.as_millis() as u64,
+            "migrated the log to format {}",
+            cb_store::FORMAT_VERSION
+        );
+    }
+    if let Some(cut) = &r.cut {
+        warn!(segment = cut.segment, offset = cut.at, found = %cut.reason,
+              "cut a torn tail from the log: records written but never acknowledged (a crash or power loss during a write)");
+    }
+    if let Some(rebuilt) = &r.rebuilt {
+        warn!(reason = %rebuilt.reason, records = rebuilt.records, took_ms = rebuilt.took.as_millis() as u64,
+              "rebuilt the log's index from its segments");
+    } else if r.caught_up > 0 {
+        debug!(records = r.caught_up, "caught the index up with the log");
+    }
+}
+
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, Error> {
     tokio::task::spawn_blocking(f)
         .await
@@ -292,6 +362,16 @@ struct Driver {
     /// A `Ticked` was appended and has not come back yet.
     tick_outstanding: bool,
     last_tick: Option<Instant>,
+    /// Records the log refused that the driver still owes it, oldest first, and how many of
+    /// them are attempt outcomes.
+    owed: Vec<Input>,
+    owed_outcomes: usize,
+    /// Attempts the core started while their outcomes could not be recorded.
+    deferred: VecDeque<cb_core::Attempt>,
+    /// Since when the log has refused the driver's records (`None`: it takes them).
+    blocked_since: Option<Instant>,
+    /// An append of owed records is in flight.
+    retrying: bool,
     shutting_down: bool,
     metrics: Arc<Metrics>,
     options: DispatcherOptions,
@@ -343,9 +423,26 @@ impl Driver {
                         let _ = done.send(());
                         return result;
                     }
+                    Some(Command::Refused { inputs, outcomes, why }) => {
+                        self.retrying = false;
+                        self.owed.extend(inputs);
+                        self.owed_outcomes += outcomes;
+                        self.blocked(&why);
+                    }
+                    Some(Command::TickRefused(why)) => {
+                        self.tick_outstanding = false;
+                        self.blocked(&why);
+                    }
+                    Some(Command::Recorded) => {
+                        self.retrying = false;
+                        self.unblock();
+                    }
                     None => return Ok(()),
                 },
-                _ = sleep_until(wake), if wake.is_some() => self.tick(),
+                _ = sleep_until(wake), if wake.is_some() => match self.blocked_since {
+                    Some(_) => self.unblock(),
+                    None => self.tick(),
+                },
                 _ = checkpoint_timer.tick() => self.maybe_checkpoint(false),
             }
             while self.attempts.try_join_next().is_some() {}
@@ -355,7 +452,12 @@ impl Driver {
     /// When to append the next tick: the core's next deadline, in tokio time, no sooner
     /// than `tick_spacing` after the previous tick.
     fn wake_at(&self) -> Option<Instant> {
-        if self.tick_outstanding {
+        if let Some(since) = self.blocked_since {
+            // Try the log again at a steady pace, not at every deadline.
+            let tries = since.elapsed().as_millis() / RETRY_REFUSED.as_millis() + 1;
+            return Some(since + RETRY_REFUSED * tries as u32);
+        }
+        if self.tick_outstanding || self.retrying {
             return None;
         }
         let deadline = self.core.next_deadline()?;
@@ -374,8 +476,12 @@ impl Driver {
         self.last_tick = Some(Instant::now());
         let inbox = self.inbox_tx.clone();
         self.store
-            .append_then(vec![Input::Record(RecordKind::Ticked)], move |r| {
-                if let Err(e) = r {
+            .append_then(vec![Input::Record(RecordKind::Ticked)], move |r| match r {
+                Ok(_) => {}
+                Err(e) if refused_for_now(&e) => {
+                    let _ = inbox.send(Command::TickRefused(e.to_string()));
+                }
+                Err(e) => {
                     let _ = inbox.send(Command::Fatal(format!("appending a tick: {e}")));
                 }
             });
@@ -401,6 +507,10 @@ impl Driver {
         self.metrics
             .folded_seq
             .set(self.core.last_seq().map_or(0, |s| s.0 as i64));
+        if self.blocked_since.is_some() && !batch.is_empty() {
+            // Something was appended: the log may take the driver's records again.
+            self.unblock();
+        }
         self.answer_queries();
         if self.folded_since_checkpoint >= self.options.checkpoint_every_records {
             self.maybe_checkpoint(true);
@@ -422,22 +532,32 @@ impl Driver {
                     // Left in flight in the log: the next start performs it.
                     return;
                 }
+                if !self.can_record() {
+                    // Its outcome could not be recorded: it starts when the log takes records.
+                    self.deferred.push_back(attempt);
+                    self.blocked("the disk has no room for the outcomes of attempts");
+                    return;
+                }
                 self.start_attempt(attempt);
             }
             Effect::DisableCallback { machine, cause } => {
                 warn!(%machine, cause = cause.0, "receiver answered 410 Gone: disabling the callback");
+                let input = Input::Record(RecordKind::CallbackDisabled { machine, cause });
                 let inbox = self.inbox_tx.clone();
-                self.store.append_then(
-                    vec![Input::Record(RecordKind::CallbackDisabled {
-                        machine,
-                        cause,
-                    })],
-                    move |r| {
-                        if let Err(e) = r {
-                            let _ = inbox.send(Command::Fatal(format!("appending a disable: {e}")));
-                        }
-                    },
-                );
+                let kept = input.clone();
+                self.store.append_then(vec![input], move |r| match r {
+                    Ok(_) => {}
+                    Err(e) if refused_for_now(&e) => {
+                        let _ = inbox.send(Command::Refused {
+                            inputs: vec![kept],
+                            outcomes: 0,
+                            why: e.to_string(),
+                        });
+                    }
+                    Err(e) => {
+                        let _ = inbox.send(Command::Fatal(format!("appending a disable: {e}")));
+                    }
+                });
             }
             Effect::WakeAt { .. } => {
                 // The loop asks the core for its next deadline on every turn.
@@ -485,17 +605,107 @@ impl Driver {
             // attempt waiting for its group commit would put thousands of wake-ups in front
             // of the connections' I/O at every commit.
             unrecorded.begin();
-            store.append_then(
-                vec![Input::Record(RecordKind::AttemptFinished(report))],
-                move |r| {
-                    if let Err(e) = r {
-                        let _ = inbox.send(Command::Fatal(format!("appending an outcome: {e}")));
-                    }
+            let input = Input::Record(RecordKind::AttemptFinished(report));
+            let kept = input.clone();
+            store.append_then(vec![input], move |r| match r {
+                Ok(_) => {
                     metrics.in_flight.dec();
                     unrecorded.end();
-                },
-            );
+                }
+                // Kept by the driver and appended again: until then the attempt counts as
+                // in flight, and shutdown waits for it like any other.
+                Err(e) if refused_for_now(&e) => {
+                    let _ = inbox.send(Command::Refused {
+                        inputs: vec![kept],
+                        outcomes: 1,
+                        why: e.to_string(),
+                    });
+                }
+                Err(e) => {
+                    let _ = inbox.send(Command::Fatal(format!("appending an outcome: {e}")));
+                    metrics.in_flight.dec();
+                    unrecorded.end();
+                }
+            });
         });
+    }
+
+    /// True if an attempt started now could have its outcome recorded.
+    fn can_record(&self) -> bool {
+        self.blocked_since.is_none() && self.owed.is_empty() && self.store.writable()
+    }
+
+    /// The log refused a record of the driver's: say so once, and try again later.
+    fn blocked(&mut self, why: &str) {
+        if self.blocked_since.is_none() {
+            warn!(
+                reason = %why,
+                owed = self.owed.len(),
+                "the log refuses records: attempts wait, and refused records are offered again every second"
+            );
+            self.blocked_since = Some(Instant::now());
+            self.metrics.log_blocked.set(1);
+        }
+    }
+
+    /// Offers the owed records to the log again; once none is owed and the log can take
+    /// more, starts the attempts that waited.
+    fn unblock(&mut self) {
+        if self.retrying {
+            return;
+        }
+        if !self.owed.is_empty() {
+            self.retrying = true;
+            let inputs = std::mem::take(&mut self.owed);
+            let outcomes = std::mem::take(&mut self.owed_outcomes);
+            let kept = inputs.clone();
+            let (inbox, metrics, unrecorded) = (
+                self.inbox_tx.clone(),
+                self.metrics.clone(),
+                self.unrecorded.clone(),
+            );
+            self.store.append_then(inputs, move |r| match r {
+                Ok(_) => {
+                    for _ in 0..outcomes {
+                        metrics.in_flight.dec();
+                        unrecorded.end();
+                    }
+                    let _ = inbox.send(Command::Recorded);
+                }
+                Err(e) if refused_for_now(&e) => {
+                    let _ = inbox.send(Command::Refused {
+                        inputs: kept,
+                        outcomes,
+                        why: e.to_string(),
+                    });
+                }
+                Err(e) => {
+                    let _ = inbox.send(Command::Fatal(format!(
+                        "appending refused records again: {e}"
+                    )));
+                }
+            });
+            return;
+        }
+        if !self.store.writable() {
+            // Still no room for what the attempts would record: keep waiting.
+            self.blocked("the disk has no room for the outcomes of attempts");
+            return;
+        }
+        if let Some(since) = self.blocked_since.take() {
+            info!(
+                after_secs = since.elapsed().as_secs_f32(),
+                waiting_attempts = self.deferred.len(),
+                "the log takes records again"
+            );
+            self.metrics.log_blocked.set(0);
+        }
+        while let Some(attempt) = self.deferred.pop_front() {
+            if self.shutting_down {
+                break;
+            }
+            self.start_attempt(attempt);
+        }
     }
 
     fn maybe_checkpoint(&mut self, by_count: bool) {

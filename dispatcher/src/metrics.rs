@@ -60,6 +60,17 @@ pub struct Metrics {
     pub deadline_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Checkpoints written.
     pub checkpoints: Counter,
+    /// 1 while the log refuses the driver's records (a full disk) and attempts wait.
+    pub log_blocked: Gauge,
+    /// Bytes of the log's segments on disk (set at scrape).
+    pub log_bytes: Gauge,
+    /// Bytes of the index (sled) on disk (set at scrape).
+    pub index_bytes: Gauge,
+    /// Bytes free on the log's file system (set at scrape).
+    pub free_bytes: Gauge,
+    /// The log's base: the last seq retention removed history up to (0: none; set at
+    /// scrape).
+    pub base_seq: Gauge,
 }
 
 impl Metrics {
@@ -117,6 +128,34 @@ impl Metrics {
             "checkpoints",
             "Checkpoints written",
             self.checkpoints.clone(),
+        );
+        r.register(
+            "log_blocked",
+            "1 while the log refuses records (a full disk): attempts wait until it takes them again",
+            self.log_blocked.clone(),
+        );
+        r.register_with_unit(
+            "log",
+            "Bytes of the log's segment files on disk",
+            prometheus_client::registry::Unit::Bytes,
+            self.log_bytes.clone(),
+        );
+        r.register_with_unit(
+            "index",
+            "Bytes of the log's index (sled, rebuilt from the segments when needed) on disk",
+            prometheus_client::registry::Unit::Bytes,
+            self.index_bytes.clone(),
+        );
+        r.register_with_unit(
+            "disk_free",
+            "Bytes free on the file system that holds the log",
+            prometheus_client::registry::Unit::Bytes,
+            self.free_bytes.clone(),
+        );
+        r.register(
+            "base_seq",
+            "The log's base: history up to it was removed by retention (0: none)",
+            self.base_seq.clone(),
         );
     }
 

@@ -8,7 +8,9 @@
 //!
 //! ```text
 //! DIR/segments/BASE            "CBBASE01" seq:u64 at:u64 kept_segment:u32 checkpoint_len:u64
-//!                              anchor:u32 crc:u32   (crc of the bytes before it)
+//!                              anchor:u32 archive_len:u16 archive (UTF-8) crc:u32
+//!                              (crc of the bytes before it; archive: where retention wrote
+//!                              the removed history, empty if nowhere)
 //! DIR/segments/base-<seq>.cp   the core's state at the base (a checkpoint frame)
 //! DIR/segments/NNNNNNNN.seg    the kept segment (kind Kept) the manifest names
 //! ```
@@ -24,7 +26,8 @@ use crate::storage::Storage;
 
 const MAGIC: &[u8; 8] = b"CBBASE01";
 const MANIFEST: &str = "BASE";
-const LEN: usize = 8 + 8 + 8 + 4 + 8 + 4 + 4;
+/// The fixed part, before the archive path.
+const FIXED: usize = 8 + 8 + 8 + 4 + 8 + 4;
 
 /// True for the names the base keeps beside the segments.
 pub(crate) fn is_manifest_name(name: &str) -> bool {
@@ -36,7 +39,7 @@ pub(crate) fn checkpoint_name(seq: Seq) -> String {
 }
 
 /// The log's base.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Base {
     /// The last seq the base covers: records after it are all in live segments.
     pub seq: Seq,
@@ -48,39 +51,54 @@ pub struct Base {
     pub(crate) checkpoint_len: u64,
     /// The CRC of the base checkpoint's frame.
     pub(crate) anchor: u32,
+    /// Where the history before the base was archived, if anywhere (`--archive-dir`).
+    pub archive: Option<std::path::PathBuf>,
 }
 
 impl Base {
-    // Written by retention (`retention.rs`), which lands next.
-    #[allow(dead_code)]
-    fn encode(&self) -> [u8; LEN] {
-        let mut b = [0u8; LEN];
-        b[0..8].copy_from_slice(MAGIC);
-        b[8..16].copy_from_slice(&self.seq.0.to_le_bytes());
-        b[16..24].copy_from_slice(&self.at.0.to_le_bytes());
-        b[24..28].copy_from_slice(&self.kept_segment.to_le_bytes());
-        b[28..36].copy_from_slice(&self.checkpoint_len.to_le_bytes());
-        b[36..40].copy_from_slice(&self.anchor.to_le_bytes());
-        let crc = crc32fast::hash(&b[..40]);
-        b[40..44].copy_from_slice(&crc.to_le_bytes());
+    fn encode(&self) -> Vec<u8> {
+        let archive = self
+            .archive
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let archive = &archive.as_bytes()[..archive.len().min(u16::MAX as usize)];
+        let mut b = Vec::with_capacity(FIXED + 2 + archive.len() + 4);
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&self.seq.0.to_le_bytes());
+        b.extend_from_slice(&self.at.0.to_le_bytes());
+        b.extend_from_slice(&self.kept_segment.to_le_bytes());
+        b.extend_from_slice(&self.checkpoint_len.to_le_bytes());
+        b.extend_from_slice(&self.anchor.to_le_bytes());
+        b.extend_from_slice(&(archive.len() as u16).to_le_bytes());
+        b.extend_from_slice(archive);
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
         b
     }
 
     fn decode(b: &[u8]) -> std::result::Result<Base, String> {
-        if b.len() != LEN || &b[0..8] != MAGIC {
+        if b.len() < FIXED + 2 + 4 || &b[0..8] != MAGIC {
             return Err(format!("{} bytes, not a base manifest", b.len()));
         }
-        let crc = u32::from_le_bytes(b[40..44].try_into().expect("4"));
-        if crc32fast::hash(&b[..40]) != crc {
+        let (body, crc) = b.split_at(b.len() - 4);
+        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4")) {
             return Err("it fails its checksum".into());
         }
         let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
+        let archive_len = u16::from_le_bytes(b[FIXED..FIXED + 2].try_into().expect("2")) as usize;
+        let archive = body
+            .get(FIXED + 2..)
+            .filter(|a| a.len() == archive_len)
+            .ok_or("its archive path has the wrong length")?;
+        let archive = std::str::from_utf8(archive).map_err(|e| format!("its archive path: {e}"))?;
         Ok(Base {
             seq: Seq(u64_at(8)),
             at: Timestamp(u64_at(16)),
             kept_segment: u32::from_le_bytes(b[24..28].try_into().expect("4")),
             checkpoint_len: u64_at(28),
             anchor: u32::from_le_bytes(b[36..40].try_into().expect("4")),
+            archive: (!archive.is_empty()).then(|| archive.into()),
         })
     }
 
@@ -92,7 +110,7 @@ impl Base {
             Err(e) => return Err(Error::io("opening the base manifest")(e)),
         };
         let len = file.len().map_err(Error::io("reading the base manifest"))?;
-        let mut buf = vec![0u8; len.min(4096) as usize];
+        let mut buf = vec![0u8; len.min(1 << 17) as usize];
         file.read_exact_at(&mut buf, 0)
             .map_err(Error::io("reading the base manifest"))?;
         Base::decode(&buf)
@@ -105,13 +123,13 @@ impl Base {
 
     /// Writes `checkpoint` as this base's checkpoint, then the manifest naming it (each
     /// synced, then the directory): the switch to this base is the manifest's rename.
-    #[allow(dead_code)]
     pub(crate) fn commit(
         storage: &Arc<dyn Storage>,
         seq: Seq,
         at: Timestamp,
         kept_segment: u32,
         checkpoint: &Checkpoint,
+        archive: Option<std::path::PathBuf>,
     ) -> Result<Base> {
         let frame = codec::encode_value(checkpoint);
         let base = Base {
@@ -120,6 +138,7 @@ impl Base {
             kept_segment,
             checkpoint_len: frame.len() as u64,
             anchor: codec::frame_crc(&frame).expect("a frame has a CRC"),
+            archive,
         };
         write_whole(storage, &checkpoint_name(seq), &frame)?;
         write_whole(storage, MANIFEST, &base.encode())?;

@@ -57,6 +57,10 @@ pub(crate) enum Batch {
     /// Not records: make everything written so far durable, whatever the durability
     /// setting, then reply (with `Appended` of count 0).
     Sync,
+    /// Not records: an empty log now continues after a base imported at this seq and
+    /// time (its kept segment and manifest are written): the next record is numbered after
+    /// it, in a new segment.
+    Rebase(Seq, Timestamp),
 }
 
 impl Batch {
@@ -64,7 +68,7 @@ impl Batch {
         match self {
             Batch::Fresh(v) => v.len(),
             Batch::Stamped(v) => v.len(),
-            Batch::Sync => 0,
+            Batch::Sync | Batch::Rebase(..) => 0,
         }
     }
 }
@@ -97,15 +101,18 @@ pub(crate) struct CommitState {
     rewind: Mutex<Option<(Seq, (u32, u64))>>,
     /// Bumped with every failed sync; groups written before the bump are refused.
     epoch: AtomicU64,
+    /// Bytes the active segment has left (appends that fit need no new space).
+    pub(crate) room: AtomicU64,
 }
 
 impl CommitState {
-    pub(crate) fn new(tip: Seq) -> CommitState {
+    pub(crate) fn new(tip: Seq, room: u64) -> CommitState {
         CommitState {
             tip: AtomicU64::new(tip.0),
             health: Mutex::new(Health::Writable),
             rewind: Mutex::new(None),
             epoch: AtomicU64::new(0),
+            room: AtomicU64::new(room),
         }
     }
 
@@ -206,6 +213,7 @@ impl Committer {
                 }
             }
             self.commit(&mut group, &to_sync);
+            self.state.room.store(self.writer.room(), Ordering::Release);
         }
         drop(to_sync);
         let _ = sync_thread.join();
@@ -233,6 +241,7 @@ impl Committer {
         let mut staged_versions: FxHashMap<FileKey, Seq> = FxHashMap::default();
         let mut accepted: Vec<(Reply, Appended)> = Vec::with_capacity(group.len());
         let mut syncs = Vec::new();
+        let mut rebases = Vec::new();
         for req in group.drain(..) {
             let staged = match req.batch {
                 Batch::Fresh(items) => {
@@ -243,6 +252,10 @@ impl Committer {
                 }
                 Batch::Sync => {
                     syncs.push(req.reply);
+                    continue;
+                }
+                Batch::Rebase(base, at) => {
+                    rebases.push((base, at, req.reply));
                     continue;
                 }
             };
@@ -259,6 +272,13 @@ impl Committer {
                 self.last_at = at_before;
                 self.state.note_failure(&e);
             }
+        }
+        for (base, at, reply) in rebases {
+            reply(self.rebase(base, at).map(|()| Appended {
+                first: self.next,
+                count: 0,
+                at,
+            }));
         }
         for reply in syncs {
             let result = self.barrier(to_sync);
@@ -337,6 +357,23 @@ impl Committer {
                 reply(Err(Error::Poisoned(why.clone())));
             }
         }
+        Ok(())
+    }
+
+    /// Moves an empty log past a base at `base`: the next record is `base + 1`, written to
+    /// a new segment that starts there.
+    fn rebase(&mut self, base: Seq, at: Timestamp) -> Result<()> {
+        if self.next != Seq(1) || self.state.tip.load(Ordering::Acquire) != 0 {
+            return Err(Error::Rejected(format!(
+                "a base can be imported only into an empty log; this one goes on at {}",
+                self.next
+            )));
+        }
+        self.writer.roll(Seq(base.0 + 1), at, 0)?;
+        self.next = Seq(base.0 + 1);
+        self.last_at = self.last_at.max(at);
+        self.state.tip.store(base.0, Ordering::Release);
+        self.index.rebase(base);
         Ok(())
     }
 

@@ -399,6 +399,18 @@ impl Index {
         tails.indexed = tails.indexed.max(Seq(0));
     }
 
+    /// An empty log now continues after `base`: the next record noted is `base + 1`.
+    pub(crate) fn rebase(&self, base: Seq) {
+        let mut tails = self.tails.lock().expect("index lock");
+        assert!(
+            tails.noted.0 == 0 && tails.locs.is_empty(),
+            "only an empty log is rebased"
+        );
+        tails.noted = base;
+        tails.located = base;
+        tails.indexed = base;
+    }
+
     /// The log's base as the index knows it.
     pub(crate) fn base(&self) -> Seq {
         self.tails.lock().expect("index lock").base
@@ -407,7 +419,94 @@ impl Index {
     /// Writes the kept records' locations and per-file entries (a fresh index, or a new
     /// base): `kept` in increasing seq order. Marks the base last.
     pub(crate) fn write_kept(&self, base: Seq, segment: u32, kept: &[(Record, Loc)]) -> Result<()> {
+        self.write_kept_with(base, segment, kept, sled::Batch::default())
+    }
+
+    /// Moves the index to a new base at `base` (retention): what concerns records at or
+    /// before it goes — location chunks wholly before it, per-file segments wholly before
+    /// it, project entries before it, the old kept set — and the new kept set comes in, all
+    /// in one batch. The caller has spilled everything durable first, so both marks lie
+    /// past the base.
+    pub(crate) fn advance_base(
+        &self,
+        base: Seq,
+        segment: u32,
+        kept: &[(Record, Loc)],
+    ) -> Result<()> {
         let mut batch = sled::Batch::default();
+        let (segments, indexed) = {
+            let tails = self.tails.lock().expect("index lock");
+            assert!(
+                tails.located >= base && tails.indexed >= base,
+                "marks lie past the new base"
+            );
+            (tails.file_segments.clone(), tails.indexed)
+        };
+        let old: Vec<sled::IVec> = self.sled(|db| {
+            let mut keys = Vec::new();
+            for kv in db.scan_prefix([KEPT]) {
+                keys.push(kv?.0);
+            }
+            for kv in db.range(codec::seq_key(LOCATIONS, Seq(0))..=codec::seq_key(LOCATIONS, base))
+            {
+                let (key, value) = kv?;
+                let count = codec::raw_unframe(&value)
+                    .ok()
+                    .and_then(|p| {
+                        p.first_chunk::<4>()
+                            .map(|c| u64::from(u32::from_le_bytes(*c)))
+                    })
+                    .unwrap_or(0);
+                let first = codec::seq_of_key(&key).unwrap_or(Seq(0));
+                if first.0 + count.saturating_sub(1) <= base.0 {
+                    keys.push(key);
+                }
+            }
+            for kv in db.scan_prefix([codec::PROJECT_INDEX]) {
+                let key = kv?.0;
+                if codec::seq_of_key(&key).is_some_and(|s| s <= base) {
+                    keys.push(key);
+                }
+            }
+            // Per-file segments wholly at or before the base, and the old kept one (0).
+            for (i, first) in segments.iter().enumerate() {
+                let last = segments.get(i + 1).map_or(indexed, |next| Seq(next.0 - 1));
+                if first.0 == 0 || last <= base {
+                    for kv in db.scan_prefix(codec::seq_key(FILE_SEGMENT, *first)) {
+                        keys.push(kv?.0);
+                    }
+                }
+            }
+            Ok(keys)
+        })?;
+        for key in old {
+            batch.remove(key);
+        }
+        {
+            let mut tails = self.tails.lock().expect("index lock");
+            let indexed = tails.indexed;
+            let firsts = tails.file_segments.clone();
+            tails.file_segments = firsts
+                .iter()
+                .enumerate()
+                .filter(|(i, first)| {
+                    let last = firsts.get(i + 1).map_or(indexed, |next| Seq(next.0 - 1));
+                    first.0 != 0 && last > base
+                })
+                .map(|(_, f)| *f)
+                .collect();
+        }
+        self.chunks.lock().expect("index lock").clear();
+        self.write_kept_with(base, segment, kept, batch)
+    }
+
+    fn write_kept_with(
+        &self,
+        base: Seq,
+        segment: u32,
+        kept: &[(Record, Loc)],
+        mut batch: sled::Batch,
+    ) -> Result<()> {
         for chunk in kept.chunks(LOC_CHUNK as usize) {
             let mut payload = Vec::with_capacity(4 + chunk.len() * (8 + Loc::BYTES));
             payload.extend_from_slice(&(chunk.len() as u32).to_le_bytes());

@@ -80,6 +80,9 @@ pub struct StoreOptions {
     pub on_commit: Option<CommitHook>,
     /// Where the segments and checkpoints live; `None`: in the data dir.
     pub storage: Option<LogStorage>,
+    /// Remove old history in the background, as this says; `None` (the default, and what
+    /// `cbctl` uses): never.
+    pub retention: Option<crate::Retention>,
 }
 
 impl Default for StoreOptions {
@@ -94,6 +97,7 @@ impl Default for StoreOptions {
             clock: Box::new(wall_clock),
             on_commit: None,
             storage: None,
+            retention: None,
         }
     }
 }
@@ -177,18 +181,34 @@ pub(crate) struct Shared {
     queue: Option<Sender<Request>>,
     committer: Option<JoinHandle<()>>,
     indexer: Option<JoinHandle<()>>,
+    /// The retention thread and what stops it (dropping the sender).
+    retainer: std::sync::Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+    /// One base advance at a time.
+    pub(crate) retaining: std::sync::Mutex<()>,
+    /// The base checkpoint, once read (history views start from it).
+    pub(crate) base_state: std::sync::Mutex<Option<Arc<cb_core::Checkpoint>>>,
     pub(crate) log: Arc<SegmentLog>,
     pub(crate) index: Arc<Index>,
     pub(crate) state: Arc<CommitState>,
     pub(crate) checkpoints: Arc<dyn Storage>,
     pub(crate) base: Arc<RwLock<Option<Base>>>,
     recovery: Recovery,
+    /// What a new segment needs free: its space and the reserve.
+    segment_needs: u64,
     // Invariant: dropped last, after the threads have stopped writing.
     dir: DataDir,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        if let Some((stop, thread)) = self.retainer.lock().expect("retention lock").take() {
+            drop(stop);
+            // The retention thread may itself hold the last handle: it cannot wait for
+            // itself (it returns at once, having seen the stop).
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
         drop(self.queue.take());
         if let Some(committer) = self.committer.take() {
             let _ = committer.join();
@@ -249,7 +269,6 @@ impl Store {
         let mut recovery = recovered.report;
         recovery.migrated = migrated;
         let index = Arc::new(recovered.index);
-        let state = Arc::new(CommitState::new(recovered.tip));
         let writer = SegmentWriter::resume(
             log.clone(),
             recovered.end.0,
@@ -257,6 +276,7 @@ impl Store {
             segment_bytes,
             reserve_bytes,
         )?;
+        let state = Arc::new(CommitState::new(recovered.tip, writer.room()));
         let base = Arc::new(RwLock::new(base));
         let (durable_tx, durable_rx) = mpsc::channel();
         let indexer = {
@@ -287,20 +307,34 @@ impl Store {
             .name("cb-store-commit".into())
             .spawn(move || committer.run(inbox))
             .map_err(Error::io("starting the commit thread"))?;
-        Ok(Store {
+        let store = Store {
             shared: Arc::new(Shared {
                 queue: Some(queue),
                 committer: Some(committer),
                 indexer: Some(indexer),
+                retainer: std::sync::Mutex::new(None),
+                retaining: std::sync::Mutex::new(()),
+                base_state: std::sync::Mutex::new(None),
                 log,
                 index,
                 state,
                 checkpoints,
                 base,
                 recovery,
+                segment_needs: segment_bytes.saturating_add(reserve_bytes),
                 dir,
             }),
-        })
+        };
+        if let Some(retention) = options.retention {
+            let (stop, stopped) = mpsc::channel();
+            let weak = Arc::downgrade(&store.shared);
+            let thread = std::thread::Builder::new()
+                .name("cb-store-retention".into())
+                .spawn(move || crate::retention::run(weak, retention, stopped))
+                .map_err(Error::io("starting the retention thread"))?;
+            *store.shared.retainer.lock().expect("retention lock") = Some((stop, thread));
+        }
+        Ok(store)
     }
 
     /// The data dir.
@@ -316,7 +350,7 @@ impl Store {
 
     /// The log's base, once retention has removed older segments.
     pub fn base(&self) -> Option<Base> {
-        *self.shared.base.read().expect("base lock")
+        self.shared.base.read().expect("base lock").clone()
     }
 
     /// Whether appends are being taken (see [`Health`]).
@@ -327,6 +361,20 @@ impl Store {
             .lock()
             .expect("health lock")
             .clone()
+    }
+
+    /// True if an append can be expected to succeed now: the active segment has room for a
+    /// few more groups, or the disk has room for a new segment. The dispatcher starts no
+    /// attempt while this is false, since its outcome could not be recorded.
+    pub fn writable(&self) -> bool {
+        const ROOM: u64 = 64 * 1024;
+        self.shared.state.room.load(Ordering::Acquire) >= ROOM
+            || self
+                .shared
+                .log
+                .storage()
+                .free_bytes()
+                .is_ok_and(|free| free >= self.shared.segment_needs)
     }
 
     /// Appends `inputs` as consecutive records and returns once they are durable.
@@ -400,17 +448,14 @@ impl Store {
         }
     }
 
+    /// An empty log continues after an imported base (see [`Store::import_base`]).
+    pub(crate) fn rebase(&self, base: Seq, at: Timestamp) -> Result<()> {
+        self.wait(Batch::Rebase(base, at)).map(|_| ())
+    }
+
     /// Makes everything appended so far durable, whatever the [`Durability`].
     pub fn sync(&self) -> Result<()> {
         self.wait(Batch::Sync).map(|_| ())
-    }
-
-    /// Why appends are failing, if the last one did (they are tried again as they come).
-    pub fn poisoned(&self) -> Option<String> {
-        match self.health() {
-            Health::Writable => None,
-            Health::DiskFull(why) | Health::Failing(why) => Some(why),
-        }
     }
 
     /// The last durable record's sequence number; `None` for an empty log.
@@ -421,7 +466,7 @@ impl Store {
         }
     }
 
-    fn tip(&self) -> Seq {
+    pub(crate) fn tip(&self) -> Seq {
         Seq(self.shared.state.tip.load(Ordering::Acquire))
     }
 
@@ -555,6 +600,41 @@ impl Store {
         Ok(seqs)
     }
 
+    /// Where `file`'s fold starts when the log has a base: the state there as far as the
+    /// file can tell, and its version (its kept change). `None` without a base: the fold
+    /// starts at the log's first record.
+    pub fn file_start(&self, file: &FileKey) -> Result<Option<cb_core::FileStart>> {
+        let Some(base) = self.base() else {
+            return Ok(None);
+        };
+        let state = self.base_state(&base)?;
+        let version = self.latest_version(file)?.filter(|v| *v <= base.seq);
+        Ok(Some(cb_core::FileStart {
+            state: state.for_file(file),
+            version,
+        }))
+    }
+
+    /// The core's state at the log's base (`None` without one): where an audit of the kept
+    /// history starts.
+    pub fn base_checkpoint(&self) -> Result<Option<cb_core::Checkpoint>> {
+        match self.base() {
+            Some(base) => Ok(Some((*self.base_state(&base)?).clone())),
+            None => Ok(None),
+        }
+    }
+
+    /// The base checkpoint, read once and kept.
+    fn base_state(&self, base: &Base) -> Result<Arc<cb_core::Checkpoint>> {
+        let mut cached = self.shared.base_state.lock().expect("base lock");
+        if let Some(cp) = cached.as_ref().filter(|cp| cp.last_seq == Some(base.seq)) {
+            return Ok(cp.clone());
+        }
+        let cp = Arc::new(base.checkpoint(self.shared.log.storage())?);
+        *cached = Some(cp.clone());
+        Ok(cp)
+    }
+
     /// The records [`file_seqs`](Self::file_seqs) names, decoded.
     pub fn file_records(&self, file: &FileKey) -> Result<Vec<Record>> {
         self.file_seqs(file)?
@@ -632,7 +712,7 @@ fn run_indexer(
 fn rebuild_running(index: &Index, log: &Arc<SegmentLog>, base: &RwLock<Option<Base>>, tip: Seq) {
     let started = std::time::Instant::now();
     let reason = index.broken().unwrap_or_default();
-    let base = *base.read().expect("base lock");
+    let base = base.read().expect("base lock").clone();
     let rebuilt = (|| -> Result<(Index, u64)> {
         let fresh = index.fresh_sibling()?;
         if let Some(base) = &base {

@@ -132,6 +132,15 @@ pub enum LineKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<u64>,
     },
+    /// Not a record: the log's base (retention removed the history before it). `seq` and
+    /// `at` are the base's; the next `kept` lines are the kept changes (seqs at or before
+    /// the base), then the records after it follow densely.
+    Base {
+        /// How many kept change lines follow.
+        kept: u64,
+        /// The core's state at the base, as `cb-core` serializes it.
+        state: Box<cb_core::Checkpoint>,
+    },
 }
 
 /// An attempt's outcome, tagged by `kind`.
@@ -284,8 +293,9 @@ impl Line {
         })
     }
 
-    /// The record this line describes, and its snapshot for a change.
-    pub fn into_record(self) -> (Record, Option<Snapshot>) {
+    /// The record this line describes, and its snapshot for a change. A base line describes
+    /// no record: [`Error::Rejected`].
+    pub fn into_record(self) -> Result<(Record, Option<Snapshot>)> {
         let mut snapshot = None;
         let machine = |project, file_id, callback| MachineKey {
             file: FileKey::new(project, file_id),
@@ -359,13 +369,19 @@ impl Line {
                 callback,
                 version: version.map(Seq),
             },
+            LineKind::Base { .. } => {
+                return Err(Error::Rejected(format!(
+                    "the base line at {} describes no record",
+                    self.seq
+                )))
+            }
         };
         let record = Record {
             seq: Seq(self.seq),
             at: Timestamp(self.at),
             kind,
         };
-        (record, snapshot)
+        Ok((record, snapshot))
     }
 }
 
@@ -389,6 +405,18 @@ impl Line {
     pub fn redact(&mut self) {
         match &mut self.kind {
             LineKind::CallbackPut { callback, .. } => *callback = callback.redacted(),
+            LineKind::Base { state, .. } => {
+                for (_, slots) in &mut state.projects {
+                    for (_, slot) in slots {
+                        slot.callback = std::sync::Arc::new(slot.callback.redacted());
+                    }
+                }
+                for (_, entry) in &mut state.files {
+                    for slot in &mut entry.callbacks {
+                        slot.callback = slot.callback.redacted();
+                    }
+                }
+            }
             LineKind::Change {
                 callbacks: Some(list),
                 ..
@@ -408,7 +436,8 @@ impl Store {
         self.export_with(from, out, Credentials::Keep)
     }
 
-    /// [`Store::export`], with the log's credentials kept or redacted.
+    /// [`Store::export`], with the log's credentials kept or redacted. An export from the
+    /// log's start after retention begins with the base line and the kept changes.
     pub fn export_with(
         &self,
         from: Seq,
@@ -417,6 +446,40 @@ impl Store {
     ) -> Result<u64> {
         let mut n = 0;
         let mut buf = Vec::with_capacity(4096);
+        let mut write = |mut line: Line, out: &mut dyn Write| -> Result<()> {
+            if credentials == Credentials::Redact {
+                line.redact();
+            }
+            buf.clear();
+            serde_json::to_writer(&mut buf, &line).expect("a Line always serializes");
+            buf.push(b'\n');
+            out.write_all(&buf).map_err(Error::io("writing the export"))
+        };
+        if let Some(base) = self.base().filter(|b| from <= b.seq) {
+            let kept = crate::recover::read_kept(&self.shared.log, &base)?;
+            let state = self
+                .base_checkpoint()?
+                .expect("a log with a base has its state");
+            write(
+                Line {
+                    seq: base.seq.0,
+                    at: base.at.0,
+                    time: rfc3339(base.at),
+                    kind: LineKind::Base {
+                        kept: kept.len() as u64,
+                        state: Box::new(state),
+                    },
+                },
+                out,
+            )?;
+            for (record, _) in kept {
+                let snapshot = self
+                    .snapshot(record.seq)?
+                    .ok_or(Error::Missing { seq: record.seq })?;
+                write(Line::from_record(&record, Some(&snapshot))?, out)?;
+                n += 1;
+            }
+        }
         for record in self.records(from) {
             let record = record?;
             let snapshot = match record.kind {
@@ -426,15 +489,7 @@ impl Store {
                 ),
                 _ => None,
             };
-            let mut line = Line::from_record(&record, snapshot.as_ref())?;
-            if credentials == Credentials::Redact {
-                line.redact();
-            }
-            buf.clear();
-            serde_json::to_writer(&mut buf, &line).expect("a Line always serializes");
-            buf.push(b'\n');
-            out.write_all(&buf)
-                .map_err(Error::io("writing the export"))?;
+            write(Line::from_record(&record, snapshot.as_ref())?, out)?;
             n += 1;
         }
         out.flush().map_err(Error::io("writing the export"))?;
@@ -446,6 +501,11 @@ impl Store {
     /// skipped. A bad line stops the import with its line number; the lines before it that
     /// were appended stay (they are a valid prefix). Ends with [`Store::sync`]. Returns how
     /// many records were appended; `progress` is called with that count as it grows.
+    ///
+    /// An export taken after retention starts with a base line and the kept changes: into
+    /// an empty log they become its base ([`Store::import_base`]); into a log that already
+    /// holds the history up to the base (the archives of what retention removed, imported
+    /// first) they are skipped, and the records after the base continue it.
     pub fn import(&self, input: impl BufRead, progress: impl FnMut(u64)) -> Result<u64> {
         let result = self.import_lines(input, progress);
         // What was appended stays, and is made durable even when a later line failed.
@@ -476,6 +536,7 @@ impl Store {
         // a refusal names its line; the append checks them again for the batch.
         let mut expect = self.last_seq().map_or(1, |s| s.0 + 1);
         let mut last_at = self.last_record()?.map_or(0, |r| r.at.0);
+        let mut base = BaseImport::None;
         for (i, line) in input.lines().enumerate() {
             let number = i + 1;
             let line = line.map_err(Error::io(format!("reading line {number}")))?;
@@ -484,6 +545,53 @@ impl Store {
             }
             let parsed: Line = serde_json::from_str(&line)
                 .map_err(|e| Error::Rejected(format!("line {number}: {e}")))?;
+            if let LineKind::Base { kept, state } = parsed.kind {
+                if !matches!(base, BaseImport::None) || n > 0 || !batch.is_empty() {
+                    return Err(Error::Rejected(format!(
+                        "line {number}: a base line comes first, once"
+                    )));
+                }
+                // Into a log that reaches the base already, the base adds nothing.
+                let skip = expect == parsed.seq + 1;
+                if !skip && expect != 1 {
+                    return Err(Error::Rejected(format!(
+                        "line {number}: a base at {} does not continue this log (the next sequence number is {expect})",
+                        parsed.seq
+                    )));
+                }
+                base = BaseImport::Reading {
+                    seq: Seq(parsed.seq),
+                    state,
+                    left: kept,
+                    kept: Vec::new(),
+                    skip,
+                };
+                self.import_base_when_read(&mut base, &mut expect, &mut last_at)?;
+                continue;
+            }
+            if let BaseImport::Reading {
+                seq, left, kept, ..
+            } = &mut base
+            {
+                if parsed.seq > seq.0 || kept.last().is_some_and(|(r, _)| r.seq.0 >= parsed.seq) {
+                    return Err(Error::Rejected(format!(
+                        "line {number}: kept change {} is not after the one before it and at or before the base {seq}",
+                        parsed.seq
+                    )));
+                }
+                match parsed.into_record()? {
+                    (record, Some(snapshot)) => kept.push((record, snapshot)),
+                    (record, None) => {
+                        return Err(Error::Rejected(format!(
+                            "line {number}: record {} among the kept changes is not a change",
+                            record.seq
+                        )))
+                    }
+                }
+                *left -= 1;
+                self.import_base_when_read(&mut base, &mut expect, &mut last_at)?;
+                continue;
+            }
             if parsed.seq != expect {
                 return Err(Error::Rejected(format!(
                     "line {number}: seq {} does not continue the log: the next sequence number is {expect}",
@@ -501,16 +609,68 @@ impl Store {
             if batch.is_empty() {
                 first_line = number;
             }
-            batch.push(parsed.into_record());
+            batch.push(parsed.into_record()?);
             if batch.len() == IMPORT_BATCH {
                 n += flush(&mut batch, first_line)?;
                 progress(n);
             }
         }
+        if let BaseImport::Reading { seq, left, .. } = &base {
+            return Err(Error::Rejected(format!(
+                "the base at {seq} announced {left} more kept changes than the input holds"
+            )));
+        }
         n += flush(&mut batch, first_line)?;
         progress(n);
         Ok(n)
     }
+
+    /// Once a base line's kept changes are all read, makes them this log's base (or skips
+    /// them, when the log already reaches the base).
+    fn import_base_when_read(
+        &self,
+        base: &mut BaseImport,
+        expect: &mut u64,
+        last_at: &mut u64,
+    ) -> Result<()> {
+        if !matches!(base, BaseImport::Reading { left: 0, .. }) {
+            return Ok(());
+        }
+        let BaseImport::Reading {
+            seq,
+            state,
+            kept,
+            skip,
+            ..
+        } = std::mem::replace(base, BaseImport::Done)
+        else {
+            return Ok(());
+        };
+        if !skip {
+            self.import_base(seq, &state, kept)?;
+            *expect = seq.0 + 1;
+            *last_at = (*last_at).max(state.now.0);
+        }
+        Ok(())
+    }
+}
+
+/// Where an import stands with a base line.
+enum BaseImport {
+    /// None read.
+    None,
+    /// Read; its kept changes are being read.
+    Reading {
+        seq: Seq,
+        state: Box<cb_core::Checkpoint>,
+        /// Kept changes still to come, and those read so far.
+        left: u64,
+        kept: Vec<(Record, Snapshot)>,
+        /// The log already reaches the base: the base and its kept changes add nothing.
+        skip: bool,
+    },
+    /// Read and applied (or skipped).
+    Done,
 }
 
 /// Reads a change line's per-file callbacks, each checked by its own `Deserialize` and the

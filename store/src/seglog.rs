@@ -298,6 +298,41 @@ impl SegmentLog {
         }
     }
 
+    /// Creates a segment holding `bytes` (its header and groups), written whole: to a
+    /// temporary name, synced, renamed into place, the directory synced.
+    pub(crate) fn create_whole(&self, header: SegmentHeader, bytes: &[u8]) -> Result<Segment> {
+        let name = segment_name(header.id);
+        let tmp = format!("{name}.tmp");
+        let made = (|| -> io::Result<Arc<dyn StorageFile>> {
+            let file = self.storage.create(&tmp)?;
+            file.write_all_at(bytes, 0)?;
+            file.sync_data()?;
+            self.storage.rename(&tmp, &name)?;
+            self.storage.sync_dir()?;
+            Ok(file)
+        })();
+        match made {
+            Ok(file) => {
+                let segment = Segment { header, file };
+                self.insert(header.id, segment.clone());
+                Ok(segment)
+            }
+            Err(e) => {
+                let _ = self.storage.remove(&tmp);
+                Err(if is_disk_full(&e) {
+                    Error::DiskFull {
+                        context: format!("writing log segment {name}: {e}"),
+                    }
+                } else {
+                    Error::Io {
+                        context: format!("writing log segment {name}"),
+                        source: e,
+                    }
+                })
+            }
+        }
+    }
+
     /// Scans segment `id` from `from` (a group boundary), as [`segment::scan`] does.
     pub(crate) fn scan(
         &self,
@@ -402,6 +437,11 @@ impl SegmentWriter {
         self.log
             .get(self.id)
             .map_or(RULES_VERSION, |s| s.header.rules)
+    }
+
+    /// Bytes the active segment has left for groups.
+    pub(crate) fn room(&self) -> u64 {
+        self.capacity.saturating_sub(self.end)
     }
 
     /// True if `group` fits after the active segment's data.

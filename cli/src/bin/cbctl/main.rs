@@ -309,15 +309,18 @@ CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 export --from 100000 | gzip >
         #[arg(long)]
         redact: bool,
     },
-    /// Read an NDJSON log (FILE or stdin) into a new --data-dir.
+    /// Read NDJSON logs (FILEs in order, or stdin) into a new --data-dir.
     #[command(
-        after_help = "The first line must be seq 1 and the dir must be new; every line is validated as the API \
-would, and a bad line stops the import naming its line number.\n\n\
-Examples:\n  cbctl --data-dir /tmp/audit import cb-log.ndjson && cbctl --data-dir /tmp/audit replay"
+        after_help = "The dir must be new. The first file starts at seq 1, or with the base line of an \
+export taken after retention; each file continues the one before it. Files compressed with zstd \
+(cbd's --archive-dir writes them so) are read as they are. Every line is validated as the API \
+would, and a bad line stops the import naming its file and line number.\n\n\
+Examples:\n  cbctl --data-dir /tmp/audit import cb-log.ndjson && cbctl --data-dir /tmp/audit replay\n  \
+cbctl --data-dir /tmp/full import archive/cb-*.ndjson.zst export.ndjson   (the whole history)"
     )]
     Import {
-        /// The file; stdin if absent.
-        file: Option<PathBuf>,
+        /// The files, in log order; stdin if none.
+        files: Vec<PathBuf>,
     },
     /// Every SPEC §8 figure, measured on a temp dir beside its target and this machine's
     /// ceilings (needs cbd next to cbctl).
@@ -541,7 +544,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench::run(args.clone())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Import { file } => {
+        Command::Import { files } => {
             if cli.server.is_some() {
                 bail!("import writes a new --data-dir; it does not talk to a server");
             }
@@ -559,13 +562,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     cli.data_dir.display()
                 );
             }
-            let input: Box<dyn BufRead> = match file {
-                Some(p) => Box::new(BufReader::new(
-                    std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
-                )),
-                None => Box::new(BufReader::new(std::io::stdin())),
-            };
-            let n = store.import(input, |_| {})?;
+            let mut n = 0;
+            if files.is_empty() {
+                n += store.import(ndjson_input(Box::new(std::io::stdin()))?, |_| {})?;
+            }
+            for path in files {
+                let file = std::fs::File::open(path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                n += store
+                    .import(ndjson_input(Box::new(file))?, |_| {})
+                    .with_context(|| format!("importing {}", path.display()))?;
+            }
             eprintln!("imported {n} records into {}", cli.data_dir.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -603,13 +610,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let source = open(&cli)?;
             let key = file_key(file)?;
             let records = source.store.file_records(&key)?;
-            if records.is_empty() {
+            let start = source.store.file_start(&key)?;
+            if records.is_empty() && start.as_ref().is_none_or(|s| s.version.is_none()) {
                 bail!("no record of file {key}");
             }
-            let h = FileHistory::fold(&key, records, None);
+            let h = FileHistory::fold_from(&key, start, records, None);
             if *json {
                 outln!("{}", serde_json::to_string_pretty(&view::history(&h))?);
             } else {
+                if let Some(base) = &h.base {
+                    outln!(
+                        "kept history begins after seq {} (the log's base; its version there: {}){}",
+                        base.seq(),
+                        base.version.map_or("none".into(), |v| v.to_string()),
+                        archived_note(&source.store)
+                    );
+                }
                 print_history(&h)?;
             }
             Ok(ExitCode::SUCCESS)
@@ -705,6 +721,18 @@ fn read_input(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
             Ok(buf)
         }
     }
+}
+
+/// NDJSON from `input`, decompressed when it is zstd (cbd's archives).
+fn ndjson_input(input: Box<dyn std::io::Read>) -> anyhow::Result<Box<dyn BufRead>> {
+    let mut input = BufReader::new(input);
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    let head = input.fill_buf().context("reading the input")?;
+    if head.starts_with(&ZSTD_MAGIC) {
+        let decoder = zstd::Decoder::with_buffer(input).context("reading zstd input")?;
+        return Ok(Box::new(BufReader::new(decoder)));
+    }
+    Ok(Box::new(input))
 }
 
 /// Refuses a `--data-dir` that is not one cbd made: opening it would create a log there
@@ -924,7 +952,16 @@ pub(crate) fn audit(
             .context("starting the digest verifier threads")?;
         let mut reader = store.snapshot_reader();
         let mut verified = replay::Verified::default();
-        let mut audit = Audit::new();
+        // After retention the audit starts from the base: the state there, then the records
+        // after it.
+        let start = match &file {
+            Some(key) => store.file_start(key)?.map(|s| s.state),
+            None => store.base_checkpoint()?,
+        };
+        let mut audit = match start {
+            Some(state) => Audit::from_base(state),
+            None => Audit::new(),
+        };
         let records: Box<dyn Iterator<Item = cb_store::Result<Record>>> = match &file {
             Some(key) => match store.file_records(key) {
                 Ok(records) => Box::new(records.into_iter().map(Ok)),
@@ -1007,6 +1044,14 @@ fn next_batch(
     queue.lock().ok()?.recv().ok()
 }
 
+/// Where removed history went, for the notes that say history starts at the base.
+fn archived_note(store: &Store) -> String {
+    match store.base().and_then(|b| b.archive) {
+        Some(dir) => format!("; it is archived in {}", dir.display()),
+        None => "; it was not archived (cbd's --archive-dir was not set)".into(),
+    }
+}
+
 fn replay(
     store: &Store,
     until: Option<Point>,
@@ -1030,6 +1075,12 @@ fn replay(
         v["in_flight_at_end"] = in_flight.into();
         outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        if let Some(base) = summary.base {
+            outln!(
+                "from the log's base at seq {base} (history before it was removed by retention{})",
+                archived_note(store)
+            );
+        }
         outln!(
             "replayed {} records in {secs:.2} s ({rate:.0} records/s), up to seq {}",
             summary.records,
@@ -1196,12 +1247,27 @@ struct Payload {
 }
 
 fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Result<ExitCode> {
+    if let Some(base) = store.base() {
+        let before = match to {
+            Point::Seq(s) => s <= base.seq,
+            Point::Time(t) => t < base.at,
+        };
+        if before {
+            bail!(
+                "that point is before the log's base (seq {}): kept history begins at seq {}{}",
+                base.seq,
+                base.seq.0 + 1,
+                archived_note(store)
+            );
+        }
+    }
+    let start = store.file_start(file)?;
     let records: Vec<Record> = store
         .file_records(file)?
         .into_iter()
         .filter(|r| to.includes(r))
         .collect();
-    if records.is_empty() {
+    if records.is_empty() && start.as_ref().is_none_or(|s| s.version.is_none()) {
         bail!("no record of file {file} at or before that point");
     }
     // The time the log had reached at that point: deadlines up to it have fired. At a seq,
@@ -1214,8 +1280,16 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
             None => store.last_record()?.map(|r| r.at),
         },
     };
-    let (last_seq, last_at) = records.last().map(|r| (r.seq, r.at)).expect("not empty");
-    let h = FileHistory::fold(file, records, until);
+    let (last_seq, last_at) = match records.last() {
+        Some(r) => (r.seq, r.at),
+        None => {
+            let base = store
+                .base()
+                .expect("a file with no records after it has a base");
+            (base.seq, base.at)
+        }
+    };
+    let h = FileHistory::fold_from(file, start, records, until);
     let version = h.latest_change();
     let snapshot = match version {
         Some(v) => store.snapshot(v)?,
