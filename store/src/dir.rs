@@ -69,11 +69,18 @@ impl DataDir {
                 ))(e))
             }
         }
-        // The pid is for the operator reading the error above; it is never trusted.
-        lock.set_len(0)
-            .and_then(|()| lock.rewind())
-            .and_then(|()| writeln!(lock, "{}", std::process::id()))
-            .map_err(not_writable)?;
+        // The pid is for the operator reading the error above; it is never trusted. Written
+        // over the old one in place, padded to one size: on a full disk the file's block is
+        // reused instead of freed and asked for again.
+        let pid = format!("{:<20}\n", std::process::id());
+        let pid_written = if lock.metadata().map(|m| m.len()).unwrap_or(0) == pid.len() as u64 {
+            std::os::unix::fs::FileExt::write_all_at(&lock, pid.as_bytes(), 0)
+        } else {
+            lock.set_len(0)
+                .and_then(|()| lock.rewind())
+                .and_then(|()| lock.write_all(pid.as_bytes()))
+        };
+        pid_written.map_err(not_writable)?;
         fs::create_dir_all(path.join("checkpoints")).map_err(not_writable)?;
         let dir = DataDir {
             path: path.to_owned(),

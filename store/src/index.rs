@@ -233,10 +233,21 @@ impl Index {
                 .map_err(Error::io(format!("removing {}", path.display())))?;
         }
         let db = open_sled(&path, cache_capacity).map_err(|reason| {
-            Error::IndexUnavailable(format!(
-                "a new index in {} cannot be made: {reason}",
-                path.display()
-            ))
+            // Nothing of a half-made index is worth keeping.
+            let _ = std::fs::remove_dir_all(&path);
+            if reason.contains("os error 28") || reason.contains("No space left") {
+                Error::DiskFull {
+                    context: format!(
+                        "there is no room to build the log's index in {} ({reason}); free space and start again",
+                        path.display()
+                    ),
+                }
+            } else {
+                Error::IndexUnavailable(format!(
+                    "a new index in {} cannot be made: {reason}",
+                    path.display()
+                ))
+            }
         })?;
         Ok(Index::with(dir, cache_capacity, span, Sled { db, number }))
     }

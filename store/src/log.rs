@@ -689,6 +689,8 @@ fn run_indexer(
     durable: Receiver<Seq>,
 ) {
     let mut tip = Seq(state.tip.load(Ordering::Acquire));
+    // A failed rebuild (a full disk, most likely) is not tried again at once.
+    let mut next_rebuild = std::time::Instant::now();
     while let Ok(next) = durable.recv() {
         tip = tip.max(next);
         tip = durable.try_iter().fold(tip, Seq::max);
@@ -697,19 +699,31 @@ fn run_indexer(
                 tracing::warn!(error = %e, "the index failed: rebuilding it from the log");
             }
         }
-        if index.broken().is_some() {
-            rebuild_running(index, log, base, tip);
+        if index.broken().is_some()
+            && std::time::Instant::now() >= next_rebuild
+            && !rebuild_running(index, log, base, tip)
+        {
+            next_rebuild = std::time::Instant::now() + std::time::Duration::from_secs(30);
         }
     }
+    // Closing: write out what is in memory, so the next open has nothing to catch up. If
+    // that fails, the next open catches up or rebuilds; nothing else is tried now.
     let tip = Seq(state.tip.load(Ordering::Acquire));
-    if index.broken().is_none() && index.spill(tip, true).and_then(|_| index.flush()).is_ok() {
-        return;
+    if index.broken().is_none() {
+        if let Err(e) = index.spill(tip, true).and_then(|_| index.flush()) {
+            tracing::warn!(error = %e, "the index could not be written out; the next start catches it up or rebuilds it");
+        }
     }
-    rebuild_running(index, log, base, tip);
 }
 
-/// Rebuilds the index from the segments while the store runs, and swaps it in.
-fn rebuild_running(index: &Index, log: &Arc<SegmentLog>, base: &RwLock<Option<Base>>, tip: Seq) {
+/// Rebuilds the index from the segments while the store runs, and swaps it in; false if it
+/// could not.
+fn rebuild_running(
+    index: &Index,
+    log: &Arc<SegmentLog>,
+    base: &RwLock<Option<Base>>,
+    tip: Seq,
+) -> bool {
     let started = std::time::Instant::now();
     let reason = index.broken().unwrap_or_default();
     let base = base.read().expect("base lock").clone();
@@ -763,9 +777,11 @@ fn rebuild_running(index: &Index, log: &Arc<SegmentLog>, base: &RwLock<Option<Ba
             }
             tracing::warn!(%reason, records, took_ms = started.elapsed().as_millis() as u64,
                 "rebuilt the index from the log");
+            true
         }
         Err(e) => {
-            tracing::error!(%reason, error = %e, "rebuilding the index failed; reads that need it fail until it is rebuilt");
+            tracing::error!(%reason, error = %e, "rebuilding the index failed; reads that need it fail until it is rebuilt (tried again in 30 s)");
+            false
         }
     }
 }

@@ -11,6 +11,7 @@
 mod api;
 mod cbctl;
 mod delivery;
+mod diskfull;
 mod golden;
 mod isolation;
 mod mail;

@@ -55,6 +55,22 @@ impl Cbd {
         }
     }
 
+    /// Starts cbd on `dir`, or `None` if it exits before it serves (its stderr says why).
+    pub fn try_start_in(dir: &Path, args: &[&str]) -> Option<Cbd> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = try_spawn(dir, &args).ok()?;
+        Some(Cbd {
+            dir: dir.to_owned(),
+            addr,
+            child,
+            args,
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(30))
+                .build(),
+            _temp: None,
+        })
+    }
+
     /// SIGKILLs cbd and starts it again on the same dir with the same arguments.
     pub fn kill_and_restart(&mut self) {
         self.kill();
@@ -239,6 +255,10 @@ pub fn sigterm(child: &Child) {
 }
 
 fn spawn(dir: &Path, args: &[String]) -> (Child, SocketAddr) {
+    try_spawn(dir, args).unwrap_or_else(|log| panic!("cbd did not start:\n{log}"))
+}
+
+fn try_spawn(dir: &Path, args: &[String]) -> Result<(Child, SocketAddr), String> {
     std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
     let stderr = std::fs::OpenOptions::new()
         .create(true)
@@ -268,14 +288,16 @@ fn spawn(dir: &Path, args: &[String]) -> (Child, SocketAddr) {
             }
             _ => {
                 let _ = child.kill();
-                let log = std::fs::read_to_string(dir.with_extension("stderr")).unwrap_or_default();
-                panic!("cbd did not start:\n{log}");
+                let _ = child.wait();
+                return Err(
+                    std::fs::read_to_string(dir.with_extension("stderr")).unwrap_or_default()
+                );
             }
         }
     };
     // Keep draining stdout so cbd never blocks on it.
     std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    Ok((child, addr))
 }
 
 // ---------------------------------------------------------------------------------------
