@@ -175,9 +175,15 @@ pub(crate) struct Syncer {
     pub(crate) durability: Durability,
     pub(crate) on_commit: Option<CommitHook>,
     pub(crate) state: Arc<CommitState>,
-    /// Told the new tip after each durable batch (the index writer thread).
+    /// Told the new tip (the index writer thread), every [`NOTIFY_EVERY`] records: it has
+    /// nothing to write before a chunk's worth is durable.
     pub(crate) durable: Option<mpsc::Sender<Seq>>,
+    /// The tip the index writer was last told.
+    pub(crate) told: Seq,
 }
+
+/// Records between two wake-ups of the index writer.
+const NOTIFY_EVERY: u64 = 1024;
 
 impl Committer {
     pub(crate) fn run(mut self, queue: Receiver<Request>) {
@@ -328,18 +334,18 @@ impl Committer {
             }
         };
         let records = std::mem::take(&mut staging.records);
-        let notes: Vec<(Record, Loc, u32)> = records
-            .iter()
-            .zip(&locs)
-            .zip(&staging.crcs)
-            .map(|((r, (seq, loc)), crc)| {
-                debug_assert_eq!(r.seq, *seq);
-                (r.clone(), *loc, *crc)
-            })
-            .collect();
         // Indexed now, before the sync, so that the next group's redelivers see these
         // changes; readers never look past the durable tip.
-        self.index.note(&notes);
+        self.index.note(
+            records
+                .iter()
+                .zip(&locs)
+                .zip(&staging.crcs)
+                .map(|((r, (seq, loc)), crc)| {
+                    debug_assert_eq!(r.seq, *seq);
+                    (r, loc, *crc)
+                }),
+        );
         let (_, file) = self.writer.active();
         let written = Written {
             records,
@@ -610,8 +616,11 @@ impl Syncer {
         }
         if let Some(tip) = tip {
             self.state.set_health(Health::Writable);
-            if let Some(durable) = &self.durable {
-                let _ = durable.send(tip);
+            if tip.0 >= self.told.0 + NOTIFY_EVERY {
+                if let Some(durable) = &self.durable {
+                    let _ = durable.send(tip);
+                }
+                self.told = tip;
             }
         }
     }

@@ -561,7 +561,7 @@ impl Index {
     /// CRCs, in log order: readers find them at once (bounded by the durable tip, which the
     /// store enforces), and the index writer moves them into sled once durable. Parts sled
     /// already has (after a catch-up's first group) are skipped.
-    pub(crate) fn note(&self, records: &[(Record, Loc, u32)]) {
+    pub(crate) fn note<'a>(&self, records: impl IntoIterator<Item = (&'a Record, &'a Loc, u32)>) {
         let mut tails = self.tails.lock().expect("index lock");
         for (r, loc, crc) in records {
             if r.seq <= tails.noted && r.seq <= tails.located {
@@ -577,7 +577,7 @@ impl Index {
                 "records are noted densely, in order"
             );
             tails.noted = r.seq;
-            tails.locs.push_back((*loc, *crc));
+            tails.locs.push_back((*loc, crc));
             if let (Scope::Project(project), Some(tag)) = (r.scope(), IndexTag::of(&r.kind)) {
                 tails.projects.push((project.clone(), r.seq, tag));
             }

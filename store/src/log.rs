@@ -167,6 +167,9 @@ pub struct DiskUsage {
     pub checkpoint_bytes: u64,
     /// Free for the log's segments.
     pub free_bytes: u64,
+    /// Of `log_bytes`, the space the newest segment holds ready for groups (preallocated,
+    /// not yet written).
+    pub preallocated_bytes: u64,
 }
 
 /// The durable event log of one data dir. Cheap to clone; every clone is the same store.
@@ -300,6 +303,7 @@ impl Store {
                 on_commit: options.on_commit,
                 state: state.clone(),
                 durable: Some(durable_tx),
+                told: recovered.tip,
             }),
         };
         let (queue, inbox) = mpsc::channel();
@@ -667,6 +671,7 @@ impl Store {
                 .storage()
                 .free_bytes()
                 .map_err(Error::io("reading the free space"))?,
+            preallocated_bytes: self.shared.state.room.load(Ordering::Acquire),
         })
     }
 
@@ -758,12 +763,12 @@ fn rebuild_running(
                     records += 1;
                 }
                 if notes.len() >= crate::index::LOC_CHUNK as usize {
-                    fresh.note(&notes);
+                    fresh.note(notes.iter().map(|(r, l, c)| (r, l, *c)));
                     notes.clear();
                     fresh.spill(fresh.noted(), false)?;
                 }
             }
-            fresh.note(&notes);
+            fresh.note(notes.iter().map(|(r, l, c)| (r, l, *c)));
         }
         fresh.spill(tip, true)?;
         fresh.flush()?;

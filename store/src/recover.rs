@@ -213,7 +213,7 @@ fn recover_with(
                 notes.push((record, entry.loc, crc));
             }
             if notes.len() >= LOC_CHUNK as usize {
-                index.note(&notes);
+                index.note(notes.iter().map(|(r, l, c)| (r, l, *c)));
                 notes.clear();
                 if rebuilding.is_some() {
                     // A rebuild writes as it goes (what it reads is on disk: synced above,
@@ -224,7 +224,7 @@ fn recover_with(
             next_seq = Seq(group.head.last.0 + 1);
             Ok(())
         })?;
-        index.note(&notes);
+        index.note(notes.iter().map(|(r, l, c)| (r, l, *c)));
         notes.clear();
         scanned += index.noted().0.saturating_sub(noted_before.0);
         match scan {

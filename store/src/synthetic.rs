@@ -151,6 +151,80 @@ pub fn build_log(
     })
 }
 
+/// One sample of [`retention_run`]: changes appended so far, and the log's bytes then.
+#[derive(Clone, Copy, Debug)]
+pub struct RetentionSample {
+    /// Changes appended so far.
+    pub changes: u64,
+    /// Virtual seconds elapsed.
+    pub secs: u64,
+    /// The data dir's bytes (segments, index, checkpoints; preallocated space included).
+    pub bytes: u64,
+}
+
+/// A long run under retention, on virtual time: `changes` changes over `files` files at
+/// `per_sec` a second, into a store with `segment_bytes` segments, retention of `retain`
+/// checked every 10,000 changes. Returns a sample of the data dir's size at each check.
+pub fn retention_run(
+    dir: &Path,
+    changes: u64,
+    files: u64,
+    per_sec: u64,
+    segment_bytes: u64,
+    retain: std::time::Duration,
+) -> Result<Vec<RetentionSample>> {
+    let clock = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1_700_000_000_000));
+    let store = {
+        let clock = clock.clone();
+        Store::open(
+            dir,
+            StoreOptions {
+                durability: Durability::Buffered,
+                segment_bytes,
+                clock: Box::new(move || Timestamp(clock.load(std::sync::atomic::Ordering::Relaxed))),
+                ..StoreOptions::default()
+            },
+        )?
+    };
+    let retention = crate::Retention {
+        max_age: Some(retain),
+        max_bytes: None,
+        archive_dir: None,
+        check_every: std::time::Duration::from_secs(3600),
+    };
+    let mut samples = Vec::new();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut batch = Vec::with_capacity(100);
+    let step_ms = (1000 / per_sec.max(1)).max(1);
+    for i in 0..changes {
+        clock.fetch_add(step_ms, std::sync::atomic::Ordering::Relaxed);
+        let f = file(xorshift(&mut x) % files.max(1));
+        batch.push(crate::Input::Change(crate::Change {
+            snapshot: seed_like(&f, i),
+            file: f,
+            event: EventKind::Rated,
+            callbacks: None,
+        }));
+        if batch.len() == 100 {
+            store.append(std::mem::take(&mut batch))?;
+        }
+        if (i + 1) % 10_000 == 0 {
+            if !batch.is_empty() {
+                store.append(std::mem::take(&mut batch))?;
+            }
+            store.sync()?;
+            store.retain_now(&retention)?;
+            let u = store.disk_usage()?;
+            samples.push(RetentionSample {
+                changes: i + 1,
+                secs: (i + 1) * step_ms / 1000,
+                bytes: u.log_bytes + u.index_bytes + u.checkpoint_bytes,
+            });
+        }
+    }
+    Ok(samples)
+}
+
 /// Appends stamped records in groups of 2000, folding each as the dispatcher would.
 struct Writer {
     store: Store,

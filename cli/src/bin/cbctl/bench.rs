@@ -1,5 +1,5 @@
 //! `cbctl bench`: every SPEC §8 figure measured in one run on a temp dir, beside its target
-//! and beside this machine's ceilings measured in the same run (raw sled appends with
+//! and beside this machine's ceilings measured in the same run (raw file appends with
 //! `fdatasync`; a plain hyper client→server on loopback).
 //!
 //! The daemon figures drive a real `cbd` process (the binary next to `cbctl`) over HTTP,
@@ -275,6 +275,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         store.write_checkpoint(&core.checkpoint())?;
     }
+    bytes_per_change(&log_dir, a.changes, &mut report)?;
+    eprintln!("index rebuild from the log alone…");
+    index_rebuild(&log_dir, a.changes, &mut report)?;
     eprintln!("restart of cbd on that log…");
     let (restart, tail) = restart_time(&cbd, &log_dir)?;
     let how = format!(
@@ -302,6 +305,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         figure
     });
 
+    eprintln!("a long run under retention…");
+    retention_run(&root.join("retention"), &a, &mut report)?;
+
     // ---- the daemon over HTTP ----
     runtime.block_on(daemon_figures(
         &cbd,
@@ -318,6 +324,99 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let kept = temp.keep();
         eprintln!("kept {}", kept.display());
     }
+    Ok(())
+}
+
+/// The data dir's bytes per change of the generated log, beside the snapshot's size.
+fn bytes_per_change(dir: &Path, changes: u64, report: &mut Report) -> anyhow::Result<()> {
+    let store = Store::open(dir, buffered())?;
+    let u = store.disk_usage()?;
+    let used = u.log_bytes - u.preallocated_bytes + u.index_bytes + u.checkpoint_bytes;
+    let per_change = used as f64 / changes as f64;
+    let sample = synthetic::seed_like(&synthetic::file(0), 1);
+    let xml = cb_core::render(
+        &sample,
+        &cb_core::Callback::from_json(r#"{"url":"https://example.org/cb"}"#).map_err(anyhow::Error::msg)?,
+    )
+    .bytes
+    .len();
+    let text: usize = sample.iter().map(|(n, v)| n.len() + v.len()).sum();
+    let records = store.last_seq().map_or(0, |s| s.0);
+    let how = format!(
+        "the generated log's data dir ÷ its {changes} changes ({records} records in all: ticks and outcomes too): \
+         segments {} MB, index {} MB, checkpoints {} MB, plus {} MB preallocated for the next groups (not counted); \
+         the snapshot is {xml} bytes as getFileInfo XML, {text} bytes of names and values",
+        (u.log_bytes - u.preallocated_bytes) / 1_000_000,
+        u.index_bytes / 1_000_000,
+        u.checkpoint_bytes / 1_000_000,
+        u.preallocated_bytes / 1_000_000,
+    );
+    report.push(
+        Figure::new("bytes on disk per 1.5 KB change", per_change, "bytes", how)
+            .at_most(1.2 * xml as f64),
+    );
+    Ok(())
+}
+
+/// Seconds to open the generated log with its index removed: the rebuild from the segments.
+fn index_rebuild(dir: &Path, changes: u64, report: &mut Report) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("index-"))
+        {
+            std::fs::remove_dir_all(&path)?;
+        }
+    }
+    let started = Instant::now();
+    let store = Store::open(dir, buffered())?;
+    let secs = started.elapsed().as_secs_f64();
+    let Some(rebuilt) = store.recovery().rebuilt.clone() else {
+        bail!("the open did not rebuild the index it was given none of");
+    };
+    let how = format!(
+        "Store::open with the index dir removed: {} records scanned, checked and indexed (\"{}\")",
+        rebuilt.records, rebuilt.reason
+    );
+    report.push(
+        Figure::new(
+            format!("index rebuild from the log alone, {changes} changes"),
+            secs,
+            "s",
+            how,
+        )
+        .at_most(10.0),
+    );
+    Ok(())
+}
+
+/// The data dir's size over a long run with retention on virtual time: flat once the
+/// horizon is reached.
+fn retention_run(dir: &Path, a: &BenchArgs, report: &mut Report) -> anyhow::Result<()> {
+    let changes = a.changes.max(40_000);
+    let retain = Duration::from_secs(120);
+    let per_sec = 100;
+    let samples = synthetic::retention_run(dir, changes, a.files, per_sec, 4 << 20, retain)?;
+    let half = samples.len() / 2;
+    let peak = |s: &[synthetic::RetentionSample]| s.iter().map(|s| s.bytes).max().unwrap_or(0);
+    let (first, second) = (peak(&samples[..half]), peak(&samples[half..]));
+    let last = samples.last().map_or(0, |s| s.bytes);
+    let how = format!(
+        "{changes} changes over {} files at {per_sec}/s of virtual time ({} virtual minutes), --retain 2m, 4 MiB segments; \
+         peak {} MB in the first half of the run, {} MB in the second, {} MB at the end (preallocated space included)",
+        a.files,
+        samples.last().map_or(0, |s| s.secs) / 60,
+        first / 1_000_000,
+        second / 1_000_000,
+        last / 1_000_000
+    );
+    report.push(Figure::new(
+        "disk use under retention: second half's peak ÷ first half's",
+        second as f64 / first.max(1) as f64,
+        "×",
+        how,
+    ));
     Ok(())
 }
 

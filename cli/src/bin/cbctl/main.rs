@@ -325,8 +325,10 @@ cbctl --data-dir /tmp/full import archive/cb-*.ndjson.zst export.ndjson   (the w
     /// Every SPEC §8 figure, measured on a temp dir beside its target and this machine's
     /// ceilings (needs cbd next to cbctl).
     #[command(
-        after_help = "Runs the raw sled and plain HTTP ceilings, builds a generated log and \
-replays it (fold rate), restarts cbd on it, measures the core's memory, then drives a real cbd \
+        after_help = "Runs the raw file and plain HTTP ceilings, builds a generated log and \
+replays it (fold rate), measures its bytes on disk per change and the rebuild of its index, \
+restarts cbd on it, measures the core's memory and the log's size over a long run under \
+retention (virtual time), then drives a real cbd \
 (the binary next to cbctl) over HTTP: ingest in batches and from 64 clients, delivery to a \
 built-in receiver, and 1000 changes to one file in one window. Progress goes to stderr, the \
 table (or --json) to stdout. A full run takes about 2 minutes on 2 cores; --quick, about 30 s.\n\n\
