@@ -336,16 +336,17 @@ impl Committer {
         let records = std::mem::take(&mut staging.records);
         // Indexed now, before the sync, so that the next group's redelivers see these
         // changes; readers never look past the durable tip.
-        self.index.note(
-            records
-                .iter()
-                .zip(&locs)
-                .zip(&staging.crcs)
-                .map(|((r, (seq, loc)), crc)| {
-                    debug_assert_eq!(r.seq, *seq);
-                    (r, loc, *crc)
-                }),
-        );
+        self.index
+            .note(
+                records
+                    .iter()
+                    .zip(&locs)
+                    .zip(&staging.crcs)
+                    .map(|((r, (seq, loc)), crc)| {
+                        debug_assert_eq!(r.seq, *seq);
+                        (r, loc, *crc)
+                    }),
+            );
         let (_, file) = self.writer.active();
         let written = Written {
             records,

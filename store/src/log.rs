@@ -479,6 +479,20 @@ impl Store {
         Seq(self.tip().0 + 1)
     }
 
+    /// The delivery rules version record `seq` was written under: the version in the header
+    /// of the segment that holds it (each segment records the rules of the build that
+    /// started it, and a build of other rules starts a new segment). Kept records and
+    /// records before the base count as the base's: its state was folded under them.
+    pub fn rules_at(&self, seq: Seq) -> u32 {
+        let live = self.shared.log.live();
+        let holding = live
+            .iter()
+            .rev()
+            .find(|(_, s)| s.header.first_seq <= seq)
+            .or(live.first());
+        holding.map_or(crate::RULES_VERSION, |(_, s)| s.header.rules)
+    }
+
     /// The first seq the log holds in full: the one after its base (1 without one).
     pub fn first_seq(&self) -> Seq {
         Seq(self.base().map_or(0, |b| b.seq.0) + 1)
@@ -1233,6 +1247,26 @@ mod tests {
             matches!(&err, Error::UnknownFormat { found, supported: crate::FORMAT_VERSION, .. } if found == "99"),
             "{err}"
         );
+    }
+
+    /// Every record says which rules it was written under (all 1 today).
+    #[test]
+    fn the_rules_version_is_recorded_per_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), small()).unwrap();
+        for i in 0..40 {
+            store.append(vec![change(i, i)]).unwrap();
+        }
+        assert!(store.shared.log.live().len() > 1);
+        for seq in 1..=40 {
+            assert_eq!(store.rules_at(Seq(seq)), crate::RULES_VERSION);
+        }
+        for (_, s) in store.shared.log.live() {
+            assert_eq!(
+                (s.header.format, s.header.rules),
+                (crate::FORMAT_VERSION, crate::RULES_VERSION)
+            );
+        }
     }
 
     /// Groups too big for a segment get one of their own; rolls leave a dense log that

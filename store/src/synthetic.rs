@@ -181,7 +181,9 @@ pub fn retention_run(
             StoreOptions {
                 durability: Durability::Buffered,
                 segment_bytes,
-                clock: Box::new(move || Timestamp(clock.load(std::sync::atomic::Ordering::Relaxed))),
+                clock: Box::new(move || {
+                    Timestamp(clock.load(std::sync::atomic::Ordering::Relaxed))
+                }),
                 ..StoreOptions::default()
             },
         )?

@@ -336,7 +336,8 @@ fn bytes_per_change(dir: &Path, changes: u64, report: &mut Report) -> anyhow::Re
     let sample = synthetic::seed_like(&synthetic::file(0), 1);
     let xml = cb_core::render(
         &sample,
-        &cb_core::Callback::from_json(r#"{"url":"https://example.org/cb"}"#).map_err(anyhow::Error::msg)?,
+        &cb_core::Callback::from_json(r#"{"url":"https://example.org/cb"}"#)
+            .map_err(anyhow::Error::msg)?,
     )
     .bytes
     .len();
