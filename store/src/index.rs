@@ -72,12 +72,11 @@ pub(crate) struct Marks {
     pub(crate) base: (Seq, u32),
 }
 
-/// Where indexing resumes after an open: the group to scan from, and its first seq.
+/// Where indexing resumes after an open: the group to scan from.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Resume {
     pub(crate) segment: u32,
     pub(crate) group: u64,
-    pub(crate) first_seq: Seq,
 }
 
 struct Sled {
@@ -373,20 +372,23 @@ impl Index {
         self.loc_in_chunks(LOCATIONS, seq)
     }
 
-    /// Where records resume being noted after an open that found `marks`, given the
-    /// location of the record the per-file mark (or the location mark) names; `None`: from
-    /// the log's first live record.
+    /// Where records resume being noted after an open that found `marks`: the group of the
+    /// record the per-file mark names; `None`: from the log's first live record.
     pub(crate) fn resume_point(&self, marks: &Marks) -> Result<Option<Resume>> {
         let Some((located, _)) = marks.located else {
             return Ok(None);
         };
         // The earliest record either part still needs: the one after the per-file mark,
-        // found through the group of the record before it (or the located one itself).
-        let from = if marks.indexed.0 > 0 {
-            marks.indexed
-        } else {
-            located
-        };
+        // found through the group of the record at the mark. With no per-file segment past
+        // the base yet, every live record needs its per-file entries: from the first.
+        if marks.indexed <= marks.base.0 {
+            return Ok(None);
+        }
+        let from = marks.indexed;
+        debug_assert!(
+            from <= located,
+            "the per-file mark never passes the location mark"
+        );
         let Some(loc) = self.sled_loc(from)? else {
             return Err(Error::IndexUnavailable(format!(
                 "it has no location for record {from}"
@@ -395,7 +397,6 @@ impl Index {
         Ok(Some(Resume {
             segment: loc.segment,
             group: u64::from(loc.group),
-            first_seq: Seq(0), // filled by the caller from the group's head
         }))
     }
 

@@ -1227,6 +1227,47 @@ mod tests {
         assert!(matches!(err, Error::Corrupt { seq: Seq(2), .. }), "{err}");
     }
 
+    /// An index whose locations reached sled but whose per-file entries did not (a crash
+    /// before the first per-file segment) is caught up from the first record: every file's
+    /// records are found after the open.
+    #[test]
+    fn per_file_entries_never_in_sled_are_caught_up_from_the_first_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut want: std::collections::BTreeMap<FileKey, Vec<Seq>> = Default::default();
+        {
+            let store = Store::open(tmp.path(), small()).unwrap();
+            for i in 0..(crate::index::LOC_CHUNK + 500) {
+                let a = store.append(vec![change(i % 13, i)]).unwrap();
+                want.entry(file(i % 13)).or_default().push(a.first);
+            }
+        }
+        // As a crash leaves it: locations in sled, no per-file segment yet.
+        let index_dir = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("index-")
+            })
+            .unwrap();
+        {
+            let db = sled::open(&index_dir).unwrap();
+            assert!(db.get(b"Mlocated").unwrap().is_some());
+            db.remove(b"Mindexed").unwrap();
+            for key in db.scan_prefix(b"X").keys() {
+                db.remove(key.unwrap()).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = Store::open(tmp.path(), small()).unwrap();
+        assert_eq!(store.recovery().rebuilt, None, "caught up, not rebuilt");
+        for (f, seqs) in &want {
+            assert_eq!(&store.file_seqs(f).unwrap(), seqs, "{f}");
+        }
+    }
+
     /// A segment of another format (a newer cb) is refused, not misread.
     #[test]
     fn a_data_dir_of_another_format_is_refused() {

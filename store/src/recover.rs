@@ -332,9 +332,9 @@ fn check(
             )))
         }
     }
-    let resume = index
-        .resume_point(marks)?
-        .expect("a located mark gives a resume point");
+    let Some(resume) = index.resume_point(marks)? else {
+        return Ok(None);
+    };
     let segment = log
         .get(resume.segment)
         .filter(|s| s.header.kind == SegmentKind::Live)
