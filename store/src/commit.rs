@@ -225,6 +225,9 @@ impl Committer {
     /// Stages and writes one group (refusing what cannot be), and hands it to the sync
     /// thread.
     fn commit(&mut self, group: &mut Vec<Request>, to_sync: &SyncSender<ToSync>) {
+        // The epoch before the rewind: the sync thread sets a rewind before it bumps the
+        // epoch, so a failure this rewind does not include makes this group stale.
+        let epoch = self.state.epoch.load(Ordering::Acquire);
         self.apply_rewind();
         let (first_of_group, at_before) = (self.next, self.last_at);
         let at = self.last_at.max((self.clock)());
@@ -252,7 +255,7 @@ impl Committer {
             }
         }
         if !staging.records.is_empty() {
-            if let Err(e) = self.write(&mut staging, accepted, at, to_sync) {
+            if let Err(e) = self.write(&mut staging, accepted, at, epoch, to_sync) {
                 // Nothing of the group was appended: its numbers are handed out again (and
                 // earlier ones too, if a failed sync sent the log back before them).
                 self.next = self.next.min(first_of_group);
@@ -277,6 +280,7 @@ impl Committer {
         staging: &mut Staging,
         accepted: Vec<(Reply, Appended)>,
         at: Timestamp,
+        epoch: u64,
         to_sync: &SyncSender<ToSync>,
     ) -> Result<()> {
         let synced_through = Seq(self.state.tip.load(Ordering::Acquire));
@@ -326,7 +330,7 @@ impl Committer {
             accepted,
             file,
             at: (placed.segment, placed.at),
-            epoch: self.state.epoch.load(Ordering::Acquire),
+            epoch,
         };
         if let Err(mpsc::SendError(ToSync::Written(w))) = to_sync.send(ToSync::Written(written)) {
             // The sync thread is gone (a reply or the hook panicked): nothing more can be
@@ -532,8 +536,6 @@ impl Syncer {
                 .try_for_each(|(id, f)| f.sync_data().map_err(|e| sync_error(*id, e)))
         };
         if let Err(e) = synced {
-            self.state.epoch.fetch_add(1, Ordering::AcqRel);
-            self.state.note_failure(&e);
             let first = current.iter().find_map(|m| match m {
                 ToSync::Written(w) => Some((w.records[0].seq, w.at)),
                 ToSync::Barrier(_) => None,
@@ -541,6 +543,10 @@ impl Syncer {
             if let Some(first) = first {
                 *self.state.rewind.lock().expect("rewind lock") = Some(first);
             }
+            // After the rewind is set (see `Committer::commit`): a group written after the
+            // bump has gone back first.
+            self.state.epoch.fetch_add(1, Ordering::AcqRel);
+            self.state.note_failure(&e);
             let why = e.to_string();
             for m in current {
                 match m {
@@ -552,6 +558,11 @@ impl Syncer {
             }
             return;
         }
+        // A barrier promises everything written before it. After a failed sync the commit
+        // thread has written on from where the log is to go back to; until it has gone
+        // back, what it wrote before the barrier is not the log (a roll now would leave
+        // the rewind behind in a closed segment).
+        let rewind_pending = self.state.rewind.lock().expect("rewind lock").is_some();
         let mut tip = None;
         for m in current {
             match m {
@@ -565,6 +576,13 @@ impl Syncer {
                     if let Some(hook) = &mut self.on_commit {
                         hook(&w.records);
                     }
+                }
+                ToSync::Barrier(reply) if rewind_pending => {
+                    let _ = reply.send(Err(Error::Io {
+                        context: "an earlier fdatasync failed; the log goes on from before it"
+                            .into(),
+                        source: std::io::ErrorKind::Other.into(),
+                    }));
                 }
                 ToSync::Barrier(reply) => {
                     let _ = reply.send(Ok(()));
