@@ -170,6 +170,9 @@ pub(crate) struct Syncer {
     pub(crate) state: Arc<CommitState>,
     /// Told the new tip after each durable batch (the index writer thread).
     pub(crate) durable: Option<mpsc::Sender<Seq>>,
+    /// The files written since their last `fdatasync`: with `Buffered`, groups are
+    /// acknowledged long before a sync covers them.
+    pub(crate) unsynced: Vec<(u32, Arc<dyn StorageFile>)>,
 }
 
 impl Committer {
@@ -503,8 +506,9 @@ impl Syncer {
         }
     }
 
-    /// Syncs the files of every group in `batch` (everything, if it holds a barrier), then
-    /// replies in order; after a failed sync refuses them all and sets the rewind.
+    /// Syncs every file written since its last sync (with `Buffered`, only when `batch`
+    /// holds a barrier), then replies in order; after a failed sync refuses them all and
+    /// sets the rewind.
     fn make_durable(&mut self, batch: &mut Vec<ToSync>) {
         let epoch = self.state.epoch.load(Ordering::Acquire);
         let has_barrier = batch.iter().any(|m| matches!(m, ToSync::Barrier(_)));
@@ -520,21 +524,27 @@ impl Syncer {
                 );
             }
         }
-        let mut files: Vec<(u32, Arc<dyn StorageFile>)> = Vec::new();
         for m in &current {
             if let ToSync::Written(w) = m {
-                if !files.iter().any(|(id, _)| *id == w.at.0) {
-                    files.push((w.at.0, w.file.clone()));
+                if !self.unsynced.iter().any(|(id, _)| *id == w.at.0) {
+                    self.unsynced.push((w.at.0, w.file.clone()));
                 }
             }
         }
-        let synced = if self.durability == Durability::Buffered && !has_barrier {
-            Ok(())
-        } else {
-            files
+        // Groups of earlier batches count too: a barrier (a roll, `Store::sync`) promises
+        // everything written before it, not only what came with it.
+        let sync_now = self.durability == Durability::Sync || has_barrier;
+        let synced = if sync_now {
+            self.unsynced
                 .iter()
                 .try_for_each(|(id, f)| f.sync_data().map_err(|e| sync_error(*id, e)))
+        } else {
+            Ok(())
         };
+        if sync_now {
+            // Synced, or (fsyncgate) never to be: either way a later sync cannot help.
+            self.unsynced.clear();
+        }
         if let Err(e) = synced {
             let first = current.iter().find_map(|m| match m {
                 ToSync::Written(w) => Some((w.records[0].seq, w.at)),

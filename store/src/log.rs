@@ -280,6 +280,7 @@ impl Store {
                 on_commit: options.on_commit,
                 state: state.clone(),
                 durable: Some(durable_tx),
+                unsynced: Vec::new(),
             }),
         };
         let (queue, inbox) = mpsc::channel();
