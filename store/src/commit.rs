@@ -89,8 +89,13 @@ pub enum Health {
 
 /// What the commit and sync threads share with the store.
 pub(crate) struct CommitState {
-    /// The last durable sequence number (0: none). Readers never look past it.
+    /// The last durable sequence number (0: none). Readers never look past it. With
+    /// [`Durability::Buffered`], the last acknowledged one, durable or not.
     pub(crate) tip: AtomicU64,
+    /// The last sequence number an `fdatasync` made durable: `tip` with
+    /// [`Durability::Sync`], behind it with `Buffered` until the next sync. What a group's
+    /// head records as `synced_through`, and how far the index writer goes.
+    pub(crate) synced: AtomicU64,
     pub(crate) health: Mutex<Health>,
     /// Set by the sync thread when a sync failed: the first seq that was not made durable,
     /// and where its group begins. The commit thread goes back there before its next group.
@@ -103,6 +108,7 @@ impl CommitState {
     pub(crate) fn new(tip: Seq) -> CommitState {
         CommitState {
             tip: AtomicU64::new(tip.0),
+            synced: AtomicU64::new(tip.0),
             health: Mutex::new(Health::Writable),
             rewind: Mutex::new(None),
             epoch: AtomicU64::new(0),
@@ -286,7 +292,7 @@ impl Committer {
         epoch: u64,
         to_sync: &SyncSender<ToSync>,
     ) -> Result<()> {
-        let synced_through = Seq(self.state.tip.load(Ordering::Acquire));
+        let synced_through = Seq(self.state.synced.load(Ordering::Acquire));
         let mut locs: Vec<(Seq, Loc)> = Vec::with_capacity(staging.records.len());
         let result = match self.writer.fits(&staging.group) {
             true => Ok(()),
@@ -300,7 +306,7 @@ impl Committer {
             }),
         };
         let written = result.and_then(|()| {
-            let synced_through = Seq(self.state.tip.load(Ordering::Acquire)).max(synced_through);
+            let synced_through = Seq(self.state.synced.load(Ordering::Acquire)).max(synced_through);
             self.writer
                 .write(&mut staging.group, synced_through, &mut locs)
         });
@@ -599,10 +605,16 @@ impl Syncer {
                 }
             }
         }
-        if let Some(tip) = tip {
+        if tip.is_some() {
             self.state.set_health(Health::Writable);
-            if let Some(durable) = &self.durable {
-                let _ = durable.send(tip);
+        }
+        if sync_now {
+            let tip = self.state.tip.load(Ordering::Acquire);
+            let before = self.state.synced.swap(tip, Ordering::AcqRel);
+            if tip > before {
+                if let Some(durable) = &self.durable {
+                    let _ = durable.send(Seq(tip));
+                }
             }
         }
     }

@@ -600,8 +600,8 @@ impl Store {
 
 /// The index writer thread: moves durable records' index entries into sled as the tip
 /// advances, and rebuilds the index from the segments when sled fails. At the end (the
-/// store closing) it writes out everything and flushes sled, so the next open has nothing
-/// to catch up.
+/// store closing) it writes out everything durable and flushes sled, so the next open has
+/// nothing to catch up (with `Buffered`, nothing past the last sync).
 fn run_indexer(
     index: &Index,
     log: &Arc<SegmentLog>,
@@ -622,7 +622,9 @@ fn run_indexer(
             rebuild_running(index, log, base, tip);
         }
     }
-    let tip = Seq(state.tip.load(Ordering::Acquire));
+    // Only what an fdatasync covered: sled is not crashed with the log, and a mark past
+    // the log's durable end whose anchor survived would hide a hole before it.
+    let tip = Seq(state.synced.load(Ordering::Acquire));
     if index.broken().is_none() && index.spill(tip, true).and_then(|_| index.flush()).is_ok() {
         return;
     }
