@@ -176,9 +176,10 @@ pub(crate) struct Syncer {
     pub(crate) state: Arc<CommitState>,
     /// Told the new tip after each durable batch (the index writer thread).
     pub(crate) durable: Option<mpsc::Sender<Seq>>,
-    /// The files written since their last `fdatasync`: with `Buffered`, groups are
-    /// acknowledged long before a sync covers them.
+    /// The files written since their last `fdatasync`, and the first group written since
+    /// then: with `Buffered`, groups are acknowledged long before a sync covers them.
     pub(crate) unsynced: Vec<(u32, Arc<dyn StorageFile>)>,
+    pub(crate) first_unsynced: Option<(Seq, (u32, u64))>,
 }
 
 impl Committer {
@@ -514,7 +515,7 @@ impl Syncer {
 
     /// Syncs every file written since its last sync (with `Buffered`, only when `batch`
     /// holds a barrier), then replies in order; after a failed sync refuses them all and
-    /// sets the rewind.
+    /// sets the rewind to the first group the failed sync was to cover.
     fn make_durable(&mut self, batch: &mut Vec<ToSync>) {
         let epoch = self.state.epoch.load(Ordering::Acquire);
         let has_barrier = batch.iter().any(|m| matches!(m, ToSync::Barrier(_)));
@@ -535,6 +536,7 @@ impl Syncer {
                 if !self.unsynced.iter().any(|(id, _)| *id == w.at.0) {
                     self.unsynced.push((w.at.0, w.file.clone()));
                 }
+                self.first_unsynced.get_or_insert((w.records[0].seq, w.at));
             }
         }
         // Groups of earlier batches count too: a barrier (a roll, `Store::sync`) promises
@@ -547,16 +549,19 @@ impl Syncer {
         } else {
             Ok(())
         };
-        if sync_now {
+        let first_unsynced = if sync_now {
             // Synced, or (fsyncgate) never to be: either way a later sync cannot help.
             self.unsynced.clear();
-        }
+            self.first_unsynced.take()
+        } else {
+            None
+        };
         if let Err(e) = synced {
-            let first = current.iter().find_map(|m| match m {
-                ToSync::Written(w) => Some((w.records[0].seq, w.at)),
-                ToSync::Barrier(_) => None,
-            });
-            if let Some(first) = first {
+            // The failed sync may have dropped every write since the last good one,
+            // acknowledged ones of `Buffered` too: the log goes back to before them, and
+            // readers no longer see them.
+            if let Some(first) = first_unsynced {
+                self.state.tip.fetch_min(first.0 .0 - 1, Ordering::AcqRel);
                 *self.state.rewind.lock().expect("rewind lock") = Some(first);
             }
             // After the rewind is set (see `Committer::commit`): a group written after the

@@ -37,6 +37,8 @@ pub enum Durability {
     Sync,
     /// No sync per append: for bulk imports that end with [`Store::sync`], and for tests.
     /// What a crash before that sync loses is a tail of whole groups (cut at the next open).
+    /// A sync that fails takes back the same tail at once: the tip goes back to the last
+    /// good sync, and the next appends get those numbers again.
     Buffered,
 }
 
@@ -281,6 +283,7 @@ impl Store {
                 state: state.clone(),
                 durable: Some(durable_tx),
                 unsynced: Vec::new(),
+                first_unsynced: None,
             }),
         };
         let (queue, inbox) = mpsc::channel();
