@@ -93,8 +93,13 @@ pub enum Health {
 
 /// What the commit and sync threads share with the store.
 pub(crate) struct CommitState {
-    /// The last durable sequence number (0: none). Readers never look past it.
+    /// The last durable sequence number (0: none). Readers never look past it. With
+    /// [`Durability::Buffered`], the last acknowledged one, durable or not.
     pub(crate) tip: AtomicU64,
+    /// The last sequence number an `fdatasync` made durable: `tip` with
+    /// [`Durability::Sync`], behind it with `Buffered` until the next sync. What a group's
+    /// head records as `synced_through`, and how far the index writer goes.
+    pub(crate) synced: AtomicU64,
     pub(crate) health: Mutex<Health>,
     /// Set by the sync thread when a sync failed: the first seq that was not made durable,
     /// and where its group begins. The commit thread goes back there before its next group.
@@ -109,6 +114,7 @@ impl CommitState {
     pub(crate) fn new(tip: Seq, room: u64) -> CommitState {
         CommitState {
             tip: AtomicU64::new(tip.0),
+            synced: AtomicU64::new(tip.0),
             health: Mutex::new(Health::Writable),
             rewind: Mutex::new(None),
             epoch: AtomicU64::new(0),
@@ -178,8 +184,12 @@ pub(crate) struct Syncer {
     /// Told the new tip (the index writer thread), every [`NOTIFY_EVERY`] records: it has
     /// nothing to write before a chunk's worth is durable.
     pub(crate) durable: Option<mpsc::Sender<Seq>>,
-    /// The tip the index writer was last told.
+    /// The durable tip the index writer was last told.
     pub(crate) told: Seq,
+    /// The files written since their last `fdatasync`, and the first group written since
+    /// then: with `Buffered`, groups are acknowledged long before a sync covers them.
+    pub(crate) unsynced: Vec<(u32, Arc<dyn StorageFile>)>,
+    pub(crate) first_unsynced: Option<(Seq, (u32, u64))>,
 }
 
 /// Records between two wake-ups of the index writer.
@@ -239,6 +249,9 @@ impl Committer {
     /// Stages and writes one group (refusing what cannot be), and hands it to the sync
     /// thread.
     fn commit(&mut self, group: &mut Vec<Request>, to_sync: &SyncSender<ToSync>) {
+        // The epoch before the rewind: the sync thread sets a rewind before it bumps the
+        // epoch, so a failure this rewind does not include makes this group stale.
+        let epoch = self.state.epoch.load(Ordering::Acquire);
         self.apply_rewind();
         let (first_of_group, at_before) = (self.next, self.last_at);
         let at = self.last_at.max((self.clock)());
@@ -271,7 +284,7 @@ impl Committer {
             }
         }
         if !staging.records.is_empty() {
-            if let Err(e) = self.write(&mut staging, accepted, at, to_sync) {
+            if let Err(e) = self.write(&mut staging, accepted, at, epoch, to_sync) {
                 // Nothing of the group was appended: its numbers are handed out again (and
                 // earlier ones too, if a failed sync sent the log back before them).
                 self.next = self.next.min(first_of_group);
@@ -303,9 +316,10 @@ impl Committer {
         staging: &mut Staging,
         accepted: Vec<(Reply, Appended)>,
         at: Timestamp,
+        epoch: u64,
         to_sync: &SyncSender<ToSync>,
     ) -> Result<()> {
-        let synced_through = Seq(self.state.tip.load(Ordering::Acquire));
+        let synced_through = Seq(self.state.synced.load(Ordering::Acquire));
         let mut locs: Vec<(Seq, Loc)> = Vec::with_capacity(staging.records.len());
         let result = match self.writer.fits(&staging.group) {
             true => Ok(()),
@@ -319,7 +333,7 @@ impl Committer {
             }),
         };
         let written = result.and_then(|()| {
-            let synced_through = Seq(self.state.tip.load(Ordering::Acquire)).max(synced_through);
+            let synced_through = Seq(self.state.synced.load(Ordering::Acquire)).max(synced_through);
             self.writer
                 .write(&mut staging.group, synced_through, &mut locs)
         });
@@ -353,7 +367,7 @@ impl Committer {
             accepted,
             file,
             at: (placed.segment, placed.at),
-            epoch: self.state.epoch.load(Ordering::Acquire),
+            epoch,
         };
         if let Err(mpsc::SendError(ToSync::Written(w))) = to_sync.send(ToSync::Written(written)) {
             // The sync thread is gone (a reply or the hook panicked): nothing more can be
@@ -543,8 +557,9 @@ impl Syncer {
         }
     }
 
-    /// Syncs the files of every group in `batch` (everything, if it holds a barrier), then
-    /// replies in order; after a failed sync refuses them all and sets the rewind.
+    /// Syncs every file written since its last sync (with `Buffered`, only when `batch`
+    /// holds a barrier), then replies in order; after a failed sync refuses them all and
+    /// sets the rewind to the first group the failed sync was to cover.
     fn make_durable(&mut self, batch: &mut Vec<ToSync>) {
         let epoch = self.state.epoch.load(Ordering::Acquire);
         let has_barrier = batch.iter().any(|m| matches!(m, ToSync::Barrier(_)));
@@ -560,31 +575,43 @@ impl Syncer {
                 );
             }
         }
-        let mut files: Vec<(u32, Arc<dyn StorageFile>)> = Vec::new();
         for m in &current {
             if let ToSync::Written(w) = m {
-                if !files.iter().any(|(id, _)| *id == w.at.0) {
-                    files.push((w.at.0, w.file.clone()));
+                if !self.unsynced.iter().any(|(id, _)| *id == w.at.0) {
+                    self.unsynced.push((w.at.0, w.file.clone()));
                 }
+                self.first_unsynced.get_or_insert((w.records[0].seq, w.at));
             }
         }
-        let synced = if self.durability == Durability::Buffered && !has_barrier {
-            Ok(())
-        } else {
-            files
+        // Groups of earlier batches count too: a barrier (a roll, `Store::sync`) promises
+        // everything written before it, not only what came with it.
+        let sync_now = self.durability == Durability::Sync || has_barrier;
+        let synced = if sync_now {
+            self.unsynced
                 .iter()
                 .try_for_each(|(id, f)| f.sync_data().map_err(|e| sync_error(*id, e)))
+        } else {
+            Ok(())
+        };
+        let first_unsynced = if sync_now {
+            // Synced, or (fsyncgate) never to be: either way a later sync cannot help.
+            self.unsynced.clear();
+            self.first_unsynced.take()
+        } else {
+            None
         };
         if let Err(e) = synced {
-            self.state.epoch.fetch_add(1, Ordering::AcqRel);
-            self.state.note_failure(&e);
-            let first = current.iter().find_map(|m| match m {
-                ToSync::Written(w) => Some((w.records[0].seq, w.at)),
-                ToSync::Barrier(_) => None,
-            });
-            if let Some(first) = first {
+            // The failed sync may have dropped every write since the last good one,
+            // acknowledged ones of `Buffered` too: the log goes back to before them, and
+            // readers no longer see them.
+            if let Some(first) = first_unsynced {
+                self.state.tip.fetch_min(first.0 .0 - 1, Ordering::AcqRel);
                 *self.state.rewind.lock().expect("rewind lock") = Some(first);
             }
+            // After the rewind is set (see `Committer::commit`): a group written after the
+            // bump has gone back first.
+            self.state.epoch.fetch_add(1, Ordering::AcqRel);
+            self.state.note_failure(&e);
             let why = e.to_string();
             for m in current {
                 match m {
@@ -596,13 +623,20 @@ impl Syncer {
             }
             return;
         }
-        let mut tip = None;
+        // A barrier promises everything written before it. After a failed sync the commit
+        // thread has written on from where the log is to go back to; until it has gone
+        // back, what it wrote before the barrier is not the log (a roll now would leave
+        // the rewind behind in a closed segment).
+        let rewind_pending = self.state.rewind.lock().expect("rewind lock").is_some();
+        if current.iter().any(|m| matches!(m, ToSync::Written(_))) {
+            // Before the replies: an appender told Ok sees a writable store.
+            self.state.set_health(Health::Writable);
+        }
         for m in current {
             match m {
                 ToSync::Written(w) => {
                     let last = w.records.last().expect("groups are not empty").seq;
                     self.state.tip.store(last.0, Ordering::Release);
-                    tip = Some(last);
                     for (reply, appended) in w.accepted {
                         reply(Ok(appended));
                     }
@@ -610,18 +644,28 @@ impl Syncer {
                         hook(&w.records);
                     }
                 }
+                ToSync::Barrier(reply) if rewind_pending => {
+                    let _ = reply.send(Err(Error::Io {
+                        context: "an earlier fdatasync failed; the log goes on from before it"
+                            .into(),
+                        source: std::io::ErrorKind::Other.into(),
+                    }));
+                }
                 ToSync::Barrier(reply) => {
                     let _ = reply.send(Ok(()));
                 }
             }
         }
-        if let Some(tip) = tip {
-            self.state.set_health(Health::Writable);
-            if tip.0 >= self.told.0 + NOTIFY_EVERY {
+        if sync_now {
+            let tip = self.state.tip.load(Ordering::Acquire);
+            self.state.synced.store(tip, Ordering::Release);
+            // A failed sync may have taken the tip back.
+            self.told = self.told.min(Seq(tip));
+            if tip >= self.told.0 + NOTIFY_EVERY {
                 if let Some(durable) = &self.durable {
-                    let _ = durable.send(tip);
+                    let _ = durable.send(Seq(tip));
                 }
-                self.told = tip;
+                self.told = Seq(tip);
             }
         }
     }

@@ -367,6 +367,37 @@ impl Index {
         Ok(marks)
     }
 
+    /// The first entry of each per-file segment past `base` (the kept records' segment
+    /// aside): its file's key, its seq, and what that record is. An open checks each against
+    /// the log's record (see `recover::check`): the location mark's anchor is one record,
+    /// which another log laid out alike can share, while these name files.
+    pub(crate) fn file_anchors(&self, base: Seq) -> Result<Vec<(Vec<u8>, Seq, IndexTag)>> {
+        let segments = self.tails.lock().expect("index lock").file_segments.clone();
+        let mut anchors = Vec::new();
+        for segment in segments.into_iter().filter(|s| s.0 > 0) {
+            let lo = codec::seq_key(FILE_SEGMENT, segment).to_vec();
+            let hi = codec::seq_key(FILE_SEGMENT, Seq(segment.0 + 1)).to_vec();
+            let Some((_, part)) = self.sled(|db| db.range(lo..hi).next().transpose())? else {
+                continue;
+            };
+            let bad = || {
+                Error::IndexUnavailable(format!("per-file index segment {segment} is unreadable"))
+            };
+            let bytes = codec::raw_unframe(&part).map_err(|_| bad())?;
+            let len = bytes
+                .first_chunk::<2>()
+                .map(|b| u16::from_le_bytes(*b) as usize)
+                .ok_or_else(bad)?;
+            let entry = bytes.get(2 + len + 4..2 + len + 4 + 9).ok_or_else(bad)?;
+            let seq = Seq(u64::from_le_bytes(entry[..8].try_into().expect("8")));
+            let tag = IndexTag::from_byte(entry[8]).ok_or_else(bad)?;
+            if seq > base {
+                anchors.push((bytes[2..2 + len].to_vec(), seq, tag));
+            }
+        }
+        Ok(anchors)
+    }
+
     /// The location of `seq` as sled has it (`None` if sled has none).
     pub(crate) fn sled_loc(&self, seq: Seq) -> Result<Option<Loc>> {
         self.loc_in_chunks(LOCATIONS, seq)
@@ -989,6 +1020,12 @@ fn note_file(tails: &mut Tails, r: &Record) {
             .or_default()
             .push((r.seq, tag));
     }
+}
+
+/// True if `record` is what a per-file entry of `key` with `tag` says it is.
+pub(crate) fn entry_is(record: &Record, key: &[u8], tag: IndexTag) -> bool {
+    matches!(record.scope(), Scope::File(f) if file_key_bytes(f) == key)
+        && IndexTag::of(&record.kind) == Some(tag)
 }
 
 /// The bytes a file's entries are sorted by: `project \0 file_id`.

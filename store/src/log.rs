@@ -37,6 +37,8 @@ pub enum Durability {
     Sync,
     /// No sync per append: for bulk imports that end with [`Store::sync`], and for tests.
     /// What a crash before that sync loses is a tail of whole groups (cut at the next open).
+    /// A sync that fails takes back the same tail at once: the tip goes back to the last
+    /// good sync, and the next appends get those numbers again.
     Buffered,
 }
 
@@ -304,6 +306,8 @@ impl Store {
                 state: state.clone(),
                 durable: Some(durable_tx),
                 told: recovered.tip,
+                unsynced: Vec::new(),
+                first_unsynced: None,
             }),
         };
         let (queue, inbox) = mpsc::channel();
@@ -698,8 +702,8 @@ impl Store {
 
 /// The index writer thread: moves durable records' index entries into sled as the tip
 /// advances, and rebuilds the index from the segments when sled fails. At the end (the
-/// store closing) it writes out everything and flushes sled, so the next open has nothing
-/// to catch up.
+/// store closing) it writes out everything durable and flushes sled, so the next open has
+/// nothing to catch up (with `Buffered`, nothing past the last sync).
 fn run_indexer(
     index: &Index,
     log: &Arc<SegmentLog>,
@@ -725,9 +729,11 @@ fn run_indexer(
             next_rebuild = std::time::Instant::now() + std::time::Duration::from_secs(30);
         }
     }
-    // Closing: write out what is in memory, so the next open has nothing to catch up. If
-    // that fails, the next open catches up or rebuilds; nothing else is tried now.
-    let tip = Seq(state.tip.load(Ordering::Acquire));
+    // Closing: write out what is in memory, so the next open has nothing to catch up —
+    // only what an fdatasync covered: sled is not crashed with the log, and a mark past the
+    // log's durable end whose anchor survived would hide a hole before it. If that fails,
+    // the next open catches up or rebuilds; nothing else is tried now.
+    let tip = Seq(state.synced.load(Ordering::Acquire));
     if index.broken().is_none() {
         if let Err(e) = index.spill(tip, true).and_then(|_| index.flush()) {
             tracing::warn!(error = %e, "the index could not be written out; the next start catches it up or rebuilds it");

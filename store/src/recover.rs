@@ -332,6 +332,18 @@ fn check(
             )))
         }
     }
+    for (key, seq, tag) in index.file_anchors(marks.base.0)? {
+        let found = index.sled_loc(seq)?.and_then(|loc| {
+            let mut frame = Vec::new();
+            log.read_frame(seq, &loc, &mut frame).ok()?;
+            codec::decode_record(seq, &frame).ok()
+        });
+        if !found.is_some_and(|r| crate::index::entry_is(&r, &key, tag)) {
+            return Err(Error::IndexUnavailable(format!(
+                "its per-file entries name record {seq}, which is not the log's record {seq}"
+            )));
+        }
+    }
     let Some(resume) = index.resume_point(marks)? else {
         return Ok(None);
     };

@@ -233,7 +233,9 @@ impl Store {
         };
         let new_base = Base::commit(&storage, end, at_end, kept_id, &checkpoint, archived_in)?;
         // 5. Everyone else learns of it; then the old files go. The index first writes out
-        // what it holds in memory, so that its marks lie past the new base.
+        // what it holds in memory, so that its marks lie past the new base (after a sync:
+        // sled holds only what an fdatasync covered).
+        self.sync()?;
         self.shared.index.spill(self.tip(), true)?;
         *self.shared.base.write().expect("base lock") = Some(new_base.clone());
         *self.shared.base_state.lock().expect("base lock") = None;

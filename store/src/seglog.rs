@@ -333,7 +333,8 @@ impl SegmentLog {
         }
     }
 
-    /// Scans segment `id` from `from` (a group boundary), as [`segment::scan`] does.
+    /// Scans segment `id` from `from` (a group boundary), as [`segment::scan`] does; a
+    /// live segment with a successor ends where the successor begins.
     pub(crate) fn scan(
         &self,
         id: u32,
@@ -348,7 +349,11 @@ impl SegmentLog {
             context: format!("reading the size of log segment {id}"),
             source: e,
         })?;
-        segment::scan(&*s.file, id, from, len, next_seq, each)
+        let until = match (s.header.kind, next_seq) {
+            (SegmentKind::Live, Some(_)) => self.next_live(id).map(|(_, n)| n.header.first_seq),
+            _ => None,
+        };
+        segment::scan(&*s.file, id, from, len, next_seq, until, each)
     }
 
     /// Cuts segment `id` at `at` (a torn tail found by a scan): what follows becomes zeros
@@ -574,6 +579,8 @@ pub(crate) struct GroupCursor {
     buf_at: u64,
     /// The group just returned: its head and where its records are in `buf`.
     current: Option<(GroupHead, usize)>,
+    /// The first seq of the next live segment, once known.
+    successor: Option<Seq>,
 }
 
 /// The window a [`GroupCursor`] reads at once.
@@ -605,6 +612,7 @@ impl GroupCursor {
             buf: Vec::new(),
             buf_at: 0,
             current: None,
+            successor: None,
         })
     }
 
@@ -613,6 +621,14 @@ impl GroupCursor {
     pub(crate) fn next_group(&mut self) -> Result<Option<GroupHead>> {
         self.current = None;
         loop {
+            let successor = self.successor_first();
+            if self.next_seq.is_some() && self.next_seq == successor {
+                // A closed segment's data ends where the next one's begins, whatever bytes
+                // follow it (see `segment::scan`).
+                let (id, _) = self.log.next_live(self.segment).expect("a successor");
+                *self = GroupCursor::new(self.log.clone(), id, SEGMENT_HEADER_LEN, self.next_seq)?;
+                continue;
+            }
             let head = if self.at + GROUP_HEAD_LEN as u64 <= self.seg_len {
                 self.fill(self.at, GROUP_HEAD_LEN)?;
                 let from = (self.at - self.buf_at) as usize;
@@ -651,6 +667,18 @@ impl GroupCursor {
             self.next_seq = Some(Seq(head.last.0 + 1));
             return Ok(Some(head));
         }
+    }
+
+    /// The first seq of the live segment after this one, once there is one (it never
+    /// changes after that).
+    fn successor_first(&mut self) -> Option<Seq> {
+        if self.successor.is_none() {
+            self.successor = self
+                .log
+                .next_live(self.segment)
+                .map(|(_, s)| s.header.first_seq);
+        }
+        self.successor
     }
 
     /// The records block of the group [`next_group`](Self::next_group) returned last, and

@@ -644,12 +644,18 @@ pub(crate) struct ScannedGroup<'a> {
 /// tail ([`ScanEnd::Torn`]) unless a whole group further on continues the log and says the
 /// bad one was durable when it was written (`synced_through`): then acknowledged data is
 /// damaged, and the scan fails with [`Error::Corrupt`] naming the first seq lost.
+///
+/// `until`: the first seq of the next live segment, when this one is closed. Its data ends
+/// where its seqs reach that one, whatever bytes follow: a failed write may have left some
+/// past the last group, made durable by that group's sync, which the roll's cut (not
+/// synced) does not remove for good.
 pub(crate) fn scan(
     file: &dyn StorageFile,
     segment: u32,
     from: u64,
     len: u64,
     mut next_seq: Option<Seq>,
+    until: Option<Seq>,
     mut each: impl FnMut(&ScannedGroup<'_>) -> Result<()>,
 ) -> Result<ScanEnd> {
     let io = |e: io::Error| Error::Io {
@@ -659,7 +665,7 @@ pub(crate) fn scan(
     let mut at = from;
     let mut buf = Vec::new();
     loop {
-        if at + GROUP_HEAD_LEN as u64 > len {
+        if at + GROUP_HEAD_LEN as u64 > len || (next_seq.is_some() && next_seq == until) {
             return Ok(ScanEnd::Clean { at });
         }
         let checked = read_group(file, segment, at, len, next_seq, &mut buf).map_err(io)?;
@@ -941,7 +947,7 @@ mod tests {
 
     fn seqs_scanned(f: &dyn StorageFile, len: u64) -> (Vec<u64>, Result<ScanEnd>) {
         let mut seen = Vec::new();
-        let end = scan(f, 1, SEGMENT_HEADER_LEN, len, Some(Seq(1)), |g| {
+        let end = scan(f, 1, SEGMENT_HEADER_LEN, len, Some(Seq(1)), None, |g| {
             seen.extend(g.head.first.0..=g.head.last.0);
             Ok(())
         });
@@ -982,6 +988,36 @@ mod tests {
         assert_eq!(seen, [1, 2, 3]);
         let err = result.unwrap_err();
         assert!(matches!(&err, Error::Corrupt { seq: Seq(4), .. }), "{err}");
+    }
+
+    #[test]
+    fn a_closed_segment_ends_where_its_successor_begins() {
+        // What a failed write of 4..=6 left after the group that was written in its place
+        // (a shorter one, 3..=3) and synced with it: a whole head, a torn body.
+        let (g1, _) = group(1..=2, 0, SEGMENT_HEADER_LEN);
+        let g2_at = SEGMENT_HEADER_LEN + g1.len() as u64;
+        let (g2, _) = group(3..=3, 2, g2_at);
+        let (mut left, _) = group(4..=6, 3, g2_at + g2.len() as u64);
+        let last = left.len() - 9;
+        left[last] ^= 0xff;
+        let (_t, f) = segment_with(&[g1, g2, left], 4096);
+        let (_, open_end) = seqs_scanned(&*f, 4096);
+        assert!(matches!(open_end.unwrap(), ScanEnd::Torn { .. }));
+        let mut seen = Vec::new();
+        let end = scan(
+            &*f,
+            1,
+            SEGMENT_HEADER_LEN,
+            4096,
+            Some(Seq(1)),
+            Some(Seq(4)),
+            |g| {
+                seen.extend(g.head.first.0..=g.head.last.0);
+                Ok(())
+            },
+        );
+        assert_eq!(seen, [1, 2, 3]);
+        assert!(matches!(end.unwrap(), ScanEnd::Clean { .. }));
     }
 
     #[test]
