@@ -231,6 +231,9 @@ impl Committer {
             self.commit(&mut group, &to_sync);
             self.state.room.store(self.writer.room(), Ordering::Release);
         }
+        // Closing: what `Buffered` left unsynced is made durable too, as a clean close
+        // promises.
+        let _ = self.barrier(&to_sync);
         drop(to_sync);
         let _ = sync_thread.join();
     }

@@ -714,17 +714,25 @@ fn run_indexer(
     let mut tip = Seq(state.tip.load(Ordering::Acquire));
     // A failed rebuild (a full disk, most likely) is not tried again at once.
     let mut next_rebuild = std::time::Instant::now();
-    while let Ok(next) = durable.recv() {
-        tip = tip.max(next);
-        tip = durable.try_iter().fold(tip, Seq::max);
-        if index.broken().is_none() {
-            if let Err(e) = index.spill(tip, false) {
-                tracing::warn!(error = %e, "the index failed: rebuilding it from the log");
+    loop {
+        // Woken by the sync thread as records become durable, and now and then anyway:
+        // an index given up while the store is idle is rebuilt too.
+        match durable.recv_timeout(std::time::Duration::from_secs(5)) {
+            Ok(next) => {
+                tip = tip.max(next);
+                tip = durable.try_iter().fold(tip, Seq::max);
+                if index.broken().is_none() {
+                    if let Err(e) = index.spill(tip, false) {
+                        tracing::warn!(error = %e, "the index failed: rebuilding it from the log");
+                    }
+                }
             }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         if index.broken().is_some()
             && std::time::Instant::now() >= next_rebuild
-            && !rebuild_running(index, log, base, tip)
+            && !rebuild_running(index, log, base, Seq(state.synced.load(Ordering::Acquire)))
         {
             next_rebuild = std::time::Instant::now() + std::time::Duration::from_secs(30);
         }
