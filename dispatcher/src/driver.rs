@@ -106,6 +106,8 @@ enum Command {
         inputs: Vec<Input>,
         outcomes: usize,
         why: String,
+        /// Refused when offered again (`Driver::unblock`), not at first.
+        again: bool,
     },
     /// The log refused a tick.
     TickRefused(String),
@@ -390,7 +392,8 @@ impl Driver {
             );
         }
         for attempt in in_flight {
-            self.start_attempt(attempt);
+            // As any other: deferred while the log could not record its outcome.
+            self.perform(Effect::StartAttempt(attempt));
         }
         for effect in self.core.owed_disables() {
             self.perform(effect);
@@ -423,8 +426,10 @@ impl Driver {
                         let _ = done.send(());
                         return result;
                     }
-                    Some(Command::Refused { inputs, outcomes, why }) => {
-                        self.retrying = false;
+                    Some(Command::Refused { inputs, outcomes, why, again }) => {
+                        if again {
+                            self.retrying = false;
+                        }
                         self.owed.extend(inputs);
                         self.owed_outcomes += outcomes;
                         self.blocked(&why);
@@ -552,6 +557,7 @@ impl Driver {
                             inputs: vec![kept],
                             outcomes: 0,
                             why: e.to_string(),
+                            again: false,
                         });
                     }
                     Err(e) => {
@@ -613,12 +619,15 @@ impl Driver {
                     unrecorded.end();
                 }
                 // Kept by the driver and appended again: until then the attempt counts as
-                // in flight, and shutdown waits for it like any other.
+                // in flight. A shutdown meanwhile offers it once more; if the log still
+                // refuses it, the attempt is in flight in the log, and the next start makes
+                // it again.
                 Err(e) if refused_for_now(&e) => {
                     let _ = inbox.send(Command::Refused {
                         inputs: vec![kept],
                         outcomes: 1,
                         why: e.to_string(),
+                        again: false,
                     });
                 }
                 Err(e) => {
@@ -677,6 +686,7 @@ impl Driver {
                         inputs: kept,
                         outcomes,
                         why: e.to_string(),
+                        again: true,
                     });
                 }
                 Err(e) => {
@@ -740,6 +750,20 @@ impl Driver {
                     break;
                 }
             }
+        }
+        // Outcomes the log refused are offered once more (they are in the inbox, or owed).
+        while let Ok(command) = self.inbox.try_recv() {
+            if let Command::Refused {
+                inputs, outcomes, ..
+            } = command
+            {
+                self.owed.extend(inputs);
+                self.owed_outcomes += outcomes;
+            }
+        }
+        if !self.owed.is_empty() {
+            self.retrying = false;
+            self.unblock();
         }
         // Wait for the outcomes to be durable, then fold them, so the checkpoint has them.
         if tokio::time::timeout(Duration::from_secs(10), self.unrecorded.none())

@@ -101,11 +101,10 @@ pub(crate) struct CommitState {
     /// head records as `synced_through`, and how far the index writer goes.
     pub(crate) synced: AtomicU64,
     pub(crate) health: Mutex<Health>,
-    /// Set by the sync thread when a sync failed: the first seq that was not made durable,
-    /// and where its group begins. The commit thread goes back there before its next group.
-    rewind: Mutex<Option<(Seq, (u32, u64))>>,
-    /// Bumped with every failed sync; groups written before the bump are refused.
-    epoch: AtomicU64,
+    /// What a failed sync asks of the commit thread. The two parts change together, under
+    /// one lock: a group tagged with an epoch older than a failure is refused, and then a
+    /// rewind to before it is always pending.
+    rewind: Mutex<Rewind>,
     /// Bytes the active segment has left (appends that fit need no new space).
     pub(crate) room: AtomicU64,
 }
@@ -116,8 +115,7 @@ impl CommitState {
             tip: AtomicU64::new(tip.0),
             synced: AtomicU64::new(tip.0),
             health: Mutex::new(Health::Writable),
-            rewind: Mutex::new(None),
-            epoch: AtomicU64::new(0),
+            rewind: Mutex::new(Rewind::default()),
             room: AtomicU64::new(room),
         }
     }
@@ -132,6 +130,16 @@ impl CommitState {
             other => Health::Failing(other.to_string()),
         });
     }
+}
+
+/// See [`CommitState::rewind`].
+#[derive(Default)]
+struct Rewind {
+    /// Bumped with every failed sync; groups written before the bump are refused.
+    epoch: u64,
+    /// The first seq a failed sync did not make durable, and where its group begins: the
+    /// commit thread goes back there before its next group.
+    to: Option<(Seq, (u32, u64))>,
 }
 
 /// One group's records, stamped, on their way into the group's bytes.
@@ -238,24 +246,27 @@ impl Committer {
         let _ = sync_thread.join();
     }
 
-    /// Goes back to where a failed sync left the log, if it did.
-    fn apply_rewind(&mut self) {
-        let Some((seq, at)) = self.state.rewind.lock().expect("rewind lock").take() else {
-            return;
+    /// Goes back to where a failed sync left the log, if it did; returns the epoch groups
+    /// written from here are tagged with. Taken with the rewind under one lock: a failure
+    /// after this makes those groups stale, and leaves its rewind pending for the next.
+    fn apply_rewind(&mut self) -> u64 {
+        let (epoch, to) = {
+            let mut rewind = self.state.rewind.lock().expect("rewind lock");
+            (rewind.epoch, rewind.to.take())
         };
-        assert!(seq <= self.next, "a rewind goes back");
-        self.writer.rewind(at);
-        self.index.truncate_after(Seq(seq.0 - 1));
-        self.next = seq;
+        if let Some((seq, at)) = to {
+            assert!(seq <= self.next, "a rewind goes back");
+            self.writer.rewind(at);
+            self.index.truncate_after(Seq(seq.0 - 1));
+            self.next = seq;
+        }
+        epoch
     }
 
     /// Stages and writes one group (refusing what cannot be), and hands it to the sync
     /// thread.
     fn commit(&mut self, group: &mut Vec<Request>, to_sync: &SyncSender<ToSync>) {
-        // The epoch before the rewind: the sync thread sets a rewind before it bumps the
-        // epoch, so a failure this rewind does not include makes this group stale.
-        let epoch = self.state.epoch.load(Ordering::Acquire);
-        self.apply_rewind();
+        let epoch = self.apply_rewind();
         let (first_of_group, at_before) = (self.next, self.last_at);
         let at = self.last_at.max((self.clock)());
         let mut staging = Staging::default();
@@ -564,7 +575,7 @@ impl Syncer {
     /// holds a barrier), then replies in order; after a failed sync refuses them all and
     /// sets the rewind to the first group the failed sync was to cover.
     fn make_durable(&mut self, batch: &mut Vec<ToSync>) {
-        let epoch = self.state.epoch.load(Ordering::Acquire);
+        let epoch = self.state.rewind.lock().expect("rewind lock").epoch;
         let has_barrier = batch.iter().any(|m| matches!(m, ToSync::Barrier(_)));
         // Groups written before a failed sync that the commit thread had not yet seen.
         let (stale, current): (Vec<ToSync>, Vec<ToSync>) = batch
@@ -607,13 +618,14 @@ impl Syncer {
             // The failed sync may have dropped every write since the last good one,
             // acknowledged ones of `Buffered` too: the log goes back to before them, and
             // readers no longer see them.
-            if let Some(first) = first_unsynced {
-                self.state.tip.fetch_min(first.0 .0 - 1, Ordering::AcqRel);
-                *self.state.rewind.lock().expect("rewind lock") = Some(first);
+            {
+                let mut rewind = self.state.rewind.lock().expect("rewind lock");
+                if let Some(first) = first_unsynced {
+                    self.state.tip.fetch_min(first.0 .0 - 1, Ordering::AcqRel);
+                    rewind.to = Some(first);
+                }
+                rewind.epoch += 1;
             }
-            // After the rewind is set (see `Committer::commit`): a group written after the
-            // bump has gone back first.
-            self.state.epoch.fetch_add(1, Ordering::AcqRel);
             self.state.note_failure(&e);
             let why = e.to_string();
             for m in current {
@@ -630,7 +642,7 @@ impl Syncer {
         // thread has written on from where the log is to go back to; until it has gone
         // back, what it wrote before the barrier is not the log (a roll now would leave
         // the rewind behind in a closed segment).
-        let rewind_pending = self.state.rewind.lock().expect("rewind lock").is_some();
+        let rewind_pending = self.state.rewind.lock().expect("rewind lock").to.is_some();
         if current.iter().any(|m| matches!(m, ToSync::Written(_))) {
             // Before the replies: an appender told Ok sees a writable store.
             self.state.set_health(Health::Writable);

@@ -96,6 +96,9 @@ pub(crate) struct Index {
     tails: Mutex<Tails>,
     /// Recently read `L` chunks, decoded, by first seq.
     chunks: Mutex<BTreeMap<Seq, Arc<[Loc]>>>,
+    /// Held by whoever moves the tails into sled (the index writer, retention): two at
+    /// once would write and drop the same entries twice.
+    spilling: Mutex<()>,
     span: u64,
 }
 
@@ -259,6 +262,7 @@ impl Index {
             broken: Mutex::new(None),
             tails: Mutex::new(Tails::default()),
             chunks: Mutex::new(BTreeMap::new()),
+            spilling: Mutex::new(()),
             span: span.max(1),
         }
     }
@@ -476,13 +480,18 @@ impl Index {
         segment: u32,
         kept: &[(Record, Loc)],
     ) -> Result<()> {
+        let _one = self.spilling.lock().expect("index lock");
         let mut batch = sled::Batch::default();
         let (segments, indexed) = {
             let tails = self.tails.lock().expect("index lock");
-            assert!(
-                tails.located >= base && tails.indexed >= base,
-                "marks lie past the new base"
-            );
+            if tails.located < base || tails.indexed < base {
+                // Whatever happened (an index rebuilt meanwhile), it no longer fits the log:
+                // the index writer rebuilds it.
+                return Err(self.give_up(format!(
+                    "its marks ({}, {}) lie before the new base {base}",
+                    tails.located, tails.indexed
+                )));
+            }
             (tails.file_segments.clone(), tails.indexed)
         };
         let old: Vec<sled::IVec> = self.sled(|db| {
@@ -645,6 +654,7 @@ impl Index {
     /// when `all`; then a per-file segment when a span of records is located. Returns
     /// whether anything was written.
     pub(crate) fn spill(&self, durable: Seq, all: bool) -> Result<bool> {
+        let _one = self.spilling.lock().expect("index lock");
         let mut wrote = false;
         loop {
             let (first, payload, projects, last, crc) = {
@@ -775,6 +785,7 @@ impl Index {
     /// Takes the place of this index's sled and tails with `rebuilt`'s, which covers the
     /// log up to `through`; what this one noted after `through` is kept.
     pub(crate) fn adopt(&self, rebuilt: Index, through: Seq) {
+        let _one = self.spilling.lock().expect("index lock");
         let new_sled = rebuilt.sled.write().expect("index lock").take();
         let new = std::mem::take(&mut *rebuilt.tails.lock().expect("index lock"));
         let mut tails = self.tails.lock().expect("index lock");

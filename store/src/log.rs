@@ -189,7 +189,7 @@ pub(crate) struct Shared {
     /// The retention thread and what stops it (dropping the sender).
     retainer: std::sync::Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     /// One base advance at a time.
-    pub(crate) retaining: std::sync::Mutex<()>,
+    pub(crate) retaining: Arc<std::sync::Mutex<()>>,
     /// The base checkpoint, once read (history views start from it).
     pub(crate) base_state: std::sync::Mutex<Option<Arc<cb_core::Checkpoint>>>,
     pub(crate) log: Arc<SegmentLog>,
@@ -280,16 +280,24 @@ impl Store {
             recovered.end.1,
             segment_bytes,
             reserve_bytes,
+            // A run of its own: above every group the log holds.
+            recovered.incarnation + 1,
         )?;
         let state = Arc::new(CommitState::new(recovered.tip, writer.room()));
         let base = Arc::new(RwLock::new(base));
         let (durable_tx, durable_rx) = mpsc::channel();
+        let retaining = Arc::new(std::sync::Mutex::new(()));
         let indexer = {
-            let (index, log, base, state) =
-                (index.clone(), log.clone(), base.clone(), state.clone());
+            let (index, log, base, state, retaining) = (
+                index.clone(),
+                log.clone(),
+                base.clone(),
+                state.clone(),
+                retaining.clone(),
+            );
             std::thread::Builder::new()
                 .name("cb-store-index".into())
-                .spawn(move || run_indexer(&index, &log, &base, &state, durable_rx))
+                .spawn(move || run_indexer(&index, &log, &base, &retaining, &state, durable_rx))
                 .map_err(Error::io("starting the index thread"))?
         };
         let committer = Committer {
@@ -321,7 +329,7 @@ impl Store {
                 committer: Some(committer),
                 indexer: Some(indexer),
                 retainer: std::sync::Mutex::new(None),
-                retaining: std::sync::Mutex::new(()),
+                retaining,
                 base_state: std::sync::Mutex::new(None),
                 log,
                 index,
@@ -361,14 +369,20 @@ impl Store {
         self.shared.base.read().expect("base lock").clone()
     }
 
-    /// Whether appends are being taken (see [`Health`]).
+    /// Whether appends are being taken (see [`Health`]). A full disk that has room again
+    /// reads as writable at once, before the next append proves it.
     pub fn health(&self) -> Health {
-        self.shared
+        let health = self
+            .shared
             .state
             .health
             .lock()
             .expect("health lock")
-            .clone()
+            .clone();
+        match health {
+            Health::DiskFull(_) if self.writable() => Health::Writable,
+            other => other,
+        }
     }
 
     /// True if an append can be expected to succeed now: the active segment has room for a
@@ -524,6 +538,23 @@ impl Store {
             Ok(None) => return Records::failed(Error::Missing { seq: from }),
             Err(e) => return Records::failed(e),
         };
+        // The group the index points at must hold `from`, or the stream would start
+        // elsewhere without a word.
+        let mut head = [0u8; segment::GROUP_HEAD_LEN];
+        let holds = self
+            .shared
+            .log
+            .read(from, loc.segment, u64::from(loc.group), &mut head)
+            .ok()
+            .and_then(|()| segment::GroupHead::decode(&head).ok())
+            .is_some_and(|h| h.first <= from && from <= h.last);
+        if !holds {
+            return Records::failed(
+                self.shared
+                    .index
+                    .give_up(format!("it pointed record {from} at a group without it")),
+            );
+        }
         match GroupCursor::new(
             self.shared.log.clone(),
             loc.segment,
@@ -630,7 +661,7 @@ impl Store {
             return Ok(None);
         };
         let state = self.base_state(&base)?;
-        let version = self.latest_version(file)?.filter(|v| *v <= base.seq);
+        let version = self.shared.index.latest_change(file, base.seq)?;
         Ok(Some(cb_core::FileStart {
             state: state.for_file(file),
             version,
@@ -708,6 +739,7 @@ fn run_indexer(
     index: &Index,
     log: &Arc<SegmentLog>,
     base: &RwLock<Option<Base>>,
+    retaining: &std::sync::Mutex<()>,
     state: &CommitState,
     durable: Receiver<Seq>,
 ) {
@@ -732,7 +764,13 @@ fn run_indexer(
         }
         if index.broken().is_some()
             && std::time::Instant::now() >= next_rebuild
-            && !rebuild_running(index, log, base, Seq(state.synced.load(Ordering::Acquire)))
+            && !rebuild_running(
+                index,
+                log,
+                base,
+                retaining,
+                Seq(state.synced.load(Ordering::Acquire)),
+            )
         {
             next_rebuild = std::time::Instant::now() + std::time::Duration::from_secs(30);
         }
@@ -755,10 +793,13 @@ fn rebuild_running(
     index: &Index,
     log: &Arc<SegmentLog>,
     base: &RwLock<Option<Base>>,
+    retaining: &std::sync::Mutex<()>,
     tip: Seq,
 ) -> bool {
     let started = std::time::Instant::now();
     let reason = index.broken().unwrap_or_default();
+    // No base advance meanwhile: the rebuilt index is of the base it started from.
+    let _no_advance = retaining.lock().expect("retention lock");
     let base = base.read().expect("base lock").clone();
     let rebuilt = (|| -> Result<(Index, u64)> {
         let fresh = index.fresh_sibling()?;
@@ -779,6 +820,10 @@ fn rebuild_running(
             let mut ids = RecentIds::default();
             let mut notes = Vec::new();
             'groups: while let Some(head) = cursor.next_group()? {
+                if head.first > tip {
+                    // Being written past the durable tip: not the index's yet.
+                    break;
+                }
                 let (block, segment, at) = cursor.records();
                 for entry in segment::record_entries(&head, segment, at, block) {
                     let entry = entry?;
@@ -1002,18 +1047,14 @@ impl SnapshotReader<'_> {
             Some(r) => &self.run[r],
             None => &self.alone[..],
         };
-        let payload = match segment::body_payload(version, entry) {
+        let payload = match segment::checked_body(version, entry) {
             Ok(p) => p,
-            Err(e) => {
-                // A checksum that holds over another change's body: the index is stale.
-                if e.to_string().contains("the body read is change") {
-                    return Err(self
-                        .store
-                        .shared
-                        .index
-                        .give_up(format!("it pointed change {version} at another body")));
-                }
-                return Err(e);
+            Err(segment::BodyCheck::Damaged(e)) => return Err(e),
+            // A whole body of another change: the index is stale.
+            Err(segment::BodyCheck::OtherChange(found)) => {
+                return Err(self.store.shared.index.give_up(format!(
+                    "it pointed change {version} at change {found}'s body"
+                )))
             }
         };
         let view = segment::decode_body(version, payload, &mut self.ends)?;

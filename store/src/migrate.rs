@@ -123,40 +123,61 @@ fn copy(
         created: now,
     };
     log.create(header, segment_bytes, 0)?;
-    let mut writer = SegmentWriter::resume(log.clone(), 1, SEGMENT_HEADER_LEN, segment_bytes, 0)?;
+    let mut writer =
+        SegmentWriter::resume(log.clone(), 1, SEGMENT_HEADER_LEN, segment_bytes, 0, 1)?;
     let mut group = GroupBuilder::default();
     let mut locs = Vec::new();
     let mut records = 0u64;
+    // Every group claims the ones before it durable: true once the copy is synced, which
+    // happens before anything reads it (a copy cut short is discarded whole).
     let mut written_through = Seq(0);
-    let mut flush =
-        |group: &mut GroupBuilder, writer: &mut SegmentWriter, through: &mut Seq| -> Result<()> {
-            if group.is_empty() {
-                return Ok(());
-            }
-            let last = Seq(group.first_seq().expect("not empty").0 + group.len() as u64 - 1);
-            if !writer.fits(group) {
-                let (id, file) = writer.active();
-                file.sync_data()
-                    .map_err(|e| crate::seglog::sync_error(id, e))?;
-                writer.roll(group.first_seq().expect("not empty"), now, group.byte_len())?;
-            }
-            locs.clear();
-            writer.write(group, *through, &mut locs)?;
-            *through = last;
-            Ok(())
-        };
-    let copied = old.for_each(|record, body| {
-        let frame = codec::encode_record(&record);
-        let payload = body.as_ref().map(encode_body);
-        group.push(record.seq, &frame, payload.as_deref());
-        records += 1;
-        if group.len() >= GROUP {
-            flush(&mut group, &mut writer, &mut written_through)?;
+    // The time of the first record of the group being built: a segment is created as of
+    // it, so that age-based retention sees how old the migrated records are.
+    let mut group_at = now;
+    let mut flush = |group: &mut GroupBuilder,
+                     writer: &mut SegmentWriter,
+                     through: &mut Seq,
+                     at: Timestamp|
+     -> Result<()> {
+        if group.is_empty() {
+            return Ok(());
         }
+        let last = Seq(group.first_seq().expect("not empty").0 + group.len() as u64 - 1);
+        if !writer.fits(group) {
+            let (id, file) = writer.active();
+            file.sync_data()
+                .map_err(|e| crate::seglog::sync_error(id, e))?;
+            writer.roll(group.first_seq().expect("not empty"), at, group.byte_len())?;
+        }
+        locs.clear();
+        writer.write(group, *through, &mut locs)?;
+        *through = last;
         Ok(())
+    };
+    // sled may panic on a damaged log while it is read, not only when it is opened.
+    let copied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        old.for_each(|record, body| {
+            let frame = codec::encode_record(&record);
+            let payload = body.as_ref().map(encode_body);
+            if group.is_empty() {
+                group_at = record.at;
+            }
+            group.push(record.seq, &frame, payload.as_deref());
+            records += 1;
+            if group.len() >= GROUP {
+                flush(&mut group, &mut writer, &mut written_through, group_at)?;
+            }
+            Ok(())
+        })
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::Corrupt {
+            seq: Seq(0),
+            reason: "sled panicked reading it".into(),
+        })
     });
     copied.map_err(|e| refuse(from_format, e))?;
-    flush(&mut group, &mut writer, &mut written_through)?;
+    flush(&mut group, &mut writer, &mut written_through, group_at)?;
     let (id, file) = writer.active();
     file.sync_data()
         .map_err(|e| crate::seglog::sync_error(id, e))?;

@@ -455,11 +455,13 @@ impl Store {
             buf.push(b'\n');
             out.write_all(&buf).map_err(Error::io("writing the export"))
         };
+        // The base is read once: retention may move it while this runs, and then what is
+        // read of the old one fails (its files are gone) or does not continue (below), and the
+        // export stops with an error rather than write a log that is not one.
+        let mut from = from;
         if let Some(base) = self.base().filter(|b| from <= b.seq) {
             let kept = crate::recover::read_kept(&self.shared.log, &base)?;
-            let state = self
-                .base_checkpoint()?
-                .expect("a log with a base has its state");
+            let state = base.checkpoint(self.shared.log.storage())?;
             write(
                 Line {
                     seq: base.seq.0,
@@ -479,9 +481,19 @@ impl Store {
                 write(Line::from_record(&record, Some(&snapshot))?, out)?;
                 n += 1;
             }
+            from = Seq(base.seq.0 + 1);
         }
+        if self.first_seq() > from {
+            // Removed by retention (before this export began, past the base it read).
+            return Err(Error::Missing { seq: from });
+        }
+        let mut expect = from;
         for record in self.records(from) {
             let record = record?;
+            if record.seq != expect {
+                return Err(Error::Missing { seq: expect });
+            }
+            expect = Seq(expect.0 + 1);
             let snapshot = match record.kind {
                 RecordKind::ChangeAppended { .. } => Some(
                     self.snapshot(record.seq)?

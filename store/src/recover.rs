@@ -63,6 +63,8 @@ pub(crate) struct Recovered {
     pub(crate) index: Index,
     pub(crate) tip: Seq,
     pub(crate) last_at: Timestamp,
+    /// The writer's run that wrote the newest group scanned (0: none).
+    pub(crate) incarnation: u32,
     /// The active segment and where its data ends.
     pub(crate) end: (u32, u64),
     pub(crate) report: Recovery,
@@ -146,7 +148,7 @@ fn recover_with(
     let base_seq = base.map_or(Seq(0), |b| b.seq);
     let mut last_at = base.map_or(Timestamp(0), |b| b.at);
     if live.is_empty() {
-        let id = log.last_id() + 1;
+        let id = log.new_id();
         let header = SegmentHeader {
             format: FORMAT_VERSION,
             rules: RULES_VERSION,
@@ -168,6 +170,7 @@ fn recover_with(
             index,
             tip: base_seq,
             last_at,
+            incarnation: 0,
             end: (id, SEGMENT_HEADER_LEN),
             report,
         })));
@@ -187,6 +190,7 @@ fn recover_with(
     };
     let mut ids = RecentIds::default();
     let mut notes: Vec<(Record, Loc, u32)> = Vec::with_capacity(LOC_CHUNK as usize);
+    let mut incarnation = 0u32;
     let mut scanned = 0u64;
     let mut end = (start_segment, start_at);
     let last_id = live.last().expect("not empty").0;
@@ -209,6 +213,7 @@ fn recover_with(
                 let payload = &entry.frame[4..];
                 let record = codec::decode_checked(entry.seq, payload, &mut ids)?;
                 last_at = record.at;
+                incarnation = incarnation.max(group.head.incarnation);
                 let crc = codec::frame_crc(entry.frame).expect("a checked frame");
                 notes.push((record, entry.loc, crc));
             }
@@ -228,7 +233,14 @@ fn recover_with(
         notes.clear();
         scanned += index.noted().0.saturating_sub(noted_before.0);
         match scan {
-            ScanEnd::Clean { at } => end = (*id, at),
+            ScanEnd::Clean { at } => {
+                if *id == last_id {
+                    // Whatever follows the data (leftovers of groups never acknowledged)
+                    // is zeroed now, so that no later scan can take it for data.
+                    log.cut(*id, at)?;
+                }
+                end = (*id, at);
+            }
             ScanEnd::Torn { at, reason } if *id == last_id => {
                 log.cut(*id, at)?;
                 report.cut = Some(CutTail {
@@ -274,6 +286,7 @@ fn recover_with(
         index,
         tip,
         last_at,
+        incarnation,
         end,
         report,
     })))
@@ -367,7 +380,7 @@ fn read_head(segment: &Segment, at: u64) -> std::result::Result<GroupHead, Strin
         .file
         .read_exact_at(&mut buf, at)
         .map_err(|e| e.to_string())?;
-    GroupHead::decode(&buf)
+    GroupHead::decode(&buf).map_err(|e| e.to_string())
 }
 
 /// The kept segment's records with their locations.

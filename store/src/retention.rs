@@ -122,7 +122,9 @@ impl Store {
             .collect();
         let mut remove = 0;
         if let Some(age) = retention.max_age {
-            let horizon = now.0.saturating_sub(age.as_millis() as u64);
+            let horizon = now
+                .0
+                .saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
             remove = sealed.iter().take_while(|s| s.2 .0 < horizon).count();
         }
         if let Some(max) = retention.max_bytes {
@@ -146,7 +148,10 @@ impl Store {
             return Ok(None);
         }
         let horizon = retention.max_age.map_or(Timestamp(0), |age| {
-            Timestamp(now.0.saturating_sub(age.as_millis() as u64))
+            Timestamp(
+                now.0
+                    .saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            )
         });
         self.advance_base(
             end,
@@ -172,7 +177,7 @@ impl Store {
         let from = Seq(old_base.as_ref().map_or(0, |b| b.seq.0) + 1);
 
         // 1. The core's state at `end`.
-        let mut core = self.core_at(end)?;
+        let core = self.core_at(end)?;
         let at_end = core.now();
         // 2. The kept set: the latest change of every file, at or before `end`.
         let mut latest: FxHashMap<FileKey, (Seq, Timestamp, bool)> = FxHashMap::default();
@@ -215,31 +220,49 @@ impl Store {
             !forget
         });
         let mut kept: Vec<Seq> = latest.values().map(|(seq, _, _)| *seq).collect();
+        // And the version of every attempt in flight at the base, though newer changes came
+        // since: its outcome, after the base, is checked against it (`cbctl replay`).
+        kept.extend(
+            core.in_flight()
+                .into_iter()
+                .map(|a| a.version)
+                .filter(|v| *v <= end),
+        );
         kept.sort_unstable();
+        kept.dedup();
         // 3. The archive, whole and synced, before anything is removed.
         let archive = match archive {
             Some(a) => Some(a.finish()?),
             None => None,
         };
         // 4. The kept segment, the base checkpoint, the manifest.
-        let kept_id = log.last_id() + 1;
+        let kept_id = log.new_id();
         let kept_locs = self.write_kept_segment(kept_id, end, at_end, &kept, &kept_before)?;
-        core.advance(at_end, &mut Vec::new());
         let checkpoint = core.checkpoint();
         // Where the removed history is: this archive's dir, else where the last one went.
         let archived_in = match archive_dir {
             Some(dir) => Some(dir.to_owned()),
             None => old_base.as_ref().and_then(|b| b.archive.clone()),
         };
-        let new_base = Base::commit(&storage, end, at_end, kept_id, &checkpoint, archived_in)?;
-        // 5. Everyone else learns of it; then the old files go. The index first writes out
-        // what it holds in memory, so that its marks lie past the new base (after a sync:
-        // sled holds only what an fdatasync covered).
+        // The index writes out what it holds in memory first, so that its marks lie past
+        // the new base — before the switch, so that nothing after it can fail for it (sled
+        // holds only what an fdatasync covered: what is synced now reaches past `end`, which
+        // lies in a closed segment).
         self.sync()?;
-        self.shared.index.spill(self.tip(), true)?;
+        let synced = Seq(self
+            .shared
+            .state
+            .synced
+            .load(std::sync::atomic::Ordering::Acquire));
+        self.shared.index.spill(synced, true)?;
+        let new_base = Base::commit(&storage, end, at_end, kept_id, &checkpoint, archived_in)?;
+        // 5. The switch is made: everyone else learns of it, then the old files go. What
+        // fails from here is left to the index's rebuild and the next open's cleanup.
         *self.shared.base.write().expect("base lock") = Some(new_base.clone());
         *self.shared.base_state.lock().expect("base lock") = None;
-        self.shared.index.advance_base(end, kept_id, &kept_locs)?;
+        if let Err(e) = self.shared.index.advance_base(end, kept_id, &kept_locs) {
+            tracing::warn!(error = %e, "the index did not take the new base; it is rebuilt");
+        }
         let mut bytes_removed = 0;
         for id in &segments {
             if let Some(s) = log.get(*id) {
@@ -251,8 +274,10 @@ impl Store {
                 bytes_removed += s.file.len().unwrap_or(0);
             }
         }
-        remove_leftovers(log, &new_base)?;
-        for file in self.checkpoints()? {
+        if let Err(e) = remove_leftovers(log, &new_base) {
+            tracing::warn!(error = %e, "removing the segments before the base; the next start does");
+        }
+        for file in self.checkpoints().unwrap_or_default() {
             if file.seq <= end {
                 let _ = self.shared.checkpoints.remove(&file.name);
             }
@@ -363,7 +388,7 @@ impl Store {
         }
         let at = state.now;
         let log = &self.shared.log;
-        let id = log.last_id() + 1;
+        let id = log.new_id();
         let items = kept.iter().map(|(r, snapshot)| {
             Ok((
                 r.seq,
@@ -411,7 +436,8 @@ fn write_kept(
         }
         let at = bytes.len() as u64;
         let first = locs.len();
-        group.finish(id, at, end, &mut buf, &mut locs);
+        // Kept segments are written whole and never scanned for a tail: no run to tell apart.
+        group.finish(id, at, end, 0, &mut buf, &mut locs);
         bytes.extend_from_slice(&buf);
         for (seq, loc) in &locs[first..] {
             let from = loc.record as usize;
@@ -477,6 +503,19 @@ impl Archive {
             file.sync_all()?;
             std::fs::rename(&self.tmp, &self.path)?;
             if let Some(dir) = self.path.parent() {
+                // An advance that failed after its archive was written left one from the
+                // same seq to an earlier end: this one holds all of it.
+                let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+                let same_start = format!("{}-", &name[..name.len().min("cb-".len() + 20)]);
+                for entry in std::fs::read_dir(dir)? {
+                    let other = entry?.file_name().to_string_lossy().into_owned();
+                    if other != name
+                        && other.starts_with(&same_start)
+                        && other.ends_with(".ndjson.zst")
+                    {
+                        let _ = std::fs::remove_file(dir.join(other));
+                    }
+                }
                 std::fs::File::open(dir)?.sync_all()?;
             }
             Ok(())
@@ -555,7 +594,16 @@ pub(crate) fn run(
             return;
         };
         let store = Store { shared };
-        match store.retain_now(&retention) {
+        // A bug in an advance must not end retention for the life of the process.
+        let advanced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.retain_now(&retention)
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::Rejected(
+                "retention panicked (see the log above)".into(),
+            ))
+        });
+        match advanced {
             Ok(Some(a)) => tracing::info!(
                 base = a.base.0,
                 segments = a.segments_removed,

@@ -46,6 +46,9 @@ pub(crate) struct Segment {
 pub(crate) struct SegmentLog {
     storage: Arc<dyn Storage>,
     segments: RwLock<BTreeMap<u32, Segment>>,
+    /// The next segment id to hand out. Invariant: above every id in use or being made, so
+    /// the commit thread's roll and retention's kept segment never take the same one.
+    next_id: std::sync::atomic::AtomicU32,
 }
 
 pub(crate) fn segment_name(id: u32) -> String {
@@ -126,9 +129,11 @@ impl SegmentLog {
         if removed {
             storage.sync_dir().map_err(io("syncing"))?;
         }
+        let next_id = segments.keys().next_back().map_or(1, |id| id + 1);
         Ok(Arc::new(SegmentLog {
             storage,
             segments: RwLock::new(segments),
+            next_id: std::sync::atomic::AtomicU32::new(next_id),
         }))
     }
 
@@ -171,10 +176,14 @@ impl SegmentLog {
     }
 
     pub(crate) fn insert(&self, id: u32, segment: Segment) {
-        self.segments
-            .write()
-            .expect("segments lock")
-            .insert(id, segment);
+        let mut segments = self.segments.write().expect("segments lock");
+        assert!(
+            !segments.contains_key(&id),
+            "segment ids are handed out once (new_id)"
+        );
+        segments.insert(id, segment);
+        self.next_id
+            .fetch_max(id + 1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Forgets segment `id` and removes its file (not synced: the caller syncs the dir).
@@ -190,15 +199,10 @@ impl SegmentLog {
         }
     }
 
-    /// The highest id in use (0 if none).
-    pub(crate) fn last_id(&self) -> u32 {
-        self.segments
-            .read()
-            .expect("segments lock")
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(0)
+    /// A segment id no one else has or will be given.
+    pub(crate) fn new_id(&self) -> u32 {
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Reads `buf.len()` bytes at `offset` of segment `segment`, for record `seq` (named in
@@ -403,17 +407,22 @@ pub(crate) struct SegmentWriter {
     capacity: u64,
     segment_bytes: u64,
     reserve_bytes: u64,
+    /// The run of the writer its groups are marked with ([`GroupHead::incarnation`]):
+    /// above every run before it, and raised at every rewind.
+    incarnation: u32,
     buf: Vec<u8>,
 }
 
 impl SegmentWriter {
-    /// A writer appending to live segment `id` after its data, which ends at `end`.
+    /// A writer appending to live segment `id` after its data, which ends at `end`, as run
+    /// `incarnation` of the writer.
     pub(crate) fn resume(
         log: Arc<SegmentLog>,
         id: u32,
         end: u64,
         segment_bytes: u64,
         reserve_bytes: u64,
+        incarnation: u32,
     ) -> Result<SegmentWriter> {
         let s = log.get(id).ok_or(Error::Missing { seq: Seq(0) })?;
         let capacity = s.file.len().map_err(|e| Error::Io {
@@ -428,6 +437,7 @@ impl SegmentWriter {
             capacity,
             segment_bytes: segment_bytes.clamp(SEGMENT_HEADER_LEN * 2, MAX_SEGMENT_BYTES),
             reserve_bytes,
+            incarnation,
             buf: Vec::new(),
         })
     }
@@ -459,7 +469,7 @@ impl SegmentWriter {
     /// a newer segment exists only then. The old one is cut to its data (an empty one is
     /// removed). On failure nothing changed.
     pub(crate) fn roll(&mut self, first_seq: Seq, now: Timestamp, at_least: u64) -> Result<()> {
-        let id = self.log.last_id() + 1;
+        let id = self.log.new_id();
         let header = SegmentHeader {
             format: FORMAT_VERSION,
             rules: RULES_VERSION,
@@ -508,7 +518,14 @@ impl SegmentWriter {
         assert!(self.fits(group), "a group is written only where it fits");
         let at = self.end;
         let start = locs.len();
-        group.finish(self.id, at, synced_through, &mut self.buf, locs);
+        group.finish(
+            self.id,
+            at,
+            synced_through,
+            self.incarnation,
+            &mut self.buf,
+            locs,
+        );
         if let Err(e) = self.file.write_all_at(&self.buf, at) {
             locs.truncate(start);
             return Err(write_error(self.id, e));
@@ -529,9 +546,16 @@ impl SegmentWriter {
         assert!(to.1 <= self.end, "rewinds go back");
         if to.1 < self.end {
             let _ = self.file.set_len(to.1);
-            let _ = self.file.allocate(self.capacity);
+            if self.file.allocate(self.capacity).is_err() {
+                // No room to have the space back: the segment is what it is now, and the
+                // next group that does not fit rolls (a group never half fits).
+                self.capacity = self.file.len().unwrap_or(to.1).max(to.1);
+            }
         }
         self.end = to.1;
+        // What was written from `to` on may still be on disk (the cut is not synced): it
+        // is of this run, and what follows from now is of the next, which a scan tells apart.
+        self.incarnation += 1;
     }
 }
 
@@ -583,6 +607,10 @@ pub(crate) struct GroupCursor {
     successor: Option<Seq>,
 }
 
+fn removed_while_read(seq: Seq) -> Error {
+    Error::Missing { seq }
+}
+
 /// The window a [`GroupCursor`] reads at once.
 const WINDOW: usize = 256 * 1024;
 
@@ -622,11 +650,16 @@ impl GroupCursor {
         self.current = None;
         loop {
             let successor = self.successor_first();
-            if self.next_seq.is_some() && self.next_seq == successor {
+            if let Some(next) = self.next_seq.filter(|n| Some(*n) == successor) {
                 // A closed segment's data ends where the next one's begins, whatever bytes
-                // follow it (see `segment::scan`).
-                let (id, _) = self.log.next_live(self.segment).expect("a successor");
-                *self = GroupCursor::new(self.log.clone(), id, SEGMENT_HEADER_LEN, self.next_seq)?;
+                // follow it (see `segment::scan`). Retention may have removed that one
+                // meanwhile (it removes the oldest segments, this one too): an error, never
+                // a shorter log.
+                let id = match self.log.next_live(self.segment) {
+                    Some((id, s)) if s.header.first_seq == next => id,
+                    _ => return Err(removed_while_read(next)),
+                };
+                *self = GroupCursor::new(self.log.clone(), id, SEGMENT_HEADER_LEN, Some(next))?;
                 continue;
             }
             let head = if self.at + GROUP_HEAD_LEN as u64 <= self.seg_len {
@@ -639,6 +672,9 @@ impl GroupCursor {
             let Some(head) = head else {
                 // The segment's data ends here: the next live segment goes on, if any.
                 let Some((id, s)) = self.log.next_live(self.segment) else {
+                    if self.log.get(self.segment).is_none() {
+                        return Err(removed_while_read(self.next_seq.unwrap_or(Seq(0))));
+                    }
                     return Ok(None);
                 };
                 let expected = self.next_seq.unwrap_or(s.header.first_seq);
@@ -669,8 +705,8 @@ impl GroupCursor {
         }
     }
 
-    /// The first seq of the live segment after this one, once there is one (it never
-    /// changes after that).
+    /// The first seq of the live segment after this one, once there is one (it changes
+    /// only when retention removes it, and this one with it).
     fn successor_first(&mut self) -> Option<Seq> {
         if self.successor.is_none() {
             self.successor = self

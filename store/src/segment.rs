@@ -7,7 +7,7 @@
 //!            reserved[20] crc:u32                  (crc of the 60 bytes before it)
 //! group    = head records bodies padding           (padded to 8 bytes)
 //! head     = "CBGR" crc:u32 first:u64 last:u64 count:u32 records_len:u32 bodies_len:u32
-//!            flags:u32 synced_through:u64          (48 bytes; crc of bytes 8..48)
+//!            incarnation:u32 synced_through:u64    (48 bytes; crc of bytes 8..48)
 //! records  = count × (frame_len:u32 body_len:u32 frame)
 //! frame    = crc:u32 bincode(Record)               (the crc a checkpoint's anchor names)
 //! bodies   = one body entry per change, in record order, each `body_len` bytes:
@@ -172,6 +172,10 @@ pub(crate) struct GroupHead {
     pub(crate) bodies_len: u32,
     /// The last seq durable when the group was written (see the module docs).
     pub(crate) synced_through: Seq,
+    /// Which run of the writer wrote it: raised at every open and every rewind, so the
+    /// leftovers of groups given up (a failed sync's, a crashed run's) are never taken for
+    /// data after newer groups (the scan stops at a group older than the one before it).
+    pub(crate) incarnation: u32,
 }
 
 impl GroupHead {
@@ -183,6 +187,7 @@ impl GroupHead {
         b[24..28].copy_from_slice(&self.count.to_le_bytes());
         b[28..32].copy_from_slice(&self.records_len.to_le_bytes());
         b[32..36].copy_from_slice(&self.bodies_len.to_le_bytes());
+        b[36..40].copy_from_slice(&self.incarnation.to_le_bytes());
         b[40..48].copy_from_slice(&self.synced_through.0.to_le_bytes());
         let crc = crc32fast::hash(&b[8..]);
         b[4..8].copy_from_slice(&crc.to_le_bytes());
@@ -190,19 +195,20 @@ impl GroupHead {
     }
 
     /// Parses a head, or says why the bytes are not one. Checks only the head itself.
-    pub(crate) fn decode(b: &[u8]) -> std::result::Result<GroupHead, String> {
+    pub(crate) fn decode(b: &[u8]) -> std::result::Result<GroupHead, NotAGroup> {
+        let other = |why: String| NotAGroup::Other(why);
         let b = b
             .get(..GROUP_HEAD_LEN)
-            .ok_or_else(|| "shorter than a group head".to_string())?;
+            .ok_or_else(|| other("shorter than a group head".into()))?;
         if b[0..4] != GROUP_MAGIC {
             return Err(if b.iter().all(|x| *x == 0) {
-                "zeros".into()
+                NotAGroup::Zeros
             } else {
-                "no group magic".into()
+                other("no group magic".into())
             });
         }
         if crc32fast::hash(&b[8..]) != u32_at(b, 4) {
-            return Err("group head fails its checksum".into());
+            return Err(other("group head fails its checksum".into()));
         }
         let head = GroupHead {
             first: Seq(u64_at(b, 8)),
@@ -210,19 +216,20 @@ impl GroupHead {
             count: u32_at(b, 24),
             records_len: u32_at(b, 28),
             bodies_len: u32_at(b, 32),
+            incarnation: u32_at(b, 36),
             synced_through: Seq(u64_at(b, 40)),
         };
         if head.count == 0 || head.first.0 == 0 || head.last < head.first {
-            return Err(format!(
+            return Err(other(format!(
                 "group head claims {} records from {} to {}",
                 head.count, head.first, head.last
-            ));
+            )));
         }
         if u64::from(head.count) > head.last.0 - head.first.0 + 1 {
-            return Err(format!(
+            return Err(other(format!(
                 "group head claims {} records between {} and {}",
                 head.count, head.first, head.last
-            ));
+            )));
         }
         Ok(head)
     }
@@ -235,6 +242,24 @@ impl GroupHead {
     /// True if the seqs are consecutive (every live group).
     pub(crate) fn is_dense(&self) -> bool {
         self.last.0 - self.first.0 + 1 == u64::from(self.count)
+    }
+}
+
+/// Why bytes are not a group head.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) enum NotAGroup {
+    /// Only zeros: where the data of a preallocated segment ends.
+    Zeros,
+    /// Anything else, and what.
+    Other(String),
+}
+
+impl std::fmt::Display for NotAGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotAGroup::Zeros => f.write_str("zeros"),
+            NotAGroup::Other(why) => f.write_str(why),
+        }
     }
 }
 
@@ -356,6 +381,7 @@ impl GroupBuilder {
         segment: u32,
         offset: u64,
         synced_through: Seq,
+        incarnation: u32,
         out: &mut Vec<u8>,
         locs: &mut Vec<(Seq, Loc)>,
     ) {
@@ -368,6 +394,7 @@ impl GroupBuilder {
             records_len: len_u32(self.records.len()),
             bodies_len: len_u32(self.bodies.len()),
             synced_through,
+            incarnation,
         };
         let total = head.total_len();
         assert!(
@@ -514,9 +541,31 @@ pub(crate) fn record_entries<'a>(
 
 /// Checks a body entry read back and returns its payload.
 pub(crate) fn body_payload(seq: Seq, entry: &[u8]) -> Result<&[u8]> {
-    let corrupt = |reason: String| Error::Corrupt {
-        seq,
-        reason: format!("snapshot body: {reason}"),
+    match checked_body(seq, entry) {
+        Ok(payload) => Ok(payload),
+        Err(BodyCheck::Damaged(e)) => Err(e),
+        Err(BodyCheck::OtherChange(stored)) => Err(Error::Corrupt {
+            seq,
+            reason: format!("snapshot body: the body read is change {stored}'s"),
+        }),
+    }
+}
+
+/// Why a body entry read back is not change `seq`'s.
+pub(crate) enum BodyCheck {
+    /// It fails its checks.
+    Damaged(Error),
+    /// It is whole, but another change's: whoever said where to read it was wrong.
+    OtherChange(Seq),
+}
+
+/// [`body_payload`], telling a damaged entry from another change's.
+pub(crate) fn checked_body(seq: Seq, entry: &[u8]) -> std::result::Result<&[u8], BodyCheck> {
+    let corrupt = |reason: String| {
+        BodyCheck::Damaged(Error::Corrupt {
+            seq,
+            reason: format!("snapshot body: {reason}"),
+        })
     };
     let (crc, rest) = entry
         .split_first_chunk::<4>()
@@ -536,7 +585,7 @@ pub(crate) fn body_payload(seq: Seq, entry: &[u8]) -> Result<&[u8]> {
     }
     let stored = Seq(u64_at(rest, 0));
     if stored != seq {
-        return Err(corrupt(format!("the body read is change {stored}'s")));
+        return Err(BodyCheck::OtherChange(stored));
     }
     Ok(&rest[8..])
 }
@@ -664,27 +713,34 @@ pub(crate) fn scan(
     };
     let mut at = from;
     let mut buf = Vec::new();
+    let mut incarnation = 0;
     loop {
         if at + GROUP_HEAD_LEN as u64 > len || (next_seq.is_some() && next_seq == until) {
             return Ok(ScanEnd::Clean { at });
         }
-        let checked = read_group(file, segment, at, len, next_seq, &mut buf).map_err(io)?;
+        let checked =
+            read_group(file, segment, at, len, next_seq, incarnation, &mut buf).map_err(io)?;
         match checked {
             Ok(head) => {
                 let records = &buf[GROUP_HEAD_LEN..GROUP_HEAD_LEN + head.records_len as usize];
                 each(&ScannedGroup { at, head, records })?;
                 next_seq = next_seq.map(|_| Seq(head.last.0 + 1));
+                incarnation = head.incarnation;
                 at += head.total_len();
             }
-            Err(reason) if reason == "zeros" => {
+            Err(NotAGroup::Zeros) => {
                 // The clean end, unless a durable group follows a lost one (damage).
-                return match later_group(file, segment, at, len, next_seq).map_err(io)? {
+                return match later_group(file, segment, at, len, next_seq, incarnation)
+                    .map_err(io)?
+                {
                     Some(later) => Err(damage(next_seq, at, &later)),
                     None => Ok(ScanEnd::Clean { at }),
                 };
             }
-            Err(reason) => {
-                return match later_group(file, segment, at, len, next_seq).map_err(io)? {
+            Err(NotAGroup::Other(reason)) => {
+                return match later_group(file, segment, at, len, next_seq, incarnation)
+                    .map_err(io)?
+                {
                     Some(later) => Err(damage(next_seq, at, &later)),
                     None => Ok(ScanEnd::Torn { at, reason }),
                 };
@@ -705,35 +761,43 @@ fn damage(next_seq: Option<Seq>, at: u64, later: &(u64, GroupHead)) -> Error {
     }
 }
 
-/// Reads the group at `at` into `buf` and checks it whole; the inner `Err` says why it is
-/// not a whole group (`"zeros"` when only zeros are there).
+/// Reads the group at `at` into `buf` and checks it whole, and not older than `incarnation`
+/// (the writer's run of the group before it); the inner `Err` says why it is not a whole
+/// group.
 fn read_group(
     file: &dyn StorageFile,
     segment: u32,
     at: u64,
     len: u64,
     next_seq: Option<Seq>,
+    incarnation: u32,
     buf: &mut Vec<u8>,
-) -> io::Result<std::result::Result<GroupHead, String>> {
+) -> io::Result<std::result::Result<GroupHead, NotAGroup>> {
     buf.resize(GROUP_HEAD_LEN, 0);
     file.read_exact_at(buf, at)?;
     let head = match GroupHead::decode(buf) {
         Ok(h) => h,
         Err(why) => return Ok(Err(why)),
     };
+    if head.incarnation < incarnation {
+        return Ok(Err(NotAGroup::Other(format!(
+            "a group of {}..={} left by an earlier run of the writer",
+            head.first, head.last
+        ))));
+    }
     if next_seq.is_some_and(|s| head.first != s) || (next_seq.is_some() && !head.is_dense()) {
-        return Ok(Err(format!(
+        return Ok(Err(NotAGroup::Other(format!(
             "a group of {}..={} where {} was expected",
             head.first,
             head.last,
             next_seq.expect("checked")
-        )));
+        ))));
     }
     if at + head.total_len() > len {
-        return Ok(Err(format!(
+        return Ok(Err(NotAGroup::Other(format!(
             "a group of {} bytes at {at} passes the segment's end ({len})",
             head.total_len()
-        )));
+        ))));
     }
     let body_end = GROUP_HEAD_LEN + head.records_len as usize + head.bodies_len as usize;
     buf.resize(body_end, 0);
@@ -743,13 +807,13 @@ fn read_group(
     for entry in record_entries(&head, segment, at, records) {
         let entry = match entry {
             Ok(e) => e,
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => return Ok(Err(NotAGroup::Other(e.to_string()))),
         };
         if entry.loc.body_len > 0 {
             let from = bodies_at + (u64::from(entry.loc.body) - at - bodies_at as u64) as usize;
             let body = &buf[from..from + entry.loc.body_len as usize];
             if let Err(e) = body_payload(entry.seq, body) {
-                return Ok(Err(e.to_string()));
+                return Ok(Err(NotAGroup::Other(e.to_string())));
             }
         }
     }
@@ -765,6 +829,7 @@ fn later_group(
     bad: u64,
     len: u64,
     next_seq: Option<Seq>,
+    incarnation: u32,
 ) -> io::Result<Option<(u64, GroupHead)>> {
     // A kept segment is written whole and synced before it is used: no tail to tell apart.
     let Some(next_seq) = next_seq else {
@@ -784,7 +849,8 @@ fn later_group(
                     let at = start + i as u64;
                     if head.first >= next_seq && head.synced_through >= next_seq {
                         // Whole, or it proves nothing.
-                        let whole = read_group(file, segment, at, len, None, &mut buf)?;
+                        let whole =
+                            read_group(file, segment, at, len, None, incarnation, &mut buf)?;
                         if whole.is_ok() {
                             return Ok(Some((at, head)));
                         }
@@ -817,13 +883,22 @@ mod tests {
         synced: u64,
         offset: u64,
     ) -> (Vec<u8>, Vec<(Seq, Loc)>) {
+        group_of_run(seqs, synced, offset, 1)
+    }
+
+    fn group_of_run(
+        seqs: std::ops::RangeInclusive<u64>,
+        synced: u64,
+        offset: u64,
+        incarnation: u32,
+    ) -> (Vec<u8>, Vec<(Seq, Loc)>) {
         let mut g = GroupBuilder::default();
         for s in seqs {
             let body = format!("body {s}");
             g.push(Seq(s), &frame(s), (s % 2 == 0).then_some(body.as_bytes()));
         }
         let (mut out, mut locs) = (Vec::new(), Vec::new());
-        g.finish(1, offset, Seq(synced), &mut out, &mut locs);
+        g.finish(1, offset, Seq(synced), incarnation, &mut out, &mut locs);
         (out, locs)
     }
 
@@ -1018,6 +1093,20 @@ mod tests {
         );
         assert_eq!(seen, [1, 2, 3]);
         assert!(matches!(end.unwrap(), ScanEnd::Clean { .. }));
+    }
+
+    /// A run that lost its newest group at a crash, then wrote one of the same size: the
+    /// group the crash kept after it (never acknowledged, of the older run) continues the
+    /// seqs exactly, and is still not taken for data.
+    #[test]
+    fn a_group_of_an_earlier_run_after_newer_ones_ends_the_log() {
+        let (g1, _) = group_of_run(1..=3, 0, SEGMENT_HEADER_LEN, 2);
+        let at = SEGMENT_HEADER_LEN + g1.len() as u64;
+        let (stale, _) = group_of_run(4..=4, 3, at, 1);
+        let (_t, f) = segment_with(&[g1, stale], 4096);
+        let (seen, result) = seqs_scanned(&*f, 4096);
+        assert_eq!(seen, [1, 2, 3]);
+        assert!(matches!(result.unwrap(), ScanEnd::Torn { at: a, .. } if a == at));
     }
 
     #[test]
