@@ -407,6 +407,8 @@ pub(crate) struct SegmentWriter {
     capacity: u64,
     segment_bytes: u64,
     reserve_bytes: u64,
+    /// The rules version of the active segment: a build of other rules starts a new one.
+    rules: u32,
     /// The run of the writer its groups are marked with ([`GroupHead::incarnation`]):
     /// above every run before it, and raised at every rewind.
     incarnation: u32,
@@ -432,6 +434,7 @@ impl SegmentWriter {
         Ok(SegmentWriter {
             log,
             id,
+            rules: s.header.rules,
             file: s.file,
             end,
             capacity,
@@ -447,13 +450,6 @@ impl SegmentWriter {
         (self.id, self.file.clone())
     }
 
-    /// The active segment's rules version.
-    pub(crate) fn rules(&self) -> u32 {
-        self.log
-            .get(self.id)
-            .map_or(RULES_VERSION, |s| s.header.rules)
-    }
-
     /// Bytes the active segment has left for groups.
     pub(crate) fn room(&self) -> u64 {
         self.capacity.saturating_sub(self.end)
@@ -461,7 +457,7 @@ impl SegmentWriter {
 
     /// True if `group` fits after the active segment's data.
     pub(crate) fn fits(&self, group: &GroupBuilder) -> bool {
-        self.end + group.byte_len() <= self.capacity && self.rules() == RULES_VERSION
+        self.end + group.byte_len() <= self.capacity && self.rules == RULES_VERSION
     }
 
     /// Starts a new segment for records from `first_seq` on, with room for at least
@@ -499,6 +495,7 @@ impl SegmentWriter {
             let _ = self.file.set_len(self.end);
         }
         self.id = id;
+        self.rules = RULES_VERSION;
         self.file = segment.file;
         self.end = SEGMENT_HEADER_LEN;
         self.capacity = capacity;
