@@ -630,7 +630,8 @@ impl Store {
             return Ok(None);
         };
         let state = self.base_state(&base)?;
-        let version = self.latest_version(file)?.filter(|v| *v <= base.seq);
+        // Its latest change at or before the base, whatever came after.
+        let version = self.shared.index.latest_change(file, base.seq)?;
         Ok(Some(cb_core::FileStart {
             state: state.for_file(file),
             version,

@@ -304,3 +304,36 @@ fn a_byte_limit_removes_the_oldest_segments() {
     // Forever keeps everything.
     assert_eq!(store.retain_now(&Retention::forever()).unwrap(), None);
 }
+
+/// A file changed after the base still starts there from its kept change: a rewind to a
+/// point before the later change, and a history, begin with that version.
+#[test]
+fn a_file_changed_after_the_base_starts_from_its_kept_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = VirtualClock::at(1_700_000_000_000);
+    let store = Store::open(tmp.path(), store_options(&clock)).unwrap();
+    let f = file(1);
+    let kept = store
+        .append(vec![change(f.clone(), EventKind::Rated, seed_like(&f, 0))])
+        .unwrap()
+        .first;
+    for i in 0..200u64 {
+        clock.advance(1000);
+        let g = file(10 + i % 20);
+        store
+            .append(vec![change(g.clone(), EventKind::Rated, seed_like(&g, i))])
+            .unwrap();
+    }
+    let a = store
+        .retain_now(&retention(None))
+        .unwrap()
+        .expect("an advance");
+    assert!(kept <= a.base, "{a:?}");
+    let later = store
+        .append(vec![change(f.clone(), EventKind::Rated, seed_like(&f, 1))])
+        .unwrap()
+        .first;
+    assert_eq!(store.latest_version(&f).unwrap(), Some(later));
+    let start = store.file_start(&f).unwrap().expect("a base");
+    assert_eq!(start.version, Some(kept));
+}
