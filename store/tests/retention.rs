@@ -337,3 +337,54 @@ fn a_file_changed_after_the_base_starts_from_its_kept_change() {
     let start = store.file_start(&f).unwrap().expect("a base");
     assert_eq!(start.version, Some(kept));
 }
+
+/// An import of only a base (its line and the kept changes, no record after them) leaves an
+/// index with kept records and no location yet: reopened, the log goes on after the base and
+/// finds what is appended.
+#[test]
+fn records_appended_after_an_imported_base_alone_are_found_after_a_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = VirtualClock::at(1_700_000_000_000);
+    let source = Store::open(&tmp.path().join("source"), store_options(&clock)).unwrap();
+    for i in 0..200u64 {
+        clock.advance(1000);
+        let f = file(i % 20);
+        source
+            .append(vec![change(f.clone(), EventKind::Rated, seed_like(&f, i))])
+            .unwrap();
+    }
+    let a = source
+        .retain_now(&retention(None))
+        .unwrap()
+        .expect("an advance");
+    let mut export = Vec::new();
+    source.export(Seq(1), &mut export).unwrap();
+    let lines = 1 + a.kept as usize;
+    let base_alone: Vec<u8> = export
+        .split_inclusive(|b| *b == b'\n')
+        .take(lines)
+        .flatten()
+        .copied()
+        .collect();
+    let dir = tmp.path().join("copy");
+    let copy = Store::open(&dir, store_options(&clock)).unwrap();
+    copy.import(&base_alone[..], |_| {}).unwrap();
+    assert_eq!(copy.last_seq(), Some(a.base));
+    drop(copy);
+    let copy = Store::open(&dir, store_options(&clock)).unwrap();
+    let f = file(1);
+    let next = copy
+        .append(vec![change(
+            f.clone(),
+            EventKind::Rated,
+            seed_like(&f, 999),
+        )])
+        .unwrap()
+        .first;
+    assert_eq!(next, Seq(a.base.0 + 1));
+    assert_eq!(copy.snapshot(next).unwrap(), Some(seed_like(&f, 999)));
+    assert_eq!(copy.latest_version(&f).unwrap(), Some(next));
+    drop(copy);
+    let copy = Store::open(&dir, store_options(&clock)).unwrap();
+    assert_eq!(copy.snapshot(next).unwrap(), Some(seed_like(&f, 999)));
+}
