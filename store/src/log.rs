@@ -257,9 +257,7 @@ impl Store {
         };
         let log = SegmentLog::open(segments.clone())?;
         let base = Base::load(&segments)?;
-        if let Some(base) = &base {
-            crate::retention::remove_leftovers(&log, base)?;
-        }
+        crate::retention::remove_leftovers(&log, base.as_ref())?;
         let recovered = recover::recover(
             &log,
             base.as_ref(),

@@ -21,6 +21,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
@@ -36,6 +37,7 @@ use crate::seglog::SegmentLog;
 use crate::segment::{
     self, GroupBuilder, Loc, SegmentHeader, SegmentKind, FORMAT_VERSION, RULES_VERSION,
 };
+use crate::storage::Storage;
 
 /// How much history the log keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -251,7 +253,7 @@ impl Store {
                 bytes_removed += s.file.len().unwrap_or(0);
             }
         }
-        remove_leftovers(log, &new_base)?;
+        remove_leftovers(log, Some(&new_base))?;
         for file in self.checkpoints()? {
             if file.seq <= end {
                 let _ = self.shared.checkpoints.remove(&file.name);
@@ -502,11 +504,34 @@ fn archive_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 
 /// Removes what an interrupted switch to `base` left: kept segments and base checkpoints
 /// the manifest does not name, and live segments whose records are all at or before the
-/// base.
-pub(crate) fn remove_leftovers(log: &SegmentLog, base: &Base) -> Result<()> {
+/// base. Without a base (`None`: an interrupted first switch, or import of one), every kept
+/// segment and base checkpoint is a leftover — if the log starts at record 1, as a log
+/// without a base does (else it is left as found, for the open to refuse).
+pub(crate) fn remove_leftovers(log: &SegmentLog, base: Option<&Base>) -> Result<()> {
     let storage = log.storage().clone();
     let mut removed = false;
     let live = log.live();
+    let Some(base) = base else {
+        if live
+            .first()
+            .is_some_and(|(_, s)| s.header.first_seq != Seq(1))
+        {
+            return Ok(());
+        }
+        for (id, s) in log.segments() {
+            if s.header.kind == SegmentKind::Kept {
+                log.remove(id)?;
+                removed = true;
+            }
+        }
+        removed |= remove_base_checkpoints(&storage, None)?;
+        if removed {
+            storage
+                .sync_dir()
+                .map_err(Error::io("syncing the segments directory"))?;
+        }
+        return Ok(());
+    };
     for (i, (id, _)) in live.iter().enumerate() {
         // A live segment ends where the next begins; the newest is never removed here.
         let Some((_, next)) = live.get(i + 1) else {
@@ -523,21 +548,28 @@ pub(crate) fn remove_leftovers(log: &SegmentLog, base: &Base) -> Result<()> {
             removed = true;
         }
     }
-    let keep = base::checkpoint_name(base.seq);
-    for name in storage.list().map_err(Error::io("listing the segments"))? {
-        if name.starts_with("base-") && name.ends_with(".cp") && name != keep {
-            storage
-                .remove(&name)
-                .map_err(Error::io(format!("removing {name}")))?;
-            removed = true;
-        }
-    }
+    removed |= remove_base_checkpoints(&storage, Some(base))?;
     if removed {
         storage
             .sync_dir()
             .map_err(Error::io("syncing the segments directory"))?;
     }
     Ok(())
+}
+
+/// Removes the base checkpoints but `base`'s; true if it removed one.
+fn remove_base_checkpoints(storage: &Arc<dyn Storage>, base: Option<&Base>) -> Result<bool> {
+    let keep = base.map(|b| base::checkpoint_name(b.seq));
+    let mut removed = false;
+    for name in storage.list().map_err(Error::io("listing the segments"))? {
+        if name.starts_with("base-") && name.ends_with(".cp") && Some(&name) != keep.as_ref() {
+            storage
+                .remove(&name)
+                .map_err(Error::io(format!("removing {name}")))?;
+            removed = true;
+        }
+    }
+    Ok(removed)
 }
 
 /// Runs retention every `retention.check_every` until `stop` says so.

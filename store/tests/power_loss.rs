@@ -23,14 +23,16 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cb_core::{
-    AttemptReport, CallbackName, CallbackRef, Core, Digest, EventKind, FileCallback, FileKey,
-    MachineKey, Outcome, Record, RecordKind, Scope, Seq, Snapshot, Timestamp,
+    AttemptReport, CallbackName, CallbackRef, Checkpoint, Core, Digest, EventKind, FileCallback,
+    FileKey, MachineKey, Outcome, Record, RecordKind, Scope, Seq, Snapshot, Timestamp,
 };
 use cb_store::sim::{CrashMode, FaultCounts, SimDisk};
-use cb_store::{Appended, Change, Durability, Error, Input, LogStorage, Store, StoreOptions};
+use cb_store::{
+    Appended, Change, Durability, Error, Input, LogStorage, Retention, Store, StoreOptions,
+};
 use support::*;
 
 /// Seeds run by a plain `cargo test`: a few seconds in a debug build.
@@ -1113,6 +1115,81 @@ fn dump_segments(disk: &SimDisk) {
     }
 }
 
+/// A segment's header, the fields the test reads (`segment.rs` has the layout).
+struct Header {
+    id: u32,
+    /// 1: live, 2: kept.
+    kind: u32,
+    first_seq: u64,
+}
+
+/// The header of the file `name` if it is a segment (not the manifest or a leftover).
+fn segment_header(dir: &dyn cb_store::Storage, name: &str) -> Option<Header> {
+    let id: u32 = name.strip_suffix(".seg")?.parse().ok()?;
+    let mut b = [0u8; 64];
+    dir.open(name).ok()?.read_exact_at(&mut b, 0).ok()?;
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+    (&b[..8] == b"CBLOGSEG").then(|| Header {
+        id,
+        kind: u32_at(20),
+        first_seq: u64_at(24),
+    })
+}
+
+/// A segments directory holds the live segments (the first right after the base) and,
+/// with a base, its manifest, checkpoint and kept segment — nothing an advance or an
+/// import left half done.
+fn check_segment_files(dir: &dyn cb_store::Storage, base: Option<&cb_store::Base>, ctx: &str) {
+    let mut names = dir.list().unwrap();
+    names.sort();
+    let mut live = Vec::new();
+    let mut kept = Vec::new();
+    for name in &names {
+        if name == "BASE" {
+            assert!(base.is_some(), "{ctx}: a manifest without a base");
+            continue;
+        }
+        if name.starts_with("base-") {
+            assert_eq!(
+                Some(name.clone()),
+                base.map(|b| format!("base-{:020}.cp", b.seq.0)),
+                "{ctx}: a base checkpoint the manifest does not name ({names:?})"
+            );
+            continue;
+        }
+        let header = segment_header(dir, name)
+            .unwrap_or_else(|| panic!("{ctx}: {name} in the segments directory"));
+        match header.kind {
+            1 => live.push(header.first_seq),
+            _ => kept.push(header.id),
+        }
+    }
+    assert_eq!(
+        kept,
+        base.map(|b| b.kept_segment).into_iter().collect::<Vec<_>>(),
+        "{ctx}: kept segments ({names:?})"
+    );
+    assert_eq!(
+        live.first().copied(),
+        Some(base.map_or(0, |b| b.seq.0) + 1),
+        "{ctx}: the first live segment starts right after the base ({names:?})"
+    );
+}
+
+/// Every record of a store's log after its base, with its snapshot.
+fn all_entries(store: &Store, ctx: &str) -> BTreeMap<u64, Entry> {
+    store
+        .records(Seq(1))
+        .map(|r| {
+            let r = r.unwrap_or_else(|e| panic!("{ctx}: reading the log: {e}"));
+            let e = read_entry(store, r.seq).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert_eq!(e.record, r, "{ctx}");
+            (r.seq.0, e)
+        })
+        .collect()
+}
+
 fn read_entry(store: &Store, seq: Seq) -> Result<Entry, Error> {
     let record = store.record(seq)?.ok_or(Error::Missing { seq })?;
     let snapshot = store.snapshot(seq)?;
@@ -1424,5 +1501,119 @@ fn a_failed_buffered_sync_takes_back_what_it_could_not_make_durable() {
             .collect();
         assert_eq!(got, want, "{mode:?}");
         assert_eq!(store.last_seq(), Some(Seq(7)), "{mode:?}");
+    }
+}
+
+/// The first advance of the base, and a second one, with power cut at each of their disk
+/// operations in turn: the reopened log is on the old base or on the new one — with the new
+/// one's state, kept changes and records after it, exactly as an advance that was not cut
+/// leaves them — holds no file of the other, and advances as an uncut one would.
+#[test]
+fn an_advance_cut_at_any_disk_operation_reopens_on_the_old_base_or_the_new() {
+    struct Seen {
+        base: Option<Seq>,
+        state: Option<Checkpoint>,
+        latest: Vec<Option<Seq>>,
+        entries: BTreeMap<u64, Entry>,
+    }
+    let seen = |store: &Store| Seen {
+        base: store.base().map(|b| b.seq),
+        state: store.base_checkpoint().unwrap(),
+        latest: (0..FILES)
+            .map(|i| store.latest_version(&file(i)).unwrap())
+            .collect(),
+        entries: all_entries(store, "seen"),
+    };
+    let retention = Retention {
+        max_age: Some(Duration::from_secs(60)),
+        ..Retention::default()
+    };
+    // A log of a few minutes on `disk`, with `advances` advances of its base; the store is
+    // left for one more.
+    let log = |disk: &SimDisk, dir: &Path, advances: usize| {
+        let clock = VirtualClock::at(1_700_000_000_000);
+        let open = {
+            let (disk, clock, dir) = (disk.clone(), clock.clone(), dir.to_owned());
+            move || {
+                let clock = clock.clone();
+                Store::open(
+                    &dir,
+                    StoreOptions {
+                        storage: Some(LogStorage {
+                            segments: disk.dir("segments"),
+                            checkpoints: disk.dir("checkpoints"),
+                        }),
+                        segment_bytes: 8 * 1024,
+                        reserve_bytes: Some(0),
+                        index_segment_span: 5,
+                        clock: Box::new(move || clock.now()),
+                        ..StoreOptions::default()
+                    },
+                )
+                .unwrap()
+            }
+        };
+        let store = open();
+        let mut n = 0;
+        for round in 0..=advances {
+            for _ in 0..90 {
+                clock.advance(1000);
+                let f = file(n % FILES);
+                let event = EVENTS[(n / FILES % 4) as usize];
+                store
+                    .append(vec![change(f.clone(), event, body(&f, n, 200))])
+                    .unwrap();
+                n += 1;
+            }
+            if round < advances {
+                store.retain_now(&retention).unwrap().expect("an advance");
+            }
+        }
+        (store, open)
+    };
+    for advances in [0, 1] {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = SimDisk::new(0);
+        let (store, _) = log(&disk, tmp.path(), advances);
+        let before = seen(&store);
+        let ops = disk.operations();
+        let new_base = store
+            .retain_now(&retention)
+            .unwrap()
+            .expect("an advance")
+            .base;
+        let ops = disk.operations() - ops;
+        let after = seen(&store);
+        assert_eq!(after.base, Some(new_base));
+        drop(store);
+        for cut in 0..=ops {
+            let ctx = format!("advance {} cut at operation {cut} of {ops}", advances + 1);
+            let tmp = tempfile::tempdir().unwrap();
+            let disk = SimDisk::new(cut);
+            let (store, open) = log(&disk, tmp.path(), advances);
+            disk.fail_from(Some(cut));
+            let result = store.retain_now(&retention);
+            assert!(result.is_err() || cut == ops, "{ctx}: {result:?}");
+            disk.crash(MODES[cut as usize % 4]);
+            drop(store);
+            let store = open();
+            let got = seen(&store);
+            let want = if got.base == after.base {
+                &after
+            } else {
+                assert_eq!(got.base, before.base, "{ctx}: the base");
+                &before
+            };
+            assert_eq!(got.state, want.state, "{ctx}: the state at the base");
+            assert_eq!(got.latest, want.latest, "{ctx}: the files' latest changes");
+            assert_eq!(
+                got.entries, want.entries,
+                "{ctx}: the records after the base"
+            );
+            check_segment_files(&*disk.dir("segments"), store.base().as_ref(), &ctx);
+            let again = store.retain_now(&retention).unwrap().map(|a| a.base);
+            let want_again = (got.base != after.base).then_some(new_base);
+            assert_eq!(again, want_again, "{ctx}: the advance after the reopen");
+        }
     }
 }
