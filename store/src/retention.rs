@@ -35,9 +35,10 @@ use crate::error::{Error, Result};
 use crate::log::Store;
 use crate::seglog::SegmentLog;
 use crate::segment::{
-    self, GroupBuilder, Loc, SegmentHeader, SegmentKind, FORMAT_VERSION, RULES_VERSION,
+    self, GroupBuilder, Loc, SegmentHeader, SegmentKind, FORMAT_VERSION, GROUP_HEAD_LEN,
+    RULES_VERSION, SEGMENT_HEADER_LEN,
 };
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageFile};
 
 /// How much history the log keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -533,11 +534,20 @@ pub(crate) fn remove_leftovers(log: &SegmentLog, base: Option<&Base>) -> Result<
         return Ok(());
     };
     for (i, (id, _)) in live.iter().enumerate() {
-        // A live segment ends where the next begins; the newest is never removed here.
+        // A live segment ends where the next begins.
         let Some((_, next)) = live.get(i + 1) else {
             break;
         };
         if next.header.first_seq.0 <= base.seq.0 + 1 {
+            log.remove(*id)?;
+            removed = true;
+        }
+    }
+    // The newest too, when it starts at or before the base and nothing was ever written to
+    // it: an import of a base cut short before the segment after the base was made (the
+    // open makes one).
+    if let Some((id, newest)) = live.last() {
+        if newest.header.first_seq <= base.seq && never_written(&newest.file)? {
             log.remove(*id)?;
             removed = true;
         }
@@ -570,6 +580,16 @@ fn remove_base_checkpoints(storage: &Arc<dyn Storage>, base: Option<&Base>) -> R
         }
     }
     Ok(removed)
+}
+
+/// True if no group was ever written to this live segment: zeros where its first would be.
+fn never_written(file: &Arc<dyn StorageFile>) -> Result<bool> {
+    let mut head = [0u8; GROUP_HEAD_LEN];
+    match file.read_exact_at(&mut head, SEGMENT_HEADER_LEN) {
+        Ok(()) => Ok(head.iter().all(|b| *b == 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
+        Err(e) => Err(Error::io("reading a log segment")(e)),
+    }
 }
 
 /// Runs retention every `retention.check_every` until `stop` says so.

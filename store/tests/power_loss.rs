@@ -1190,6 +1190,28 @@ fn all_entries(store: &Store, ctx: &str) -> BTreeMap<u64, Entry> {
         .collect()
 }
 
+/// Two stores have the same base: the same state there, and the same change kept for each
+/// file, with the same bytes.
+fn same_base(a: &Store, b: &Store, ctx: &str) {
+    assert_eq!(
+        a.base_checkpoint().unwrap(),
+        b.base_checkpoint().unwrap(),
+        "{ctx}: the state at the base"
+    );
+    for i in 0..FILES {
+        let f = file(i);
+        let (x, y) = (a.file_start(&f).unwrap(), b.file_start(&f).unwrap());
+        assert_eq!(x, y, "{ctx}: the start of {f}");
+        if let Some(v) = x.and_then(|s| s.version) {
+            assert_eq!(
+                read_entry(a, v).unwrap(),
+                read_entry(b, v).unwrap(),
+                "{ctx}: the kept change of {f}"
+            );
+        }
+    }
+}
+
 fn read_entry(store: &Store, seq: Seq) -> Result<Entry, Error> {
     let record = store.record(seq)?.ok_or(Error::Missing { seq })?;
     let snapshot = store.snapshot(seq)?;
@@ -1501,6 +1523,96 @@ fn a_failed_buffered_sync_takes_back_what_it_could_not_make_durable() {
             .collect();
         assert_eq!(got, want, "{mode:?}");
         assert_eq!(store.last_seq(), Some(Seq(7)), "{mode:?}");
+    }
+}
+
+/// An import of a log with a base, with power cut at each of its disk operations in turn:
+/// the copy always reopens — empty, or with the source's base and some of the records after
+/// it, as they are in the source — and an import into it when it holds no record makes it
+/// whole.
+#[test]
+fn an_import_cut_at_any_disk_operation_reopens_empty_or_on_its_base() {
+    let clock = VirtualClock::at(1_700_000_000_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let source = Store::open(
+        tmp.path(),
+        StoreOptions {
+            segment_bytes: 16 * 1024,
+            ..options(&clock, Durability::Buffered)
+        },
+    )
+    .unwrap();
+    let append = |n: u64| {
+        clock.advance(1000);
+        let f = file(n % FILES);
+        source
+            .append(vec![change(f.clone(), EVENTS[0], body(&f, n, 100))])
+            .unwrap();
+    };
+    (0..300).for_each(append);
+    let retention = Retention {
+        max_age: Some(Duration::from_secs(60)),
+        ..Retention::default()
+    };
+    let base = source
+        .retain_now(&retention)
+        .unwrap()
+        .expect("an advance")
+        .base;
+    (300..330).for_each(append);
+    source.sync().unwrap();
+    let mut export = Vec::new();
+    source.export(Seq(1), &mut export).unwrap();
+    let want = all_entries(&source, "source");
+
+    let open = |disk: &SimDisk, dir: &Path| {
+        Store::open(
+            dir,
+            StoreOptions {
+                storage: Some(LogStorage {
+                    segments: disk.dir("segments"),
+                    checkpoints: disk.dir("checkpoints"),
+                }),
+                segment_bytes: 16 * 1024,
+                reserve_bytes: Some(0),
+                ..StoreOptions::default()
+            },
+        )
+    };
+    let ops = {
+        let (disk, tmp) = (SimDisk::new(0), tempfile::tempdir().unwrap());
+        let copy = open(&disk, tmp.path()).unwrap();
+        let before = disk.operations();
+        copy.import(&export[..], |_| {}).unwrap();
+        disk.operations() - before
+    };
+    for cut in 0..ops {
+        let ctx = format!("cut at operation {cut} of {ops}");
+        let (disk, tmp) = (SimDisk::new(cut), tempfile::tempdir().unwrap());
+        let copy = open(&disk, tmp.path()).unwrap();
+        disk.fail_from(Some(cut));
+        assert!(copy.import(&export[..], |_| {}).is_err(), "{ctx}");
+        disk.crash(MODES[cut as usize % 4]);
+        drop(copy);
+        let copy = open(&disk, tmp.path()).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+        let got = all_entries(&copy, &ctx);
+        match copy.base() {
+            None => assert!(got.is_empty(), "{ctx}: records without the base"),
+            Some(b) => {
+                assert_eq!(b.seq, base, "{ctx}");
+                same_base(&source, &copy, &ctx);
+            }
+        }
+        check_segment_files(&*disk.dir("segments"), copy.base().as_ref(), &ctx);
+        for (seq, e) in &got {
+            assert_eq!(Some(e), want.get(seq), "{ctx}: record {seq}");
+        }
+        if got.is_empty() {
+            copy.import(&export[..], |_| {})
+                .unwrap_or_else(|e| panic!("{ctx}: importing again: {e}"));
+            assert_eq!(all_entries(&copy, &ctx), want, "{ctx}: imported again");
+            same_base(&source, &copy, &ctx);
+        }
     }
 }
 
