@@ -361,7 +361,9 @@ impl Index {
             base,
         };
         let mut tails = self.tails.lock().expect("index lock");
-        tails.located = located.map_or(Seq(0), |l| l.0);
+        // No location yet: records are noted from the one after the base (the kept ones
+        // have their own `K` chunks).
+        tails.located = located.map_or(base.0, |l| l.0);
         tails.anchor = located.map_or(0, |l| l.1);
         tails.indexed = indexed;
         tails.noted = tails.located.max(base.0);

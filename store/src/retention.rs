@@ -21,6 +21,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
@@ -34,8 +35,10 @@ use crate::error::{Error, Result};
 use crate::log::Store;
 use crate::seglog::SegmentLog;
 use crate::segment::{
-    self, GroupBuilder, Loc, SegmentHeader, SegmentKind, FORMAT_VERSION, RULES_VERSION,
+    self, GroupBuilder, Loc, SegmentHeader, SegmentKind, FORMAT_VERSION, GROUP_HEAD_LEN,
+    RULES_VERSION, SEGMENT_HEADER_LEN,
 };
+use crate::storage::{Storage, StorageFile};
 
 /// How much history the log keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,12 +216,27 @@ impl Store {
                 a.write(&record, snapshot.as_ref())?;
             }
         }
-        let mut forgotten = 0;
-        latest.retain(|file, (_, at, deleted)| {
-            let forget = *deleted && *at < horizon && core.file(file).is_none();
-            forgotten += u64::from(forget);
-            !forget
-        });
+        // A file is forgotten when its latest change is a `deleted` past the horizon,
+        // nothing at the base waits for it, and no record after the base names it (a
+        // redeliver appended since carries its version).
+        let mut forget = Vec::new();
+        for (file, (_, at, deleted)) in &latest {
+            if *deleted && *at < horizon && core.file(file).is_none() {
+                let named_since = self
+                    .shared
+                    .index
+                    .file_entries(file)?
+                    .iter()
+                    .any(|(seq, _)| *seq > end);
+                if !named_since {
+                    forget.push(file.clone());
+                }
+            }
+        }
+        let forgotten = forget.len() as u64;
+        for file in &forget {
+            latest.remove(file);
+        }
         let mut kept: Vec<Seq> = latest.values().map(|(seq, _, _)| *seq).collect();
         // And the version of every attempt in flight at the base, though newer changes came
         // since: its outcome, after the base, is checked against it (`cbctl replay`).
@@ -274,7 +292,7 @@ impl Store {
                 bytes_removed += s.file.len().unwrap_or(0);
             }
         }
-        if let Err(e) = remove_leftovers(log, &new_base) {
+        if let Err(e) = remove_leftovers(log, Some(&new_base)) {
             tracing::warn!(error = %e, "removing the segments before the base; the next start does");
         }
         for file in self.checkpoints().unwrap_or_default() {
@@ -541,17 +559,49 @@ fn archive_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 
 /// Removes what an interrupted switch to `base` left: kept segments and base checkpoints
 /// the manifest does not name, and live segments whose records are all at or before the
-/// base.
-pub(crate) fn remove_leftovers(log: &SegmentLog, base: &Base) -> Result<()> {
+/// base. Without a base (`None`: an interrupted first switch, or import of one), every kept
+/// segment and base checkpoint is a leftover — if the log starts at record 1, as a log
+/// without a base does (else it is left as found, for the open to refuse).
+pub(crate) fn remove_leftovers(log: &SegmentLog, base: Option<&Base>) -> Result<()> {
     let storage = log.storage().clone();
     let mut removed = false;
     let live = log.live();
+    let Some(base) = base else {
+        if live
+            .first()
+            .is_some_and(|(_, s)| s.header.first_seq != Seq(1))
+        {
+            return Ok(());
+        }
+        for (id, s) in log.segments() {
+            if s.header.kind == SegmentKind::Kept {
+                log.remove(id)?;
+                removed = true;
+            }
+        }
+        removed |= remove_base_checkpoints(&storage, None)?;
+        if removed {
+            storage
+                .sync_dir()
+                .map_err(Error::io("syncing the segments directory"))?;
+        }
+        return Ok(());
+    };
     for (i, (id, _)) in live.iter().enumerate() {
-        // A live segment ends where the next begins; the newest is never removed here.
+        // A live segment ends where the next begins.
         let Some((_, next)) = live.get(i + 1) else {
             break;
         };
         if next.header.first_seq.0 <= base.seq.0 + 1 {
+            log.remove(*id)?;
+            removed = true;
+        }
+    }
+    // The newest too, when it starts at or before the base and nothing was ever written to
+    // it: an import of a base cut short before the segment after the base was made (the
+    // open makes one).
+    if let Some((id, newest)) = live.last() {
+        if newest.header.first_seq <= base.seq && never_written(&newest.file)? {
             log.remove(*id)?;
             removed = true;
         }
@@ -562,21 +612,38 @@ pub(crate) fn remove_leftovers(log: &SegmentLog, base: &Base) -> Result<()> {
             removed = true;
         }
     }
-    let keep = base::checkpoint_name(base.seq);
-    for name in storage.list().map_err(Error::io("listing the segments"))? {
-        if name.starts_with("base-") && name.ends_with(".cp") && name != keep {
-            storage
-                .remove(&name)
-                .map_err(Error::io(format!("removing {name}")))?;
-            removed = true;
-        }
-    }
+    removed |= remove_base_checkpoints(&storage, Some(base))?;
     if removed {
         storage
             .sync_dir()
             .map_err(Error::io("syncing the segments directory"))?;
     }
     Ok(())
+}
+
+/// Removes the base checkpoints but `base`'s; true if it removed one.
+fn remove_base_checkpoints(storage: &Arc<dyn Storage>, base: Option<&Base>) -> Result<bool> {
+    let keep = base.map(|b| base::checkpoint_name(b.seq));
+    let mut removed = false;
+    for name in storage.list().map_err(Error::io("listing the segments"))? {
+        if name.starts_with("base-") && name.ends_with(".cp") && Some(&name) != keep.as_ref() {
+            storage
+                .remove(&name)
+                .map_err(Error::io(format!("removing {name}")))?;
+            removed = true;
+        }
+    }
+    Ok(removed)
+}
+
+/// True if no group was ever written to this live segment: zeros where its first would be.
+fn never_written(file: &Arc<dyn StorageFile>) -> Result<bool> {
+    let mut head = [0u8; GROUP_HEAD_LEN];
+    match file.read_exact_at(&mut head, SEGMENT_HEADER_LEN) {
+        Ok(()) => Ok(head.iter().all(|b| *b == 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
+        Err(e) => Err(Error::io("reading a log segment")(e)),
+    }
 }
 
 /// Runs retention every `retention.check_every` until `stop` says so.

@@ -729,20 +729,26 @@ pub(crate) fn scan(
                 at += head.total_len();
             }
             Err(NotAGroup::Zeros) => {
-                // The clean end, unless a durable group follows a lost one (damage).
+                // The clean end, unless a durable group follows a lost one (damage) — or
+                // groups of a lost tail do, which must go like any torn tail: a log grown
+                // back to one of them would take it for its own next group.
                 return match later_group(file, segment, at, len, next_seq, incarnation)
                     .map_err(io)?
                 {
-                    Some(later) => Err(damage(next_seq, at, &later)),
-                    None => Ok(ScanEnd::Clean { at }),
+                    Later::Durable(later) => Err(damage(next_seq, at, &later)),
+                    Later::Lost(lost) => Ok(ScanEnd::Torn {
+                        at,
+                        reason: format!("zeros, then a group of a lost tail at {lost}"),
+                    }),
+                    Later::Nothing => Ok(ScanEnd::Clean { at }),
                 };
             }
             Err(NotAGroup::Other(reason)) => {
                 return match later_group(file, segment, at, len, next_seq, incarnation)
                     .map_err(io)?
                 {
-                    Some(later) => Err(damage(next_seq, at, &later)),
-                    None => Ok(ScanEnd::Torn { at, reason }),
+                    Later::Durable(later) => Err(damage(next_seq, at, &later)),
+                    Later::Lost(_) | Later::Nothing => Ok(ScanEnd::Torn { at, reason }),
                 };
             }
         }
@@ -820,9 +826,20 @@ fn read_group(
     Ok(Ok(head))
 }
 
+/// What follows a missing or bad group, as [`later_group`] finds it.
+enum Later {
+    /// A whole group that continues the log and was written when the bad one was durable:
+    /// proof that the bytes at the bad one were acknowledged.
+    Durable((u64, GroupHead)),
+    /// Only group heads that prove nothing (at the first one's offset): what is left of a
+    /// tail lost with the bad group.
+    Lost(u64),
+    Nothing,
+}
+
 /// The first whole group after the bad one at `bad` that continues the log (seqs from
-/// `next_seq` on) and was written when `next_seq` was already durable: proof that the bytes
-/// at `bad` were acknowledged. Looks at every aligned offset to the segment's end.
+/// `next_seq` on) and was written when `next_seq` was already durable; else whether any
+/// group head follows. Looks at every aligned offset to the segment's end.
 fn later_group(
     file: &dyn StorageFile,
     segment: u32,
@@ -830,11 +847,12 @@ fn later_group(
     len: u64,
     next_seq: Option<Seq>,
     incarnation: u32,
-) -> io::Result<Option<(u64, GroupHead)>> {
+) -> io::Result<Later> {
     // A kept segment is written whole and synced before it is used: no tail to tell apart.
     let Some(next_seq) = next_seq else {
-        return Ok(None);
+        return Ok(Later::Nothing);
     };
+    let mut lost = None;
     const WINDOW: u64 = 1 << 20;
     let mut window = vec![0u8; WINDOW as usize + GROUP_HEAD_LEN];
     let mut buf = Vec::new();
@@ -852,16 +870,17 @@ fn later_group(
                         let whole =
                             read_group(file, segment, at, len, None, incarnation, &mut buf)?;
                         if whole.is_ok() {
-                            return Ok(Some((at, head)));
+                            return Ok(Later::Durable((at, head)));
                         }
                     }
+                    lost = lost.or(Some(at));
                 }
             }
             i += GROUP_ALIGN as usize;
         }
         start += WINDOW;
     }
-    Ok(None)
+    Ok(lost.map_or(Later::Nothing, Later::Lost))
 }
 
 #[cfg(test)]

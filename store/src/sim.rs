@@ -5,7 +5,9 @@
 //! a successful `fdatasync` covered, the entries a directory `fsync` covered). A crash keeps
 //! the durable state and drops, tears or partly keeps everything else, as [`CrashMode`]
 //! says; it can also fail syncs (with the `fsyncgate` semantics Linux has: the failed writes
-//! are forgotten, not retried), fail writes half-way, and run out of space. Modelled on
+//! are forgotten, not retried), fail writes half-way, run out of space, and fail every
+//! operation from a chosen one on (with a crash after, a power cut at that exact point of
+//! a multi-step change, such as an advance of the log's base). Modelled on
 //! TigerBeetle's `src/testing/storage.zig`. Everything it decides comes from one PRNG seeded
 //! by [`SimDisk::new`], and nothing depends on hash order, so the same seed and the same
 //! calls give the same bytes — a failing seed replays.
@@ -74,6 +76,8 @@ pub struct FaultCounts {
     pub failed_writes: u64,
     /// Writes and allocations refused for want of space (`ENOSPC`).
     pub disk_full: u64,
+    /// Operations refused because [`SimDisk::fail_from`] said every one fails.
+    pub failed_ops: u64,
 }
 
 impl SimDisk {
@@ -85,6 +89,9 @@ impl SimDisk {
                 capacity: None,
                 syncs_to_fail: 0,
                 writes_to_fail: 0,
+                failing_in: None,
+                full_in: None,
+                operations: 0,
                 faults: FaultCounts::default(),
                 generation: 0,
                 next_inode: 0,
@@ -128,6 +135,31 @@ impl SimDisk {
         self.lock().writes_to_fail = n;
     }
 
+    /// From the `after`-th next operation that changes the disk on (0: the very next one),
+    /// every such operation fails with `EIO` and changes nothing — a write, a size change,
+    /// an allocation, a create, a rename, a remove, a directory sync — and every
+    /// `sync_data` fails with `fsyncgate` semantics (see [`SimDisk::fail_next_syncs`]),
+    /// until `None` or the next [`SimDisk::crash`]. Reads still work. Followed by a crash,
+    /// it is a power cut at an exact point of whatever the store was doing (see
+    /// [`SimDisk::operations`] to count the points); without one, a disk that failed for a
+    /// while.
+    pub fn fail_from(&self, after: Option<u64>) {
+        self.lock().failing_in = after;
+    }
+
+    /// From the `after`-th next operation that changes the disk on (0: the very next one),
+    /// the disk is full: its capacity becomes what is in use then (see
+    /// [`SimDisk::set_capacity`], which `None` here does not undo; a crash disarms it). A
+    /// full disk at an exact point of a multi-step change: which of its files finds no room.
+    pub fn full_from(&self, after: Option<u64>) {
+        self.lock().full_in = after;
+    }
+
+    /// How many operations that change the disk were made (or refused) so far.
+    pub fn operations(&self) -> u64 {
+        self.lock().operations
+    }
+
     /// Power loss now: what was synced stays; each file's unsynced operations are dropped,
     /// torn or partly kept as `mode` says, and a random prefix (in order) of each
     /// directory's entry changes since its last sync persists. Afterwards every
@@ -140,6 +172,8 @@ impl SimDisk {
         // Split the borrow: the PRNG and the counters are used while files are mutated.
         let st = &mut *guard;
         st.faults.crashes += 1;
+        st.failing_in = None;
+        st.full_in = None;
         let mode = match mode {
             CrashMode::Any => match st.rng.below(3) {
                 0 => CrashMode::DropUnsynced,
@@ -210,6 +244,12 @@ struct State {
     capacity: Option<u64>,
     syncs_to_fail: u32,
     writes_to_fail: u32,
+    /// Operations left before every one fails ([`SimDisk::fail_from`]).
+    failing_in: Option<u64>,
+    /// Operations left before the disk is full ([`SimDisk::full_from`]).
+    full_in: Option<u64>,
+    /// Operations that change the disk, so far.
+    operations: u64,
     faults: FaultCounts,
     /// Bumped by every crash; a file handle is valid only in the generation it was opened in.
     generation: u64,
@@ -229,6 +269,31 @@ impl State {
             .fold(0u64, |sum, inode| {
                 sum.saturating_add(inode.current.footprint())
             })
+    }
+
+    /// Counts an operation that changes the disk; `Err` (`EIO`) if [`SimDisk::fail_from`]
+    /// says it fails, in which case it must change nothing.
+    fn operation(&mut self) -> io::Result<()> {
+        self.operations += 1;
+        match &mut self.full_in {
+            Some(0) => {
+                self.capacity = Some(self.used());
+                self.full_in = None;
+            }
+            Some(n) => *n -= 1,
+            None => {}
+        }
+        match &mut self.failing_in {
+            Some(0) => {
+                self.faults.failed_ops += 1;
+                Err(io::Error::from_raw_os_error(EIO))
+            }
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// Bytes that may still be taken.
@@ -552,6 +617,7 @@ impl Storage for SimDir {
     fn create(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
         self.check_name(name)?;
         self.with(|st, dir| {
+            st.operation()?;
             let inode = match dir.current.get(name) {
                 Some(&inode) => {
                     // O_TRUNC: the same file, emptied — a size change, durable with the
@@ -585,7 +651,8 @@ impl Storage for SimDir {
 
     fn remove(&self, name: &str) -> io::Result<()> {
         self.check_name(name)?;
-        self.with(|_, dir| {
+        self.with(|st, dir| {
+            st.operation()?;
             if dir.current.remove(name).is_none() {
                 return Err(self.not_found(name));
             }
@@ -599,7 +666,8 @@ impl Storage for SimDir {
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         self.check_name(from)?;
         self.check_name(to)?;
-        self.with(|_, dir| {
+        self.with(|st, dir| {
+            st.operation()?;
             let Some(&inode) = dir.current.get(from) else {
                 return Err(self.not_found(from));
             };
@@ -617,7 +685,8 @@ impl Storage for SimDir {
     }
 
     fn sync_dir(&self) -> io::Result<()> {
-        self.with(|_, dir| {
+        self.with(|st, dir| {
+            st.operation()?;
             dir.durable = dir.current.clone();
             dir.pending.clear();
             Ok(())
@@ -684,6 +753,7 @@ impl StorageFile for SimFile {
         if buf.is_empty() {
             return Ok(());
         }
+        st.operation()?;
         // The furthest a write may reach: growth past the file's footprint takes space,
         // writes inside it (its size or its allocation) never fail for want of it.
         let room = st.room();
@@ -721,6 +791,8 @@ impl StorageFile for SimFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut st = self.disk.lock();
+        st.inode(self)?;
+        st.operation()?;
         let file = st.inode(self)?;
         // Extending makes a hole, which takes no space on a real file system, so it is never
         // refused for space (the model still counts it in `used_bytes`).
@@ -735,6 +807,8 @@ impl StorageFile for SimFile {
     fn allocate(&self, len: u64) -> io::Result<()> {
         let mut guard = self.disk.lock();
         let st = &mut *guard;
+        st.inode(self)?;
+        st.operation()?;
         let room = st.room();
         let file = st.inode(self)?;
         let footprint = file.current.footprint();
@@ -753,9 +827,13 @@ impl StorageFile for SimFile {
         let mut guard = self.disk.lock();
         let st = &mut *guard;
         st.inode(self)?;
-        if st.syncs_to_fail > 0 {
-            st.syncs_to_fail -= 1;
-            st.faults.failed_syncs += 1;
+        // Refused by `fail_from`, or an armed failure: the same fsyncgate either way.
+        let refused = st.operation().is_err();
+        if refused || st.syncs_to_fail > 0 {
+            if !refused {
+                st.syncs_to_fail -= 1;
+                st.faults.failed_syncs += 1;
+            }
             // fsyncgate: the kernel marks the failed pages clean and reports the error once;
             // the writes stay readable but a retried sync no longer covers them.
             st.inode(self)?.pending.clear();
@@ -1166,6 +1244,61 @@ mod tests {
             assert_eq!(contents(&*d, "a").unwrap(), b"");
         }
         assert!(lengths.len() > 8);
+    }
+
+    #[test]
+    fn fail_from_refuses_every_change_from_the_nth_on_until_a_crash() {
+        let disk = SimDisk::new(9);
+        let d = disk.dir("d");
+        let f = durable_file(&*d, "a", b"aaaa");
+        let before = disk.operations();
+        // Two operations still pass: a write and a sync.
+        disk.fail_from(Some(2));
+        f.write_all_at(b"bb", 4).unwrap();
+        f.sync_data().unwrap();
+        assert_eq!(disk.operations(), before + 2);
+        // From the third on, every change is refused and changes nothing…
+        f.write_all_at(b"cc", 6).unwrap_err();
+        assert_eq!(read_all(&*f), b"aaaabb");
+        assert!(d.create("b").is_err());
+        d.rename("a", "c").unwrap_err();
+        d.remove("a").unwrap_err();
+        d.sync_dir().unwrap_err();
+        f.set_len(1).unwrap_err();
+        f.allocate(100).unwrap_err();
+        assert_eq!(d.list().unwrap(), vec!["a".to_string()]);
+        assert_eq!(read_all(&*f), b"aaaabb");
+        assert_eq!(disk.operations(), before + 9);
+        assert_eq!(disk.faults().failed_ops, 7);
+        // …and a sync fails as with fsyncgate: what it covered is forgotten.
+        disk.fail_from(None);
+        f.write_all_at(b"dd", 6).unwrap();
+        disk.fail_from(Some(0));
+        assert_eq!(f.sync_data().unwrap_err().raw_os_error(), Some(EIO));
+        // A crash ends it: the durable state is what the two passing operations left.
+        disk.crash(CrashMode::KeepSome);
+        let f = d.open("a").unwrap();
+        assert_eq!(read_all(&*f), b"aaaabb");
+        f.write_all_at(b"ee", 6).unwrap();
+        assert_eq!(disk.faults().failed_ops, 8);
+    }
+
+    #[test]
+    fn full_from_fills_the_disk_at_the_nth_operation() {
+        let disk = SimDisk::new(4);
+        let d = disk.dir("d");
+        let f = durable_file(&*d, "a", b"aaaa");
+        disk.full_from(Some(1));
+        f.write_all_at(b"bb", 4).unwrap();
+        // The second operation finds the disk full: growth is refused from then on.
+        assert!(is_disk_full(&f.write_all_at(b"cc", 6).unwrap_err()));
+        assert!(is_disk_full(
+            &d.create("b").unwrap().allocate(1).unwrap_err()
+        ));
+        f.write_all_at(b"AB", 0).unwrap();
+        assert_eq!(read_all(&*f), b"ABaabb");
+        disk.set_capacity(None);
+        f.write_all_at(b"cc", 6).unwrap();
     }
 
     #[test]

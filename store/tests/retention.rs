@@ -328,7 +328,8 @@ fn appends_rolls_readers_and_retention_at_once_lose_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<(Seq, u64)>>> = Arc::default();
     let appender = {
-        let (store, stop, acked, clock) = (store.clone(), stop.clone(), acked.clone(), clock.clone());
+        let (store, stop, acked, clock) =
+            (store.clone(), stop.clone(), acked.clone(), clock.clone());
         std::thread::spawn(move || {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) || i < 400 {
@@ -367,7 +368,11 @@ fn appends_rolls_readers_and_retention_at_once_lose_nothing() {
                 if store.export(Seq(1), &mut out).is_ok() {
                     // What an export gives, an empty dir takes.
                     let t = tempfile::tempdir().unwrap();
-                    let copy = Store::open(t.path(), options(&VirtualClock::default(), Durability::Buffered)).unwrap();
+                    let copy = Store::open(
+                        t.path(),
+                        options(&VirtualClock::default(), Durability::Buffered),
+                    )
+                    .unwrap();
                     copy.import(&out[..], |_| {}).unwrap();
                 }
                 reads += 1;
@@ -399,11 +404,99 @@ fn appends_rolls_readers_and_retention_at_once_lose_nothing() {
     for (seq, i) in &acked {
         if *seq > base {
             let f = file(i % 17);
-            assert_eq!(store.snapshot(*seq).unwrap(), Some(seed_like(&f, *i)), "record {seq}");
+            assert_eq!(
+                store.snapshot(*seq).unwrap(),
+                Some(seed_like(&f, *i)),
+                "record {seq}"
+            );
         }
     }
     for (f, (seq, i)) in &latest {
         assert_eq!(store.latest_version(f).unwrap(), Some(*seq), "{f}");
         assert_eq!(store.snapshot(*seq).unwrap(), Some(seed_like(f, *i)));
     }
+}
+
+/// A file changed after the base still starts there from its kept change: a rewind to a
+/// point before the later change, and a history, begin with that version.
+#[test]
+fn a_file_changed_after_the_base_starts_from_its_kept_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = VirtualClock::at(1_700_000_000_000);
+    let store = Store::open(tmp.path(), store_options(&clock)).unwrap();
+    let f = file(1);
+    let kept = store
+        .append(vec![change(f.clone(), EventKind::Rated, seed_like(&f, 0))])
+        .unwrap()
+        .first;
+    for i in 0..200u64 {
+        clock.advance(1000);
+        let g = file(10 + i % 20);
+        store
+            .append(vec![change(g.clone(), EventKind::Rated, seed_like(&g, i))])
+            .unwrap();
+    }
+    let a = store
+        .retain_now(&retention(None))
+        .unwrap()
+        .expect("an advance");
+    assert!(kept <= a.base, "{a:?}");
+    let later = store
+        .append(vec![change(f.clone(), EventKind::Rated, seed_like(&f, 1))])
+        .unwrap()
+        .first;
+    assert_eq!(store.latest_version(&f).unwrap(), Some(later));
+    let start = store.file_start(&f).unwrap().expect("a base");
+    assert_eq!(start.version, Some(kept));
+}
+
+/// An import of only a base (its line and the kept changes, no record after them) leaves an
+/// index with kept records and no location yet: reopened, the log goes on after the base and
+/// finds what is appended.
+#[test]
+fn records_appended_after_an_imported_base_alone_are_found_after_a_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = VirtualClock::at(1_700_000_000_000);
+    let source = Store::open(&tmp.path().join("source"), store_options(&clock)).unwrap();
+    for i in 0..200u64 {
+        clock.advance(1000);
+        let f = file(i % 20);
+        source
+            .append(vec![change(f.clone(), EventKind::Rated, seed_like(&f, i))])
+            .unwrap();
+    }
+    let a = source
+        .retain_now(&retention(None))
+        .unwrap()
+        .expect("an advance");
+    let mut export = Vec::new();
+    source.export(Seq(1), &mut export).unwrap();
+    let lines = 1 + a.kept as usize;
+    let base_alone: Vec<u8> = export
+        .split_inclusive(|b| *b == b'\n')
+        .take(lines)
+        .flatten()
+        .copied()
+        .collect();
+    let dir = tmp.path().join("copy");
+    let copy = Store::open(&dir, store_options(&clock)).unwrap();
+    copy.import(&base_alone[..], |_| {}).unwrap();
+    assert_eq!(copy.last_seq(), Some(a.base));
+    drop(copy);
+    let copy = Store::open(&dir, store_options(&clock)).unwrap();
+    let f = file(1);
+    let next = copy
+        .append(vec![change(
+            f.clone(),
+            EventKind::Rated,
+            seed_like(&f, 999),
+        )])
+        .unwrap()
+        .first;
+    assert_eq!(next, Seq(a.base.0 + 1));
+    assert_eq!(copy.snapshot(next).unwrap(), Some(seed_like(&f, 999)));
+    assert_eq!(copy.latest_version(&f).unwrap(), Some(next));
+    drop(copy);
+    let copy = Store::open(&dir, store_options(&clock)).unwrap();
+    assert_eq!(copy.snapshot(next).unwrap(), Some(seed_like(&f, 999)));
 }
