@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::index::{Index, Marks, LOC_CHUNK};
 use crate::seglog::{Segment, SegmentLog};
 use crate::segment::{
-    record_entries, GroupHead, Loc, ScanEnd, SegmentHeader, SegmentKind, FORMAT_VERSION,
+    record_entries, GroupHead, Loc, NotAGroup, ScanEnd, SegmentHeader, SegmentKind, FORMAT_VERSION,
     GROUP_HEAD_LEN, RULES_VERSION, SEGMENT_HEADER_LEN,
 };
 
@@ -123,7 +123,32 @@ fn recover_with(
 ) -> Result<Attempt> {
     let started = Instant::now();
     let mut report = Recovery::default();
-    let live = log.live();
+    let mut live = log.live();
+    // An empty newest segment after another is a roll whose first group never came — or a
+    // failed roll whose rename reached the disk while the log went on in the segment before
+    // it. Either way the segments before it hold the log: it goes.
+    while live.len() >= 2 {
+        let (id, newest) = live.last().expect("two or more");
+        let mut head = [0u8; GROUP_HEAD_LEN];
+        let empty = match newest.file.read_exact_at(&mut head, SEGMENT_HEADER_LEN) {
+            Ok(()) => matches!(GroupHead::decode(&head), Err(NotAGroup::Zeros)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => true,
+            Err(e) => {
+                return Err(Error::Io {
+                    context: format!("reading log segment {id}"),
+                    source: e,
+                })
+            }
+        };
+        if !empty {
+            break;
+        }
+        log.remove(*id)?;
+        log.storage()
+            .sync_dir()
+            .map_err(Error::io("syncing the segments directory"))?;
+        live.pop();
+    }
     let opened = match rebuild {
         Some(reason) => Err(reason),
         None => Index::open(settings.dir, settings.cache_capacity, settings.span).and_then(

@@ -256,24 +256,21 @@ impl Store {
         // 4. The kept segment, the base checkpoint, the manifest.
         let kept_id = log.new_id();
         let kept_locs = self.write_kept_segment(kept_id, end, at_end, &kept, &kept_before)?;
-        let checkpoint = core.checkpoint();
-        // Where the removed history is: this archive's dir, else where the last one went.
-        let archived_in = match archive_dir {
-            Some(dir) => Some(dir.to_owned()),
-            None => old_base.as_ref().and_then(|b| b.archive.clone()),
-        };
-        // The index writes out what it holds in memory first, so that its marks lie past
-        // the new base — before the switch, so that nothing after it can fail for it (sled
-        // holds only what an fdatasync covered: what is synced now reaches past `end`, which
-        // lies in a closed segment).
-        self.sync()?;
-        let synced = Seq(self
-            .shared
-            .state
-            .synced
-            .load(std::sync::atomic::Ordering::Acquire));
-        self.shared.index.spill(synced, true)?;
-        let new_base = Base::commit(&storage, end, at_end, kept_id, &checkpoint, archived_in)?;
+        let new_base =
+            match self.switch_base(end, at_end, kept_id, &core, old_base.as_ref(), archive_dir) {
+                Switch::Made(b) => b,
+                Switch::NotMade(e) => {
+                    // What this advance wrote for its base goes now, not at the next advance
+                    // (on a full disk it holds the very space retention frees).
+                    let _ = log.remove(kept_id);
+                    let _ = storage.remove(&crate::base::checkpoint_name(end));
+                    let _ = storage.sync_dir();
+                    return Err(e);
+                }
+                // Either base may be the one after a crash: both keep their files, and the
+                // next open removes the other's.
+                Switch::Unknown(e) => return Err(e),
+            };
         // 5. The switch is made: everyone else learns of it, then the old files go. What
         // fails from here is left to the index's rebuild and the next open's cleanup.
         *self.shared.base.write().expect("base lock") = Some(new_base.clone());
@@ -308,6 +305,61 @@ impl Store {
             forgotten,
             archive,
         })
+    }
+
+    /// Writes the base at `end` (the kept segment `kept_id` is written) and switches to it:
+    /// the index out of memory first, then the base checkpoint and the manifest. A manifest
+    /// written but whose directory sync failed is read back and synced again to tell.
+    fn switch_base(
+        &self,
+        end: Seq,
+        at_end: Timestamp,
+        kept_id: u32,
+        core: &Core,
+        old_base: Option<&Base>,
+        archive_dir: Option<&Path>,
+    ) -> Switch {
+        // Where the removed history is: this archive's dir, else where the last one went.
+        let archived_in = match archive_dir {
+            Some(dir) => Some(dir.to_owned()),
+            None => old_base.and_then(|b| b.archive.clone()),
+        };
+        // The index writes out what it holds in memory first, so that its marks lie past
+        // the new base — before the switch, so that nothing after it can fail for it (sled
+        // holds only what an fdatasync covered: what is synced now reaches past `end`, which
+        // lies in a closed segment).
+        if let Err(e) = self.sync() {
+            return Switch::NotMade(e);
+        }
+        let synced = Seq(self
+            .shared
+            .state
+            .synced
+            .load(std::sync::atomic::Ordering::Acquire));
+        if let Err(e) = self.shared.index.spill(synced, true) {
+            return Switch::NotMade(e);
+        }
+        let storage = self.shared.log.storage();
+        match Base::commit(
+            storage,
+            end,
+            at_end,
+            kept_id,
+            &core.checkpoint(),
+            archived_in,
+        ) {
+            Ok(base) => Switch::Made(base),
+            Err(e) => match Base::load(storage) {
+                Ok(Some(base)) if base.seq == end && base.kept_segment == kept_id => {
+                    match storage.sync_dir() {
+                        Ok(()) => Switch::Made(base),
+                        Err(_) => Switch::Unknown(e),
+                    }
+                }
+                Ok(_) => Switch::NotMade(e),
+                Err(_) => Switch::Unknown(e),
+            },
+        }
     }
 
     /// The core's state right after record `seq`: a checkpoint at or before it (or the
@@ -473,6 +525,16 @@ fn write_kept(
     }
     log.create_whole(header, &bytes)?;
     Ok(out)
+}
+
+/// How a switch to a new base went.
+enum Switch {
+    /// The manifest names it, durably.
+    Made(Base),
+    /// The old manifest stands: the new base's files are nobody's.
+    NotMade(Error),
+    /// The new manifest was renamed into place but may not survive a crash.
+    Unknown(Error),
 }
 
 /// A stretch of the log being written as zstd NDJSON.

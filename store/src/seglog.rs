@@ -254,8 +254,6 @@ impl SegmentLog {
         capacity: u64,
         reserve: u64,
     ) -> Result<Segment> {
-        let name = segment_name(header.id);
-        let tmp = format!("{name}.tmp");
         let free = self.storage.free_bytes().map_err(|e| Error::Io {
             context: format!("reading the free space of {}", self.storage.describe()),
             source: e,
@@ -271,45 +269,32 @@ impl SegmentLog {
                 ),
             });
         }
-        let made = (|| -> io::Result<Arc<dyn StorageFile>> {
-            let file = self.storage.create(&tmp)?;
+        self.make(header, |file| {
             file.write_all_at(&header.encode(), 0)?;
-            file.allocate(capacity)?;
-            file.sync_data()?;
-            self.storage.rename(&tmp, &name)?;
-            self.storage.sync_dir()?;
-            Ok(file)
-        })();
-        match made {
-            Ok(file) => {
-                let segment = Segment { header, file };
-                self.insert(header.id, segment.clone());
-                Ok(segment)
-            }
-            Err(e) => {
-                let _ = self.storage.remove(&tmp);
-                Err(if is_disk_full(&e) {
-                    Error::DiskFull {
-                        context: format!("creating log segment {name}: {e}"),
-                    }
-                } else {
-                    Error::Io {
-                        context: format!("creating log segment {name}"),
-                        source: e,
-                    }
-                })
-            }
-        }
+            file.allocate(capacity)
+        })
     }
 
     /// Creates a segment holding `bytes` (its header and groups), written whole: to a
     /// temporary name, synced, renamed into place, the directory synced.
     pub(crate) fn create_whole(&self, header: SegmentHeader, bytes: &[u8]) -> Result<Segment> {
+        self.make(header, |file| file.write_all_at(bytes, 0))
+    }
+
+    /// Makes segment file `header.id` with `fill`, whole: under a temporary name, synced,
+    /// renamed into place, the directory synced; then adds it to the log. On failure
+    /// nothing is left, under either name: a rename whose directory sync failed may still
+    /// reach the disk, and an open must not find a segment the log never used.
+    fn make(
+        &self,
+        header: SegmentHeader,
+        fill: impl FnOnce(&dyn StorageFile) -> io::Result<()>,
+    ) -> Result<Segment> {
         let name = segment_name(header.id);
         let tmp = format!("{name}.tmp");
         let made = (|| -> io::Result<Arc<dyn StorageFile>> {
             let file = self.storage.create(&tmp)?;
-            file.write_all_at(bytes, 0)?;
+            fill(&*file)?;
             file.sync_data()?;
             self.storage.rename(&tmp, &name)?;
             self.storage.sync_dir()?;
@@ -323,13 +308,15 @@ impl SegmentLog {
             }
             Err(e) => {
                 let _ = self.storage.remove(&tmp);
+                let _ = self.storage.remove(&name);
+                let _ = self.storage.sync_dir();
                 Err(if is_disk_full(&e) {
                     Error::DiskFull {
-                        context: format!("writing log segment {name}: {e}"),
+                        context: format!("making log segment {name}: {e}"),
                     }
                 } else {
                     Error::Io {
-                        context: format!("writing log segment {name}"),
+                        context: format!("making log segment {name}"),
                         source: e,
                     }
                 })

@@ -2657,3 +2657,69 @@ fn an_advance_cut_at_any_disk_operation_reopens_on_the_old_base_or_the_new() {
         }
     }
 }
+
+/// A roll fails at any of its disk operations (its directory sync included, after the
+/// rename), the log goes on in the segment before it, and the power goes: the dir opens
+/// with every acknowledged record. (Before: an open found the renamed, empty segment after
+/// records it claimed to start before, and refused the log.)
+#[test]
+fn a_roll_that_failed_at_any_operation_leaves_a_log_that_opens_whole() {
+    for seed in 0..16u64 {
+        for k in 0..8u64 {
+            let disk = SimDisk::new(seed);
+            let tmp = tempfile::tempdir().unwrap();
+            let open = || {
+                Store::open(
+                    tmp.path(),
+                    StoreOptions {
+                        storage: Some(LogStorage {
+                            segments: disk.dir("segments"),
+                            checkpoints: disk.dir("checkpoints"),
+                        }),
+                        segment_bytes: 8 * 1024,
+                        reserve_bytes: Some(0),
+                        ..StoreOptions::default()
+                    },
+                )
+            };
+            let store = open().unwrap();
+            let f = file(1);
+            let mut acked = Vec::new();
+            for i in 0..3 {
+                let a = store
+                    .append(vec![change(f.clone(), EventKind::Rated, seed_like(&f, i))])
+                    .unwrap();
+                acked.push(a.first);
+            }
+            // A group too big for what is left: a roll, failing from its k-th operation.
+            let mut big = cb_core::Snapshot::builder();
+            big.push("pad", &"x".repeat(7000)).unwrap();
+            disk.fail_from(Some(k));
+            let r = store.append(vec![change(
+                f.clone(),
+                EventKind::Rated,
+                big.finish().unwrap(),
+            )]);
+            disk.fail_from(None);
+            if let Ok(a) = r {
+                acked.push(a.first);
+            }
+            // Small ones still fit the segment before it.
+            for _ in 0..2 {
+                if let Ok(a) = store.append(vec![Input::Record(RecordKind::Ticked)]) {
+                    acked.push(a.first);
+                }
+            }
+            disk.crash(CrashMode::DropUnsynced);
+            drop(store);
+            let store = open()
+                .unwrap_or_else(|e| panic!("seed {seed}, roll failing from operation {k}: {e}"));
+            for seq in &acked {
+                assert!(
+                    store.record(*seq).unwrap().is_some(),
+                    "seed {seed}, roll failing from operation {k}: acknowledged {seq} lost"
+                );
+            }
+        }
+    }
+}
