@@ -44,7 +44,20 @@ use crate::storage::StorageFile;
 pub(crate) struct Request {
     pub(crate) batch: Batch,
     pub(crate) reply: Reply,
+    /// Nobody waits on this append to go on (an attempt's outcome): its group may wait up
+    /// to [`PATIENCE`] for others to share its `fdatasync`.
+    pub(crate) patient: bool,
 }
+
+/// How long the sync thread holds a group of patient appends only, for more groups to
+/// share one `fdatasync`. On a virtual disk every sync is a costly exit to the host: with
+/// a sync for every two or three outcomes, delivery ran at 83 % of its rate with sled on
+/// the durable path (whose slower flushes had batched them); 2 ms gets it back. Appends
+/// someone waits on (an HTTP 202, a barrier) never wait: they end the hold at once.
+pub(crate) const PATIENCE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// A hold ends early once this many records wait.
+const PATIENT_RECORDS: usize = 4096;
 
 pub(crate) type Reply = Box<dyn FnOnce(Result<Appended>) + Send>;
 
@@ -175,9 +188,24 @@ enum ToSync {
     Barrier(SyncSender<Result<()>>),
 }
 
+impl ToSync {
+    fn is_patient(&self) -> bool {
+        matches!(self, ToSync::Written(w) if w.patient)
+    }
+
+    fn records(&self) -> usize {
+        match self {
+            ToSync::Written(w) => w.records.len(),
+            ToSync::Barrier(_) => 0,
+        }
+    }
+}
+
 struct Written {
     records: Vec<Record>,
     accepted: Vec<(Reply, Appended)>,
+    /// Every appender of the group is patient ([`Request::patient`]).
+    patient: bool,
     file: Arc<dyn StorageFile>,
     /// Where the group begins.
     at: (u32, u64),
@@ -273,6 +301,7 @@ impl Committer {
         // Versions of files changed earlier in this group, not yet readable from the index.
         let mut staged_versions: FxHashMap<FileKey, Seq> = FxHashMap::default();
         let mut accepted: Vec<(Reply, Appended)> = Vec::with_capacity(group.len());
+        let patient = group.iter().all(|r| r.patient);
         let mut syncs = Vec::new();
         let mut rebases = Vec::new();
         for req in group.drain(..) {
@@ -298,7 +327,7 @@ impl Committer {
             }
         }
         if !staging.records.is_empty() {
-            if let Err(e) = self.write(&mut staging, accepted, at, epoch, to_sync) {
+            if let Err(e) = self.write(&mut staging, accepted, patient, at, epoch, to_sync) {
                 // Nothing of the group was appended: its numbers are handed out again (and
                 // earlier ones too, if a failed sync sent the log back before them).
                 self.next = self.next.min(first_of_group);
@@ -329,6 +358,7 @@ impl Committer {
         &mut self,
         staging: &mut Staging,
         accepted: Vec<(Reply, Appended)>,
+        patient: bool,
         at: Timestamp,
         epoch: u64,
         to_sync: &SyncSender<ToSync>,
@@ -379,6 +409,7 @@ impl Committer {
         let written = Written {
             records,
             accepted,
+            patient,
             file,
             at: (placed.segment, placed.at),
             epoch,
@@ -565,8 +596,23 @@ impl Syncer {
     fn run(mut self, from_commit: Receiver<ToSync>) {
         let mut batch = Vec::new();
         while let Ok(first) = from_commit.recv() {
+            let hold_until = (self.durability == Durability::Sync && first.is_patient())
+                .then(|| std::time::Instant::now() + PATIENCE);
             batch.push(first);
             batch.extend(from_commit.try_iter());
+            if let Some(until) = hold_until {
+                let mut records: usize = batch.iter().map(ToSync::records).sum();
+                while records < PATIENT_RECORDS && batch.iter().all(ToSync::is_patient) {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    match from_commit.recv_timeout(left) {
+                        Ok(m) => {
+                            records += m.records();
+                            batch.push(m);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
             self.make_durable(&mut batch);
         }
     }

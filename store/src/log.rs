@@ -429,7 +429,22 @@ impl Store {
         reply: impl FnOnce(Result<Appended>) + Send + 'static,
     ) {
         match prepare(inputs) {
-            Ok(prepared) => self.submit(Batch::Fresh(prepared), Box::new(reply)),
+            Ok(prepared) => self.submit(Batch::Fresh(prepared), Box::new(reply), false),
+            Err(e) => reply(Err(e)),
+        }
+    }
+
+    /// [`append_then`](Self::append_then) for records nobody waits on to go on (an
+    /// attempt's outcome): the same guarantee before `reply`, but the reply may come up to
+    /// 2 ms later, so that more groups share one `fdatasync`. An append someone waits on
+    /// ends the wait at once.
+    pub fn append_patiently_then(
+        &self,
+        inputs: Vec<Input>,
+        reply: impl FnOnce(Result<Appended>) + Send + 'static,
+    ) {
+        match prepare(inputs) {
+            Ok(prepared) => self.submit(Batch::Fresh(prepared), Box::new(reply), true),
             Err(e) => reply(Err(e)),
         }
     }
@@ -457,13 +472,19 @@ impl Store {
             Box::new(move |result| {
                 let _ = tx.send(result);
             }),
+            false,
         );
         rx.recv().unwrap_or(Err(Error::Closed))
     }
 
-    fn submit(&self, batch: Batch, reply: crate::commit::Reply) {
+    fn submit(&self, batch: Batch, reply: crate::commit::Reply, patient: bool) {
         let queue = self.shared.queue.as_ref().expect("queue lives until drop");
-        if let Err(mpsc::SendError(req)) = queue.send(Request { batch, reply }) {
+        let request = Request {
+            batch,
+            reply,
+            patient,
+        };
+        if let Err(mpsc::SendError(req)) = queue.send(request) {
             (req.reply)(Err(Error::Closed));
         }
     }

@@ -1787,13 +1787,24 @@ impl World {
         let mode = MODES[self.rng.below(4) as usize];
         self.clock.advance(1 + self.rng.below(2_000));
         let (tx, rx) = mpsc::channel();
+        // Every other thread appends patiently (as the dispatcher does outcomes): a group
+        // held for company is under the same promise.
         let handles: Vec<_> = plans
             .into_iter()
-            .map(|plan| {
+            .enumerate()
+            .map(|(t, plan)| {
                 let (store, tx) = (store.clone(), tx.clone());
                 std::thread::spawn(move || {
                     for inputs in plan {
-                        let result = store.append(inputs.clone());
+                        let result = if t % 2 == 1 {
+                            let (done, wait) = mpsc::sync_channel(1);
+                            store.append_patiently_then(inputs.clone(), move |r| {
+                                let _ = done.send(r);
+                            });
+                            wait.recv().expect("a reply")
+                        } else {
+                            store.append(inputs.clone())
+                        };
                         let _ = tx.send((result, inputs));
                     }
                 })
