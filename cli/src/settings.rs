@@ -305,14 +305,19 @@ impl Settings {
                     Some(b) => Some(b),
                     None => file_value("retain_bytes", file.retain_bytes, size)?,
                 };
+                let max_age = match retain {
+                    Retain::Forever => None,
+                    Retain::For(d) => Some(d),
+                };
                 cb_store::Retention {
-                    max_age: match retain {
-                        Retain::Forever => None,
-                        Retain::For(d) => Some(d),
-                    },
+                    max_age,
                     max_bytes,
                     archive_dir: args.archive_dir.or(file.archive_dir),
-                    ..cb_store::Retention::default()
+                    // A short retention (a trial, a test) is looked at often enough to be
+                    // seen working; a month-long one still only once a minute.
+                    check_every: max_age
+                        .map(|age| (age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)))
+                        .unwrap_or(Duration::from_secs(60)),
                 }
             },
             segment_bytes: match args.segment_bytes {
@@ -462,6 +467,16 @@ mod tests {
         assert_eq!(s.retention.max_age, Some(Duration::from_secs(12 * 3600)));
         assert_eq!(s.retention.max_bytes, Some(10 << 30));
         assert_eq!(s.segment_bytes, 1 << 20);
+        assert_eq!(s.retention.check_every, Duration::from_secs(60));
+        for (retain, every) in [("4s", 1), ("40s", 10), ("10m", 60)] {
+            let args = Args::try_parse_from(["cbd", "--retain", retain]).unwrap();
+            let s = Settings::resolve(args).unwrap();
+            assert_eq!(
+                s.retention.check_every,
+                Duration::from_secs(every),
+                "{retain}"
+            );
+        }
         let args = Args::try_parse_from(["cbd", "--retain", "forever"]).unwrap();
         assert_eq!(Settings::resolve(args).unwrap().retention.max_age, None);
         for bad in ["30", "3w", "d", "0s", "-1d"] {

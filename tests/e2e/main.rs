@@ -6,12 +6,14 @@
 //! abandon, redeliver; `restart` — SIGKILL under load, windows kept across a restart,
 //! graceful stop; `api` — bad input, auth, reads; `targets` — the address policy;
 //! `isolation` — slow and failing receivers, `Retry-After`, `410 Gone`; `mail` —
-//! `mailto:` through a local SMTP sink.
+//! `mailto:` through a local SMTP sink; `diskfull` — a real small tmpfs filling up;
+//! `durability` — a damaged index rebuilt at start, retention and its archives.
 
 mod api;
 mod cbctl;
 mod delivery;
 mod diskfull;
+mod durability;
 mod golden;
 mod isolation;
 mod mail;

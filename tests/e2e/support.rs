@@ -79,6 +79,13 @@ impl Cbd {
         self.addr = addr;
     }
 
+    /// Starts cbd again on the same dir with the same arguments, after it stopped.
+    pub fn start_again(&mut self) {
+        let (child, addr) = spawn(&self.dir, &self.args);
+        self.child = child;
+        self.addr = addr;
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
