@@ -372,6 +372,7 @@ async fn metrics(api: &Api) -> Result<Response<Body>, ApiError> {
     if let Ok(usage) = store.disk_usage() {
         m.log_bytes.set(usage.log_bytes as i64);
         m.index_bytes.set(usage.index_bytes as i64);
+        m.index_in_memory.set(i64::from(store.index_in_memory()));
         m.free_bytes.set(usage.free_bytes as i64);
     }
     let lag = census

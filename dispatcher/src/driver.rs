@@ -333,8 +333,13 @@ fn report_recovery(r: &cb_store::Recovery) {
               "cut a torn tail from the log: records written but never acknowledged (a crash or power loss during a write)");
     }
     if let Some(rebuilt) = &r.rebuilt {
-        warn!(reason = %rebuilt.reason, records = rebuilt.records, took_ms = rebuilt.took.as_millis() as u64,
-              "rebuilt the log's index from its segments");
+        if rebuilt.in_memory.is_some() {
+            tracing::error!(reason = %rebuilt.reason, records = rebuilt.records, took_ms = rebuilt.took.as_millis() as u64,
+                "rebuilt the log's index from its segments in memory (sled hung or failed): it stays there until cbd restarts or sled works again; nothing for the operator to do but watch memory");
+        } else {
+            warn!(reason = %rebuilt.reason, records = rebuilt.records, took_ms = rebuilt.took.as_millis() as u64,
+                  "rebuilt the log's index from its segments");
+        }
     } else if r.caught_up > 0 {
         debug!(records = r.caught_up, "caught the index up with the log");
     }

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub log_bytes: Gauge,
     /// Bytes of the index (sled) on disk (set at scrape).
     pub index_bytes: Gauge,
+    /// 1 while the index is held in memory because sled hung or failed (set at scrape).
+    pub index_in_memory: Gauge,
     /// Bytes free on the log's file system (set at scrape).
     pub free_bytes: Gauge,
     /// The log's base: the last seq retention removed history up to (0: none; set at
@@ -145,6 +147,11 @@ impl Metrics {
             "Bytes of the log's index (sled, rebuilt from the segments when needed) on disk",
             prometheus_client::registry::Unit::Bytes,
             self.index_bytes.clone(),
+        );
+        r.register(
+            "index_in_memory",
+            "1 while the log's index is held in memory because sled hung or failed (until cbd restarts, or sled works again)",
+            self.index_in_memory.clone(),
         );
         r.register_with_unit(
             "disk_free",

@@ -21,6 +21,11 @@
 //! one is whole. An index that is only *behind* the log is caught up from its marks. Every
 //! hit is checked against the frame it points at (its seq, its checksum) by the reader, so
 //! a stale index can never serve another record: it fails the read, and the store rebuilds.
+//!
+//! When sled cannot be trusted in this process — a call into it hung (`watch.rs`), or a new
+//! index cannot be made in it — the index is rebuilt **in memory** ([`Index::in_memory`]):
+//! the same tails, never spilled, with the kept records beside them. It answers everything
+//! sled would, at some 40 bytes per record, until the store is opened again.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -35,6 +40,7 @@ use cb_core::{FileKey, ProjectId, Record, Scope, Seq};
 use crate::codec::{self, IndexTag};
 use crate::error::{Error, Result};
 use crate::segment::Loc;
+use crate::watch::{IndexFaults, Watch};
 
 /// Records per per-file index segment: bounds the tail rebuilt at open, and the number of
 /// segments a lookup probes (one per this many records of log).
@@ -43,8 +49,6 @@ pub const SEGMENT_SPAN: u64 = 65_536;
 pub const LOC_CHUNK: u64 = 4096;
 /// The index's own layout version: an index of another one is rebuilt, never misread.
 const INDEX_FORMAT: u32 = 1;
-/// How long sled may take to open before the index is given up and rebuilt.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most bytes one per-file index part takes: under sled's inline limit (a quarter of
 /// its 512 KiB segment), so parts never become blob files of their own.
@@ -79,25 +83,53 @@ pub(crate) struct Resume {
     pub(crate) group: u64,
 }
 
-struct Sled {
-    db: sled::Db,
-    /// Which `index-N` this is.
-    number: u64,
+/// Where an index keeps what is not in its tails.
+enum Backing {
+    /// In sled, at `DIR/index-{number}`; the calls into it watched for hangs.
+    Sled {
+        db: sled::Db,
+        number: u64,
+        watch: Arc<Watch>,
+    },
+    /// Nowhere: everything stays in the tails (kept records included), until cbd restarts
+    /// or sled can be used again. The index of last resort, when sled cannot be trusted in
+    /// this process (it hung, or a new index cannot be made in it); it costs memory (some
+    /// 40 bytes per record), never an answer.
+    Memory,
+    /// Taken by [`Index::adopt`].
+    Gone,
+}
+
+/// How an index is made: where, and what sled is given.
+#[derive(Clone)]
+pub(crate) struct IndexSettings {
+    pub(crate) dir: PathBuf,
+    pub(crate) cache_capacity: u64,
+    pub(crate) span: u64,
+    /// How long sled may take to open, or one call into it may take, before the index is
+    /// given up ([`crate::watch::HANG_LIMIT`]).
+    pub(crate) hang_limit: Duration,
+    /// How long an index in memory because sled failed waits to try sled again.
+    pub(crate) sled_retry: Duration,
+    pub(crate) faults: Option<Arc<IndexFaults>>,
 }
 
 /// The index; shared by the commit thread (which notes records as it writes them), the
 /// index writer thread (which moves durable ones into sled) and every reader.
 pub(crate) struct Index {
-    dir: PathBuf,
-    cache_capacity: u64,
-    sled: RwLock<Option<Sled>>,
+    settings: IndexSettings,
+    backing: RwLock<Backing>,
     /// Why sled was given up, while it is being replaced.
     broken: Mutex<Option<String>>,
+    /// Why a call into sled was declared hung, once one was (in this index or one it
+    /// replaced): whoever made it may be stuck for good.
+    hung: Mutex<Option<String>>,
     tails: Mutex<Tails>,
     /// Recently read `L` chunks, decoded, by first seq.
     chunks: Mutex<BTreeMap<Seq, Arc<[Loc]>>>,
     /// Held by whoever moves the tails into sled (the index writer, retention): two at
-    /// once would write and drop the same entries twice.
+    /// once would write and drop the same entries twice. Never taken by [`Index::adopt`]:
+    /// its holder may be stuck in sled for good.
     spilling: Mutex<()>,
     span: u64,
 }
@@ -121,6 +153,11 @@ struct Tails {
     /// Records at or before `base` are the kept ones (`K`); none are noted.
     base: Seq,
     base_segment: u32,
+    /// The kept records' locations, in seq order, for an index in memory (in sled: `K`).
+    kept: Vec<(Seq, Loc)>,
+    /// Moves on when [`Index::adopt`] replaces these tails: a spill that wrote to the
+    /// sled they replaced drops nothing from the new ones.
+    generation: u64,
 }
 
 /// How many `L` chunks are kept decoded (96 KiB each).
@@ -128,15 +165,20 @@ const CACHED_CHUNKS: usize = 64;
 
 /// Opens sled at `path` on a thread of its own: a panic inside sled's open (a damaged file
 /// it cannot recover: spacejam/sled#1387) and a hang both become an `Err`.
-fn open_sled(path: &Path, cache_capacity: u64) -> std::result::Result<sled::Db, String> {
+fn open_sled(path: &Path, settings: &IndexSettings) -> std::result::Result<sled::Db, String> {
     let (tx, rx) = mpsc::channel();
     let path = path.to_owned();
+    let cache_capacity = settings.cache_capacity;
+    let faults = settings.faults.clone();
     let spawned = std::thread::Builder::new()
         .name("cb-index-open".into())
         .spawn(move || {
             let deadline = std::time::Instant::now() + Duration::from_secs(2);
             let opened = loop {
                 let attempt = catch_unwind(|| {
+                    if let Some(faults) = &faults {
+                        faults.before_call()?;
+                    }
                     sled::Config::new()
                         .path(&path)
                         .cache_capacity(cache_capacity)
@@ -160,7 +202,7 @@ fn open_sled(path: &Path, cache_capacity: u64) -> std::result::Result<sled::Db, 
     if let Err(e) = spawned {
         return Err(format!("cannot start a thread to open it: {e}"));
     }
-    match rx.recv_timeout(OPEN_TIMEOUT) {
+    match rx.recv_timeout(settings.hang_limit) {
         Ok(Ok(Ok(db))) => Ok(db),
         Ok(Ok(Err(e))) => Err(format!("sled refused to open it: {e}")),
         Ok(Err(panic)) => Err(format!(
@@ -168,8 +210,8 @@ fn open_sled(path: &Path, cache_capacity: u64) -> std::result::Result<sled::Db, 
             panic_message(&panic)
         )),
         Err(_) => Err(format!(
-            "sled did not open it within {} s",
-            OPEN_TIMEOUT.as_secs()
+            "sled did not open it within {} ms",
+            settings.hang_limit.as_millis()
         )),
     }
 }
@@ -207,34 +249,34 @@ fn index_dirs(dir: &Path) -> Result<BTreeMap<u64, PathBuf>> {
 }
 
 impl Index {
-    /// Opens the newest index in the data dir `dir` and reads its marks. `Err(reason)`
-    /// when there is none, or sled cannot open it, or it is not an index this build wrote:
-    /// the caller rebuilds ([`Index::fresh`]).
+    /// Opens the newest index in the data dir and reads its marks, its sled calls watched
+    /// by `watch`. `Err(reason)` when there is none, or sled cannot open it, or it is not an
+    /// index this build wrote: the caller rebuilds ([`Index::fresh`]).
     pub(crate) fn open(
-        dir: &Path,
-        cache_capacity: u64,
-        span: u64,
+        settings: &IndexSettings,
+        watch: Arc<Watch>,
     ) -> std::result::Result<(Index, Marks), String> {
-        let dirs = index_dirs(dir).map_err(|e| e.to_string())?;
+        let dirs = index_dirs(&settings.dir).map_err(|e| e.to_string())?;
         let Some((&number, path)) = dirs.iter().next_back() else {
             return Err("there is no index".into());
         };
-        let db = open_sled(path, cache_capacity)?;
-        let index = Index::with(dir, cache_capacity, span, Sled { db, number });
+        let db = open_sled(path, settings)?;
+        let index = Index::with(settings, Backing::Sled { db, number, watch });
         let marks = index.read_marks().map_err(|e| e.to_string())?;
         Ok((index, marks))
     }
 
     /// A new, empty index in `index-N+1`, replacing every other once it is whole
     /// ([`finish_rebuild`](Self::finish_rebuild)).
-    pub(crate) fn fresh(dir: &Path, cache_capacity: u64, span: u64) -> Result<Index> {
+    pub(crate) fn fresh(settings: &IndexSettings, watch: Arc<Watch>) -> Result<Index> {
+        let dir = &settings.dir;
         let number = index_dirs(dir)?.keys().next_back().map_or(1, |n| n + 1);
         let path = dir.join(format!("index-{number}"));
         if path.exists() {
             std::fs::remove_dir_all(&path)
                 .map_err(Error::io(format!("removing {}", path.display())))?;
         }
-        let db = open_sled(&path, cache_capacity).map_err(|reason| {
+        let db = open_sled(&path, settings).map_err(|reason| {
             // Nothing of a half-made index is worth keeping.
             let _ = std::fs::remove_dir_all(&path);
             if reason.contains("os error 28") || reason.contains("No space left") {
@@ -251,30 +293,87 @@ impl Index {
                 ))
             }
         })?;
-        Ok(Index::with(dir, cache_capacity, span, Sled { db, number }))
+        Ok(Index::with(settings, Backing::Sled { db, number, watch }))
     }
 
-    fn with(dir: &Path, cache_capacity: u64, span: u64, sled: Sled) -> Index {
+    /// A new, empty index held in memory only (see [`Backing::Memory`]).
+    pub(crate) fn in_memory(settings: &IndexSettings) -> Index {
+        Index::with(settings, Backing::Memory)
+    }
+
+    fn with(settings: &IndexSettings, backing: Backing) -> Index {
         Index {
-            dir: dir.to_owned(),
-            cache_capacity,
-            sled: RwLock::new(Some(sled)),
+            settings: settings.clone(),
+            backing: RwLock::new(backing),
             broken: Mutex::new(None),
+            hung: Mutex::new(None),
             tails: Mutex::new(Tails::default()),
             chunks: Mutex::new(BTreeMap::new()),
             spilling: Mutex::new(()),
-            span: span.max(1),
+            span: settings.span.max(1),
         }
     }
 
-    /// Runs `f` on sled, turning its errors and panics into [`Error::IndexUnavailable`] and
-    /// marking the index broken (the index writer rebuilds it).
+    /// Whether this index is held in memory only.
+    pub(crate) fn in_memory_only(&self) -> bool {
+        matches!(*self.backing.read().expect("index lock"), Backing::Memory)
+    }
+
+    /// How this index was made.
+    pub(crate) fn settings(&self) -> &IndexSettings {
+        &self.settings
+    }
+
+    /// Declares this index's sled hung if a call into it has taken longer than the limit,
+    /// and gives the index up; returns why (see [`Watch::check`]).
+    pub(crate) fn check_hang(&self) -> Option<String> {
+        let why = self.watch()?.check(self.settings.hang_limit)?;
+        self.give_up(why.clone());
+        self.hung
+            .lock()
+            .expect("index lock")
+            .get_or_insert_with(|| why.clone());
+        Some(why)
+    }
+
+    /// Why a call into sled was declared hung, if one ever was (see
+    /// [`check_hang`](Self::check_hang)).
+    pub(crate) fn hung(&self) -> Option<String> {
+        self.hung.lock().expect("index lock").clone()
+    }
+
+    fn watch(&self) -> Option<Arc<Watch>> {
+        match &*self.backing.read().expect("index lock") {
+            Backing::Sled { watch, .. } => Some(watch.clone()),
+            Backing::Memory | Backing::Gone => None,
+        }
+    }
+
+    /// Runs `f` on sled, turning its errors, panics and hangs into
+    /// [`Error::IndexUnavailable`] and marking the index broken (the index keeper rebuilds
+    /// it). The lock is not held during the call: a call stuck in sled must not stop the
+    /// index from being replaced.
     fn sled<T>(&self, f: impl FnOnce(&sled::Db) -> sled::Result<T>) -> Result<T> {
-        let guard = self.sled.read().expect("index lock");
-        let Some(s) = guard.as_ref() else {
-            return Err(self.unavailable());
+        let (db, watch) = match &*self.backing.read().expect("index lock") {
+            Backing::Sled { db, watch, .. } => (db.clone(), watch.clone()),
+            Backing::Memory => {
+                return Err(Error::IndexUnavailable(
+                    "the index is held in memory (no sled)".into(),
+                ))
+            }
+            Backing::Gone => return Err(self.unavailable()),
         };
-        match catch_unwind(AssertUnwindSafe(|| f(&s.db))) {
+        let call = watch.enter().map_err(|why| self.give_up(why))?;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            if let Some(faults) = &self.settings.faults {
+                faults.before_call()?;
+            }
+            f(&db)
+        }));
+        if let Err(why) = watch.leave(call) {
+            return Err(self.give_up(why));
+        }
+        match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.give_up(format!("sled: {e}"))),
             Err(panic) => Err(self.give_up(format!("sled panicked: {}", panic_message(&panic)))),
@@ -482,9 +581,13 @@ impl Index {
         segment: u32,
         kept: &[(Record, Loc)],
     ) -> Result<()> {
+        if self.in_memory_only() {
+            self.advance_base_in_memory(base, segment, kept);
+            return Ok(());
+        }
         let _one = self.spilling.lock().expect("index lock");
         let mut batch = sled::Batch::default();
-        let (segments, indexed) = {
+        let (segments, indexed, generation) = {
             let tails = self.tails.lock().expect("index lock");
             if tails.located < base || tails.indexed < base {
                 // Whatever happened (an index rebuilt meanwhile), it no longer fits the log:
@@ -494,7 +597,7 @@ impl Index {
                     tails.located, tails.indexed
                 )));
             }
-            (tails.file_segments.clone(), tails.indexed)
+            (tails.file_segments.clone(), tails.indexed, tails.generation)
         };
         let old: Vec<sled::IVec> = self.sled(|db| {
             let mut keys = Vec::new();
@@ -538,6 +641,9 @@ impl Index {
         }
         {
             let mut tails = self.tails.lock().expect("index lock");
+            if tails.generation != generation {
+                return Err(self.give_up("it was replaced while taking a new base".into()));
+            }
             let indexed = tails.indexed;
             let firsts = tails.file_segments.clone();
             tails.file_segments = firsts
@@ -561,6 +667,10 @@ impl Index {
         kept: &[(Record, Loc)],
         mut batch: sled::Batch,
     ) -> Result<()> {
+        if self.in_memory_only() {
+            self.advance_base_in_memory(base, segment, kept);
+            return Ok(());
+        }
         for chunk in kept.chunks(LOC_CHUNK as usize) {
             let mut payload = Vec::with_capacity(4 + chunk.len() * (8 + Loc::BYTES));
             payload.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
@@ -598,6 +708,39 @@ impl Index {
         tails.base = base;
         tails.base_segment = segment;
         Ok(())
+    }
+
+    /// [`advance_base`](Self::advance_base) (or a first base) for an index in memory: what
+    /// concerns records at or before `base` goes from the tails, and the kept set comes in.
+    fn advance_base_in_memory(&self, base: Seq, segment: u32, kept: &[(Record, Loc)]) {
+        let mut tails = self.tails.lock().expect("index lock");
+        // Nothing moves out of an index in memory: its location mark stays at its base.
+        let gone = base.0.saturating_sub(tails.located.0) as usize;
+        let gone = gone.min(tails.locs.len());
+        tails.locs.drain(..gone);
+        tails.located = tails.located.max(base);
+        tails.indexed = tails.indexed.max(base);
+        tails.noted = tails.noted.max(base);
+        tails.projects.retain(|(_, s, _)| *s > base);
+        let mut files: FxHashMap<FileKey, Entries> = FxHashMap::default();
+        for (record, _) in kept {
+            if let (Scope::File(file), Some(tag)) = (record.scope(), IndexTag::of(&record.kind)) {
+                files
+                    .entry(file.clone())
+                    .or_default()
+                    .push((record.seq, tag));
+            }
+        }
+        for (file, later) in std::mem::take(&mut tails.files) {
+            let later: Entries = later.into_iter().filter(|(s, _)| *s > base).collect();
+            if !later.is_empty() {
+                files.entry(file).or_default().extend(later);
+            }
+        }
+        tails.files = files;
+        tails.kept = kept.iter().map(|(r, loc)| (r.seq, *loc)).collect();
+        tails.base = base;
+        tails.base_segment = segment;
     }
 
     /// Notes records just written (perhaps not durable yet) with their locations and frame
@@ -656,10 +799,13 @@ impl Index {
     /// when `all`; then a per-file segment when a span of records is located. Returns
     /// whether anything was written.
     pub(crate) fn spill(&self, durable: Seq, all: bool) -> Result<bool> {
+        if self.in_memory_only() {
+            return Ok(false);
+        }
         let _one = self.spilling.lock().expect("index lock");
         let mut wrote = false;
         loop {
-            let (first, payload, projects, last, crc) = {
+            let (first, payload, projects, last, crc, generation) = {
                 let tails = self.tails.lock().expect("index lock");
                 let ready = durable
                     .0
@@ -686,7 +832,7 @@ impl Index {
                     .filter(|(_, s, _)| *s <= last)
                     .cloned()
                     .collect();
-                (first, payload, projects, last, crc)
+                (first, payload, projects, last, crc, tails.generation)
             };
             let mut batch = sled::Batch::default();
             batch.insert(
@@ -704,6 +850,10 @@ impl Index {
             batch.insert(LOCATED_KEY, mark);
             self.sled(|db| db.apply_batch(batch))?;
             let mut tails = self.tails.lock().expect("index lock");
+            if tails.generation != generation {
+                // Replaced meanwhile: what was written went to a sled no longer used.
+                return Ok(wrote);
+            }
             let n = (last.0 - first.0 + 1) as usize;
             tails.locs.drain(..n);
             tails.projects.retain(|(_, s, _)| *s > last);
@@ -718,7 +868,7 @@ impl Index {
     /// Writes the per-file tail up to the location mark as a segment, once it spans
     /// `span` records (or whatever it holds, when `all`).
     fn spill_files(&self, all: bool) -> Result<bool> {
-        let (first, last, sorted) = {
+        let (first, last, sorted, generation) = {
             let tails = self.tails.lock().expect("index lock");
             let last = tails.located;
             let spans = last.0.saturating_sub(tails.indexed.0);
@@ -733,13 +883,16 @@ impl Index {
                     (!upto.is_empty()).then(|| (file_key_bytes(f), upto))
                 })
                 .collect();
-            (Seq(tails.indexed.0 + 1), last, sorted)
+            (Seq(tails.indexed.0 + 1), last, sorted, tails.generation)
         };
         let mut batch = sled::Batch::default();
         file_segment_parts(first, &sorted, &mut batch);
         batch.insert(INDEXED_KEY, &last.0.to_le_bytes());
         self.sled(|db| db.apply_batch(batch))?;
         let mut tails = self.tails.lock().expect("index lock");
+        if tails.generation != generation {
+            return Ok(false);
+        }
         if !sorted.is_empty() {
             tails.file_segments.push(first);
         }
@@ -754,6 +907,9 @@ impl Index {
     /// Makes what sled holds durable (a finished rebuild, or a clean shutdown), and marks
     /// the index as this build's.
     pub(crate) fn flush(&self) -> Result<()> {
+        if self.in_memory_only() {
+            return Ok(());
+        }
         self.sled(|db| {
             db.insert(FORMAT_KEY, &INDEX_FORMAT.to_le_bytes())?;
             db.flush()
@@ -769,11 +925,12 @@ impl Index {
 
     /// Removes every `index-N` but this one.
     pub(crate) fn remove_older(&self) -> Result<()> {
-        let number = match self.sled.read().expect("index lock").as_ref() {
-            Some(s) => s.number,
-            None => return Ok(()),
+        let number = match &*self.backing.read().expect("index lock") {
+            Backing::Sled { number, .. } => *number,
+            // In memory: whatever is on disk is for the next start to judge.
+            Backing::Memory | Backing::Gone => return Ok(()),
         };
-        for (n, path) in index_dirs(&self.dir)? {
+        for (n, path) in index_dirs(&self.settings.dir)? {
             if n != number {
                 std::fs::remove_dir_all(&path).map_err(Error::io(format!(
                     "removing the old index {}",
@@ -781,14 +938,16 @@ impl Index {
                 )))?;
             }
         }
-        crate::dir::sync_dir(&self.dir)
+        crate::dir::sync_dir(&self.settings.dir)
     }
 
     /// Takes the place of this index's sled and tails with `rebuilt`'s, which covers the
     /// log up to `through`; what this one noted after `through` is kept.
     pub(crate) fn adopt(&self, rebuilt: Index, through: Seq) {
-        let _one = self.spilling.lock().expect("index lock");
-        let new_sled = rebuilt.sled.write().expect("index lock").take();
+        let new_backing = std::mem::replace(
+            &mut *rebuilt.backing.write().expect("index lock"),
+            Backing::Gone,
+        );
         let new = std::mem::take(&mut *rebuilt.tails.lock().expect("index lock"));
         let mut tails = self.tails.lock().expect("index lock");
         let mut merged = new;
@@ -817,10 +976,13 @@ impl Index {
             }
         }
         merged.noted = tails.noted;
+        merged.generation = tails.generation + 1;
+        // The backing changes with the tails, under their lock: a spill that finds the same
+        // generation wrote to the same sled.
+        let old = std::mem::replace(&mut *self.backing.write().expect("index lock"), new_backing);
         *tails = merged;
         drop(tails);
         self.chunks.lock().expect("index lock").clear();
-        let old = std::mem::replace(&mut *self.sled.write().expect("index lock"), new_sled);
         // A broken sled may hang in its own threads when dropped: leak it instead (its
         // files are removed with its directory; the process lets go of them at exit).
         std::mem::forget(old);
@@ -904,6 +1066,11 @@ impl Index {
 
     /// Where kept record `seq` lies (`None`: not kept).
     pub(crate) fn kept_loc(&self, seq: Seq) -> Result<Option<Loc>> {
+        if self.in_memory_only() {
+            let tails = self.tails.lock().expect("index lock");
+            let found = tails.kept.binary_search_by_key(&seq, |(s, _)| *s);
+            return Ok(found.ok().map(|i| tails.kept[i].1));
+        }
         self.loc_in_chunks(KEPT, seq)
     }
 
@@ -949,11 +1116,15 @@ impl Index {
     /// The records of `project`'s scope (callback configuration), in order.
     pub(crate) fn project_seqs(&self, project: &ProjectId) -> Result<Vec<Seq>> {
         let prefix = codec::project_prefix(project);
-        let keys = self.sled(|db| {
-            db.scan_prefix(&prefix)
-                .keys()
-                .collect::<sled::Result<Vec<_>>>()
-        })?;
+        let keys = if self.in_memory_only() {
+            Vec::new()
+        } else {
+            self.sled(|db| {
+                db.scan_prefix(&prefix)
+                    .keys()
+                    .collect::<sled::Result<Vec<_>>>()
+            })?
+        };
         let mut seqs: Vec<Seq> = keys.iter().filter_map(|k| codec::seq_of_key(k)).collect();
         let tails = self.tails.lock().expect("index lock");
         seqs.extend(
@@ -1016,12 +1187,10 @@ impl Index {
 
     /// The index's bytes on disk (sled's).
     pub(crate) fn size_on_disk(&self) -> u64 {
+        if self.in_memory_only() || self.broken().is_some() {
+            return 0;
+        }
         self.sled(|db| db.size_on_disk()).unwrap_or(0)
-    }
-
-    /// A new index like this one (same dir and settings), for a rebuild while running.
-    pub(crate) fn fresh_sibling(&self) -> Result<Index> {
-        Index::fresh(&self.dir, self.cache_capacity, self.span)
     }
 }
 

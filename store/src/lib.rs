@@ -42,6 +42,7 @@ mod segment;
 pub mod sim;
 pub mod storage;
 pub mod synthetic;
+mod watch;
 
 pub use base::Base;
 pub use checkpoint::{CheckpointFile, CheckpointWriter, Damaged, Restored, KEEP};
@@ -59,6 +60,7 @@ pub use recover::{CutTail, Rebuilt, Recovery};
 pub use retention::{Advanced, Retention};
 pub use segment::{FORMAT_VERSION, MAX_SEGMENT_BYTES, RULES_VERSION};
 pub use storage::{FsStorage, Storage, StorageFile};
+pub use watch::{IndexFaults, SledFault};
 
 /// The default space of one log segment: the unit in which the log grows and in which
 /// retention removes it.

@@ -22,7 +22,7 @@ use crate::commit::{Batch, CommitState, Committer, Health, Prepared, Request, Sy
 use crate::common_records::RecentIds;
 use crate::dir::DataDir;
 use crate::error::{Error, Result};
-use crate::index::Index;
+use crate::index::{Index, IndexSettings};
 use crate::recover::{self, Recovery};
 use crate::seglog::{GroupCursor, SegmentLog, SegmentWriter};
 use crate::segment::{self, Loc, SEGMENT_HEADER_LEN};
@@ -85,6 +85,14 @@ pub struct StoreOptions {
     /// Remove old history in the background, as this says; `None` (the default, and what
     /// `cbctl` uses): never.
     pub retention: Option<crate::Retention>,
+    /// How long sled may take to open, or one call into it may take, before the index is
+    /// given up and rebuilt (in memory, if sled cannot be trusted any more in this process).
+    pub index_hang_limit: std::time::Duration,
+    /// How long an index held in memory because sled failed (did not hang) waits before
+    /// sled is tried again (a full disk may have been freed meanwhile).
+    pub index_sled_retry: std::time::Duration,
+    /// Faults to inject into the index's sled; tests only.
+    pub index_faults: Option<Arc<crate::IndexFaults>>,
 }
 
 impl Default for StoreOptions {
@@ -100,6 +108,9 @@ impl Default for StoreOptions {
             on_commit: None,
             storage: None,
             retention: None,
+            index_hang_limit: crate::watch::HANG_LIMIT,
+            index_sled_retry: std::time::Duration::from_secs(600),
+            index_faults: None,
         }
     }
 }
@@ -186,6 +197,8 @@ pub(crate) struct Shared {
     queue: Option<Sender<Request>>,
     committer: Option<JoinHandle<()>>,
     indexer: Option<JoinHandle<()>>,
+    /// The index keeper thread and what stops it (dropping the sender).
+    keeper: Option<(Sender<()>, JoinHandle<()>)>,
     /// The retention thread and what stops it (dropping the sender).
     retainer: std::sync::Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     /// One base advance at a time.
@@ -214,11 +227,23 @@ impl Drop for Shared {
                 let _ = thread.join();
             }
         }
+        if let Some((stop, thread)) = self.keeper.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         drop(self.queue.take());
         if let Some(committer) = self.committer.take() {
             let _ = committer.join();
         }
         if let Some(indexer) = self.indexer.take() {
+            // It may be stuck in sled for good: then it is left there.
+            while !indexer.is_finished() {
+                if let Some(why) = self.index.check_hang().or_else(|| self.index.hung()) {
+                    tracing::error!(reason = %why, "closing without the index writer: it is stuck in sled (the next start catches the index up or rebuilds it)");
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             let _ = indexer.join();
         }
     }
@@ -262,9 +287,14 @@ impl Store {
             &log,
             base.as_ref(),
             &recover::Settings {
-                dir: dir.path(),
-                cache_capacity: options.cache_capacity_bytes,
-                span: options.index_segment_span,
+                index: IndexSettings {
+                    dir: dir.path().to_owned(),
+                    cache_capacity: options.cache_capacity_bytes,
+                    span: options.index_segment_span,
+                    hang_limit: options.index_hang_limit,
+                    sled_retry: options.index_sled_retry,
+                    faults: options.index_faults.clone(),
+                },
                 segment_bytes,
                 now,
             },
@@ -286,17 +316,26 @@ impl Store {
         let (durable_tx, durable_rx) = mpsc::channel();
         let retaining = Arc::new(std::sync::Mutex::new(()));
         let indexer = {
-            let (index, log, base, state, retaining) = (
-                index.clone(),
-                log.clone(),
-                base.clone(),
-                state.clone(),
-                retaining.clone(),
-            );
+            let (index, state) = (index.clone(), state.clone());
             std::thread::Builder::new()
                 .name("cb-store-index".into())
-                .spawn(move || run_indexer(&index, &log, &base, &retaining, &state, durable_rx))
+                .spawn(move || run_indexer(&index, &state, durable_rx))
                 .map_err(Error::io("starting the index thread"))?
+        };
+        let keeper = {
+            let keeper = Keeper {
+                index: index.clone(),
+                log: log.clone(),
+                base: base.clone(),
+                retaining: retaining.clone(),
+                state: state.clone(),
+            };
+            let (stop, stopped) = mpsc::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name("cb-store-keeper".into())
+                .spawn(move || run_keeper(&keeper, &stopped))
+                .map_err(Error::io("starting the index keeper thread"))?;
+            (stop, thread)
         };
         let committer = Committer {
             index: index.clone(),
@@ -326,6 +365,7 @@ impl Store {
                 queue: Some(queue),
                 committer: Some(committer),
                 indexer: Some(indexer),
+                keeper: Some(keeper),
                 retainer: std::sync::Mutex::new(None),
                 retaining,
                 base_state: std::sync::Mutex::new(None),
@@ -724,6 +764,12 @@ impl Store {
         }
     }
 
+    /// Whether the index is held in memory, because sled hung or failed (see
+    /// [`Recovery`]'s `rebuilt`): until the store is opened again, or sled works again.
+    pub fn index_in_memory(&self) -> bool {
+        self.shared.index.in_memory_only()
+    }
+
     /// The bytes the data dir holds, by part, and the space left.
     pub fn disk_usage(&self) -> Result<DiskUsage> {
         let mut checkpoint_bytes = 0;
@@ -752,23 +798,13 @@ impl Store {
 }
 
 /// The index writer thread: moves durable records' index entries into sled as the tip
-/// advances, and rebuilds the index from the segments when sled fails. At the end (the
-/// store closing) it writes out everything durable and flushes sled, so the next open has
-/// nothing to catch up (with `Buffered`, nothing past the last sync).
-fn run_indexer(
-    index: &Index,
-    log: &Arc<SegmentLog>,
-    base: &RwLock<Option<Base>>,
-    retaining: &std::sync::Mutex<()>,
-    state: &CommitState,
-    durable: Receiver<Seq>,
-) {
+/// advances. At the end (the store closing) it writes out everything durable and flushes
+/// sled, so the next open has nothing to catch up (with `Buffered`, nothing past the last
+/// sync). It may be stuck in sled for good: the index keeper sees that and goes on without
+/// it.
+fn run_indexer(index: &Index, state: &CommitState, durable: Receiver<Seq>) {
     let mut tip = Seq(state.tip.load(Ordering::Acquire));
-    // A failed rebuild (a full disk, most likely) is not tried again at once.
-    let mut next_rebuild = std::time::Instant::now();
     loop {
-        // Woken by the sync thread as records become durable, and now and then anyway:
-        // an index given up while the store is idle is rebuilt too.
         match durable.recv_timeout(std::time::Duration::from_secs(5)) {
             Ok(next) => {
                 tip = tip.max(next);
@@ -781,18 +817,6 @@ fn run_indexer(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        if index.broken().is_some()
-            && std::time::Instant::now() >= next_rebuild
-            && !rebuild_running(
-                index,
-                log,
-                base,
-                retaining,
-                Seq(state.synced.load(Ordering::Acquire)),
-            )
-        {
-            next_rebuild = std::time::Instant::now() + std::time::Duration::from_secs(30);
         }
     }
     // Closing: write out what is in memory, so the next open has nothing to catch up —
@@ -807,81 +831,235 @@ fn run_indexer(
     }
 }
 
-/// Rebuilds the index from the segments while the store runs, and swaps it in; false if it
-/// could not.
-fn rebuild_running(
-    index: &Index,
-    log: &Arc<SegmentLog>,
-    base: &RwLock<Option<Base>>,
-    retaining: &std::sync::Mutex<()>,
-    tip: Seq,
-) -> bool {
-    let started = std::time::Instant::now();
-    let reason = index.broken().unwrap_or_default();
-    // No base advance meanwhile: the rebuilt index is of the base it started from.
-    let _no_advance = retaining.lock().expect("retention lock");
-    let base = base.read().expect("base lock").clone();
-    let rebuilt = (|| -> Result<(Index, u64)> {
-        let fresh = index.fresh_sibling()?;
-        if let Some(base) = &base {
-            let kept = recover::read_kept(log, base)?;
-            fresh.set_base(base.seq, base.kept_segment);
-            fresh.write_kept(base.seq, base.kept_segment, &kept)?;
+/// What the index keeper needs.
+struct Keeper {
+    index: Arc<Index>,
+    log: Arc<SegmentLog>,
+    base: Arc<RwLock<Option<Base>>>,
+    retaining: Arc<std::sync::Mutex<()>>,
+    state: Arc<CommitState>,
+}
+
+/// How a rebuild went.
+enum Rebuild {
+    /// Into sled.
+    Sled,
+    /// Into memory, because sled failed as said; `hung`: sled hung.
+    Memory { hung: bool },
+    /// Not at all (tried again later).
+    Failed,
+    /// The store is closing.
+    Stopped,
+}
+
+/// The index keeper thread: watches every call into sled for a hang (the index writer's,
+/// a reader's, retention's), and rebuilds the index from the segments when it was given
+/// up — into a new sled on a thread of its own, itself watched, and into memory when sled
+/// hangs or fails there too. While the index is in memory because sled failed (not hung),
+/// sled is tried again every [`StoreOptions::index_sled_retry`].
+fn run_keeper(keeper: &Keeper, stop: &Receiver<()>) {
+    let limit = keeper.index.settings().hang_limit;
+    let poll = (limit / 4).clamp(
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_secs(1),
+    );
+    let mut next_rebuild = std::time::Instant::now();
+    // An index the open had to build in memory waits like one built so here.
+    let mut sled_again_at = keeper
+        .index
+        .in_memory_only()
+        .then(|| std::time::Instant::now() + keeper.index.settings().sled_retry);
+    // sled's I/O threads are the process's: once a call hung, a new index would hang too.
+    let mut sled_hung = false;
+    loop {
+        match stop.recv_timeout(poll) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
         }
-        let first = Seq(base.map_or(0, |b| b.seq.0) + 1);
-        let mut records = 0;
-        if tip >= first {
-            let (id, _) = log
-                .live()
-                .into_iter()
-                .next()
-                .ok_or(Error::Missing { seq: first })?;
-            let mut cursor = GroupCursor::new(log.clone(), id, SEGMENT_HEADER_LEN, Some(first))?;
-            let mut ids = RecentIds::default();
-            let mut notes = Vec::new();
-            'groups: while let Some(head) = cursor.next_group()? {
-                if head.first > tip {
-                    // Being written past the durable tip: not the index's yet.
-                    break;
-                }
-                let (block, segment, at) = cursor.records();
-                for entry in segment::record_entries(&head, segment, at, block) {
-                    let entry = entry?;
-                    if entry.seq > tip {
-                        break 'groups;
-                    }
-                    let record = codec::decode_checked(entry.seq, &entry.frame[4..], &mut ids)?;
-                    let crc = codec::frame_crc(entry.frame).expect("a checked frame");
-                    notes.push((record, entry.loc, crc));
-                    records += 1;
-                }
-                if notes.len() >= crate::index::LOC_CHUNK as usize {
-                    fresh.note(notes.iter().map(|(r, l, c)| (r, l, *c)));
-                    notes.clear();
-                    fresh.spill(fresh.noted(), false)?;
+        if let Some(why) = keeper.index.check_hang() {
+            if !sled_hung {
+                tracing::error!(reason = %why, "sled hung: the index is given up and rebuilt in memory");
+            }
+            sled_hung = true;
+        }
+        let now = std::time::Instant::now();
+        let retry_sled = keeper.index.in_memory_only()
+            && !sled_hung
+            && sled_again_at.is_some_and(|at| now >= at);
+        let broken = keeper.index.broken();
+        if !(broken.is_some() && now >= next_rebuild || retry_sled) {
+            continue;
+        }
+        let reason =
+            broken.unwrap_or_else(|| "trying sled again for the index held in memory".into());
+        match rebuild_running(keeper, &reason, !sled_hung, stop) {
+            Rebuild::Sled => sled_again_at = None,
+            Rebuild::Memory { hung } => {
+                sled_hung |= hung;
+                sled_again_at =
+                    Some(std::time::Instant::now() + keeper.index.settings().sled_retry);
+            }
+            Rebuild::Failed => {
+                next_rebuild = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                // An index in memory that sled could not replace stays as it is.
+                if keeper.index.in_memory_only() {
+                    sled_again_at =
+                        Some(std::time::Instant::now() + keeper.index.settings().sled_retry);
                 }
             }
-            fresh.note(notes.iter().map(|(r, l, c)| (r, l, *c)));
+            Rebuild::Stopped => return,
         }
-        fresh.spill(tip, true)?;
-        fresh.flush()?;
-        Ok((fresh, records))
-    })();
-    match rebuilt {
+    }
+}
+
+/// Rebuilds the index from the segments while the store runs, and swaps it in: into sled
+/// when `sled` (on a thread of its own, watched), else — or when that fails — into memory.
+fn rebuild_running(keeper: &Keeper, reason: &str, sled: bool, stop: &Receiver<()>) -> Rebuild {
+    let started = std::time::Instant::now();
+    // No base advance meanwhile: the rebuilt index is of the base it started from.
+    let _no_advance = keeper.retaining.lock().expect("retention lock");
+    let base = keeper.base.read().expect("base lock").clone();
+    let tip = Seq(keeper.state.synced.load(Ordering::Acquire));
+    let index = &keeper.index;
+    let mut sled_failed = None;
+    let mut hung = false;
+    if sled {
+        let watch = Arc::new(crate::watch::Watch::default());
+        let (tx, rx) = mpsc::channel();
+        let spawned = {
+            let (log, base, watch, settings) = (
+                keeper.log.clone(),
+                base.clone(),
+                watch.clone(),
+                index.settings().clone(),
+            );
+            std::thread::Builder::new()
+                .name("cb-index-rebuild".into())
+                .spawn(move || {
+                    let built = Index::fresh(&settings, watch)
+                        .and_then(|fresh| build_index(fresh, &log, base.as_ref(), tip));
+                    let _ = tx.send(built);
+                })
+        };
+        let limit = index.settings().hang_limit;
+        let poll = (limit / 4).clamp(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_secs(1),
+        );
+        let built = match spawned {
+            Err(e) => Err(format!("cannot start a thread to rebuild it: {e}")),
+            Ok(_) => loop {
+                match rx.recv_timeout(poll) {
+                    Ok(built) => break built.map_err(|e| e.to_string()),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Some(why) = watch.check(limit) {
+                            // The builder is left where it is stuck: every call it makes
+                            // from now on fails.
+                            hung = true;
+                            break Err(why);
+                        }
+                        match stop.try_recv() {
+                            Err(mpsc::TryRecvError::Empty) => {}
+                            _ => return Rebuild::Stopped,
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        break Err("the rebuild thread stopped".into())
+                    }
+                }
+            },
+        };
+        match built {
+            Ok((fresh, records)) => {
+                index.adopt(fresh, tip);
+                if let Err(e) = index.remove_older() {
+                    tracing::warn!(error = %e, "removing the old index");
+                }
+                tracing::warn!(%reason, records, took_ms = started.elapsed().as_millis() as u64,
+                    "rebuilt the index from the log");
+                return Rebuild::Sled;
+            }
+            Err(why) => sled_failed = Some(why),
+        }
+    }
+    if index.in_memory_only() && index.broken().is_none() {
+        // sled was tried again for an index already in memory, and failed: it stays.
+        tracing::warn!(
+            sled = sled_failed.as_deref().unwrap_or_default(),
+            "sled still cannot hold the index; it stays in memory (tried again later)"
+        );
+        return Rebuild::Memory { hung };
+    }
+    match build_index(
+        Index::in_memory(index.settings()),
+        &keeper.log,
+        base.as_ref(),
+        tip,
+    ) {
         Ok((fresh, records)) => {
             index.adopt(fresh, tip);
-            if let Err(e) = index.remove_older() {
-                tracing::warn!(error = %e, "removing the old index");
-            }
-            tracing::warn!(%reason, records, took_ms = started.elapsed().as_millis() as u64,
-                "rebuilt the index from the log");
-            true
+            let sled = sled_failed.as_deref().unwrap_or("sled hung before");
+            tracing::error!(%reason, %sled, records, took_ms = started.elapsed().as_millis() as u64,
+                "rebuilt the index from the log in memory: it stays there until cbd restarts or sled works again (some 40 bytes per record)");
+            Rebuild::Memory { hung }
         }
         Err(e) => {
             tracing::error!(%reason, error = %e, "rebuilding the index failed; reads that need it fail until it is rebuilt (tried again in 30 s)");
-            false
+            Rebuild::Failed
         }
     }
+}
+
+/// Indexes the live records up to `tip` (and the base's kept ones) into `fresh`.
+fn build_index(
+    fresh: Index,
+    log: &Arc<SegmentLog>,
+    base: Option<&Base>,
+    tip: Seq,
+) -> Result<(Index, u64)> {
+    if let Some(base) = base {
+        let kept = recover::read_kept(log, base)?;
+        fresh.set_base(base.seq, base.kept_segment);
+        fresh.write_kept(base.seq, base.kept_segment, &kept)?;
+    }
+    let first = Seq(base.map_or(0, |b| b.seq.0) + 1);
+    let mut records = 0;
+    if tip >= first {
+        let (id, _) = log
+            .live()
+            .into_iter()
+            .next()
+            .ok_or(Error::Missing { seq: first })?;
+        let mut cursor = GroupCursor::new(log.clone(), id, SEGMENT_HEADER_LEN, Some(first))?;
+        let mut ids = RecentIds::default();
+        let mut notes = Vec::new();
+        'groups: while let Some(head) = cursor.next_group()? {
+            if head.first > tip {
+                // Being written past the durable tip: not the index's yet.
+                break;
+            }
+            let (block, segment, at) = cursor.records();
+            for entry in segment::record_entries(&head, segment, at, block) {
+                let entry = entry?;
+                if entry.seq > tip {
+                    break 'groups;
+                }
+                let record = codec::decode_checked(entry.seq, &entry.frame[4..], &mut ids)?;
+                let crc = codec::frame_crc(entry.frame).expect("a checked frame");
+                notes.push((record, entry.loc, crc));
+                records += 1;
+            }
+            if notes.len() >= crate::index::LOC_CHUNK as usize {
+                fresh.note(notes.iter().map(|(r, l, c)| (r, l, *c)));
+                notes.clear();
+                fresh.spill(fresh.noted(), false)?;
+            }
+        }
+        fresh.note(notes.iter().map(|(r, l, c)| (r, l, *c)));
+    }
+    fresh.spill(tip, true)?;
+    fresh.flush()?;
+    Ok((fresh, records))
 }
 
 fn prepare(inputs: Vec<Input>) -> Result<Vec<Prepared>> {

@@ -7,7 +7,7 @@
 //! written-but-unsynced groups in the page cache, which must not be acted on before they
 //! are on disk), then scanned from where the index stops; the scan alone decides the tip.
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use cb_core::{Record, Seq, Timestamp};
@@ -16,12 +16,13 @@ use crate::base::Base;
 use crate::codec;
 use crate::common_records::RecentIds;
 use crate::error::{Error, Result};
-use crate::index::{Index, Marks, LOC_CHUNK};
+use crate::index::{Index, IndexSettings, Marks, LOC_CHUNK};
 use crate::seglog::{Segment, SegmentLog};
 use crate::segment::{
     record_entries, GroupHead, Loc, NotAGroup, ScanEnd, SegmentHeader, SegmentKind, FORMAT_VERSION,
     GROUP_HEAD_LEN, RULES_VERSION, SEGMENT_HEADER_LEN,
 };
+use crate::watch::Watch;
 
 /// What an open found and did, for the daemon's log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,6 +46,9 @@ pub struct Rebuilt {
     pub records: u64,
     /// How long it took.
     pub took: Duration,
+    /// Why it is held in memory rather than in sled, if it is (sled hung, or a new index
+    /// could not be made in it): until cbd restarts or sled is usable again.
+    pub in_memory: Option<String>,
 }
 
 /// A torn tail cut at open.
@@ -71,18 +75,21 @@ pub(crate) struct Recovered {
 }
 
 /// How to recover.
-pub(crate) struct Settings<'a> {
-    pub(crate) dir: &'a std::path::Path,
-    pub(crate) cache_capacity: u64,
-    pub(crate) span: u64,
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) index: IndexSettings,
     pub(crate) segment_bytes: u64,
     pub(crate) now: Timestamp,
 }
 
+/// Recovers the log. sled may hang in any call, its own threads stuck: the recovery that
+/// uses it runs on a thread of its own while this one watches its calls into sled. A hang,
+/// or an index sled cannot make or keep, and the recovery runs again with the index in
+/// memory ([`Index::in_memory`]): a start is never stuck on, nor refused for, the index.
 pub(crate) fn recover(
     log: &Arc<SegmentLog>,
     base: Option<&Base>,
-    settings: &Settings<'_>,
+    settings: &Settings,
 ) -> Result<Recovered> {
     // Nothing acted on before it is on disk (see the module docs).
     if let Some((id, last)) = log.live().last() {
@@ -90,11 +97,70 @@ pub(crate) fn recover(
             .sync_data()
             .map_err(|e| crate::seglog::sync_error(*id, e))?;
     }
-    match recover_with(log, base, settings, None)? {
+    let watch = Arc::new(Watch::default());
+    let (tx, rx) = mpsc::channel();
+    let worker = {
+        let (log, base, settings, watch) =
+            (log.clone(), base.cloned(), settings.clone(), watch.clone());
+        std::thread::Builder::new()
+            .name("cb-store-recover".into())
+            .spawn(move || {
+                let _ = tx.send(recover_twice(&log, base.as_ref(), &settings, Some(&watch)));
+            })
+            .map_err(Error::io("starting the recovery thread"))?
+    };
+    let limit = settings.index.hang_limit;
+    let poll = (limit / 4).clamp(Duration::from_millis(1), Duration::from_secs(1));
+    let why = loop {
+        match rx.recv_timeout(poll) {
+            Ok(Ok(recovered)) => return Ok(recovered),
+            Ok(Err(e @ (Error::IndexUnavailable(_) | Error::DiskFull { .. }))) => {
+                break e.to_string()
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(why) = watch.check(limit) {
+                    // The worker is stuck in sled: it is left there (every call it makes
+                    // from now on fails, so it stops at its next step).
+                    break why;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+                Err(panic) => std::panic::resume_unwind(panic),
+                Ok(()) => unreachable!("the recovery thread always sends"),
+            },
+        }
+    };
+    tracing::error!(reason = %why, "the log's index cannot be kept in sled; recovering with it in memory");
+    let mut recovered = recover_twice(log, base, settings, None)?;
+    let rebuilt = recovered.report.rebuilt.get_or_insert_with(|| Rebuilt {
+        reason: why.clone(),
+        records: 0,
+        took: Duration::ZERO,
+        in_memory: None,
+    });
+    rebuilt.reason.clone_from(&why);
+    rebuilt.in_memory = Some(why);
+    Ok(recovered)
+}
+
+/// One recovery, and a second one if the first found the index ahead of the log. `watch`:
+/// the index goes to sled, its calls watched; `None`: the index is held in memory.
+fn recover_twice(
+    log: &Arc<SegmentLog>,
+    base: Option<&Base>,
+    settings: &Settings,
+    watch: Option<&Arc<Watch>>,
+) -> Result<Recovered> {
+    let first = match watch {
+        Some(_) => None,
+        None => Some("the index is held in memory".to_string()),
+    };
+    match recover_with(log, base, settings, watch, first)? {
         Attempt::Done(recovered) => Ok(*recovered),
         // The tail sled had indexed was cut: the index is rebuilt for the log as it is now.
         Attempt::IndexAhead(reason, cut) => {
-            match recover_with(log, base, settings, Some(reason))? {
+            match recover_with(log, base, settings, watch, Some(reason))? {
                 Attempt::Done(mut recovered) => {
                     recovered.report.cut = recovered.report.cut.or(cut);
                     Ok(*recovered)
@@ -114,11 +180,13 @@ enum Attempt {
     IndexAhead(String, Option<CutTail>),
 }
 
-/// One recovery: with the index as found, or a fresh one when `rebuild` says why.
+/// One recovery: with the index as found, or a fresh one when `rebuild` says why (in sled
+/// with its calls watched by `watch`; in memory when `watch` is `None`).
 fn recover_with(
     log: &Arc<SegmentLog>,
     base: Option<&Base>,
-    settings: &Settings<'_>,
+    settings: &Settings,
+    watch: Option<&Arc<Watch>>,
     rebuild: Option<String>,
 ) -> Result<Attempt> {
     let started = Instant::now();
@@ -149,19 +217,27 @@ fn recover_with(
             .map_err(Error::io("syncing the segments directory"))?;
         live.pop();
     }
-    let opened = match rebuild {
-        Some(reason) => Err(reason),
-        None => Index::open(settings.dir, settings.cache_capacity, settings.span).and_then(
-            |(index, marks)| {
+    let opened = match (rebuild, watch) {
+        (Some(reason), _) => Err(reason),
+        (None, None) => unreachable!("an index in memory is always built"),
+        (None, Some(watch)) => {
+            Index::open(&settings.index, watch.clone()).and_then(|(index, marks)| {
                 let resume = check(&index, &marks, log, base).map_err(|e| e.to_string())?;
                 Ok((index, resume))
-            },
-        ),
+            })
+        }
     };
     let (index, resume, rebuilding) = match opened {
         Ok((index, resume)) => (index, resume, None),
         Err(reason) => {
-            let index = Index::fresh(settings.dir, settings.cache_capacity, settings.span)?;
+            let index = match watch {
+                // Its watcher went on without this recovery: it stops here.
+                Some(watch) if watch.hung().is_some() => {
+                    return Err(Error::IndexUnavailable(watch.hung().unwrap_or_default()))
+                }
+                Some(watch) => Index::fresh(&settings.index, watch.clone())?,
+                None => Index::in_memory(&settings.index),
+            };
             if let Some(base) = base {
                 let kept = read_kept(log, base)?;
                 index.set_base(base.seq, base.kept_segment);
@@ -189,6 +265,7 @@ fn recover_with(
                 reason,
                 records: 0,
                 took: started.elapsed(),
+                in_memory: None,
             });
         }
         return Ok(Attempt::Done(Box::new(Recovered {
@@ -303,6 +380,7 @@ fn recover_with(
                 reason,
                 records: scanned,
                 took: started.elapsed(),
+                in_memory: None,
             });
         }
         None => report.caught_up = scanned,

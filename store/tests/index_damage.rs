@@ -544,3 +544,268 @@ fn an_index_from_a_log_laid_out_alike_never_answers_for_this_one() {
     assert!(reason.contains("per-file entries"), "{reason:?}");
     want.check(&store, "a log laid out alike's index");
 }
+
+// ---- sled hanging, failing or panicking in the running process -------------------------
+//
+// What sled does once one of its I/O threads has panicked (its thread pool is the
+// process's: every instance is affected) is injected at cb's seam with sled
+// (`IndexFaults`): every call and every open of a new index hangs, fails or panics. The
+// store must answer everything as before, from an index held in memory, and never hang.
+
+use cb_store::{IndexFaults, Retention, SledFault};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A short hang limit, so that a hang is given up in tests within a second.
+const HANG_LIMIT: Duration = Duration::from_millis(300);
+
+fn open_faulty(dir: &Path, faults: &Arc<IndexFaults>) -> Store {
+    Store::open(
+        dir,
+        StoreOptions {
+            index_hang_limit: HANG_LIMIT,
+            index_faults: Some(faults.clone()),
+            ..options(&VirtualClock::at(1_800_000_000_000))
+        },
+    )
+    .unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()))
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited 30 s for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every fault from the very start: the open cannot use sled at all (an open that hangs is
+/// timed out, one that fails or panics is caught); it builds the index in memory, says so,
+/// and every answer is as before — for appends made afterwards too, and after a restart
+/// without the fault.
+#[test]
+fn sled_hanging_failing_or_panicking_at_open_leaves_the_index_in_memory() {
+    let pristine = tempfile::tempdir().unwrap();
+    let want = make_log(pristine.path(), 6, 2_000);
+    for fault in [SledFault::Fail, SledFault::Panic, SledFault::Hang] {
+        let case = format!("{fault:?} at open");
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(pristine.path(), copy.path());
+        let faults = Arc::new(IndexFaults::default());
+        faults.set(fault);
+        let started = Instant::now();
+        let store = open_faulty(copy.path(), &faults);
+        let took = started.elapsed();
+        let rebuilt = store.recovery().rebuilt.clone().expect("rebuilt");
+        assert!(rebuilt.in_memory.is_some(), "{case}: {rebuilt:?}");
+        assert!(store.index_in_memory(), "{case}");
+        assert!(faults.met() > 0, "{case}: the fault was never met");
+        eprintln!(
+            "index_damage: {case}: open took {} ms, in memory: {}",
+            took.as_millis(),
+            rebuilt.in_memory.unwrap()
+        );
+        want.check(&store, &case);
+        append_more(&store, 1_500);
+        let more = Expected::of(&store);
+        assert!(more.records.len() > want.records.len());
+        faults.set(SledFault::None);
+        drop(store);
+        let store = open(copy.path());
+        more.check(&store, &format!("{case}, opened again without faults"));
+    }
+}
+
+/// A hang after sled opened, inside the open's reading of the index: the opener sees the
+/// call stuck past the limit and recovers with the index in memory; the stuck recovery,
+/// released later, stops without touching anything.
+#[test]
+fn a_hang_inside_the_open_is_seen_and_the_index_held_in_memory() {
+    let pristine = tempfile::tempdir().unwrap();
+    let want = make_log(pristine.path(), 7, 2_000);
+    for grace in [1, 2, 4] {
+        let case = format!("a hang after {grace} calls");
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(pristine.path(), copy.path());
+        let faults = Arc::new(IndexFaults::default());
+        faults.set_after(grace, SledFault::Hang);
+        let store = open_faulty(copy.path(), &faults);
+        let rebuilt = store.recovery().rebuilt.clone().expect("rebuilt");
+        let why = rebuilt.in_memory.clone().unwrap_or_default();
+        assert!(why.contains("has not returned"), "{case}: {rebuilt:?}");
+        want.check(&store, &case);
+        faults.set(SledFault::None);
+        // The stuck recovery goes on now, and must change nothing the store serves.
+        std::thread::sleep(Duration::from_millis(100));
+        want.check(&store, &format!("{case}, released"));
+        drop(store);
+        let store = open(copy.path());
+        want.check(&store, &format!("{case}, opened again without faults"));
+    }
+}
+
+/// sled hangs while the store runs: a reader stuck in it is seen, the index is rebuilt in
+/// memory, every answer is served from there (the stuck reader gets an error, never a
+/// wrong answer, once released), appends go on, and closing does not wait for the stuck
+/// index writer.
+#[test]
+fn sled_hanging_while_the_store_runs_leaves_the_index_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = make_log(dir.path(), 8, 2_000);
+    let faults = Arc::new(IndexFaults::default());
+    let store = open_faulty(dir.path(), &faults);
+    assert!(!store.index_in_memory());
+    faults.set(SledFault::Hang);
+    // A file's per-file entries are in sled (never cached): this read hangs.
+    let reader = {
+        let store = store.clone();
+        std::thread::spawn(move || store.file_records(&file(0)))
+    };
+    wait_for("the index in memory", || store.index_in_memory());
+    want.check(&store, "sled hung while running");
+    // Appends go on; the index writer's spills (into sled) are not needed any more.
+    append_more(&store, 2_500);
+    let more = Expected::of(&store);
+    faults.set(SledFault::None);
+    let stuck = reader.join().unwrap();
+    assert!(stuck.is_err(), "a read stuck in sled answered {stuck:?}");
+    let started = Instant::now();
+    drop(store);
+    eprintln!(
+        "index_damage: closing with sled hung took {} ms",
+        started.elapsed().as_millis()
+    );
+    let store = open(dir.path());
+    more.check(&store, "sled hung while running, opened again");
+}
+
+/// The index writer itself stuck in sled (a spill that never returns), sled hanging on
+/// until after the store closes: the keeper sees it, the index goes to memory, and closing
+/// leaves the writer where it is rather than waiting for it.
+#[test]
+fn an_index_writer_stuck_in_sled_does_not_stop_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = make_log(dir.path(), 9, 1_000);
+    let faults = Arc::new(IndexFaults::default());
+    let store = open_faulty(dir.path(), &faults);
+    faults.set(SledFault::Hang);
+    // More than a location chunk (4096) of records: the index writer spills into sled.
+    append_more(&store, 5_000);
+    wait_for("the index in memory", || store.index_in_memory());
+    let more = Expected::of(&store);
+    assert!(more.records.len() >= want.records.len() + 5_000);
+    let started = Instant::now();
+    drop(store);
+    let closed = started.elapsed();
+    faults.set(SledFault::None);
+    assert!(
+        closed < Duration::from_secs(10),
+        "closing waited {} ms for a stuck writer",
+        closed.as_millis()
+    );
+    let store = open(dir.path());
+    more.check(&store, "index writer stuck, opened again");
+}
+
+/// sled failing in every instance while the store runs (its answer once an I/O thread
+/// panicked): a read fails once, the index cannot be rebuilt in sled, so it is rebuilt in
+/// memory, and every answer is served.
+#[test]
+fn sled_failing_while_the_store_runs_leaves_the_index_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = make_log(dir.path(), 10, 2_000);
+    let faults = Arc::new(IndexFaults::default());
+    let store = open_faulty(dir.path(), &faults);
+    faults.set(SledFault::Fail);
+    assert!(
+        store.file_records(&file(0)).is_err(),
+        "the read that found sled failing"
+    );
+    wait_for("the index in memory", || store.index_in_memory());
+    want.check(&store, "sled failing while running");
+    append_more(&store, 500);
+    let more = Expected::of(&store);
+    faults.set(SledFault::None);
+    drop(store);
+    let store = open(dir.path());
+    more.check(&store, "sled failing while running, opened again");
+}
+
+/// Retention with the index in memory removes the same history and keeps the same
+/// answers as with the index in sled.
+#[test]
+fn retention_over_an_index_in_memory_keeps_the_same_answers() {
+    let pristine = tempfile::tempdir().unwrap();
+    make_log(pristine.path(), 11, 4_000);
+    let (in_sled, in_memory) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    copy_dir(pristine.path(), in_sled.path());
+    copy_dir(pristine.path(), in_memory.path());
+    let faults = Arc::new(IndexFaults::default());
+    faults.set(SledFault::Fail);
+    let memory = open_faulty(in_memory.path(), &faults);
+    assert!(memory.index_in_memory());
+    let sled = open(in_sled.path());
+    let retention = Retention {
+        max_age: None,
+        max_bytes: Some(512 * 1024),
+        ..Retention::default()
+    };
+    let a = sled
+        .retain_now(&retention)
+        .unwrap()
+        .expect("history removed");
+    let b = memory
+        .retain_now(&retention)
+        .unwrap()
+        .expect("history removed");
+    assert_eq!(a, b);
+    let want = Expected::of(&sled);
+    want.check(&memory, "retention in memory");
+    append_more(&memory, 300);
+    append_more(&sled, 300);
+    let want = Expected::of(&sled);
+    want.check(&memory, "retention in memory, then appends");
+    let b = memory.retain_now(&retention).unwrap();
+    let a = sled.retain_now(&retention).unwrap();
+    assert_eq!(a, b);
+    Expected::of(&sled).check(&memory, "a second advance in memory");
+    faults.set(SledFault::None);
+    drop(memory);
+    let memory = open(in_memory.path());
+    Expected::of(&sled).check(&memory, "retention in memory, opened again");
+}
+
+/// An index held in memory because sled failed (not hung) goes back into sled by itself
+/// once sled works again, and the next open finds it whole there.
+#[test]
+fn an_index_in_memory_goes_back_to_sled_once_sled_works() {
+    let dir = tempfile::tempdir().unwrap();
+    make_log(dir.path(), 12, 1_500);
+    let faults = Arc::new(IndexFaults::default());
+    faults.set(SledFault::Fail);
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            index_hang_limit: HANG_LIMIT,
+            index_sled_retry: Duration::from_millis(200),
+            index_faults: Some(faults.clone()),
+            ..options(&VirtualClock::at(1_800_000_000_000))
+        },
+    )
+    .unwrap();
+    assert!(store.index_in_memory());
+    append_more(&store, 300);
+    // Tried again while sled still fails: it stays in memory.
+    let met = faults.met();
+    wait_for("sled tried again", || faults.met() > met);
+    assert!(store.index_in_memory());
+    faults.set(SledFault::None);
+    wait_for("the index back in sled", || !store.index_in_memory());
+    append_more(&store, 300);
+    let want = Expected::of(&store);
+    drop(store);
+    let store = open(dir.path());
+    let r = store.recovery().clone();
+    assert_eq!(r.rebuilt, None, "{r:?}");
+    want.check(&store, "back in sled, opened again");
+}
