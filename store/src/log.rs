@@ -203,6 +203,9 @@ pub(crate) struct Shared {
     retainer: std::sync::Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     /// One base advance at a time.
     pub(crate) retaining: Arc<std::sync::Mutex<()>>,
+    /// Why the last base switch could not be confirmed, if it could not: the manifest on
+    /// disk may name the new base or the old one until the next open settles it.
+    pub(crate) base_unsettled: std::sync::Mutex<Option<crate::retention::Unsettled>>,
     /// The base checkpoint, once read (history views start from it).
     pub(crate) base_state: std::sync::Mutex<Option<Arc<cb_core::Checkpoint>>>,
     pub(crate) log: Arc<SegmentLog>,
@@ -368,6 +371,7 @@ impl Store {
                 keeper: Some(keeper),
                 retainer: std::sync::Mutex::new(None),
                 retaining,
+                base_unsettled: std::sync::Mutex::new(None),
                 base_state: std::sync::Mutex::new(None),
                 log,
                 index,

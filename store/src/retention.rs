@@ -99,6 +99,10 @@ impl Store {
     /// done. Called by the store's retention thread; tests call it directly.
     pub fn retain_now(&self, retention: &Retention) -> Result<Option<Advanced>> {
         let _one = self.shared.retaining.lock().expect("retention lock");
+        if let Some(settled) = self.settle_switch()? {
+            // An earlier advance, finished now: this call's. The next one goes on from it.
+            return Ok(Some(settled));
+        }
         let log = &self.shared.log;
         let live = log.live();
         if live.len() < 2 {
@@ -256,6 +260,25 @@ impl Store {
         // 4. The kept segment, the base checkpoint, the manifest.
         let kept_id = log.new_id();
         let kept_locs = self.write_kept_segment(kept_id, end, at_end, &kept, &kept_before)?;
+        let mut bytes_removed = 0;
+        for id in &segments {
+            if let Some(s) = log.get(*id) {
+                bytes_removed += s.file.len().unwrap_or(0);
+            }
+        }
+        if let Some(old) = &old_base {
+            if let Some(s) = log.get(old.kept_segment) {
+                bytes_removed += s.file.len().unwrap_or(0);
+            }
+        }
+        let advanced = Advanced {
+            base: end,
+            segments_removed: segments.len(),
+            bytes_removed,
+            kept: kept.len() as u64,
+            forgotten,
+            archive,
+        };
         let new_base =
             match self.switch_base(end, at_end, kept_id, &core, old_base.as_ref(), archive_dir) {
                 Switch::Made(b) => b,
@@ -268,28 +291,32 @@ impl Store {
                     return Err(e);
                 }
                 // Either base may be the one after a crash: both keep their files, and the
-                // next open removes the other's.
-                Switch::Unknown(e) => return Err(e),
+                // next open removes the other's. The next advance settles it first.
+                Switch::Unknown(e) => {
+                    *self.shared.base_unsettled.lock().expect("base lock") = Some(Unsettled {
+                        why: e.to_string(),
+                        kept_id,
+                        advanced,
+                    });
+                    return Err(e);
+                }
             };
-        // 5. The switch is made: everyone else learns of it, then the old files go. What
-        // fails from here is left to the index's rebuild and the next open's cleanup.
+        // 5. The switch is made.
+        self.switched(new_base, &kept_locs);
+        Ok(advanced)
+    }
+
+    /// Step 5 of an advance, once the manifest names `new_base` durably: everyone else
+    /// learns of it, then the old files go. What fails from here is left to the index's
+    /// rebuild and the next open's cleanup.
+    fn switched(&self, new_base: Base, kept_locs: &[(Record, Loc)]) {
+        let (end, kept_id) = (new_base.seq, new_base.kept_segment);
         *self.shared.base.write().expect("base lock") = Some(new_base.clone());
         *self.shared.base_state.lock().expect("base lock") = None;
-        if let Err(e) = self.shared.index.advance_base(end, kept_id, &kept_locs) {
+        if let Err(e) = self.shared.index.advance_base(end, kept_id, kept_locs) {
             tracing::warn!(error = %e, "the index did not take the new base; it is rebuilt");
         }
-        let mut bytes_removed = 0;
-        for id in &segments {
-            if let Some(s) = log.get(*id) {
-                bytes_removed += s.file.len().unwrap_or(0);
-            }
-        }
-        if let Some(old) = &old_base {
-            if let Some(s) = log.get(old.kept_segment) {
-                bytes_removed += s.file.len().unwrap_or(0);
-            }
-        }
-        if let Err(e) = remove_leftovers(log, Some(&new_base)) {
+        if let Err(e) = remove_leftovers(&self.shared.log, Some(&new_base)) {
             tracing::warn!(error = %e, "removing the segments before the base; the next start does");
         }
         for file in self.checkpoints().unwrap_or_default() {
@@ -297,14 +324,53 @@ impl Store {
                 let _ = self.shared.checkpoints.remove(&file.name);
             }
         }
-        Ok(Advanced {
-            base: end,
-            segments_removed: segments.len(),
-            bytes_removed,
-            kept: kept.len() as u64,
-            forgotten,
-            archive,
-        })
+    }
+
+    /// Settles a base switch an earlier advance could not confirm, before anything else is
+    /// tried: the manifest on disk may name that base, so another advance must not write —
+    /// or on failure remove — a checkpoint of the same name. The manifest is read and its
+    /// directory synced: if it names the unconfirmed base, the switch is finished now;
+    /// otherwise that base's files go. `Err` while the disk still cannot say. Returns the
+    /// advance, if it was made after all.
+    fn settle_switch(&self) -> Result<Option<Advanced>> {
+        let Some(unsettled) = self
+            .shared
+            .base_unsettled
+            .lock()
+            .expect("base lock")
+            .clone()
+        else {
+            return Ok(None);
+        };
+        let end = unsettled.advanced.base;
+        let storage = self.shared.log.storage();
+        let still = |e: &dyn std::fmt::Display| {
+            Error::Io {
+            context: format!(
+                "an earlier switch of the log's base to {end} could not be confirmed ({}), and still cannot be: {e}",
+                unsettled.why
+            ),
+            source: std::io::ErrorKind::Other.into(),
+        }
+        };
+        let on_disk = Base::load(storage).map_err(|e| still(&e))?;
+        storage.sync_dir().map_err(|e| still(&e))?;
+        let made = match on_disk {
+            Some(base) if base.seq == end && base.kept_segment == unsettled.kept_id => {
+                let kept = crate::recover::read_kept(&self.shared.log, &base)?;
+                tracing::info!(base = %base.seq, "an unconfirmed switch of the log's base was made after all: finished now");
+                self.switched(base, &kept);
+                Some(unsettled.advanced)
+            }
+            _ => {
+                let _ = self.shared.log.remove(unsettled.kept_id);
+                let _ = storage.remove(&crate::base::checkpoint_name(end));
+                let _ = storage.sync_dir();
+                None
+            }
+        };
+        *self.shared.base_unsettled.lock().expect("base lock") = None;
+        Ok(made)
     }
 
     /// Writes the base at `end` (the kept segment `kept_id` is written) and switches to it:
@@ -525,6 +591,15 @@ fn write_kept(
     }
     log.create_whole(header, &bytes)?;
     Ok(out)
+}
+
+/// A base switch whose outcome the disk could not tell (see `Store::settle_switch`).
+#[derive(Clone, Debug)]
+pub(crate) struct Unsettled {
+    why: String,
+    kept_id: u32,
+    /// What the advance did, should the switch turn out made.
+    advanced: Advanced,
 }
 
 /// How a switch to a new base went.
