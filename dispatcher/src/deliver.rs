@@ -24,7 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sha2::{Digest as _, Sha256};
 
-use crate::limits::{Limits, LimitsConfig, Pool};
+use crate::limits::LimitsConfig;
 use crate::mail::Mailer;
 use crate::target::{GuardedConnector, Refused};
 
@@ -55,18 +55,13 @@ type HttpClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 /// Performs attempts. One per daemon; shared by every attempt task.
 pub struct Deliverer {
     client: HttpClient,
-    limits: Limits,
     store: Store,
     mailer: Option<Result<Mailer, String>>,
 }
 
 impl Deliverer {
     /// A deliverer reading versions from `store`.
-    pub fn new(
-        store: Store,
-        config: &DeliveryConfig,
-        waiting: prometheus_client::metrics::gauge::Gauge,
-    ) -> Deliverer {
+    pub fn new(store: Store, config: &DeliveryConfig) -> Deliverer {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
@@ -80,7 +75,6 @@ impl Deliverer {
             .build(https);
         Deliverer {
             client,
-            limits: Limits::new(config.limits, waiting),
             store,
             mailer: config.smtp.as_deref().map(|relay| {
                 Mailer::new(
@@ -91,23 +85,11 @@ impl Deliverer {
         }
     }
 
-    /// Performs `attempt` and reports how it ended. Waits for a slot first (SPEC §6
-    /// "Isolation"); the attempt's timeout and latency start when it has one.
+    /// Performs `attempt` and reports how it ended. The driver hands it out holding its slot
+    /// (SPEC §6 "Isolation", `limits`); the attempt's timeout and latency start now.
     pub async fn perform(&self, attempt: &Attempt) -> AttemptReport {
-        let pool = if attempt.attempt <= 1 {
-            Pool::First
-        } else {
-            Pool::Retry
-        };
-        let origin = origin_of(&attempt.callback.target);
-        let slot = self.limits.acquire(&origin, pool).await;
         let started = Instant::now();
         let (outcome, digest, detail) = self.attempt(attempt).await;
-        slot.settle(matches!(
-            outcome,
-            Outcome::Timeout | Outcome::Connect | Outcome::Tls
-        ));
-        drop(slot);
         AttemptReport {
             machine: attempt.machine.clone(),
             delivery: attempt.delivery,
@@ -233,22 +215,6 @@ impl Deliverer {
             )
         };
         (outcome, detail)
-    }
-}
-
-/// `scheme://host:port` of an HTTP target; one origin for all mail.
-fn origin_of(target: &Target) -> String {
-    match target {
-        Target::Http(url) => match cb_core::render::wire_url(url).parse::<hyper::Uri>() {
-            Ok(uri) => format!(
-                "{}://{}",
-                uri.scheme_str().unwrap_or("http"),
-                uri.authority().map_or("", |a| a.as_str())
-            )
-            .to_ascii_lowercase(),
-            Err(_) => url.clone(),
-        },
-        Target::Mail(_) => "smtp:".to_owned(),
     }
 }
 
@@ -422,18 +388,6 @@ mod tests {
         assert_eq!(types(&attempt("[]")), ["application/json"]);
         let own = attempt(r#"[{"name":"Content-Type","value":"application/json; charset=utf-8"}]"#);
         assert_eq!(types(&own), ["application/json; charset=utf-8"]);
-    }
-
-    #[test]
-    fn origins() {
-        assert_eq!(
-            origin_of(&Target::Http("https://Example.org:8443/cb?x=1".into())),
-            "https://example.org:8443"
-        );
-        assert_eq!(
-            origin_of(&Target::Http("http://example.org/cb".into())),
-            "http://example.org"
-        );
     }
 
     #[test]

@@ -1,32 +1,31 @@
-//! The driver: the one task that owns the [`Core`], folds every durable record into it in
-//! log order, and performs the effects it hands out.
+//! The driver's tokio shell: the one task that owns the [`DriverState`] (and so the
+//! [`Core`]), feeds it every durable record in log order, the clocks, queries and what its
+//! own work reports, and performs what it hands out: appends, attempts (one task each, only
+//! once its slot is held), checkpoints.
 //!
-//! Records reach the driver from the store's commit hook (a channel fed on the store's sync
-//! thread, in log order), whoever appended them: the HTTP API, attempt tasks, or the driver
-//! itself. So the driver never folds a record that is not durable, and folding is the only
-//! way the core learns anything — exactly what `cbctl replay` does later with the same log.
-//! The driver keeps the core's driving contract (`cb_core` crate docs): it performs every
-//! `StartAttempt` on its own task, appends a `CallbackDisabled` for every `DisableCallback`,
-//! appends a `Ticked` when the wall clock passes [`Core::next_deadline`], and after a restart
-//! performs [`Core::in_flight`] again and appends [`Core::owed_disables`].
+//! Records reach the driver from the store's commit hook (a bounded channel fed on the
+//! store's sync thread, in log order), whoever appended them: the HTTP API, outcomes of
+//! attempts, or the driver itself. So the driver never folds a record that is not durable,
+//! and folding is the only way the core learns anything — exactly what `cbctl replay` does
+//! later with the same log. Every decision (ticks, admission, what to do while the log
+//! refuses records, shutdown) is the state's (`driver_state`), which the simulator drives
+//! the same way on simulated time.
 //!
-//! **When the log refuses a record** (a full disk: `cb_store::Error::DiskFull`, or another
-//! I/O error), the driver does not stop: a record it owes the log (an attempt's outcome, a
-//! disable) is kept and appended again every [`RETRY_REFUSED`] until the log takes it, a
-//! refused tick is simply tried again, and **no attempt starts** while an outcome could not
-//! be recorded — the core's attempts wait in the driver until the log takes records again.
+//! Every queue here is bounded: the commit stream ([`COMMIT_QUEUE`] groups: a driver that
+//! falls behind makes appends wait), the inbox ([`INBOX`] queries: askers wait), attempts
+//! waiting for a slot are plain data in the state's `Limits`, and the events channel carries
+//! one message per thing the driver itself started.
 //!
 //! Others read the core through [`Handle::query`]: a closure run on the driver's task once
 //! the core has folded everything durable when the query was made (read-your-writes for an
 //! API client whose append was acknowledged).
 
-use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cb_core::{Core, Effect, Record, RecordKind, Seq};
+use cb_core::{Core, Record, Seq};
 use cb_store::{wall_clock, Appended, CheckpointWriter, Input, Store, StoreOptions};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +34,8 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::deliver::{Deliverer, DeliveryConfig};
+use crate::driver_state::{AppendId, DriverConfig, DriverState, Now, Output, Patience, Refusal};
+use crate::limits::Slot;
 use crate::metrics::Metrics;
 
 /// Everything the dispatcher needs to start.
@@ -93,45 +94,45 @@ pub enum Error {
 
 type Query = Box<dyn FnOnce(&Core) + Send>;
 
+/// What the API asks of the driver.
 enum Command {
-    Query {
-        min_seq: Seq,
-        ask: Query,
-    },
-    Fatal(String),
+    Query { min_seq: Seq, ask: Query },
     Shutdown(oneshot::Sender<()>),
-    /// The log refused records the driver owes it: they are appended again later. `outcomes`
-    /// of them are attempt outcomes (whose attempts count as in flight until recorded).
-    Refused {
-        inputs: Vec<Input>,
-        outcomes: usize,
-        why: String,
-        /// Refused when offered again (`Driver::unblock`), not at first.
-        again: bool,
-    },
-    /// The log refused a tick.
-    TickRefused(String),
-    /// Owed records were appended.
-    Recorded,
 }
 
-/// How long the driver waits before offering the log refused records again.
-pub const RETRY_REFUSED: Duration = Duration::from_secs(1);
+/// What the driver's own work reports back: answers to its appends (from the store's sync
+/// thread) and finished attempts (from their tasks). Unbounded, yet bounded by
+/// construction: every message answers an append or an attempt the driver itself started,
+/// and it starts at most [`LimitsConfig::most_in_flight`](crate::LimitsConfig::most_in_flight) attempts and one append per
+/// outcome, tick, disable or retry of refused records.
+enum Event {
+    Appended(AppendId, Result<(), Refusal>),
+    Done(Slot, cb_core::AttemptReport),
+}
+
+/// Groups of durable records the commit stream may hold before the store's sync thread
+/// waits for the driver: backpressure on appends rather than growth.
+pub const COMMIT_QUEUE: usize = 256;
+
+/// Queries the driver's inbox holds before askers wait.
+pub const INBOX: usize = 1024;
 
 /// True for the refusals the log recovers from by itself (space freed, a transient I/O
 /// error): the driver keeps what was refused and tries again.
-fn refused_for_now(e: &cb_store::Error) -> bool {
-    matches!(
-        e,
-        cb_store::Error::DiskFull { .. } | cb_store::Error::Io { .. }
-    )
+fn refusal(e: cb_store::Error) -> Refusal {
+    match e {
+        cb_store::Error::DiskFull { .. } | cb_store::Error::Io { .. } => {
+            Refusal::ForNow(e.to_string())
+        }
+        e => Refusal::Fatal(e.to_string()),
+    }
 }
 
 /// How the rest of the daemon talks to the driver and the log. Cheap to clone.
 #[derive(Clone)]
 pub struct Handle {
     store: Store,
-    inbox: mpsc::UnboundedSender<Command>,
+    inbox: mpsc::Sender<Command>,
     metrics: Arc<Metrics>,
 }
 
@@ -167,6 +168,7 @@ impl Handle {
         });
         self.inbox
             .send(Command::Query { min_seq, ask })
+            .await
             .map_err(|_| Error::Task("the driver has stopped".into()))?;
         rx.await
             .map_err(|_| Error::Task("the driver has stopped".into()))
@@ -198,10 +200,11 @@ impl Dispatcher {
     /// Opens the data dir, restores the core (newest valid checkpoint + the tail), and
     /// starts the driver: attempts that were in flight are performed again at once.
     pub async fn start(options: DispatcherOptions) -> Result<(Dispatcher, Started), Error> {
-        let (records_tx, records_rx) = mpsc::unbounded_channel::<Vec<Record>>();
+        let (records_tx, records_rx) = mpsc::channel::<Vec<Record>>(COMMIT_QUEUE);
         let store_options = StoreOptions {
+            // On the store's sync thread, never a runtime's: a full queue makes it wait.
             on_commit: Some(Box::new(move |records: &[Record]| {
-                let _ = records_tx.send(records.to_vec());
+                let _ = records_tx.blocking_send(records.to_vec());
             })),
             segment_bytes: options.segment_bytes,
             retention: options.retention.clone(),
@@ -228,48 +231,53 @@ impl Dispatcher {
                 Err(e) => error!(error = %e, "checkpoint failed"),
             })?
         };
-        let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
+        let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let handle = Handle {
             store: store.clone(),
             inbox: inbox_tx,
             metrics: metrics.clone(),
         };
-        let core = restored.core;
         let mut started = Started {
             last_seq: store.last_seq(),
             checkpoint: restored.checkpoint,
             tail_records: restored.tail_records,
             resumed_attempts: 0,
         };
-        let mut driver = Driver {
-            core,
-            deliverer: Arc::new(Deliverer::new(
-                store.clone(),
-                &options.delivery,
-                metrics.waiting.clone(),
-            )),
+        let epoch = Instant::now();
+        let config = DriverConfig {
+            tick_spacing: options.tick_spacing,
+            checkpoint_every_records: options.checkpoint_every_records,
+            checkpoint_interval: options.checkpoint_interval,
+            shutdown_grace: options.shutdown_grace,
+            limits: options.delivery.limits,
+        };
+        let now = Now {
+            mono: Duration::ZERO,
+            wall: wall_clock(),
+        };
+        let mut state = DriverState::new(
+            restored.core,
+            config,
+            metrics.clone(),
+            restored.tail_records,
+            now,
+        );
+        state.set_log_writable(store.writable());
+        started.resumed_attempts = state.resume(now);
+        let driver = Driver {
+            state,
+            deliverer: Arc::new(Deliverer::new(store.clone(), &options.delivery)),
             store,
             records: records_rx,
             inbox: inbox_rx,
-            inbox_tx: handle.inbox.clone(),
+            events: events_rx,
+            events_tx,
             attempts: JoinSet::new(),
-            unrecorded: Arc::default(),
-            waiting: VecDeque::new(),
             checkpoints,
-            folded_since_checkpoint: restored.tail_records,
-            last_checkpoint: Instant::now(),
-            tick_outstanding: false,
-            last_tick: None,
-            owed: Vec::new(),
-            owed_outcomes: 0,
-            deferred: VecDeque::new(),
-            blocked_since: None,
-            retrying: false,
-            shutting_down: false,
-            metrics,
-            options,
+            epoch,
+            stop_reply: None,
         };
-        started.resumed_attempts = driver.resume();
         let task = tokio::spawn(driver.run());
         Ok((
             Dispatcher {
@@ -293,7 +301,7 @@ impl Dispatcher {
             return self.join().await;
         }
         let (tx, rx) = oneshot::channel();
-        let _ = self.handle.inbox.send(Command::Shutdown(tx));
+        let _ = self.handle.inbox.send(Command::Shutdown(tx)).await;
         let _ = rx.await;
         self.join().await
     }
@@ -351,238 +359,121 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
         .map_err(|e| Error::Task(e.to_string()))
 }
 
+/// The tokio shell around [`DriverState`]: it feeds the state the commit stream, the
+/// queries, the answers to its appends, finished attempts and the clocks, and performs what
+/// the state hands out.
 struct Driver {
-    core: Core,
+    state: DriverState<Query>,
     store: Store,
     deliverer: Arc<Deliverer>,
-    records: mpsc::UnboundedReceiver<Vec<Record>>,
-    inbox: mpsc::UnboundedReceiver<Command>,
-    inbox_tx: mpsc::UnboundedSender<Command>,
+    records: mpsc::Receiver<Vec<Record>>,
+    inbox: mpsc::Receiver<Command>,
+    events: mpsc::UnboundedReceiver<Event>,
+    events_tx: mpsc::UnboundedSender<Event>,
     attempts: JoinSet<()>,
-    /// Outcomes handed to the log and not yet acknowledged.
-    unrecorded: Arc<Unrecorded>,
-    /// Queries waiting for the core to catch up with the log, in arrival order.
-    waiting: VecDeque<(Seq, Query)>,
     checkpoints: CheckpointWriter,
-    folded_since_checkpoint: u64,
-    last_checkpoint: Instant,
-    /// A `Ticked` was appended and has not come back yet.
-    tick_outstanding: bool,
-    last_tick: Option<Instant>,
-    /// Records the log refused that the driver still owes it, oldest first, and how many of
-    /// them are attempt outcomes.
-    owed: Vec<Input>,
-    owed_outcomes: usize,
-    /// Attempts the core started while their outcomes could not be recorded.
-    deferred: VecDeque<cb_core::Attempt>,
-    /// Since when the log has refused the driver's records (`None`: it takes them).
-    blocked_since: Option<Instant>,
-    /// An append of owed records is in flight.
-    retrying: bool,
-    shutting_down: bool,
-    metrics: Arc<Metrics>,
-    options: DispatcherOptions,
+    /// Monotonic time zero of [`Now::mono`].
+    epoch: Instant,
+    /// Whom to tell once a shutdown is done.
+    stop_reply: Option<oneshot::Sender<()>>,
 }
 
 impl Driver {
-    /// Driving contract step 5: what was in flight at the crash is attempted again, and
-    /// disables that were owed are appended. Returns how many attempts resumed.
-    fn resume(&mut self) -> usize {
-        let in_flight = self.core.in_flight();
-        let resumed = in_flight.len();
-        if !in_flight.is_empty() {
-            info!(
-                attempts = in_flight.len(),
-                "performing attempts that were in flight again"
-            );
+    fn now(&self) -> Now {
+        Now {
+            mono: self.epoch.elapsed(),
+            wall: wall_clock(),
         }
-        for attempt in in_flight {
-            // As any other: deferred while the log could not record its outcome.
-            self.perform(Effect::StartAttempt(attempt));
-        }
-        for effect in self.core.owed_disables() {
-            self.perform(effect);
-        }
-        resumed
     }
 
     async fn run(mut self) -> Result<(), Error> {
-        let mut checkpoint_timer = tokio::time::interval(Duration::from_secs(5));
-        checkpoint_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let wake = self.wake_at();
+            self.state.set_log_writable(self.store.writable());
+            if self.perform()? {
+                let result = self.finish().await;
+                if let Some(reply) = self.stop_reply.take() {
+                    let _ = reply.send(());
+                }
+                return result;
+            }
+            let wake = self
+                .state
+                .poll_timeout(self.now())
+                .map(|at| self.epoch + at);
             // Not `biased`: a steady stream of records must not starve queries and ticks.
             tokio::select! {
                 batch = self.records.recv() => match batch {
-                    Some(batch) => self.fold(batch),
+                    Some(batch) => {
+                        let now = self.now();
+                        self.state.handle_commit(now, &batch);
+                    }
                     None => return Err(Error::Fatal("the log's commit hook closed".into())),
                 },
-                command = self.inbox.recv() => match command {
-                    Some(Command::Query { min_seq, ask }) => {
-                        self.waiting.push_back((min_seq, ask));
-                        self.answer_queries();
-                    }
-                    Some(Command::Fatal(reason)) => {
-                        error!(%reason, "stopping: the log refused a record the driver needs");
-                        return Err(Error::Fatal(reason));
-                    }
-                    Some(Command::Shutdown(done)) => {
-                        let result = self.shut_down().await;
-                        let _ = done.send(());
-                        return result;
-                    }
-                    Some(Command::Refused { inputs, outcomes, why, again }) => {
-                        if again {
-                            self.retrying = false;
+                command = self.inbox.recv() => {
+                    let now = self.now();
+                    match command {
+                        Some(Command::Query { min_seq, ask }) => self.state.query(min_seq, ask),
+                        Some(Command::Shutdown(reply)) => {
+                            self.stop_reply = Some(reply);
+                            self.state.shutdown(now);
                         }
-                        self.owed.extend(inputs);
-                        self.owed_outcomes += outcomes;
-                        self.blocked(&why);
+                        // Every handle is gone: nobody can ask for anything any more.
+                        None => self.state.shutdown(now),
                     }
-                    Some(Command::TickRefused(why)) => {
-                        self.tick_outstanding = false;
-                        self.blocked(&why);
+                }
+                Some(event) = self.events.recv() => {
+                    let now = self.now();
+                    match event {
+                        Event::Appended(id, result) => self.state.handle_appended(now, id, result),
+                        Event::Done(slot, report) => self.state.handle_attempt_done(now, slot, report),
                     }
-                    Some(Command::Recorded) => {
-                        self.retrying = false;
-                        self.unblock();
-                    }
-                    None => return Ok(()),
-                },
-                _ = sleep_until(wake), if wake.is_some() => match self.blocked_since {
-                    Some(_) => self.unblock(),
-                    None => self.tick(),
-                },
-                _ = checkpoint_timer.tick() => self.maybe_checkpoint(false),
+                }
+                _ = sleep_until(wake), if wake.is_some() => {
+                    let now = self.now();
+                    self.state.handle_timeout(now);
+                }
             }
             while self.attempts.try_join_next().is_some() {}
         }
     }
 
-    /// When to append the next tick: the core's next deadline, in tokio time, no sooner
-    /// than `tick_spacing` after the previous tick.
-    fn wake_at(&self) -> Option<Instant> {
-        if let Some(since) = self.blocked_since {
-            // Try the log again at a steady pace, not at every deadline.
-            let tries = since.elapsed().as_millis() / RETRY_REFUSED.as_millis() + 1;
-            return Some(since + RETRY_REFUSED * tries as u32);
-        }
-        if self.tick_outstanding || self.retrying {
-            return None;
-        }
-        let deadline = self.core.next_deadline()?;
-        // Tokio's clock is monotonic and the log's is the wall clock: convert at the moment
-        // of asking; a tick stamped a hair early fires nothing and the loop sleeps again.
-        let now_ms = wall_clock();
-        let mut at = Instant::now() + Duration::from_millis(deadline.0.saturating_sub(now_ms.0));
-        if let Some(last) = self.last_tick {
-            at = at.max(last + self.options.tick_spacing);
-        }
-        Some(at)
-    }
-
-    fn tick(&mut self) {
-        self.tick_outstanding = true;
-        self.last_tick = Some(Instant::now());
-        let inbox = self.inbox_tx.clone();
-        self.store
-            .append_then(vec![Input::Record(RecordKind::Ticked)], move |r| match r {
-                Ok(_) => {}
-                Err(e) if refused_for_now(&e) => {
-                    let _ = inbox.send(Command::TickRefused(e.to_string()));
-                }
-                Err(e) => {
-                    let _ = inbox.send(Command::Fatal(format!("appending a tick: {e}")));
-                }
-            });
-    }
-
-    fn fold(&mut self, batch: Vec<Record>) {
-        let mut effects = Vec::new();
-        for record in &batch {
-            if self.core.last_seq().is_some_and(|s| record.seq <= s) {
-                // Already in the restored state.
-                continue;
-            }
-            let disposition = self.core.apply(record, &mut effects);
-            self.metrics.observe(record, disposition);
-            if matches!(record.kind, RecordKind::Ticked) {
-                self.tick_outstanding = false;
-            }
-            for effect in effects.drain(..) {
-                self.perform(effect);
-            }
-            self.folded_since_checkpoint += 1;
-        }
-        self.metrics
-            .folded_seq
-            .set(self.core.last_seq().map_or(0, |s| s.0 as i64));
-        if self.blocked_since.is_some() && !batch.is_empty() {
-            // Something was appended: the log may take the driver's records again.
-            self.unblock();
-        }
-        self.answer_queries();
-        if self.folded_since_checkpoint >= self.options.checkpoint_every_records {
-            self.maybe_checkpoint(true);
-        }
-    }
-
-    fn answer_queries(&mut self) {
-        let folded = self.core.last_seq().unwrap_or(Seq(0));
-        while self.waiting.front().is_some_and(|(min, _)| *min <= folded) {
-            let (_, ask) = self.waiting.pop_front().expect("checked");
-            ask(&self.core);
-        }
-    }
-
-    fn perform(&mut self, effect: Effect) {
-        match effect {
-            Effect::StartAttempt(attempt) => {
-                if self.shutting_down {
-                    // Left in flight in the log: the next start performs it.
-                    return;
-                }
-                if !self.can_record() {
-                    // Its outcome could not be recorded: it starts when the log takes records.
-                    self.deferred.push_back(attempt);
-                    self.blocked("the disk has no room for the outcomes of attempts");
-                    return;
-                }
-                self.start_attempt(attempt);
-            }
-            Effect::DisableCallback { machine, cause } => {
-                warn!(%machine, cause = cause.0, "receiver answered 410 Gone: disabling the callback");
-                let input = Input::Record(RecordKind::CallbackDisabled { machine, cause });
-                let inbox = self.inbox_tx.clone();
-                let kept = input.clone();
-                self.store.append_then(vec![input], move |r| match r {
-                    Ok(_) => {}
-                    Err(e) if refused_for_now(&e) => {
-                        let _ = inbox.send(Command::Refused {
-                            inputs: vec![kept],
-                            outcomes: 0,
-                            why: e.to_string(),
-                            again: false,
-                        });
+    /// Performs what the state handed out; true once it says the shutdown is done.
+    fn perform(&mut self) -> Result<bool, Error> {
+        while let Some(output) = self.state.poll_output() {
+            match output {
+                Output::Append {
+                    id,
+                    inputs,
+                    patience,
+                } => {
+                    let events = self.events_tx.clone();
+                    let reply = move |r: Result<Appended, cb_store::Error>| {
+                        let _ = events.send(Event::Appended(id, r.map(|_| ()).map_err(refusal)));
+                    };
+                    match patience {
+                        Patience::Now => self.store.append_then(inputs, reply),
+                        Patience::Patient => self.store.append_patiently_then(inputs, reply),
                     }
-                    Err(e) => {
-                        let _ = inbox.send(Command::Fatal(format!("appending a disable: {e}")));
+                }
+                Output::Send { attempt, slot } => self.start_attempt(attempt, slot),
+                Output::Checkpoint => {
+                    if self.checkpoints.offer(self.state.core().checkpoint()) {
+                        let now = self.now();
+                        self.state.checkpoint_taken(now);
                     }
-                });
-            }
-            Effect::WakeAt { .. } => {
-                // The loop asks the core for its next deadline on every turn.
+                }
+                Output::Answer(ask) => ask(self.state.core()),
+                Output::CancelAttempts => self.attempts.abort_all(),
+                Output::Stopped => return Ok(true),
+                Output::Fatal(reason) => return Err(Error::Fatal(reason)),
             }
         }
+        Ok(false)
     }
 
-    fn start_attempt(&mut self, attempt: cb_core::Attempt) {
+    fn start_attempt(&mut self, attempt: cb_core::Attempt, slot: Slot) {
         let deliverer = self.deliverer.clone();
-        let store = self.store.clone();
-        let inbox = self.inbox_tx.clone();
-        let metrics = self.metrics.clone();
-        let unrecorded = self.unrecorded.clone();
-        metrics.in_flight.inc();
+        let events = self.events_tx.clone();
         self.attempts.spawn(async move {
             // A bug in performing an attempt must not leave its machine `pending` forever:
             // a panic is recorded as a failed attempt, so rule 4 retries it.
@@ -612,219 +503,42 @@ impl Driver {
                 info!(machine = %report.machine, attempt = report.attempt, outcome = %report.outcome,
                       detail = %report.detail, "attempt failed");
             }
-            // The task ends here; the reply closes the books on the sync thread. A task per
-            // attempt waiting for its group commit would put thousands of wake-ups in front
-            // of the connections' I/O at every commit.
-            unrecorded.begin();
-            let input = Input::Record(RecordKind::AttemptFinished(report));
-            let kept = input.clone();
-            // Patiently: nothing waits on an outcome being durable, and outcomes sharing
-            // an fdatasync is what keeps a drain's rate up on a virtual disk.
-            store.append_patiently_then(vec![input], move |r| match r {
-                Ok(_) => {
-                    metrics.in_flight.dec();
-                    unrecorded.end();
-                }
-                // Kept by the driver and appended again: until then the attempt counts as
-                // in flight. A shutdown meanwhile offers it once more; if the log still
-                // refuses it, the attempt is in flight in the log, and the next start makes
-                // it again.
-                Err(e) if refused_for_now(&e) => {
-                    let _ = inbox.send(Command::Refused {
-                        inputs: vec![kept],
-                        outcomes: 1,
-                        why: e.to_string(),
-                        again: false,
-                    });
-                }
-                Err(e) => {
-                    let _ = inbox.send(Command::Fatal(format!("appending an outcome: {e}")));
-                    metrics.in_flight.dec();
-                    unrecorded.end();
-                }
-            });
+            let _ = events.send(Event::Done(slot, report));
         });
     }
 
-    /// True if an attempt started now could have its outcome recorded.
-    fn can_record(&self) -> bool {
-        self.blocked_since.is_none() && self.owed.is_empty() && self.store.writable()
-    }
-
-    /// The log refused a record of the driver's: say so once, and try again later.
-    fn blocked(&mut self, why: &str) {
-        if self.blocked_since.is_none() {
-            warn!(
-                reason = %why,
-                owed = self.owed.len(),
-                "the log refuses records: attempts wait, and refused records are offered again every second"
-            );
-            self.blocked_since = Some(Instant::now());
-            self.metrics.log_blocked.set(1);
-        }
-    }
-
-    /// Offers the owed records to the log again; once none is owed and the log can take
-    /// more, starts the attempts that waited.
-    fn unblock(&mut self) {
-        if self.retrying {
-            return;
-        }
-        if !self.owed.is_empty() {
-            self.retrying = true;
-            let inputs = std::mem::take(&mut self.owed);
-            let outcomes = std::mem::take(&mut self.owed_outcomes);
-            let kept = inputs.clone();
-            let (inbox, metrics, unrecorded) = (
-                self.inbox_tx.clone(),
-                self.metrics.clone(),
-                self.unrecorded.clone(),
-            );
-            self.store.append_then(inputs, move |r| match r {
-                Ok(_) => {
-                    for _ in 0..outcomes {
-                        metrics.in_flight.dec();
-                        unrecorded.end();
-                    }
-                    let _ = inbox.send(Command::Recorded);
-                }
-                Err(e) if refused_for_now(&e) => {
-                    let _ = inbox.send(Command::Refused {
-                        inputs: kept,
-                        outcomes,
-                        why: e.to_string(),
-                        again: true,
-                    });
-                }
-                Err(e) => {
-                    let _ = inbox.send(Command::Fatal(format!(
-                        "appending refused records again: {e}"
-                    )));
-                }
-            });
-            return;
-        }
-        if !self.store.writable() {
-            // Still no room for what the attempts would record: keep waiting.
-            self.blocked("the disk has no room for the outcomes of attempts");
-            return;
-        }
-        if let Some(since) = self.blocked_since.take() {
-            info!(
-                after_secs = since.elapsed().as_secs_f32(),
-                waiting_attempts = self.deferred.len(),
-                "the log takes records again"
-            );
-            self.metrics.log_blocked.set(0);
-        }
-        while let Some(attempt) = self.deferred.pop_front() {
-            if self.shutting_down {
-                break;
-            }
-            self.start_attempt(attempt);
-        }
-    }
-
-    fn maybe_checkpoint(&mut self, by_count: bool) {
-        let due = by_count
-            || (self.folded_since_checkpoint > 0
-                && self.last_checkpoint.elapsed() >= self.options.checkpoint_interval);
-        if !due || self.core.last_seq().is_none() {
-            return;
-        }
-        if self.checkpoints.offer(self.core.checkpoint()) {
-            self.folded_since_checkpoint = 0;
-            self.last_checkpoint = Instant::now();
-        }
-    }
-
-    async fn shut_down(&mut self) -> Result<(), Error> {
-        self.shutting_down = true;
-        let in_flight = self.attempts.len();
-        info!(
-            in_flight,
-            grace_secs = self.options.shutdown_grace.as_secs_f32(),
-            "shutting down: waiting for attempts in flight"
-        );
-        let grace = tokio::time::sleep(self.options.shutdown_grace);
-        tokio::pin!(grace);
-        loop {
-            tokio::select! {
-                joined = self.attempts.join_next() => if joined.is_none() { break },
-                _ = &mut grace => {
-                    warn!(left = self.attempts.len(), "grace period over: those attempts will be performed again at the next start");
-                    self.attempts.abort_all();
-                    break;
-                }
-            }
-        }
-        // Outcomes the log refused are offered once more (they are in the inbox, or owed).
-        while let Ok(command) = self.inbox.try_recv() {
-            if let Command::Refused {
-                inputs, outcomes, ..
-            } = command
-            {
-                self.owed.extend(inputs);
-                self.owed_outcomes += outcomes;
-            }
-        }
-        if !self.owed.is_empty() {
-            self.retrying = false;
-            self.unblock();
-        }
-        // Wait for the outcomes to be durable, then fold them, so the checkpoint has them.
-        if tokio::time::timeout(Duration::from_secs(10), self.unrecorded.none())
-            .await
-            .is_err()
-        {
-            warn!("outcomes still unacknowledged by the log after 10 s");
-        }
+    /// The end of a shutdown: fold what the log holds (the outcomes just recorded), write
+    /// the final checkpoint, sync.
+    async fn finish(&mut self) -> Result<(), Error> {
         let target = self.store.last_seq();
-        while self.core.last_seq() < target {
+        while self.state.core().last_seq() < target {
             match tokio::time::timeout(Duration::from_secs(5), self.records.recv()).await {
-                Ok(Some(batch)) => self.fold(batch),
+                Ok(Some(batch)) => {
+                    let now = self.now();
+                    self.state.handle_commit(now, &batch);
+                    // Queries answered meanwhile; nothing else is started any more.
+                    while let Some(output) = self.state.poll_output() {
+                        if let Output::Answer(ask) = output {
+                            ask(self.state.core());
+                        }
+                    }
+                }
                 _ => break,
             }
         }
-        if self.core.last_seq().is_some() && self.folded_since_checkpoint > 0 {
+        // The store's sync thread must never wait on a driver that has stopped reading.
+        self.records.close();
+        if self.state.core().last_seq().is_some() && self.state.folded_since_checkpoint() > 0 {
             let store = self.store.clone();
-            let checkpoint = self.core.checkpoint();
+            let checkpoint = self.state.core().checkpoint();
             match blocking(move || store.write_checkpoint(&checkpoint)).await? {
                 Ok(file) => info!(seq = file.seq.0, "final checkpoint written"),
                 Err(e) => error!(error = %e, "final checkpoint failed"),
             }
         }
-        self.store.sync()?;
+        let store = self.store.clone();
+        blocking(move || store.sync()).await??;
         Ok(())
-    }
-}
-
-/// A count of outcome appends in progress, and a way to wait for none.
-#[derive(Default)]
-struct Unrecorded {
-    count: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
-}
-
-impl Unrecorded {
-    fn begin(&self) {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    }
-
-    fn end(&self) {
-        if self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
-            self.idle.notify_waiters();
-        }
-    }
-
-    async fn none(&self) {
-        loop {
-            let idle = self.idle.notified();
-            if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
-                return;
-            }
-            idle.await;
-        }
     }
 }
 

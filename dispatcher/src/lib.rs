@@ -3,15 +3,18 @@
 //! deliveries through one pooled keep-alive client, timers as `Ticked` records, disables —
 //! and appends every outcome back into the log.
 //!
-//! Map: `driver` (the loop, the [`Handle`] others use), `deliver` (one attempt: render,
+//! Map: `driver` (the tokio shell, the [`Handle`] others use), `driver_state` (its
+//! decisions, without I/O: ticks, admission, refusals, shutdown), `deliver` (one attempt: render,
 //! request, classify), `target` (which addresses may be reached, and the connector that
-//! checks every resolved address), `limits` (attempts in flight, globally and per origin), `mail` (`mailto:` through the SMTP relay),
+//! checks every resolved address), `limits` (attempts in flight, globally and per origin, and the queues where attempts wait
+//! for a slot), `mail` (`mailto:` through the SMTP relay),
 //! `metrics` (Prometheus).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod deliver;
 pub mod driver;
+pub mod driver_state;
 pub mod limits;
 pub mod mail;
 pub mod metrics;
