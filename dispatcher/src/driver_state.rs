@@ -141,7 +141,10 @@ enum LogState {
     Taking,
     /// It refused one since `since` (monotonic); owed records wait in `owed` and are
     /// offered again at `retry_at`.
-    Refusing { since: Duration, retry_at: Duration },
+    Refusing {
+        since: Duration,
+        retry_at: Duration,
+    },
 }
 
 /// Where a shutdown is.
@@ -307,7 +310,7 @@ impl<Q> DriverState<Q> {
         }
         self.answer_queries();
         if self.folded_since_checkpoint >= self.config.checkpoint_every_records {
-            self.offer_checkpoint();
+            self.offer_checkpoint(now);
         }
         self.publish();
     }
@@ -381,7 +384,7 @@ impl<Q> DriverState<Q> {
         // Patiently: nothing waits on an outcome being durable, and outcomes sharing an
         // fdatasync is what keeps a drain's rate up on a virtual disk.
         self.append(input.clone(), Purpose::Outcome(input), Patience::Patient);
-        self.send_admitted();
+        self.send_admitted(now);
         if let Phase::Draining { .. } = self.phase {
             if self.limits.in_flight() == 0 {
                 self.settle(now);
@@ -429,7 +432,7 @@ impl<Q> DriverState<Q> {
             }
         }
         if self.checkpoint_due_at().is_some_and(|at| now.mono >= at) {
-            self.offer_checkpoint();
+            self.offer_checkpoint(now);
         }
         self.publish();
     }
@@ -480,6 +483,22 @@ impl<Q> DriverState<Q> {
         self.out.pop_front()
     }
 
+    /// Debug aid for the simulator.
+    #[doc(hidden)]
+    pub fn debug_timeouts(&self, now: Now) -> String {
+        format!(
+            "phase {:?} log {:?} tick {:?} outstanding {} retrying {} checkpoint {:?} deadline {:?} wall {:?}",
+            self.phase,
+            self.log,
+            self.tick_due_at(now),
+            self.tick_outstanding,
+            self.retrying,
+            self.checkpoint_due_at(),
+            self.core.next_deadline(),
+            now.wall
+        )
+    }
+
     /// When (monotonic) the driver wants [`DriverState::handle_timeout`], if ever.
     pub fn poll_timeout(&self, now: Now) -> Option<Duration> {
         let phase = match self.phase {
@@ -518,7 +537,10 @@ impl<Q> DriverState<Q> {
         Some(self.last_checkpoint + self.config.checkpoint_interval)
     }
 
-    fn offer_checkpoint(&mut self) {
+    /// Asks for a checkpoint. The interval counts from the offer, taken or not: a writer
+    /// still busy with the last one is asked again an interval later, not at every turn.
+    fn offer_checkpoint(&mut self, now: Now) {
+        self.last_checkpoint = now.mono;
         if self.core.last_seq().is_some()
             && !self.out.iter().any(|o| matches!(o, Output::Checkpoint))
         {
@@ -548,7 +570,7 @@ impl<Q> DriverState<Q> {
                     return;
                 }
                 self.limits.submit(attempt);
-                self.send_admitted();
+                self.send_admitted(now);
             }
             Effect::DisableCallback { machine, cause } => {
                 warn!(%machine, cause = cause.0, "receiver answered 410 Gone: disabling the callback");
@@ -561,7 +583,16 @@ impl<Q> DriverState<Q> {
         }
     }
 
-    fn send_admitted(&mut self) {
+    /// Hands out the attempts that hold their slots — unless their outcomes could not be
+    /// recorded now: then they keep their slots and go once the log takes records again
+    /// (`unblock`).
+    fn send_admitted(&mut self, now: Now) {
+        if !self.can_record() {
+            if self.limits.has_admitted() {
+                self.blocked(now, "the disk has no room for the outcomes of attempts");
+            }
+            return;
+        }
         while let Some((attempt, slot)) = self.limits.poll_admitted() {
             self.out.push_back(Output::Send { attempt, slot });
         }
@@ -648,7 +679,7 @@ impl<Q> DriverState<Q> {
             while let Some(attempt) = self.deferred.pop_front() {
                 self.limits.submit(attempt);
             }
-            self.send_admitted();
+            self.send_admitted(now);
         }
     }
 
@@ -897,7 +928,11 @@ mod tests {
         assert_eq!(h.sends.len(), 1);
         assert_eq!(h.state.attempts_in_flight(), 1);
         h.finish_sends(Outcome::Delivered { status: 200 });
-        assert_eq!(h.state.attempts_in_flight(), 1, "until its outcome is durable");
+        assert_eq!(
+            h.state.attempts_in_flight(),
+            1,
+            "until its outcome is durable"
+        );
         h.answer_appends(None);
         assert_eq!(h.state.attempts_in_flight(), 0);
         assert_eq!(h.state_of(1), Some(cb_core::StateName::Sent));

@@ -18,6 +18,7 @@ pub mod driver_state;
 pub mod limits;
 pub mod mail;
 pub mod metrics;
+pub mod sim;
 pub mod target;
 
 pub use deliver::{webhook_id, Deliverer, DeliveryConfig};

@@ -304,25 +304,42 @@ impl Limits {
         self.pump_global(slot.pool);
     }
 
-    /// Drops every queued attempt (a shutdown: they stay in flight in the log, and the next
-    /// start performs them); returns how many.
+    /// True if an attempt holds its slots and waits for [`Limits::poll_admitted`].
+    pub fn has_admitted(&self) -> bool {
+        !self.admitted.is_empty()
+    }
+
+    /// Drops every queued attempt, and those admitted but not handed out (a shutdown: they
+    /// stay in flight in the log, and the next start performs them); returns how many.
     pub fn drop_queued(&mut self) -> usize {
         let mut dropped = 0;
+        // Queued at their origin: no slot held.
         for origin in self.origins.values_mut() {
             for queue in &mut origin.queue {
                 dropped += queue.len();
                 queue.clear();
             }
         }
+        self.waiting -= dropped;
+        // Waiting for a global slot: their origin's is held.
         for pool in [Pool::First, Pool::Retry] {
             for (_, slot) in std::mem::take(&mut self.global_queue[pool.index()]) {
                 dropped += 1;
+                self.waiting -= 1;
                 if let Some(origin) = self.origins.get_mut(&slot.origin) {
                     origin.give_back(slot.pool, slot.gate);
                 }
             }
         }
-        self.waiting -= dropped;
+        // Admitted and not handed out: both are held.
+        for (_, slot) in std::mem::take(&mut self.admitted) {
+            dropped += 1;
+            self.in_flight -= 1;
+            self.global[slot.pool.index()] -= 1;
+            if let Some(origin) = self.origins.get_mut(&slot.origin) {
+                origin.give_back(slot.pool, slot.gate);
+            }
+        }
         dropped
     }
 

@@ -1,0 +1,1070 @@
+//! A seeded, deterministic simulation of the whole driver: the real [`Core`], the real
+//! [`DriverState`] and the real [`Limits`](crate::limits::Limits), driven on simulated time
+//! against simulated receivers, clients and a simulated log that fails, stalls and crashes.
+//! TigerBeetle's VOPR and quinn's `Pair::step` are the models: one PRNG seeded once decides
+//! everything, events are kept in time order, and the same seed gives the same run, so a
+//! failure is one line to reproduce (`cargo run -p cb-dispatcher --bin sim -- --seed N`).
+//!
+//! What a run does: five projects, each with one callback to its own origin — a healthy
+//! one, a dead one (every request hangs until its timeout), a flaky one (2xx, 3xx, 429 and
+//! 503 with `Retry-After`, 5xx, resets, slow answers), a flapping one (healthy and dead by
+//! turns) and one that sometimes answers `410 Gone` — while clients append changes and now
+//! and then a callback's configuration. The log takes appends in groups after a simulated
+//! sync latency; it can run out of space, fail an fsync, stall, and the process can crash
+//! (everything not synced is lost, attempts in flight die with it) or shut down gracefully,
+//! then restart from its last checkpoint and the log's tail. At the end every fault stops,
+//! every receiver heals, and the run goes on until nothing is due.
+//!
+//! What it checks, from the outside (SPEC §4, and the isolation promise of §6): every
+//! acknowledged change's file ends delivered with its latest version, or abandoned, or its
+//! callback disabled by a 410; every attempt carries a version no older than the newest
+//! change appended before its due time; first attempts of successive deliveries of one
+//! machine start at least `W` apart; never two attempts of one machine in flight; delivered
+//! versions never go back; no more deliveries than triggering changes; no attempt starts
+//! while the log refuses records (its outcome could not be recorded); attempts in flight to
+//! one origin and in all stay within the limits; the healthy origin's requests arrive within
+//! [`HEALTHY_LAG`] of their due time whatever the others do (outside crash and full-disk
+//! periods); and a fold of the whole log from scratch gives the live core's state, with
+//! every recorded outcome matching an attempt that fold decided (what `cbctl replay`
+//! audits). Every fault class it injected is counted; [`SimReport::missing_faults`] names
+//! any that never occurred.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cb_core::{
+    Attempt, AttemptReport, Callback, CallbackName, CallbackRef, Checkpoint, Core, DeliveryId,
+    Digest, Effect, EventKind, FileId, FileKey, MachineKey, Outcome, ProjectId, Record, RecordKind,
+    Seq, StateName, Timestamp,
+};
+use cb_store::Input;
+use rand::{RngExt, SeedableRng};
+use rand_xorshift::XorShiftRng;
+
+use crate::driver_state::{AppendId, DriverConfig, DriverState, Now, Output, Refusal};
+use crate::limits::{LimitsConfig, Slot};
+use crate::metrics::Metrics;
+
+/// The wall clock at simulated time zero.
+const EPOCH_MS: u64 = 1_700_000_000_000;
+/// How late the healthy origin's requests may arrive after their due time.
+pub const HEALTHY_LAG: Duration = Duration::from_secs(2);
+/// How long after a crash, a restart or a full disk the healthy origin's lag is not held to
+/// [`HEALTHY_LAG`] (the process was down, or could not record outcomes).
+const DISTURBANCE_MS: u64 = 3_000;
+/// Simulated time the healing phase may take before the run gives up waiting for quiet.
+const HEAL_LIMIT_MS: u64 = 300_000;
+/// The per-origin share of the simulated driver (small, so that bounds are reached).
+const PER_ORIGIN: usize = 4;
+/// The global share.
+const GLOBAL: usize = 12;
+
+/// The fault classes a run can inject; [`SimReport::missing_faults`] checks each occurred.
+pub const FAULT_CLASSES: &[&str] = &[
+    "2xx",
+    "3xx",
+    "410",
+    "429_retry_after",
+    "503_retry_after",
+    "5xx",
+    "hang",
+    "slow",
+    "reset",
+    "flap",
+    "crash",
+    "graceful_restart",
+    "disk_full",
+    "fsync_failed",
+    "log_stall",
+    "config_change",
+];
+
+/// One run's settings.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Decides everything.
+    pub seed: u64,
+    /// Simulated seconds of traffic and faults before the healing phase.
+    pub seconds: u64,
+    /// Files per project.
+    pub files: u32,
+    /// Changes per simulated second, all projects together.
+    pub changes_per_sec: u32,
+}
+
+impl SimConfig {
+    /// A run of `seconds` for `seed`, with the default traffic.
+    pub fn new(seed: u64, seconds: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            seconds,
+            files: 40,
+            changes_per_sec: 20,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// Simulated time, healing included.
+    pub simulated_ms: u64,
+    /// Records in the log at the end.
+    pub records: u64,
+    /// Changes acknowledged to clients.
+    pub acknowledged: u64,
+    /// Changes refused (disk full, process down, failed fsync).
+    pub refused: u64,
+    /// Attempts sent.
+    pub attempts: u64,
+    /// Restarts (crashes and graceful ones).
+    pub restarts: u64,
+    /// How many times each fault class occurred.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// The most attempts in flight to one origin at once.
+    pub max_origin_in_flight: usize,
+    /// The most attempts in flight at once.
+    pub max_in_flight: usize,
+    /// The healthy origin's worst lag behind a due time, outside disturbances.
+    pub healthy_lag_max_ms: u64,
+}
+
+impl SimReport {
+    /// The fault classes that never occurred in this run.
+    pub fn missing_faults(&self) -> Vec<&'static str> {
+        FAULT_CLASSES
+            .iter()
+            .copied()
+            .filter(|c| self.faults.get(c).copied().unwrap_or(0) == 0)
+            .collect()
+    }
+}
+
+/// An invariant that did not hold.
+#[derive(Debug, thiserror::Error)]
+#[error("seed {seed} at {at_ms} ms: {what} (reproduce: cargo run -p cb-dispatcher --bin sim -- --seed {seed} --seconds {seconds})")]
+pub struct SimFailure {
+    /// The seed.
+    pub seed: u64,
+    /// Its run length.
+    pub seconds: u64,
+    /// Simulated time of the failure.
+    pub at_ms: u64,
+    /// What failed.
+    pub what: String,
+}
+
+/// How an origin answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Behavior {
+    Healthy,
+    Dead,
+    Flaky,
+    /// Healthy and dead by turns; `dead` is the current turn.
+    Flapping {
+        dead: bool,
+    },
+    Gone,
+}
+
+#[derive(Debug)]
+enum Event {
+    ClientChange,
+    ClientPut { project: usize },
+    Sync,
+    Reply { flight: u64 },
+    Wake { generation: u64 },
+    Crash { graceful: bool },
+    Restart,
+    DiskFull { until_ms: u64 },
+    DiskFree,
+    FsyncFail,
+    Stall { until_ms: u64 },
+    StallEnd,
+    Flap { project: usize },
+    Heal,
+}
+
+/// Who made an append, and so who is told of its fate.
+enum Appender {
+    Driver(AppendId),
+    Client,
+}
+
+struct Flight {
+    generation: u64,
+    project: usize,
+    attempt: Attempt,
+    slot: Option<Slot>,
+    outcome: Outcome,
+}
+
+/// One simulation.
+struct Sim {
+    config: SimConfig,
+    rng: XorShiftRng,
+    now_ms: u64,
+    order: u64,
+    events: BTreeMap<(u64, u64), Event>,
+    report: SimReport,
+    // The process.
+    driver: Option<DriverState<()>>,
+    /// Bumped at every crash: replies and wake-ups of a dead process are dropped.
+    generation: u64,
+    wake_generation: u64,
+    /// When the current wake-up is scheduled.
+    wake_at: Option<u64>,
+    checkpoint: Option<Checkpoint>,
+    shutting_down: bool,
+    // The log.
+    durable: Vec<Record>,
+    pending: Vec<(Appender, Vec<RecordKind>)>,
+    sync_scheduled: bool,
+    disk_full_until: Option<u64>,
+    fsync_fail_armed: bool,
+    stall_until: Option<u64>,
+    // The world.
+    behaviors: Vec<Behavior>,
+    windows: Vec<u32>,
+    flights: HashMap<u64, Flight>,
+    next_flight: u64,
+    healing: bool,
+    disturbed_until: u64,
+    // Observations.
+    /// Per file: its changes' (seq, at), oldest first.
+    changes: HashMap<FileKey, Vec<(Seq, Timestamp)>>,
+    /// Per machine: the versions 2xx answers carried, in order.
+    delivered: HashMap<MachineKey, Vec<Seq>>,
+    /// Per machine: the last first attempt's start and the distinct deliveries.
+    first_starts: HashMap<MachineKey, (DeliveryId, Timestamp)>,
+    deliveries: HashMap<MachineKey, BTreeSet<DeliveryId>>,
+    /// Machines with an attempt in flight now.
+    machines_in_flight: BTreeSet<MachineKey>,
+    origin_in_flight: Vec<usize>,
+}
+
+/// Runs one simulation and checks its invariants.
+pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
+    let mut sim = Sim::new(config);
+    sim.start()?;
+    let mut same_ms = 0;
+    while let Some(((at, _), event)) = sim.events.pop_first() {
+        same_ms = if at == sim.now_ms { same_ms + 1 } else { 0 };
+        if same_ms > 100_000 {
+            let state = sim.driver.as_ref().map(|d| d.debug_timeouts(sim.now()));
+            return Err(sim.fail(format!(
+                "no progress: 100,000 events at one moment, the last {event:?}; {state:?}"
+            )));
+        }
+        sim.now_ms = at;
+        sim.handle(event)?;
+        if sim.healing && sim.quiet() {
+            break;
+        }
+        if sim.healing && sim.now_ms > sim.config.seconds * 1000 + HEAL_LIMIT_MS {
+            return Err(sim.fail("the healing phase did not end: deliveries still due"));
+        }
+    }
+    sim.finish()
+}
+
+impl Sim {
+    fn new(config: SimConfig) -> Sim {
+        let rng = XorShiftRng::seed_from_u64(config.seed);
+        Sim {
+            report: SimReport {
+                seed: config.seed,
+                ..SimReport::default()
+            },
+            config,
+            rng,
+            now_ms: 0,
+            order: 0,
+            events: BTreeMap::new(),
+            driver: None,
+            generation: 0,
+            wake_generation: 0,
+            wake_at: None,
+            checkpoint: None,
+            shutting_down: false,
+            durable: Vec::new(),
+            pending: Vec::new(),
+            sync_scheduled: false,
+            disk_full_until: None,
+            fsync_fail_armed: false,
+            stall_until: None,
+            behaviors: vec![
+                Behavior::Healthy,
+                Behavior::Dead,
+                Behavior::Flaky,
+                Behavior::Flapping { dead: false },
+                Behavior::Gone,
+            ],
+            windows: vec![1; 5],
+            flights: HashMap::new(),
+            next_flight: 0,
+            healing: false,
+            disturbed_until: 0,
+            changes: HashMap::new(),
+            delivered: HashMap::new(),
+            first_starts: HashMap::new(),
+            deliveries: HashMap::new(),
+            machines_in_flight: BTreeSet::new(),
+            origin_in_flight: vec![0; 5],
+        }
+    }
+
+    fn fail(&self, what: impl Into<String>) -> SimFailure {
+        SimFailure {
+            seed: self.config.seed,
+            seconds: self.config.seconds,
+            at_ms: self.now_ms,
+            what: what.into(),
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            mono: Duration::from_millis(self.now_ms),
+            wall: Timestamp(EPOCH_MS + self.now_ms),
+        }
+    }
+
+    fn at(&mut self, at_ms: u64, event: Event) {
+        self.order += 1;
+        self.events.insert((at_ms, self.order), event);
+    }
+
+    fn count(&mut self, class: &'static str) {
+        *self.report.faults.entry(class).or_default() += 1;
+    }
+
+    fn project(i: usize) -> ProjectId {
+        ProjectId::new(&format!("p{i}")).expect("a valid id")
+    }
+
+    fn callback_name() -> CallbackName {
+        CallbackName::new("site").expect("a valid name")
+    }
+
+    fn callback(&self, project: usize) -> Callback {
+        Callback::from_json(&format!(
+            r#"{{"url":"http://o{project}.sim.test/cb","window_secs":{},"timeout_secs":5,"retry_for_secs":60,"backoff_secs":[1,2,5]}}"#,
+            self.windows[project]
+        ))
+        .expect("a valid callback")
+    }
+
+    fn put(&mut self, project: usize) -> RecordKind {
+        RecordKind::CallbackPut {
+            project: Sim::project(project),
+            name: Sim::callback_name(),
+            callback: Arc::new(self.callback(project)),
+        }
+    }
+
+    /// Schedules the first events: the callbacks, the clients, and one of each process and
+    /// disk fault at a random moment of the run (more at random after).
+    fn start(&mut self) -> Result<(), SimFailure> {
+        self.boot();
+        let puts = (0..5).map(|p| self.put(p)).collect();
+        self.pending.push((Appender::Client, puts));
+        self.schedule_sync();
+        self.at(10, Event::ClientChange);
+        let end = self.config.seconds * 1000;
+        let span = end.max(2_000);
+        for event in [
+            Event::Crash { graceful: false },
+            Event::Crash { graceful: true },
+            Event::FsyncFail,
+        ] {
+            let at = self.rng.random_range(span / 10..span * 9 / 10);
+            self.at(at, event);
+        }
+        let at = self.rng.random_range(span / 10..span * 9 / 10);
+        let until_ms = at + self.rng.random_range(500..5_000);
+        self.at(at, Event::DiskFull { until_ms });
+        let at = self.rng.random_range(span / 10..span * 9 / 10);
+        let until_ms = at + self.rng.random_range(200..3_000);
+        self.at(at, Event::Stall { until_ms });
+        let flap = self.rng.random_range(1_000..10_000);
+        self.at(flap, Event::Flap { project: 3 });
+        for project in 0..5 {
+            let at = self.rng.random_range(span / 10..span);
+            self.at(at, Event::ClientPut { project });
+        }
+        self.at(end, Event::Heal);
+        Ok(())
+    }
+
+    /// Starts the process: the core from the last checkpoint and the log's tail, then the
+    /// driving contract's resume.
+    fn boot(&mut self) {
+        let now = self.now();
+        let mut core = match &self.checkpoint {
+            Some(cp) => Core::from_checkpoint(cp.clone()),
+            None => Core::new(),
+        };
+        let from = core.last_seq().map_or(0, |s| s.0);
+        let mut effects = Vec::new();
+        let mut folded = 0;
+        for record in self.durable.iter().filter(|r| r.seq.0 > from) {
+            core.apply(record, &mut effects);
+            effects.clear();
+            folded += 1;
+        }
+        let config = DriverConfig {
+            tick_spacing: Duration::from_millis(10),
+            checkpoint_every_records: 500,
+            checkpoint_interval: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(2),
+            limits: LimitsConfig {
+                global: GLOBAL,
+                per_origin: PER_ORIGIN,
+            },
+        };
+        let mut driver = DriverState::new(core, config, Arc::new(Metrics::default()), folded, now);
+        driver.set_log_writable(self.disk_full_until.is_none());
+        self.driver = Some(driver);
+        self.shutting_down = false;
+        let _ = self.driver.as_mut().expect("booted").resume(now);
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), SimFailure> {
+        let now = self.now();
+        match event {
+            Event::ClientChange => self.client_change(),
+            Event::ClientPut { project } => {
+                if self.healing {
+                    return Ok(());
+                }
+                self.windows[project] = if self.windows[project] == 1 { 2 } else { 1 };
+                let put = self.put(project);
+                if self.accepts_clients() {
+                    self.count("config_change");
+                    self.pending.push((Appender::Client, vec![put]));
+                    self.schedule_sync();
+                }
+                let next = self.now_ms + self.rng.random_range(5_000..40_000);
+                self.at(next, Event::ClientPut { project });
+            }
+            Event::Sync => self.sync()?,
+            Event::Reply { flight } => self.reply(flight),
+            Event::Wake { generation } => {
+                if generation == self.wake_generation {
+                    self.wake_at = None;
+                    if let Some(driver) = &mut self.driver {
+                        driver.handle_timeout(now);
+                    }
+                }
+            }
+            Event::Crash { graceful } => self.crash(graceful),
+            Event::Restart => {
+                if self.driver.is_none() {
+                    self.boot();
+                    self.disturbed_until = self.disturbed_until.max(self.now_ms + DISTURBANCE_MS);
+                }
+            }
+            Event::DiskFull { until_ms } => {
+                if !self.healing {
+                    self.count("disk_full");
+                    self.disk_full_until = Some(until_ms);
+                    self.at(until_ms, Event::DiskFree);
+                    self.disturbed_until = self.disturbed_until.max(until_ms + DISTURBANCE_MS);
+                }
+            }
+            Event::DiskFree => self.disk_full_until = None,
+            Event::FsyncFail => {
+                if !self.healing {
+                    self.fsync_fail_armed = true;
+                }
+            }
+            Event::Stall { until_ms } => {
+                if !self.healing {
+                    self.count("log_stall");
+                    self.stall_until = Some(until_ms);
+                    self.at(until_ms, Event::StallEnd);
+                    self.disturbed_until = self.disturbed_until.max(until_ms + DISTURBANCE_MS);
+                }
+            }
+            Event::StallEnd => self.stall_until = None,
+            Event::Flap { project } => {
+                if let Behavior::Flapping { dead } = self.behaviors[project] {
+                    self.behaviors[project] = Behavior::Flapping { dead: !dead };
+                    self.count("flap");
+                    let next = self.now_ms + self.rng.random_range(5_000..30_000);
+                    self.at(next, Event::Flap { project });
+                }
+            }
+            Event::Heal => {
+                self.healing = true;
+                self.behaviors = vec![Behavior::Healthy; 5];
+                self.disk_full_until = None;
+                self.stall_until = None;
+                self.fsync_fail_armed = false;
+                if self.driver.is_none() {
+                    self.at(self.now_ms, Event::Restart);
+                }
+            }
+        }
+        self.pump()
+    }
+
+    fn accepts_clients(&self) -> bool {
+        self.driver.is_some() && !self.shutting_down && self.disk_full_until.is_none()
+    }
+
+    fn client_change(&mut self) {
+        if self.healing {
+            return;
+        }
+        let project = self.rng.random_range(0..5usize);
+        let file = self.rng.random_range(0..self.config.files);
+        if self.accepts_clients() {
+            let kind = RecordKind::ChangeAppended {
+                file: FileKey::new(
+                    Sim::project(project),
+                    FileId::new(&file.to_string()).expect("a valid id"),
+                ),
+                event: EventKind::Uploaded,
+                callbacks: None,
+            };
+            self.pending.push((Appender::Client, vec![kind]));
+            self.schedule_sync();
+        } else {
+            self.report.refused += 1;
+        }
+        let mean = 1000 / u64::from(self.config.changes_per_sec.max(1));
+        let next = self.now_ms + self.rng.random_range(0..=2 * mean);
+        self.at(next, Event::ClientChange);
+    }
+
+    fn schedule_sync(&mut self) {
+        if self.sync_scheduled {
+            return;
+        }
+        self.sync_scheduled = true;
+        let latency = match self.stall_until {
+            Some(until) if until > self.now_ms => until - self.now_ms,
+            _ => self.rng.random_range(1..5),
+        };
+        self.at(self.now_ms + latency, Event::Sync);
+    }
+
+    /// The log's group commit: everything pending becomes durable at once (or, if an fsync
+    /// fails, is refused and forgotten, as the store does).
+    fn sync(&mut self) -> Result<(), SimFailure> {
+        self.sync_scheduled = false;
+        let now = self.now();
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if self.fsync_fail_armed {
+            self.fsync_fail_armed = false;
+            self.count("fsync_failed");
+            for (appender, kinds) in pending {
+                match appender {
+                    Appender::Driver(id) => {
+                        if let Some(driver) = &mut self.driver {
+                            driver.handle_appended(
+                                now,
+                                id,
+                                Err(Refusal::ForNow("fdatasync failed (simulated EIO)".into())),
+                            );
+                        }
+                    }
+                    Appender::Client => {
+                        self.report.refused += kinds.iter().filter(|k| is_change(k)).count() as u64;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let mut batch = Vec::new();
+        let mut answers = Vec::new();
+        for (appender, kinds) in pending {
+            for kind in kinds {
+                let record = Record {
+                    seq: Seq(self.durable.len() as u64 + 1),
+                    at: now.wall,
+                    kind,
+                };
+                if let RecordKind::ChangeAppended { file, .. } = &record.kind {
+                    self.changes
+                        .entry(file.clone())
+                        .or_default()
+                        .push((record.seq, record.at));
+                    self.report.acknowledged += 1;
+                }
+                self.durable.push(record.clone());
+                batch.push(record);
+            }
+            if let Appender::Driver(id) = appender {
+                answers.push(id);
+            }
+        }
+        if let Some(driver) = &mut self.driver {
+            // As the store does: appenders hear first, then the commit stream.
+            for id in answers {
+                driver.handle_appended(now, id, Ok(()));
+            }
+            driver.handle_commit(now, &batch);
+        }
+        Ok(())
+    }
+
+    fn crash(&mut self, graceful: bool) {
+        if self.healing {
+            return;
+        }
+        if self.driver.is_none() || self.shutting_down {
+            // Down already, or on its way: this fault comes a moment later.
+            let later = self.now_ms + self.rng.random_range(1_000..5_000);
+            self.at(later, Event::Crash { graceful });
+            return;
+        }
+        if graceful {
+            self.count("graceful_restart");
+            self.shutting_down = true;
+            let now = self.now();
+            self.driver.as_mut().expect("running").shutdown(now);
+            return;
+        }
+        self.count("crash");
+        self.die();
+    }
+
+    /// The process is gone: unsynced appends are lost, attempts in flight die with their
+    /// connections, and it comes back a moment later.
+    fn die(&mut self) {
+        self.driver = None;
+        self.generation += 1;
+        self.wake_generation += 1;
+        self.wake_at = None;
+        self.report.restarts += 1;
+        self.pending.clear();
+        for flight in self.flights.values_mut() {
+            if flight.slot.take().is_some() {
+                self.origin_in_flight[flight.project] -= 1;
+            }
+        }
+        self.machines_in_flight.clear();
+        let back = self.now_ms + self.rng.random_range(100..3_000);
+        self.disturbed_until = self.disturbed_until.max(back + DISTURBANCE_MS);
+        self.at(back, Event::Restart);
+    }
+
+    fn reply(&mut self, id: u64) {
+        let Some(flight) = self.flights.remove(&id) else {
+            return;
+        };
+        let Some(slot) = flight.slot else {
+            return; // its process died
+        };
+        self.origin_in_flight[flight.project] -= 1;
+        self.machines_in_flight.remove(&flight.attempt.machine);
+        if flight.generation != self.generation {
+            return;
+        }
+        if let Outcome::Delivered { .. } = flight.outcome {
+            self.delivered
+                .entry(flight.attempt.machine.clone())
+                .or_default()
+                .push(flight.attempt.version);
+        }
+        let report = AttemptReport {
+            machine: flight.attempt.machine.clone(),
+            delivery: flight.attempt.delivery,
+            attempt: flight.attempt.attempt,
+            version: flight.attempt.version,
+            outcome: flight.outcome,
+            latency_ms: 1,
+            digest: Digest::of(b""),
+            detail: String::new(),
+        };
+        let now = self.now();
+        if let Some(driver) = &mut self.driver {
+            driver.handle_attempt_done(now, slot, report);
+        }
+    }
+
+    /// Performs what the driver handed out until it has nothing more, then schedules its
+    /// next wake-up.
+    fn pump(&mut self) -> Result<(), SimFailure> {
+        loop {
+            let now = self.now();
+            let Some(driver) = &mut self.driver else {
+                return Ok(());
+            };
+            driver.set_log_writable(self.disk_full_until.is_none());
+            let Some(output) = driver.poll_output() else {
+                break;
+            };
+            match output {
+                Output::Append { id, inputs, .. } => {
+                    if self.disk_full_until.is_some() {
+                        driver.handle_appended(
+                            now,
+                            id,
+                            Err(Refusal::ForNow(
+                                "no space left on device (simulated)".into(),
+                            )),
+                        );
+                        continue;
+                    }
+                    let kinds = inputs
+                        .into_iter()
+                        .map(|i| match i {
+                            Input::Record(kind) => kind,
+                            Input::Change(_) => unreachable!("the driver appends no change"),
+                        })
+                        .collect();
+                    self.pending.push((Appender::Driver(id), kinds));
+                    self.schedule_sync();
+                }
+                Output::Send { attempt, slot } => self.send(attempt, slot)?,
+                Output::Checkpoint => {
+                    let cp = driver.core().checkpoint();
+                    driver.checkpoint_taken(now);
+                    self.checkpoint = Some(cp);
+                }
+                Output::Answer(()) => {}
+                Output::CancelAttempts => {
+                    for flight in self.flights.values_mut() {
+                        if flight.generation == self.generation {
+                            if let Some(_slot) = flight.slot.take() {
+                                self.origin_in_flight[flight.project] -= 1;
+                                self.machines_in_flight.remove(&flight.attempt.machine);
+                            }
+                        }
+                    }
+                }
+                Output::Stopped => {
+                    // The shell's end of a shutdown: the log synced, a final checkpoint.
+                    self.sync()?;
+                    if let Some(driver) = &self.driver {
+                        self.checkpoint = Some(driver.core().checkpoint());
+                    }
+                    self.die();
+                    return Ok(());
+                }
+                Output::Fatal(why) => return Err(self.fail(format!("the driver stopped: {why}"))),
+            }
+        }
+        let now = self.now();
+        if let Some(driver) = &self.driver {
+            let wanted = driver
+                .poll_timeout(now)
+                .map(|at| (at.as_millis() as u64).max(self.now_ms));
+            if wanted != self.wake_at {
+                self.wake_generation += 1;
+                self.wake_at = wanted;
+                if let Some(at_ms) = wanted {
+                    let generation = self.wake_generation;
+                    self.at(at_ms, Event::Wake { generation });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An attempt leaves: check it, then decide what its receiver does.
+    fn send(&mut self, attempt: Attempt, slot: Slot) -> Result<(), SimFailure> {
+        self.report.attempts += 1;
+        let machine = attempt.machine.clone();
+        let project: usize = machine.file.project.as_str()[1..]
+            .parse()
+            .expect("simulated projects are p0..p4");
+        // Latest wins: no change of the file appended before the due time is newer.
+        if let Some(changes) = self.changes.get(&machine.file) {
+            let newest_before = changes
+                .iter()
+                .rev()
+                .find(|(_, at)| *at < attempt.started_at)
+                .map(|(s, _)| *s);
+            if newest_before.is_some_and(|n| n > attempt.version) {
+                return Err(self.fail(format!(
+                    "{machine}: attempt {} of delivery {} carries version {} though {} was appended before its due time",
+                    attempt.attempt, attempt.delivery.0 .0, attempt.version, newest_before.unwrap()
+                )));
+            }
+        }
+        // No attempt starts while its outcome could not be recorded.
+        if self.disk_full_until.is_some() {
+            return Err(self.fail(format!(
+                "{machine}: an attempt started while the log refused records (a full disk)"
+            )));
+        }
+        // No spam: one attempt in flight per machine.
+        if !self.machines_in_flight.insert(machine.clone()) {
+            return Err(self.fail(format!("{machine}: two attempts in flight at once")));
+        }
+        // Spacing: first attempts of successive deliveries start W apart.
+        if attempt.attempt == 1 && !attempt.redeliver {
+            let window_ms = u64::from(attempt.callback.window_secs) * 1000;
+            if let Some((delivery, started)) = self.first_starts.get(&machine) {
+                // Rule 1 spaces by the window in force when the change came; the configs
+                // alternate between 1 and 2 s, so 1 s is the least any spacing may be.
+                if *delivery != attempt.delivery
+                    && attempt.started_at.0 < started.0 + window_ms.min(1000)
+                {
+                    return Err(self.fail(format!(
+                        "{machine}: delivery {} started {} ms after delivery {} (window {} ms)",
+                        attempt.delivery.0 .0,
+                        attempt.started_at.0 - started.0,
+                        delivery.0 .0,
+                        window_ms
+                    )));
+                }
+            }
+            self.first_starts
+                .insert(machine.clone(), (attempt.delivery, attempt.started_at));
+            self.deliveries
+                .entry(machine.clone())
+                .or_default()
+                .insert(attempt.delivery);
+        }
+        // Bounded concurrency.
+        self.origin_in_flight[project] += 1;
+        let in_origin = self.origin_in_flight[project];
+        let in_all: usize = self.origin_in_flight.iter().sum();
+        self.report.max_origin_in_flight = self.report.max_origin_in_flight.max(in_origin);
+        self.report.max_in_flight = self.report.max_in_flight.max(in_all);
+        let cap = PER_ORIGIN + PER_ORIGIN / 2;
+        if in_origin > cap {
+            return Err(self.fail(format!(
+                "{in_origin} attempts in flight to origin o{project}; the bound is {cap}"
+            )));
+        }
+        if in_all > GLOBAL + GLOBAL / 4 {
+            return Err(self.fail(format!(
+                "{in_all} attempts in flight; the bound is {}",
+                GLOBAL + GLOBAL / 4
+            )));
+        }
+        // The healthy origin's lag.
+        if project == 0 && attempt.started_at.0 >= EPOCH_MS + self.disturbed_until {
+            let lag = (EPOCH_MS + self.now_ms).saturating_sub(attempt.started_at.0);
+            self.report.healthy_lag_max_ms = self.report.healthy_lag_max_ms.max(lag);
+            if lag > HEALTHY_LAG.as_millis() as u64 {
+                return Err(self.fail(format!(
+                    "{machine}: the healthy origin's request left {lag} ms after it was due (at most {} ms)",
+                    HEALTHY_LAG.as_millis()
+                )));
+            }
+        }
+        let (outcome, latency) = self.answer(project, &attempt);
+        let id = self.next_flight;
+        self.next_flight += 1;
+        self.flights.insert(
+            id,
+            Flight {
+                generation: self.generation,
+                project,
+                attempt,
+                slot: Some(slot),
+                outcome,
+            },
+        );
+        self.at(self.now_ms + latency, Event::Reply { flight: id });
+        Ok(())
+    }
+
+    /// What the receiver answers, and after how long.
+    fn answer(&mut self, project: usize, attempt: &Attempt) -> (Outcome, u64) {
+        let timeout_ms = u64::from(attempt.callback.timeout_secs) * 1000;
+        let ok = Outcome::Delivered { status: 200 };
+        let behavior = self.behaviors[project];
+        let (class, outcome, latency) = match behavior {
+            Behavior::Healthy | Behavior::Flapping { dead: false } => {
+                ("2xx", ok, self.rng.random_range(1..50))
+            }
+            Behavior::Dead | Behavior::Flapping { dead: true } => {
+                ("hang", Outcome::Timeout, timeout_ms)
+            }
+            Behavior::Gone => {
+                if self.rng.random_range(0..20) == 0 {
+                    (
+                        "410",
+                        Outcome::Status {
+                            status: 410,
+                            retry_after_secs: None,
+                        },
+                        5,
+                    )
+                } else {
+                    ("2xx", ok, 5)
+                }
+            }
+            Behavior::Flaky => match self.rng.random_range(0..8) {
+                0 => (
+                    "3xx",
+                    Outcome::Status {
+                        status: 302,
+                        retry_after_secs: None,
+                    },
+                    5,
+                ),
+                1 => (
+                    "429_retry_after",
+                    Outcome::Status {
+                        status: 429,
+                        retry_after_secs: Some(self.rng.random_range(1..10)),
+                    },
+                    5,
+                ),
+                2 => (
+                    "503_retry_after",
+                    Outcome::Status {
+                        status: 503,
+                        retry_after_secs: Some(self.rng.random_range(1..10)),
+                    },
+                    5,
+                ),
+                3 => (
+                    "5xx",
+                    Outcome::Status {
+                        status: 500,
+                        retry_after_secs: None,
+                    },
+                    5,
+                ),
+                4 => ("reset", Outcome::Connect, 2),
+                5 => ("slow", ok, self.rng.random_range(1_000..timeout_ms)),
+                _ => ("2xx", ok, self.rng.random_range(1..100)),
+            },
+        };
+        self.count(class);
+        (outcome, latency)
+    }
+
+    /// True when nothing is due any more: no change waiting, no attempt, no retry.
+    fn quiet(&self) -> bool {
+        let Some(driver) = &self.driver else {
+            return false;
+        };
+        self.pending.is_empty()
+            && driver.attempts_in_flight() == 0
+            && !self.durable.is_empty()
+            && driver.core().next_deadline().is_none()
+    }
+
+    /// The end-of-run checks that need the whole history.
+    fn finish(mut self) -> Result<SimReport, SimFailure> {
+        self.report.simulated_ms = self.now_ms;
+        self.report.records = self.durable.len() as u64;
+        let driver = self
+            .driver
+            .as_ref()
+            .ok_or_else(|| self.fail("the run ended with the process down"))?;
+        let core = driver.core();
+        // Replay: a fold from scratch decides what the live core decided, and every
+        // recorded outcome answers an attempt it decided.
+        let mut fresh = Core::new();
+        let mut effects = Vec::new();
+        let mut decided: BTreeSet<(MachineKey, DeliveryId, u32, Seq)> = BTreeSet::new();
+        for record in &self.durable {
+            if let RecordKind::AttemptFinished(r) = &record.kind {
+                let key = (r.machine.clone(), r.delivery, r.attempt, r.version);
+                if !decided.remove(&key) {
+                    return Err(self.fail(format!(
+                        "replay: the outcome at seq {} answers no attempt the fold decided ({} delivery {} attempt {})",
+                        record.seq, r.machine, r.delivery.0 .0, r.attempt
+                    )));
+                }
+            }
+            fresh.apply(record, &mut effects);
+            for effect in effects.drain(..) {
+                if let Effect::StartAttempt(a) = effect {
+                    decided.insert((a.machine, a.delivery, a.attempt, a.version));
+                }
+            }
+        }
+        if fresh.checkpoint() != core.checkpoint() {
+            return Err(
+                self.fail("replay: a fold of the log from scratch differs from the live core")
+            );
+        }
+        // Every acknowledged change's file ends delivered with its latest version, or
+        // abandoned, or its callback disabled by a 410 (from the log: a disable whose cause
+        // is newer than the callback's last put), whether the disable came before the change
+        // (a disabled callback starts nothing until a new put) or after it.
+        let mut disabled_during: HashMap<ProjectId, Vec<(Seq, Option<Seq>)>> = HashMap::new();
+        let mut put_by: HashMap<ProjectId, Seq> = HashMap::new();
+        for record in &self.durable {
+            match &record.kind {
+                RecordKind::CallbackPut { project, .. } => {
+                    put_by.insert(project.clone(), record.seq);
+                    if let Some(last) = disabled_during.get_mut(project).and_then(|v| v.last_mut())
+                    {
+                        last.1.get_or_insert(record.seq);
+                    }
+                }
+                RecordKind::CallbackDisabled { machine, cause } => {
+                    let project = &machine.file.project;
+                    if put_by.get(project).is_some_and(|p| *cause > *p) {
+                        let spans = disabled_during.entry(project.clone()).or_default();
+                        if spans.last().is_none_or(|s| s.1.is_some()) {
+                            spans.push((record.seq, None));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let exempt = |file: &FileKey, v: Seq| {
+            disabled_during.get(&file.project).is_some_and(|spans| {
+                spans
+                    .iter()
+                    .any(|(from, to)| *from > v || to.is_none_or(|t| v < t))
+            })
+        };
+        for (file, changes) in &self.changes {
+            let latest = changes.last().expect("not empty").0;
+            let machine = MachineKey {
+                file: file.clone(),
+                callback: CallbackRef::Project(Sim::callback_name()),
+            };
+            let got = self.delivered.get(&machine);
+            // Monotonic: delivered versions never go back.
+            if let Some(got) = got {
+                if let Some(w) = got.windows(2).find(|w| w[1] < w[0]) {
+                    return Err(self.fail(format!(
+                        "{machine}: version {} was delivered after {}",
+                        w[1], w[0]
+                    )));
+                }
+            }
+            if got.is_some_and(|g| g.contains(&latest)) {
+                continue;
+            }
+            let state = core.machine(&machine).map(|m| m.state.name());
+            if state == Some(StateName::Abandoned) || exempt(file, latest) {
+                continue;
+            }
+            return Err(self.fail(format!(
+                "{machine}: acknowledged version {latest} was never delivered (state {state:?}, delivered {:?})",
+                got.map(|g| g.iter().rev().take(3).collect::<Vec<_>>())
+            )));
+        }
+        // No spam: no more deliveries than triggering changes.
+        for (machine, deliveries) in &self.deliveries {
+            let changes = self.changes.get(&machine.file).map_or(0, Vec::len);
+            if deliveries.len() > changes {
+                return Err(self.fail(format!(
+                    "{machine}: {} deliveries for {changes} changes",
+                    deliveries.len()
+                )));
+            }
+        }
+        Ok(self.report)
+    }
+}
+
+fn is_change(kind: &RecordKind) -> bool {
+    matches!(kind, RecordKind::ChangeAppended { .. })
+}
