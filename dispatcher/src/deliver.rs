@@ -90,16 +90,10 @@ impl Deliverer {
     pub async fn perform(&self, attempt: &Attempt) -> AttemptReport {
         let started = Instant::now();
         let (outcome, digest, detail) = self.attempt(attempt).await;
-        AttemptReport {
-            machine: attempt.machine.clone(),
-            delivery: attempt.delivery,
-            attempt: attempt.attempt,
-            version: attempt.version,
-            outcome,
-            latency_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
-            digest,
-            detail: clip(detail),
-        }
+        let latency_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        let mut report = AttemptReport::of(attempt.clone(), outcome, latency_ms, digest);
+        report.detail = clip(detail);
+        report
     }
 
     async fn attempt(&self, attempt: &Attempt) -> (Outcome, Digest, String) {

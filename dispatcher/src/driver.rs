@@ -443,9 +443,10 @@ impl Driver {
             match output {
                 Output::Append {
                     id,
-                    inputs,
+                    records,
                     patience,
                 } => {
+                    let inputs = records.into_iter().map(Input::Record).collect();
                     let events = self.events_tx.clone();
                     let reply = move |r: Result<Appended, cb_store::Error>| {
                         let _ = events.send(Event::Appended(id, r.map(|_| ()).map_err(refusal)));
@@ -484,16 +485,15 @@ impl Driver {
                 Ok(report) => report,
                 Err(_) => {
                     error!(machine = %attempt.machine, attempt = attempt.attempt, "performing the attempt panicked");
-                    cb_core::AttemptReport {
-                        machine: attempt.machine.clone(),
-                        delivery: attempt.delivery,
-                        attempt: attempt.attempt,
-                        version: attempt.version,
-                        outcome: cb_core::Outcome::Connect,
-                        latency_ms: 0,
-                        digest: cb_core::Digest::of(b""),
-                        detail: "internal error: cb panicked performing this attempt (see its log)".into(),
-                    }
+                    let mut report = cb_core::AttemptReport::of(
+                        attempt,
+                        cb_core::Outcome::Connect,
+                        0,
+                        cb_core::Digest::of(b""),
+                    );
+                    report.detail =
+                        "internal error: cb panicked performing this attempt (see its log)".into();
+                    report
                 }
             };
             debug!(machine = %report.machine, delivery = report.delivery.0.0, attempt = report.attempt,

@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cb_core::{Attempt, AttemptReport, Core, Effect, Outcome, Record, RecordKind, Seq, Timestamp};
-use cb_store::Input;
 use tracing::{error, info, warn};
 
 use crate::limits::{Answer, Limits, LimitsConfig, Slot};
@@ -92,12 +91,13 @@ pub enum Refusal {
 /// What the driver asks its shell to do.
 #[derive(Debug)]
 pub enum Output<Q> {
-    /// Append `inputs` as one group; answer with [`DriverState::handle_appended`] and `id`.
+    /// Append `records` as one group; answer with [`DriverState::handle_appended`] and `id`.
     Append {
         /// Names this append.
         id: AppendId,
         /// The records.
-        inputs: Vec<Input>,
+        /// The records (the driver appends no change: no snapshot ever goes with them).
+        records: Vec<RecordKind>,
         /// Whether it may wait to share a sync.
         patience: Patience,
     },
@@ -126,11 +126,11 @@ pub enum Output<Q> {
 #[derive(Debug)]
 enum Purpose {
     Tick,
-    Disable(Input),
-    Outcome(Input),
+    Disable(RecordKind),
+    Outcome(RecordKind),
     /// Refused records offered again, and how many of them are outcomes.
     Owed {
-        inputs: Vec<Input>,
+        records: Vec<RecordKind>,
         outcomes: usize,
     },
 }
@@ -179,7 +179,7 @@ pub struct DriverState<Q> {
     writable: bool,
     /// Records the log refused that the driver still owes it, oldest first, and how many of
     /// them are attempt outcomes.
-    owed: Vec<Input>,
+    owed: Vec<RecordKind>,
     owed_outcomes: usize,
     /// An append of owed records is in flight.
     retrying: bool,
@@ -333,19 +333,19 @@ impl<Q> DriverState<Q> {
                 self.retrying = false;
                 self.unblock(now);
             }
-            (Purpose::Disable(input), Err(Refusal::ForNow(why))) => {
-                self.owed.push(input);
+            (Purpose::Disable(record), Err(Refusal::ForNow(why))) => {
+                self.owed.push(record);
                 self.blocked(now, &why);
             }
-            (Purpose::Outcome(input), Err(Refusal::ForNow(why))) => {
+            (Purpose::Outcome(record), Err(Refusal::ForNow(why))) => {
                 // Counted in `unrecorded` until the log takes it.
-                self.owed.push(input);
+                self.owed.push(record);
                 self.owed_outcomes += 1;
                 self.blocked(now, &why);
             }
-            (Purpose::Owed { inputs, outcomes }, Err(Refusal::ForNow(why))) => {
+            (Purpose::Owed { records, outcomes }, Err(Refusal::ForNow(why))) => {
                 self.retrying = false;
-                self.owed.extend(inputs);
+                self.owed.extend(records);
                 self.owed_outcomes += outcomes;
                 self.blocked(now, &why);
             }
@@ -380,10 +380,10 @@ impl<Q> DriverState<Q> {
         };
         self.limits.finish(slot, answer);
         self.unrecorded += 1;
-        let input = Input::Record(RecordKind::AttemptFinished(report));
+        let record = RecordKind::AttemptFinished(report);
         // Patiently: nothing waits on an outcome being durable, and outcomes sharing an
         // fdatasync is what keeps a drain's rate up on a virtual disk.
-        self.append(input.clone(), Purpose::Outcome(input), Patience::Patient);
+        self.append(record.clone(), Purpose::Outcome(record), Patience::Patient);
         self.send_admitted(now);
         if let Phase::Draining { .. } = self.phase {
             if self.limits.in_flight() == 0 {
@@ -574,8 +574,8 @@ impl<Q> DriverState<Q> {
             }
             Effect::DisableCallback { machine, cause } => {
                 warn!(%machine, cause = cause.0, "receiver answered 410 Gone: disabling the callback");
-                let input = Input::Record(RecordKind::CallbackDisabled { machine, cause });
-                self.append(input.clone(), Purpose::Disable(input), Patience::Now);
+                let record = RecordKind::CallbackDisabled { machine, cause };
+                self.append(record.clone(), Purpose::Disable(record), Patience::Now);
             }
             Effect::WakeAt { .. } => {
                 // `poll_timeout` asks the core for its next deadline every time.
@@ -598,12 +598,12 @@ impl<Q> DriverState<Q> {
         }
     }
 
-    fn append(&mut self, input: Input, purpose: Purpose, patience: Patience) {
+    fn append(&mut self, record: RecordKind, purpose: Purpose, patience: Patience) {
         let id = self.next_append_id();
         self.appends.insert(id, purpose);
         self.out.push_back(Output::Append {
             id,
-            inputs: vec![input],
+            records: vec![record],
             patience,
         });
     }
@@ -616,11 +616,7 @@ impl<Q> DriverState<Q> {
     fn tick(&mut self, now: Now) {
         self.tick_outstanding = true;
         self.last_tick = Some(now.mono);
-        self.append(
-            Input::Record(RecordKind::Ticked),
-            Purpose::Tick,
-            Patience::Now,
-        );
+        self.append(RecordKind::Ticked, Purpose::Tick, Patience::Now);
     }
 
     /// True if an attempt started now could have its outcome recorded.
@@ -651,15 +647,15 @@ impl<Q> DriverState<Q> {
         }
         if !self.owed.is_empty() {
             self.retrying = true;
-            let inputs = std::mem::take(&mut self.owed);
+            let records = std::mem::take(&mut self.owed);
             let outcomes = std::mem::take(&mut self.owed_outcomes);
             let id = self.next_append_id();
             self.out.push_back(Output::Append {
                 id,
-                inputs: inputs.clone(),
+                records: records.clone(),
                 patience: Patience::Now,
             });
-            self.appends.insert(id, Purpose::Owed { inputs, outcomes });
+            self.appends.insert(id, Purpose::Owed { records, outcomes });
             return;
         }
         if !self.writable {
@@ -766,7 +762,7 @@ mod tests {
         log: Vec<Record>,
         now: Now,
         /// Appends not answered yet, in order.
-        appends: Vec<(AppendId, Vec<Input>)>,
+        appends: Vec<(AppendId, Vec<RecordKind>)>,
         sends: Vec<(Attempt, Slot)>,
         answered: Vec<u32>,
         checkpoints: usize,
@@ -839,7 +835,7 @@ mod tests {
         fn collect(&mut self) {
             while let Some(output) = self.state.poll_output() {
                 match output {
-                    Output::Append { id, inputs, .. } => self.appends.push((id, inputs)),
+                    Output::Append { id, records, .. } => self.appends.push((id, records)),
                     Output::Send { attempt, slot } => self.sends.push((attempt, slot)),
                     Output::Checkpoint => {
                         self.checkpoints += 1;
@@ -856,19 +852,12 @@ mod tests {
         /// The log takes (`None`) or refuses every append the driver made so far, and the
         /// records taken come back through the commit stream.
         fn answer_appends(&mut self, refusal: Option<Refusal>) {
-            for (id, inputs) in std::mem::take(&mut self.appends) {
+            for (id, records) in std::mem::take(&mut self.appends) {
                 match &refusal {
                     Some(r) => self.state.handle_appended(self.now, id, Err(r.clone())),
                     None => {
-                        let kinds = inputs
-                            .into_iter()
-                            .map(|i| match i {
-                                Input::Record(kind) => kind,
-                                Input::Change(_) => unreachable!("the driver appends no change"),
-                            })
-                            .collect();
                         self.state.handle_appended(self.now, id, Ok(()));
-                        self.commit(kinds);
+                        self.commit(records);
                     }
                 }
                 self.collect();
@@ -892,16 +881,7 @@ mod tests {
         /// Finishes the attempts being sent with `outcome`.
         fn finish_sends(&mut self, outcome: Outcome) {
             for (attempt, slot) in std::mem::take(&mut self.sends) {
-                let report = AttemptReport {
-                    machine: attempt.machine.clone(),
-                    delivery: attempt.delivery,
-                    attempt: attempt.attempt,
-                    version: attempt.version,
-                    outcome,
-                    latency_ms: 1,
-                    digest: Digest::of(b""),
-                    detail: String::new(),
-                };
+                let report = AttemptReport::of(attempt, outcome, 1, Digest::of(b""));
                 self.state.handle_attempt_done(self.now, slot, report);
                 self.collect();
             }
@@ -1095,16 +1075,12 @@ mod tests {
         // One attempt comes back within the grace period; its outcome is recorded.
         let (attempt, slot) = h.sends.remove(0);
         h.sends.truncate(0);
-        let report = AttemptReport {
-            machine: attempt.machine.clone(),
-            delivery: attempt.delivery,
-            attempt: attempt.attempt,
-            version: attempt.version,
-            outcome: Outcome::Delivered { status: 200 },
-            latency_ms: 1,
-            digest: Digest::of(b""),
-            detail: String::new(),
-        };
+        let report = AttemptReport::of(
+            attempt,
+            Outcome::Delivered { status: 200 },
+            1,
+            Digest::of(b""),
+        );
         h.state.handle_attempt_done(h.now, slot, report);
         h.collect();
         assert!(h.advance(h.now.mono.as_millis() as u64 + 10_000));

@@ -38,7 +38,6 @@ use cb_core::{
     Digest, Effect, EventKind, FileId, FileKey, MachineKey, Outcome, ProjectId, Record, RecordKind,
     Seq, StateName, Timestamp,
 };
-use cb_store::Input;
 use rand::{RngExt, SeedableRng};
 use rand_xorshift::XorShiftRng;
 
@@ -676,16 +675,7 @@ impl Sim {
                 .or_default()
                 .push(flight.attempt.version);
         }
-        let report = AttemptReport {
-            machine: flight.attempt.machine.clone(),
-            delivery: flight.attempt.delivery,
-            attempt: flight.attempt.attempt,
-            version: flight.attempt.version,
-            outcome: flight.outcome,
-            latency_ms: 1,
-            digest: Digest::of(b""),
-            detail: String::new(),
-        };
+        let report = AttemptReport::of(flight.attempt, flight.outcome, 1, Digest::of(b""));
         let now = self.now();
         if let Some(driver) = &mut self.driver {
             driver.handle_attempt_done(now, slot, report);
@@ -705,7 +695,7 @@ impl Sim {
                 break;
             };
             match output {
-                Output::Append { id, inputs, .. } => {
+                Output::Append { id, records, .. } => {
                     if self.disk_full_until.is_some() {
                         driver.handle_appended(
                             now,
@@ -716,14 +706,7 @@ impl Sim {
                         );
                         continue;
                     }
-                    let kinds = inputs
-                        .into_iter()
-                        .map(|i| match i {
-                            Input::Record(kind) => kind,
-                            Input::Change(_) => unreachable!("the driver appends no change"),
-                        })
-                        .collect();
-                    self.pending.push((Appender::Driver(id), kinds));
+                    self.pending.push((Appender::Driver(id), records));
                     self.schedule_sync();
                 }
                 Output::Send { attempt, slot } => self.send(attempt, slot)?,
@@ -888,51 +871,24 @@ impl Sim {
             }
             Behavior::Gone => {
                 if self.rng.random_range(0..20) == 0 {
-                    (
-                        "410",
-                        Outcome::Status {
-                            status: 410,
-                            retry_after_secs: None,
-                        },
-                        5,
-                    )
+                    ("410", Outcome::from_status(410, None), 5)
                 } else {
                     ("2xx", ok, 5)
                 }
             }
             Behavior::Flaky => match self.rng.random_range(0..8) {
-                0 => (
-                    "3xx",
-                    Outcome::Status {
-                        status: 302,
-                        retry_after_secs: None,
-                    },
-                    5,
-                ),
+                0 => ("3xx", Outcome::from_status(302, None), 5),
                 1 => (
                     "429_retry_after",
-                    Outcome::Status {
-                        status: 429,
-                        retry_after_secs: Some(self.rng.random_range(1..10)),
-                    },
+                    Outcome::from_status(429, Some(self.rng.random_range(1..10))),
                     5,
                 ),
                 2 => (
                     "503_retry_after",
-                    Outcome::Status {
-                        status: 503,
-                        retry_after_secs: Some(self.rng.random_range(1..10)),
-                    },
+                    Outcome::from_status(503, Some(self.rng.random_range(1..10))),
                     5,
                 ),
-                3 => (
-                    "5xx",
-                    Outcome::Status {
-                        status: 500,
-                        retry_after_secs: None,
-                    },
-                    5,
-                ),
+                3 => ("5xx", Outcome::from_status(500, None), 5),
                 4 => ("reset", Outcome::Connect, 2),
                 5 => ("slow", ok, self.rng.random_range(1_000..timeout_ms)),
                 _ => ("2xx", ok, self.rng.random_range(1..100)),
