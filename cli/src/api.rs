@@ -83,27 +83,7 @@ pub async fn serve(api: Arc<Api>, req: Request<Incoming>) -> Result<Response<Bod
             } else {
                 info!(%method, %path, status = e.status.as_u16(), code = e.code, detail = %e.detail, "request refused");
             }
-            let mut response = json_response(e.status, &e.body());
-            let headers = response.headers_mut();
-            if let Some(allow) = e.allow {
-                headers.insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
-            }
-            if let Some(secs) = e.retry_after {
-                headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
-            }
-            if e.status == StatusCode::UNAUTHORIZED {
-                // RFC 6750: say which scheme the token goes in.
-                headers.insert(
-                    hyper::header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"cb\""),
-                );
-            }
-            if e.close {
-                // The rest of the body was never read, so this connection cannot carry another
-                // request; say so, or a pooling client would send its next one into the void.
-                headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
+            error_response(&e)
         }
     };
     debug!(%method, %path, status = response.status().as_u16(), "request");
@@ -176,6 +156,31 @@ fn allowed_methods(route: &[&str]) -> Option<&'static str> {
         ["v1", "files", _, _, "redeliver"] => "POST",
         _ => return None,
     })
+}
+
+/// The answer to a refused or failed request: its JSON body and the headers it asks for.
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    let mut response = json_response(e.status, &e.body());
+    let headers = response.headers_mut();
+    if let Some(allow) = e.allow {
+        headers.insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    }
+    if let Some(secs) = e.retry_after {
+        headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if e.status == StatusCode::UNAUTHORIZED {
+        // RFC 6750: say which scheme the token goes in.
+        headers.insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"cb\""),
+        );
+    }
+    if e.close {
+        // The rest of the body was never read, so this connection cannot carry another
+        // request; say so, or a pooling client would send its next one into the void.
+        headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
@@ -369,7 +374,10 @@ async fn metrics(api: &Api) -> Result<Response<Body>, ApiError> {
     let store = api.handle.store();
     m.log_seq.set(store.last_seq().map_or(0, |s| s.0 as i64));
     m.base_seq.set(store.base().map_or(0, |b| b.seq.0 as i64));
-    if let Ok(usage) = store.disk_usage() {
+    // Sizes of the log's files and the file system's free space: system calls, off the
+    // async workers.
+    let usage = api.handle.read(|store| store.disk_usage()).await;
+    if let Ok(Ok(usage)) = usage {
         m.log_bytes.set(usage.log_bytes as i64);
         m.index_bytes.set(usage.index_bytes as i64);
         m.index_in_memory.set(i64::from(store.index_in_memory()));
@@ -590,8 +598,9 @@ async fn file_state(api: &Api, project: &str, file_id: &str) -> Result<Response<
     let snapshot = match version {
         Some(v) => api
             .handle
-            .store()
-            .snapshot(v)
+            .read(move |store| store.snapshot(v))
+            .await
+            .map_err(driver_stopped)?
             .map_err(|e| ApiError::store(&e))?,
         None => None,
     };
@@ -620,10 +629,12 @@ async fn redeliver(
                 .map_err(|e| ApiError::bad_request("bad_id", format!("callback: {e}")))
         })
         .transpose()?;
+    let key = file.clone();
     let version = api
         .handle
-        .store()
-        .latest_version(&file)
+        .read(move |store| store.latest_version(&key))
+        .await
+        .map_err(driver_stopped)?
         .map_err(|e| ApiError::store(&e))?;
     let (key, cb) = (file.clone(), callback.clone());
     api.handle

@@ -1,31 +1,61 @@
 //! The accept loop: HTTP/1.1 keep-alive connections served by hyper, with a header timeout
-//! against idle or slow clients, and a graceful stop that lets requests in progress finish.
+//! against idle or slow clients, a bound on open connections, and a graceful stop that lets
+//! requests in progress finish.
+//!
+//! The bound (mini-redis's `Semaphore` is the model): a connection takes a permit of
+//! `max_connections` before it gets a task, and gives it back when it closes. Past the bound
+//! a connection is not left waiting in the kernel's backlog, where a client cannot tell a
+//! busy daemon from a dead one: it is read (its request head, within a few seconds) and
+//! answered `503 too_many_connections` with `Retry-After`, then closed. Those answers are
+//! bounded too ([`REFUSING`] at once); past that, a connection is closed unanswered.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
+use hyper::StatusCode;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::api::{self, Api};
+use crate::error::ApiError;
+
+/// The default bound on open API connections (`--max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Connections past the bound answered 503 at once; more are closed unanswered.
+pub const REFUSING: usize = 64;
+
+/// How long a connection past the bound has to send its request head.
+const REFUSING_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `listener` until `stop` completes, then stops accepting and waits (up to `grace`)
-/// for the requests in progress.
+/// for the requests in progress. At most `max_connections` are open at once.
 pub async fn serve(
     listener: TcpListener,
     api: Arc<Api>,
     stop: impl Future<Output = ()>,
     grace: Duration,
+    max_connections: usize,
 ) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .keep_alive(true);
+    let mut refuse = hyper::server::conn::http1::Builder::new();
+    refuse
+        .timer(TokioTimer::new())
+        .header_read_timeout(REFUSING_HEAD_TIMEOUT)
+        .keep_alive(false);
+    let open = Arc::new(Semaphore::new(max_connections.max(1)));
+    let refusing = Arc::new(Semaphore::new(REFUSING));
+    let metrics = api.handle.metrics().clone();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -40,16 +70,38 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let Ok(permit) = open.clone().try_acquire_owned() else {
+                    metrics.connections_refused.inc();
+                    let Ok(refusing) = refusing.clone().try_acquire_owned() else {
+                        debug!(%peer, "closed a connection past --max-connections unanswered");
+                        continue;
+                    };
+                    let conn = refuse.serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |_req| async move {
+                            Ok::<_, Infallible>(too_many_connections(max_connections))
+                        }),
+                    );
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                        drop(refusing);
+                    });
+                    continue;
+                };
+                metrics.connections_open.inc();
                 let api = api.clone();
                 let conn = http.serve_connection(
                     TokioIo::new(stream),
                     service_fn(move |req| api::serve(api.clone(), req)),
                 );
                 let conn = graceful.watch(conn);
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         debug!(%peer, error = %e, "connection ended with an error");
                     }
+                    metrics.connections_open.dec();
+                    drop(permit);
                 });
             }
             () = &mut stop => break,
@@ -62,4 +114,18 @@ pub async fn serve(
     {
         warn!("requests still in progress after the grace period; closing them");
     }
+}
+
+fn too_many_connections(max: usize) -> hyper::Response<api::Body> {
+    api::error_response(
+        &ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            format!(
+                "cbd has {max} connections open, its limit (--max-connections); try again shortly, or reuse connections"
+            ),
+        )
+        .retry_after(1)
+        .closing(),
+    )
 }

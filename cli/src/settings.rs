@@ -60,6 +60,10 @@ pub struct Args {
     /// answered yet gets 2, and one whose last 3 attempts got no answer gets 1.
     #[arg(long, env = "CBD_MAX_IN_FLIGHT_PER_ORIGIN", value_name = "N")]
     pub max_in_flight_per_origin: Option<usize>,
+    /// API connections open at once [default: 10000]; past it, a connection is answered
+    /// 503 `too_many_connections` with `Retry-After` and closed.
+    #[arg(long, env = "CBD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
     /// How long shutdown waits for attempts in flight [default: 10].
     #[arg(long, env = "CBD_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
     pub shutdown_grace_secs: Option<u64>,
@@ -186,6 +190,7 @@ struct FileSettings {
     max_batch_bytes: Option<usize>,
     max_in_flight: Option<usize>,
     max_in_flight_per_origin: Option<usize>,
+    max_connections: Option<usize>,
     shutdown_grace_secs: Option<u64>,
     log_format: Option<LogFormat>,
     retain: Option<String>,
@@ -215,6 +220,8 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Per-origin bound.
     pub max_in_flight_per_origin: usize,
+    /// Bound on open API connections.
+    pub max_connections: usize,
     /// Shutdown grace.
     pub shutdown_grace: Duration,
     /// Log format.
@@ -289,6 +296,10 @@ impl Settings {
                 .max_in_flight_per_origin
                 .or(file.max_in_flight_per_origin)
                 .unwrap_or(LimitsConfig::default().per_origin),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(crate::server::DEFAULT_MAX_CONNECTIONS),
             shutdown_grace: Duration::from_secs(
                 args.shutdown_grace_secs
                     .or(file.shutdown_grace_secs)
@@ -331,6 +342,11 @@ impl Settings {
                 "segment_bytes must be between 64KiB and 4GiB, not {}",
                 s.segment_bytes
             )));
+        }
+        if s.max_connections == 0 {
+            return Err(SettingsError::Invalid(
+                "max_connections must be at least 1".into(),
+            ));
         }
         if s.max_in_flight == 0 || s.max_in_flight_per_origin == 0 {
             return Err(SettingsError::Invalid(

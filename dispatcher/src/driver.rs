@@ -156,6 +156,16 @@ impl Handle {
         rx.await.unwrap_or(Err(cb_store::Error::Closed))
     }
 
+    /// Runs `read` on the log off the async workers (a read may wait on the disk, and a
+    /// worker blocked on it stalls every connection it serves).
+    pub async fn read<R: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Store) -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        let store = self.store.clone();
+        blocking(move || read(&store)).await
+    }
+
     /// Runs `ask` on the driver's core once it has folded every record durable now.
     pub async fn query<R: Send + 'static>(
         &self,

@@ -73,6 +73,10 @@ pub struct Metrics {
     /// The log's base: the last seq retention removed history up to (0: none; set at
     /// scrape).
     pub base_seq: Gauge,
+    /// API connections open now.
+    pub connections_open: Gauge,
+    /// API connections refused past `--max-connections`.
+    pub connections_refused: Counter,
 }
 
 impl Metrics {
@@ -163,6 +167,16 @@ impl Metrics {
             "base_seq",
             "The log's base: history up to it was removed by retention (0: none)",
             self.base_seq.clone(),
+        );
+        r.register(
+            "api_connections",
+            "API connections open now",
+            self.connections_open.clone(),
+        );
+        r.register(
+            "api_connections_refused",
+            "API connections answered 503 (or closed) because --max-connections were open",
+            self.connections_refused.clone(),
         );
     }
 

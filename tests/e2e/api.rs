@@ -245,3 +245,92 @@ fn a_bad_token_is_refused_before_the_data_dir_is_made() {
     assert_eq!(err.matches("CBD_TOKEN").count(), 1, "{err}");
     assert!(!dir.exists(), "no data dir was made");
 }
+
+/// Sends `GET /healthz` on `stream` and reads one whole answer (head and body).
+fn healthz_on(stream: &mut std::net::TcpStream) -> String {
+    use std::io::{Read, Write};
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: cb\r\n\r\n")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if answer.len() >= head_end + 4 + length {
+                return text;
+            }
+        }
+        if n == 0 {
+            return text;
+        }
+    }
+}
+
+/// Past `--max-connections`, a connection is answered 503 `too_many_connections` with
+/// `Retry-After` and closed, and the connections already open keep working; once one
+/// closes, a new one is served again.
+#[test]
+fn connections_past_the_limit_get_503_with_retry_after() {
+    use std::net::TcpStream;
+    let cbd = Cbd::start(&["--max-connections", "2"]);
+    let mut first = TcpStream::connect(cbd.addr).unwrap();
+    let mut second = TcpStream::connect(cbd.addr).unwrap();
+    assert!(healthz_on(&mut first).starts_with("HTTP/1.1 200"));
+    assert!(healthz_on(&mut second).starts_with("HTTP/1.1 200"));
+    let mut third = TcpStream::connect(cbd.addr).unwrap();
+    let refused = healthz_on(&mut third);
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    let lower = refused.to_ascii_lowercase();
+    assert!(lower.contains("retry-after: 1"), "{refused}");
+    assert!(lower.contains("connection: close"), "{refused}");
+    assert!(refused.contains("\"too_many_connections\""), "{refused}");
+    assert!(
+        healthz_on(&mut first).starts_with("HTTP/1.1 200"),
+        "open connections keep working"
+    );
+    drop(second);
+    let mut again = None;
+    crate::support::wait_for(
+        "a connection served once one closed",
+        std::time::Duration::from_secs(10),
+        &mut || {
+            let mut s = TcpStream::connect(cbd.addr).unwrap();
+            let ok = healthz_on(&mut s).starts_with("HTTP/1.1 200");
+            if ok {
+                again = Some(s);
+            }
+            ok
+        },
+    );
+    drop((first, again));
+    let mut metrics = String::new();
+    crate::support::wait_for(
+        "metrics once the test's connections closed",
+        std::time::Duration::from_secs(10),
+        &mut || {
+            let (status, body) = cbd.call("GET", "/metrics", None, None);
+            metrics = body;
+            status == 200
+        },
+    );
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cb_api_connections_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no refused count in {metrics}"));
+    assert!(refused >= 1, "{metrics}");
+}

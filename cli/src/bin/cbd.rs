@@ -146,6 +146,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             let _ = stop_rx.await;
         },
         settings.shutdown_grace,
+        settings.max_connections,
     ));
 
     let stop = tokio::select! {
