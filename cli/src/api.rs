@@ -315,7 +315,24 @@ async fn read_body(
 /// connection is closed.
 const DRAIN_EXTRA: usize = 4 * 1024 * 1024;
 
+/// How long an append waits for a driver that is behind the log before it is refused.
+pub const APPEND_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn append(api: &Api, inputs: Vec<Input>) -> Result<cb_store::Appended, ApiError> {
+    // Backpressure: a driver far behind the log makes appends wait, then refuses them,
+    // rather than let them queue in memory without end.
+    if !api.handle.room(APPEND_WAIT).await {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "cbd's driver has been {} groups of records behind its log for {} s; nothing was appended, try again",
+                cb_dispatcher::driver::COMMIT_QUEUE,
+                APPEND_WAIT.as_secs()
+            ),
+        )
+        .retry_after(1));
+    }
     api.handle
         .append(inputs)
         .await

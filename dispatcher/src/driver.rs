@@ -132,6 +132,9 @@ fn refusal(e: cb_store::Error) -> Refusal {
 #[derive(Clone)]
 pub struct Handle {
     store: Store,
+    /// The commit stream, to wait for room in it before an append (weak: the store's hook
+    /// alone keeps it open, so the driver still sees it close).
+    commits: mpsc::WeakSender<Vec<Record>>,
     inbox: mpsc::Sender<Command>,
     metrics: Arc<Metrics>,
 }
@@ -145,6 +148,13 @@ impl Handle {
     /// The dispatcher's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Waits (up to `wait`) until the driver's commit stream has room for another group:
+    /// false if it stayed full — the driver is that far behind the log, and an append now
+    /// would only queue in memory. Nothing is appended either way.
+    pub async fn room(&self, wait: Duration) -> bool {
+        room(&self.commits, wait).await
     }
 
     /// Appends `inputs` as one atomic group and waits until they are durable.
@@ -211,6 +221,7 @@ impl Dispatcher {
     /// starts the driver: attempts that were in flight are performed again at once.
     pub async fn start(options: DispatcherOptions) -> Result<(Dispatcher, Started), Error> {
         let (records_tx, records_rx) = mpsc::channel::<Vec<Record>>(COMMIT_QUEUE);
+        let commits_weak = records_tx.downgrade();
         let store_options = StoreOptions {
             // On the store's sync thread, never a runtime's: a full queue makes it wait.
             on_commit: Some(Box::new(move |records: &[Record]| {
@@ -245,6 +256,7 @@ impl Dispatcher {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let handle = Handle {
             store: store.clone(),
+            commits: commits_weak,
             inbox: inbox_tx,
             metrics: metrics.clone(),
         };
@@ -552,9 +564,51 @@ impl Driver {
     }
 }
 
+/// See [`Handle::room`]. A closed stream has room: the append then gets the log's own
+/// answer.
+async fn room<T>(commits: &mpsc::WeakSender<T>, wait: Duration) -> bool {
+    let Some(commits) = commits.upgrade() else {
+        return true;
+    };
+    let reserved = tokio::time::timeout(wait, commits.reserve()).await;
+    reserved.is_ok()
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn room_waits_for_a_full_commit_stream_then_gives_up() {
+        let (tx, mut rx) = mpsc::channel::<u32>(2);
+        let weak = tx.downgrade();
+        assert!(room(&weak, Duration::from_millis(10)).await);
+        tx.send(1).await.unwrap();
+        tx.send(2).await.unwrap();
+        assert!(
+            !room(&weak, Duration::from_millis(50)).await,
+            "full for the whole wait"
+        );
+        let drained = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            rx.recv().await
+        });
+        assert!(
+            room(&weak, Duration::from_secs(5)).await,
+            "room once the driver reads"
+        );
+        drained.await.unwrap();
+        drop(tx);
+        assert!(
+            room(&weak, Duration::from_millis(10)).await,
+            "closed: no wait"
+        );
     }
 }
