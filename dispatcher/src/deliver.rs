@@ -15,7 +15,9 @@ use cb_core::render::request_url;
 use cb_core::{
     render, Attempt, AttemptReport, Digest, MachineKey, Method, Outcome, Placement, Target,
 };
-use cb_store::Store;
+use std::sync::Arc;
+
+use crate::log::Log;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use hyper::{Request, StatusCode};
@@ -55,13 +57,13 @@ type HttpClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 /// Performs attempts. One per daemon; shared by every attempt task.
 pub struct Deliverer {
     client: HttpClient,
-    store: Store,
+    log: Arc<dyn Log>,
     mailer: Option<Result<Mailer, String>>,
 }
 
 impl Deliverer {
-    /// A deliverer reading versions from `store`.
-    pub fn new(store: Store, config: &DeliveryConfig) -> Deliverer {
+    /// A deliverer reading versions from `log`.
+    pub fn new(log: Arc<dyn Log>, config: &DeliveryConfig) -> Deliverer {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
@@ -75,7 +77,7 @@ impl Deliverer {
             .build(https);
         Deliverer {
             client,
-            store,
+            log,
             mailer: config.smtp.as_deref().map(|relay| {
                 Mailer::new(
                     relay,
@@ -100,7 +102,7 @@ impl Deliverer {
         // Read on this worker, not off it: the version was appended moments ago and is in
         // the page cache, and a thread hop per attempt (spawn_blocking, or one per burst of
         // attempts handed out together) cost 13-47 % of the delivery rate in A/B runs of `cbctl bench`.
-        let snapshot = match self.store.snapshot(attempt.version) {
+        let snapshot = match self.log.snapshot(attempt.version) {
             Ok(Some(s)) => s,
             // The log names a version it cannot produce: record it, so the delivery retries
             // and the operator sees why (and `cbctl replay` flags the digest).
@@ -142,7 +144,7 @@ impl Deliverer {
                 Some(Ok(mailer)) => {
                     let id = webhook_id(&attempt.machine, attempt.delivery);
                     // The version is a change record; its event goes in the subject.
-                    let event = match self.store.record(attempt.version) {
+                    let event = match self.log.record(attempt.version) {
                         Ok(Some(cb_core::Record {
                             kind: cb_core::RecordKind::ChangeAppended { event, .. },
                             ..

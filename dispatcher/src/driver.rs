@@ -34,8 +34,9 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::deliver::{Deliverer, DeliveryConfig};
-use crate::driver_state::{AppendId, DriverConfig, DriverState, Now, Output, Patience, Refusal};
+use crate::driver_state::{AppendId, DriverConfig, DriverState, Now, Output, Refusal};
 use crate::limits::Slot;
+use crate::log::Log;
 use crate::metrics::Metrics;
 
 /// Everything the dispatcher needs to start.
@@ -116,17 +117,6 @@ pub const COMMIT_QUEUE: usize = 256;
 
 /// Queries the driver's inbox holds before askers wait.
 pub const INBOX: usize = 1024;
-
-/// True for the refusals the log recovers from by itself (space freed, a transient I/O
-/// error): the driver keeps what was refused and tries again.
-fn refusal(e: cb_store::Error) -> Refusal {
-    match e {
-        cb_store::Error::DiskFull { .. } | cb_store::Error::Io { .. } => {
-            Refusal::ForNow(e.to_string())
-        }
-        e => Refusal::Fatal(e.to_string()),
-    }
-}
 
 /// How the rest of the daemon talks to the driver and the log. Cheap to clone.
 #[derive(Clone)]
@@ -234,13 +224,13 @@ impl Dispatcher {
         let path = options.data_dir.clone();
         let store = blocking(move || Store::open(&path, store_options)).await??;
         report_recovery(store.recovery());
+        let log: Arc<dyn Log> = Arc::new(store.clone());
         let restored = {
-            let store = store.clone();
-            blocking(move || store.restore()).await??
+            let log = log.clone();
+            blocking(move || log.restore())
+                .await?
+                .map_err(|r| Error::Fatal(format!("restoring the core: {r}")))?
         };
-        for damaged in &restored.damaged {
-            warn!(path = %damaged.path.display(), reason = %damaged.reason, "skipped a damaged checkpoint");
-        }
         let metrics = Arc::new(Metrics::default());
         let checkpoints = {
             let metrics = metrics.clone();
@@ -289,8 +279,8 @@ impl Dispatcher {
         started.resumed_attempts = state.resume(now);
         let driver = Driver {
             state,
-            deliverer: Arc::new(Deliverer::new(store.clone(), &options.delivery)),
-            store,
+            deliverer: Arc::new(Deliverer::new(log.clone(), &options.delivery)),
+            log,
             records: records_rx,
             inbox: inbox_rx,
             events: events_rx,
@@ -386,7 +376,8 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
 /// the state hands out.
 struct Driver {
     state: DriverState<Query>,
-    store: Store,
+    /// The log, through the seam.
+    log: Arc<dyn Log>,
     deliverer: Arc<Deliverer>,
     records: mpsc::Receiver<Vec<Record>>,
     inbox: mpsc::Receiver<Command>,
@@ -410,7 +401,7 @@ impl Driver {
 
     async fn run(mut self) -> Result<(), Error> {
         loop {
-            self.state.set_log_writable(self.store.writable());
+            self.state.set_log_writable(self.log.writable());
             if self.perform()? {
                 let result = self.finish().await;
                 if let Some(reply) = self.stop_reply.take() {
@@ -470,13 +461,13 @@ impl Driver {
                 } => {
                     let inputs = records.into_iter().map(Input::Record).collect();
                     let events = self.events_tx.clone();
-                    let reply = move |r: Result<Appended, cb_store::Error>| {
-                        let _ = events.send(Event::Appended(id, r.map(|_| ()).map_err(refusal)));
-                    };
-                    match patience {
-                        Patience::Now => self.store.append_then(inputs, reply),
-                        Patience::Patient => self.store.append_patiently_then(inputs, reply),
-                    }
+                    self.log.append(
+                        inputs,
+                        patience,
+                        Box::new(move |r| {
+                            let _ = events.send(Event::Appended(id, r.map(|_| ())));
+                        }),
+                    );
                 }
                 Output::Send { attempt, slot } => self.start_attempt(attempt, slot),
                 Output::Checkpoint => {
@@ -532,7 +523,7 @@ impl Driver {
     /// The end of a shutdown: fold what the log holds (the outcomes just recorded), write
     /// the final checkpoint, sync.
     async fn finish(&mut self) -> Result<(), Error> {
-        let target = self.store.last_seq();
+        let target = self.log.last_seq();
         while self.state.core().last_seq() < target {
             match tokio::time::timeout(Duration::from_secs(5), self.records.recv()).await {
                 Ok(Some(batch)) => {
@@ -551,15 +542,17 @@ impl Driver {
         // The store's sync thread must never wait on a driver that has stopped reading.
         self.records.close();
         if self.state.core().last_seq().is_some() && self.state.folded_since_checkpoint() > 0 {
-            let store = self.store.clone();
+            let log = self.log.clone();
             let checkpoint = self.state.core().checkpoint();
-            match blocking(move || store.write_checkpoint(&checkpoint)).await? {
-                Ok(file) => info!(seq = file.seq.0, "final checkpoint written"),
+            match blocking(move || log.checkpoint(&checkpoint)).await? {
+                Ok(()) => info!("final checkpoint written"),
                 Err(e) => error!(error = %e, "final checkpoint failed"),
             }
         }
-        let store = self.store.clone();
-        blocking(move || store.sync()).await??;
+        let log = self.log.clone();
+        blocking(move || log.sync())
+            .await?
+            .map_err(|r| Error::Fatal(format!("the final sync: {r}")))?;
         Ok(())
     }
 }

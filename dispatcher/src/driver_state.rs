@@ -79,12 +79,14 @@ pub enum Patience {
     Patient,
 }
 
-/// Why the log did not take an append.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why the log did not take an append (or give what was asked of it).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// It may take it later (a full disk, a transient I/O error): kept and offered again.
+    #[error("{0}")]
     ForNow(String),
     /// It never will: the driver stops rather than let the core and the log drift apart.
+    #[error("{0}")]
     Fatal(String),
 }
 

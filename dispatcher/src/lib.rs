@@ -16,6 +16,7 @@ pub mod deliver;
 pub mod driver;
 pub mod driver_state;
 pub mod limits;
+pub mod log;
 pub mod mail;
 pub mod metrics;
 pub mod sim;

@@ -29,20 +29,23 @@
 //! audits). Every fault class it injected is counted; [`SimReport::missing_faults`] names
 //! any that never occurred.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cb_core::{
     Attempt, AttemptReport, Callback, CallbackName, CallbackRef, Checkpoint, Core, DeliveryId,
     Digest, Effect, EventKind, FileId, FileKey, MachineKey, Outcome, ProjectId, Record, RecordKind,
-    Seq, StateName, Timestamp,
+    Seq, Snapshot, StateName, Timestamp,
 };
 use rand::{RngExt, SeedableRng};
 use rand_xorshift::XorShiftRng;
 
-use crate::driver_state::{AppendId, DriverConfig, DriverState, Now, Output, Refusal};
+use cb_store::{Change, Input};
+
+use crate::driver_state::{AppendId, DriverConfig, DriverState, Now, Output, Patience, Refusal};
 use crate::limits::{LimitsConfig, Slot};
+use crate::log::{AppendDone, Log, Start};
 use crate::metrics::Metrics;
 
 /// The wall clock at simulated time zero.
@@ -187,18 +190,218 @@ enum Event {
     Heal,
 }
 
-/// Who made an append, and so who is told of its fate.
-enum Appender {
-    Driver(AppendId),
-    Client,
-}
-
 struct Flight {
     generation: u64,
     project: usize,
     attempt: Attempt,
     slot: Option<Slot>,
     outcome: Outcome,
+}
+
+/// Who hears of an append's fate, through [`SimLog`]'s completions.
+enum Completion {
+    Driver {
+        generation: u64,
+        id: AppendId,
+        result: Result<Seq, Refusal>,
+    },
+    Client {
+        changes: usize,
+        result: Result<Seq, Refusal>,
+    },
+}
+
+/// The simulated log behind the [`Log`] seam: in memory, synced in groups when the
+/// simulation says ([`SimLog::commit_group`]); it can be full (appends refused at once),
+/// fail an fsync (the pending group refused and forgotten, as the store does), and lose
+/// everything not synced in a crash. Durable groups go to its commit stream, which the
+/// simulation feeds to the driver, as the store's commit hook does.
+#[derive(Default)]
+pub struct SimLog {
+    state: Mutex<SimLogState>,
+}
+
+#[derive(Default)]
+struct SimLogState {
+    durable: Vec<Record>,
+    pending: Vec<(Vec<Input>, AppendDone)>,
+    checkpoint: Option<Checkpoint>,
+    full: bool,
+    /// The time records get when they become durable.
+    clock: Timestamp,
+    /// Durable groups not yet handed to the driver.
+    stream: VecDeque<Vec<Record>>,
+}
+
+impl SimLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SimLogState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_clock(&self, at: Timestamp) {
+        self.lock().clock = at;
+    }
+
+    fn set_full(&self, full: bool) {
+        self.lock().full = full;
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.lock().pending.is_empty()
+    }
+
+    /// The group commit: everything pending becomes durable and goes to the commit stream
+    /// (or, if `fsync_fails`, is refused and forgotten). Returns how many appends it
+    /// answered.
+    fn commit_group(&self, fsync_fails: bool) -> usize {
+        let (pending, answers) = {
+            let mut state = self.lock();
+            let pending = std::mem::take(&mut state.pending);
+            if fsync_fails {
+                (pending, None)
+            } else {
+                let at = state.clock;
+                let mut batch = Vec::new();
+                let mut answers = Vec::new();
+                for (inputs, _) in &pending {
+                    for input in inputs {
+                        let kind = match input {
+                            Input::Change(c) => RecordKind::ChangeAppended {
+                                file: c.file.clone(),
+                                event: c.event,
+                                callbacks: c.callbacks.clone(),
+                            },
+                            Input::Record(kind) => kind.clone(),
+                        };
+                        let record = Record {
+                            seq: Seq(state.durable.len() as u64 + 1),
+                            at,
+                            kind,
+                        };
+                        state.durable.push(record.clone());
+                        batch.push(record);
+                    }
+                    answers.push(Seq(state.durable.len() as u64));
+                }
+                if !batch.is_empty() {
+                    state.stream.push_back(batch);
+                }
+                (pending, Some(answers))
+            }
+        };
+        let n = pending.len();
+        // Outside the lock: appenders hear first, then the commit stream is read.
+        match answers {
+            Some(answers) => {
+                for ((_, done), last) in pending.into_iter().zip(answers) {
+                    done(Ok(last));
+                }
+            }
+            None => {
+                for (_, done) in pending {
+                    done(Err(Refusal::ForNow(
+                        "fdatasync failed (simulated EIO)".into(),
+                    )));
+                }
+            }
+        }
+        n
+    }
+
+    /// A power cut: what was not synced is gone, and nobody hears of it. (Durable groups
+    /// not yet read stay in the stream: a restarted driver skips what it restored.)
+    fn crash(&self) {
+        self.lock().pending.clear();
+    }
+
+    fn next_group(&self) -> Option<Vec<Record>> {
+        self.lock().stream.pop_front()
+    }
+
+    fn durable(&self) -> Vec<Record> {
+        self.lock().durable.clone()
+    }
+}
+
+impl Log for SimLog {
+    fn append(&self, inputs: Vec<Input>, _patience: Patience, done: AppendDone) {
+        let mut state = self.lock();
+        if state.full {
+            drop(state);
+            done(Err(Refusal::ForNow(
+                "no space left on device (simulated)".into(),
+            )));
+            return;
+        }
+        state.pending.push((inputs, done));
+    }
+
+    fn last_seq(&self) -> Option<Seq> {
+        let n = self.lock().durable.len() as u64;
+        (n > 0).then_some(Seq(n))
+    }
+
+    fn writable(&self) -> bool {
+        !self.lock().full
+    }
+
+    fn restore(&self) -> Result<Start, Refusal> {
+        let state = self.lock();
+        let checkpoint = state.checkpoint.clone();
+        let mut core = match checkpoint {
+            Some(cp) => Core::from_checkpoint(cp),
+            None => Core::new(),
+        };
+        let from = core.last_seq();
+        let mut effects = Vec::new();
+        let mut tail_records = 0;
+        for record in state.durable.iter().filter(|r| Some(r.seq) > from) {
+            core.apply(record, &mut effects);
+            effects.clear();
+            tail_records += 1;
+        }
+        Ok(Start {
+            core,
+            checkpoint: from,
+            tail_records,
+        })
+    }
+
+    fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), Refusal> {
+        let mut state = self.lock();
+        let covered = checkpoint
+            .last_seq
+            .is_some_and(|s| s.0 as usize <= state.durable.len());
+        if !covered {
+            return Err(Refusal::Fatal("a checkpoint beyond the durable log".into()));
+        }
+        state.checkpoint = Some(checkpoint.clone());
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), Refusal> {
+        self.commit_group(false);
+        Ok(())
+    }
+
+    fn snapshot(&self, seq: Seq) -> Result<Option<Snapshot>, Refusal> {
+        let state = self.lock();
+        let is_change = state
+            .durable
+            .get((seq.0 as usize).wrapping_sub(1))
+            .is_some_and(|r| is_change(&r.kind));
+        Ok(is_change.then(Snapshot::default))
+    }
+
+    fn record(&self, seq: Seq) -> Result<Option<Record>, Refusal> {
+        Ok(self
+            .lock()
+            .durable
+            .get((seq.0 as usize).wrapping_sub(1))
+            .cloned())
+    }
 }
 
 /// One simulation.
@@ -216,11 +419,10 @@ struct Sim {
     wake_generation: u64,
     /// When the current wake-up is scheduled.
     wake_at: Option<u64>,
-    checkpoint: Option<Checkpoint>,
     shutting_down: bool,
     // The log.
-    durable: Vec<Record>,
-    pending: Vec<(Appender, Vec<RecordKind>)>,
+    log: Arc<SimLog>,
+    completions: Arc<Mutex<VecDeque<Completion>>>,
     sync_scheduled: bool,
     disk_full_until: Option<u64>,
     fsync_fail_armed: bool,
@@ -287,10 +489,9 @@ impl Sim {
             generation: 0,
             wake_generation: 0,
             wake_at: None,
-            checkpoint: None,
             shutting_down: false,
-            durable: Vec::new(),
-            pending: Vec::new(),
+            log: Arc::default(),
+            completions: Arc::default(),
             sync_scheduled: false,
             disk_full_until: None,
             fsync_fail_armed: false,
@@ -369,9 +570,8 @@ impl Sim {
     /// disk fault at a random moment of the run (more at random after).
     fn start(&mut self) -> Result<(), SimFailure> {
         self.boot();
-        let puts = (0..5).map(|p| self.put(p)).collect();
-        self.pending.push((Appender::Client, puts));
-        self.schedule_sync();
+        let puts = (0..5).map(|p| Input::Record(self.put(p))).collect();
+        self.client_append(puts, 0);
         self.at(10, Event::ClientChange);
         let end = self.config.seconds * 1000;
         let span = end.max(2_000);
@@ -399,22 +599,12 @@ impl Sim {
         Ok(())
     }
 
-    /// Starts the process: the core from the last checkpoint and the log's tail, then the
-    /// driving contract's resume.
+    /// Starts the process: the core from the log's last checkpoint and its tail (through the
+    /// seam, as the shell does), then the driving contract's resume.
     fn boot(&mut self) {
         let now = self.now();
-        let mut core = match &self.checkpoint {
-            Some(cp) => Core::from_checkpoint(cp.clone()),
-            None => Core::new(),
-        };
-        let from = core.last_seq().map_or(0, |s| s.0);
-        let mut effects = Vec::new();
-        let mut folded = 0;
-        for record in self.durable.iter().filter(|r| r.seq.0 > from) {
-            core.apply(record, &mut effects);
-            effects.clear();
-            folded += 1;
-        }
+        self.log.set_clock(now.wall);
+        let start = self.log.restore().expect("the simulated log restores");
         let config = DriverConfig {
             tick_spacing: Duration::from_millis(10),
             checkpoint_every_records: 500,
@@ -425,11 +615,31 @@ impl Sim {
                 per_origin: PER_ORIGIN,
             },
         };
-        let mut driver = DriverState::new(core, config, Arc::new(Metrics::default()), folded, now);
-        driver.set_log_writable(self.disk_full_until.is_none());
+        let mut driver = DriverState::new(
+            start.core,
+            config,
+            Arc::new(Metrics::default()),
+            start.tail_records,
+            now,
+        );
+        driver.set_log_writable(self.log.writable());
         self.driver = Some(driver);
         self.shutting_down = false;
         let _ = self.driver.as_mut().expect("booted").resume(now);
+    }
+
+    /// A client's append; `changes` of its inputs are changes (counted when acknowledged
+    /// or refused).
+    fn client_append(&mut self, inputs: Vec<Input>, changes: usize) {
+        let completions = self.completions.clone();
+        self.log.append(
+            inputs,
+            Patience::Now,
+            Box::new(move |result| {
+                lock(&completions).push_back(Completion::Client { changes, result });
+            }),
+        );
+        self.schedule_sync();
     }
 
     fn handle(&mut self, event: Event) -> Result<(), SimFailure> {
@@ -444,8 +654,7 @@ impl Sim {
                 let put = self.put(project);
                 if self.accepts_clients() {
                     self.count("config_change");
-                    self.pending.push((Appender::Client, vec![put]));
-                    self.schedule_sync();
+                    self.client_append(vec![Input::Record(put)], 0);
                 }
                 let next = self.now_ms + self.rng.random_range(5_000..40_000);
                 self.at(next, Event::ClientPut { project });
@@ -523,16 +732,16 @@ impl Sim {
         let project = self.rng.random_range(0..5usize);
         let file = self.rng.random_range(0..self.config.files);
         if self.accepts_clients() {
-            let kind = RecordKind::ChangeAppended {
+            let change = Change {
                 file: FileKey::new(
                     Sim::project(project),
                     FileId::new(&file.to_string()).expect("a valid id"),
                 ),
                 event: EventKind::Uploaded,
+                snapshot: Snapshot::default(),
                 callbacks: None,
             };
-            self.pending.push((Appender::Client, vec![kind]));
-            self.schedule_sync();
+            self.client_append(vec![Input::Change(change)], 1);
         } else {
             self.report.refused += 1;
         }
@@ -557,63 +766,57 @@ impl Sim {
     /// fails, is refused and forgotten, as the store does).
     fn sync(&mut self) -> Result<(), SimFailure> {
         self.sync_scheduled = false;
-        let now = self.now();
-        let pending = std::mem::take(&mut self.pending);
-        if pending.is_empty() {
-            return Ok(());
-        }
-        if self.fsync_fail_armed {
+        let fails = self.fsync_fail_armed && self.log.has_pending();
+        if fails {
             self.fsync_fail_armed = false;
             self.count("fsync_failed");
-            for (appender, kinds) in pending {
-                match appender {
-                    Appender::Driver(id) => {
+        }
+        self.log.commit_group(fails);
+        Ok(())
+    }
+
+    /// Hands the driver what the log told: answers to appends first, then the commit
+    /// stream, as the store does. True if there was anything.
+    fn deliver_log_news(&mut self) -> bool {
+        let now = self.now();
+        let mut any = false;
+        loop {
+            let completion = lock(&self.completions).pop_front();
+            let Some(completion) = completion else { break };
+            any = true;
+            match completion {
+                Completion::Driver {
+                    generation,
+                    id,
+                    result,
+                } => {
+                    if generation == self.generation {
                         if let Some(driver) = &mut self.driver {
-                            driver.handle_appended(
-                                now,
-                                id,
-                                Err(Refusal::ForNow("fdatasync failed (simulated EIO)".into())),
-                            );
+                            driver.handle_appended(now, id, result.map(|_| ()));
                         }
                     }
-                    Appender::Client => {
-                        self.report.refused += kinds.iter().filter(|k| is_change(k)).count() as u64;
-                    }
                 }
+                Completion::Client { changes, result } => match result {
+                    Ok(_) => self.report.acknowledged += changes as u64,
+                    Err(_) => self.report.refused += changes as u64,
+                },
             }
-            return Ok(());
         }
-        let mut batch = Vec::new();
-        let mut answers = Vec::new();
-        for (appender, kinds) in pending {
-            for kind in kinds {
-                let record = Record {
-                    seq: Seq(self.durable.len() as u64 + 1),
-                    at: now.wall,
-                    kind,
-                };
+        while let Some(batch) = self.log.next_group() {
+            any = true;
+            for record in &batch {
                 if let RecordKind::ChangeAppended { file, .. } = &record.kind {
                     self.changes
                         .entry(file.clone())
                         .or_default()
                         .push((record.seq, record.at));
-                    self.report.acknowledged += 1;
                 }
-                self.durable.push(record.clone());
-                batch.push(record);
             }
-            if let Appender::Driver(id) = appender {
-                answers.push(id);
+            if let Some(driver) = &mut self.driver {
+                driver.handle_commit(now, &batch);
             }
         }
-        if let Some(driver) = &mut self.driver {
-            // As the store does: appenders hear first, then the commit stream.
-            for id in answers {
-                driver.handle_appended(now, id, Ok(()));
-            }
-            driver.handle_commit(now, &batch);
-        }
-        Ok(())
+        any
     }
 
     fn crash(&mut self, graceful: bool) {
@@ -645,7 +848,7 @@ impl Sim {
         self.wake_generation += 1;
         self.wake_at = None;
         self.report.restarts += 1;
-        self.pending.clear();
+        self.log.crash();
         for flight in self.flights.values_mut() {
             if flight.slot.take().is_some() {
                 self.origin_in_flight[flight.project] -= 1;
@@ -685,35 +888,48 @@ impl Sim {
     /// Performs what the driver handed out until it has nothing more, then schedules its
     /// next wake-up.
     fn pump(&mut self) -> Result<(), SimFailure> {
+        self.log.set_clock(self.now().wall);
+        self.log.set_full(self.disk_full_until.is_some());
         loop {
             let now = self.now();
             let Some(driver) = &mut self.driver else {
                 return Ok(());
             };
-            driver.set_log_writable(self.disk_full_until.is_none());
+            driver.set_log_writable(self.log.writable());
             let Some(output) = driver.poll_output() else {
+                if self.deliver_log_news() {
+                    continue;
+                }
                 break;
             };
             match output {
-                Output::Append { id, records, .. } => {
-                    if self.disk_full_until.is_some() {
-                        driver.handle_appended(
-                            now,
-                            id,
-                            Err(Refusal::ForNow(
-                                "no space left on device (simulated)".into(),
-                            )),
-                        );
-                        continue;
+                Output::Append {
+                    id,
+                    records,
+                    patience,
+                } => {
+                    let (completions, generation) = (self.completions.clone(), self.generation);
+                    self.log.append(
+                        records.into_iter().map(Input::Record).collect(),
+                        patience,
+                        Box::new(move |result| {
+                            lock(&completions).push_back(Completion::Driver {
+                                generation,
+                                id,
+                                result,
+                            });
+                        }),
+                    );
+                    if self.log.has_pending() {
+                        self.schedule_sync();
                     }
-                    self.pending.push((Appender::Driver(id), records));
-                    self.schedule_sync();
                 }
                 Output::Send { attempt, slot } => self.send(attempt, slot)?,
                 Output::Checkpoint => {
                     let cp = driver.core().checkpoint();
-                    driver.checkpoint_taken(now);
-                    self.checkpoint = Some(cp);
+                    if self.log.checkpoint(&cp).is_ok() {
+                        driver.checkpoint_taken(now);
+                    }
                 }
                 Output::Answer(()) => {}
                 Output::CancelAttempts => {
@@ -727,11 +943,20 @@ impl Sim {
                     }
                 }
                 Output::Stopped => {
-                    // The shell's end of a shutdown: the log synced, a final checkpoint.
-                    self.sync()?;
+                    // The shell's end of a shutdown: fold what the log has, a final
+                    // checkpoint, the log synced.
+                    self.deliver_log_news();
                     if let Some(driver) = &self.driver {
-                        self.checkpoint = Some(driver.core().checkpoint());
+                        let cp = driver.core().checkpoint();
+                        if cp.last_seq.is_some() {
+                            self.log
+                                .checkpoint(&cp)
+                                .map_err(|e| self.fail(format!("the final checkpoint: {e}")))?;
+                        }
                     }
+                    self.log
+                        .sync()
+                        .map_err(|e| self.fail(format!("the final sync: {e}")))?;
                     self.die();
                     return Ok(());
                 }
@@ -903,16 +1128,17 @@ impl Sim {
         let Some(driver) = &self.driver else {
             return false;
         };
-        self.pending.is_empty()
+        !self.log.has_pending()
             && driver.attempts_in_flight() == 0
-            && !self.durable.is_empty()
+            && self.log.last_seq().is_some()
             && driver.core().next_deadline().is_none()
     }
 
     /// The end-of-run checks that need the whole history.
     fn finish(mut self) -> Result<SimReport, SimFailure> {
+        let durable = self.log.durable();
         self.report.simulated_ms = self.now_ms;
-        self.report.records = self.durable.len() as u64;
+        self.report.records = durable.len() as u64;
         let driver = self
             .driver
             .as_ref()
@@ -923,7 +1149,7 @@ impl Sim {
         let mut fresh = Core::new();
         let mut effects = Vec::new();
         let mut decided: BTreeSet<(MachineKey, DeliveryId, u32, Seq)> = BTreeSet::new();
-        for record in &self.durable {
+        for record in &durable {
             if let RecordKind::AttemptFinished(r) = &record.kind {
                 let key = (r.machine.clone(), r.delivery, r.attempt, r.version);
                 if !decided.remove(&key) {
@@ -951,7 +1177,7 @@ impl Sim {
         // (a disabled callback starts nothing until a new put) or after it.
         let mut disabled_during: HashMap<ProjectId, Vec<(Seq, Option<Seq>)>> = HashMap::new();
         let mut put_by: HashMap<ProjectId, Seq> = HashMap::new();
-        for record in &self.durable {
+        for record in &durable {
             match &record.kind {
                 RecordKind::CallbackPut { project, .. } => {
                     put_by.insert(project.clone(), record.seq);
@@ -1019,6 +1245,10 @@ impl Sim {
         }
         Ok(self.report)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn is_change(kind: &RecordKind) -> bool {
