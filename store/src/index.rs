@@ -248,6 +248,38 @@ fn index_dirs(dir: &Path) -> Result<BTreeMap<u64, PathBuf>> {
     Ok(found)
 }
 
+impl Drop for Index {
+    /// sled flushes in the `Drop` of its last `Db` handle, and that flush has been seen to
+    /// wait forever with every sled thread parked (the driver's simulator, on the real
+    /// store, hung there closing one). So the handle is dropped on a thread of its own,
+    /// given the hang limit like any call into sled, and left there past it: a close costs
+    /// at most that, never the process. The next start catches the index up or rebuilds it.
+    fn drop(&mut self) {
+        let backing = self
+            .backing
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Backing::Sled { db, number, .. } = std::mem::replace(backing, Backing::Gone) else {
+            return;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let closing = std::thread::Builder::new()
+            .name("cb-index-close".into())
+            .spawn(move || {
+                drop(db);
+                let _ = tx.send(());
+            });
+        // If no thread could be made, the closure (and the handle) was dropped right here.
+        if closing.is_ok() && rx.recv_timeout(self.settings.hang_limit).is_err() {
+            tracing::error!(
+                index = number,
+                limit_ms = self.settings.hang_limit.as_millis() as u64,
+                "sled did not finish closing the index in time: left closing on its own thread (the next start catches the index up or rebuilds it)"
+            );
+        }
+    }
+}
+
 impl Index {
     /// Opens the newest index in the data dir and reads its marks, its sled calls watched
     /// by `watch`. `Err(reason)` when there is none, or sled cannot open it, or it is not an
