@@ -30,6 +30,7 @@
 //! any that never occurred.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,7 +42,8 @@ use cb_core::{
 use rand::{RngExt, SeedableRng};
 use rand_xorshift::XorShiftRng;
 
-use cb_store::{Change, Input};
+use cb_store::sim::{CrashMode, SimDisk};
+use cb_store::{Change, Input, LogStorage, Store, StoreOptions};
 
 use crate::driver_state::{AppendId, DriverConfig, DriverState, Now, Output, Patience, Refusal};
 use crate::limits::{LimitsConfig, Slot};
@@ -93,6 +95,8 @@ pub struct SimConfig {
     pub files: u32,
     /// Changes per simulated second, all projects together.
     pub changes_per_sec: u32,
+    /// Run on the real store over the storage fault layer instead of [`SimLog`].
+    pub store: bool,
 }
 
 impl SimConfig {
@@ -103,6 +107,7 @@ impl SimConfig {
             seconds,
             files: 40,
             changes_per_sec: 20,
+            store: false,
         }
     }
 }
@@ -147,12 +152,14 @@ impl SimReport {
 
 /// An invariant that did not hold.
 #[derive(Debug, thiserror::Error)]
-#[error("seed {seed} at {at_ms} ms: {what} (reproduce: cargo run -p cb-dispatcher --bin sim -- --seed {seed} --seconds {seconds})")]
+#[error("seed {seed} at {at_ms} ms: {what} (reproduce: cargo run -p cb-dispatcher --bin sim -- --seed {seed} --seconds {seconds}{})", if *store { " --store" } else { "" })]
 pub struct SimFailure {
     /// The seed.
     pub seed: u64,
     /// Its run length.
     pub seconds: u64,
+    /// Whether it ran on the real store.
+    pub store: bool,
     /// Simulated time of the failure.
     pub at_ms: u64,
     /// What failed.
@@ -404,6 +411,183 @@ impl Log for SimLog {
     }
 }
 
+/// The real store over [`SimDisk`], the storage fault layer: segments and checkpoints on
+/// the simulated disk (a crash drops, tears or partly keeps what was not synced; syncs can
+/// fail; the disk can fill), the index in a temp dir. The store's own threads commit, so
+/// a group commit here is [`Store::sync`]'s barrier: when it returns, every earlier append
+/// has its answer and every durable group is in the commit stream.
+struct StoreBackend {
+    disk: SimDisk,
+    dir: tempfile::TempDir,
+    store: Option<Store>,
+    clock: Arc<AtomicU64>,
+    stream: Arc<Mutex<VecDeque<Vec<Record>>>>,
+    /// Appends not answered yet.
+    outstanding: Arc<AtomicUsize>,
+}
+
+impl StoreBackend {
+    fn new(seed: u64) -> StoreBackend {
+        StoreBackend {
+            disk: SimDisk::new(seed ^ 0x5107_e000),
+            dir: tempfile::tempdir().expect("a temp dir for the index"),
+            store: None,
+            clock: Arc::default(),
+            stream: Arc::default(),
+            outstanding: Arc::default(),
+        }
+    }
+
+    fn open(&mut self) -> Result<(), String> {
+        if self.store.is_some() {
+            return Ok(());
+        }
+        let (clock, stream) = (self.clock.clone(), self.stream.clone());
+        let options = StoreOptions {
+            storage: Some(LogStorage {
+                segments: self.disk.dir("segments"),
+                checkpoints: self.disk.dir("checkpoints"),
+            }),
+            segment_bytes: 1 << 20,
+            reserve_bytes: Some(0),
+            // A sled call (or close) stuck this long is given up: the run goes on.
+            index_hang_limit: Duration::from_secs(2),
+            clock: Box::new(move || Timestamp(clock.load(Ordering::Relaxed))),
+            on_commit: Some(Box::new(move |records: &[Record]| {
+                lock(&stream).push_back(records.to_vec());
+            })),
+            ..StoreOptions::default()
+        };
+        let store =
+            Store::open(&self.dir.path().join("data"), options).map_err(|e| e.to_string())?;
+        self.store = Some(store);
+        Ok(())
+    }
+
+    fn store(&self) -> &Store {
+        self.store.as_ref().expect("open while the process runs")
+    }
+}
+
+/// Which log the simulated process runs on.
+enum Backend {
+    /// [`SimLog`], in memory.
+    Memory(Arc<SimLog>),
+    /// The real store on the simulated disk.
+    Store(Box<StoreBackend>),
+}
+
+impl Backend {
+    fn log(&self) -> &dyn Log {
+        match self {
+            Backend::Memory(log) => log.as_ref(),
+            Backend::Store(b) => b.store(),
+        }
+    }
+
+    fn set_clock(&self, at: Timestamp) {
+        match self {
+            Backend::Memory(log) => log.set_clock(at),
+            Backend::Store(b) => b.clock.store(at.0, Ordering::Relaxed),
+        }
+    }
+
+    fn set_full(&self, full: bool, was: bool) {
+        match self {
+            Backend::Memory(log) => log.set_full(full),
+            Backend::Store(b) if full && !was => b.disk.full_from(Some(0)),
+            Backend::Store(b) if !full && was => b.disk.set_capacity(None),
+            Backend::Store(_) => {}
+        }
+    }
+
+    fn append(&self, inputs: Vec<Input>, patience: Patience, done: AppendDone) {
+        match self {
+            Backend::Memory(log) => log.append(inputs, patience, done),
+            Backend::Store(b) => {
+                let outstanding = b.outstanding.clone();
+                outstanding.fetch_add(1, Ordering::SeqCst);
+                Log::append(
+                    b.store(),
+                    inputs,
+                    patience,
+                    Box::new(move |r| {
+                        done(r);
+                        outstanding.fetch_sub(1, Ordering::SeqCst);
+                    }),
+                );
+            }
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        match self {
+            Backend::Memory(log) => log.has_pending(),
+            Backend::Store(b) => b.outstanding.load(Ordering::SeqCst) > 0,
+        }
+    }
+
+    fn commit_group(&self, fsync_fails: bool) {
+        match self {
+            Backend::Memory(log) => {
+                log.commit_group(fsync_fails);
+            }
+            Backend::Store(b) => {
+                if b.store.is_none() {
+                    return; // the process is down: nothing to commit
+                }
+                if fsync_fails {
+                    b.disk.fail_next_syncs(1);
+                }
+                // A failed sync is the appends' answer, not this barrier's business.
+                let _ = b.store().sync();
+                while b.outstanding.load(Ordering::SeqCst) > 0 {
+                    // Answers refused by the failed sync come from the store's threads.
+                    let _ = b.store().sync();
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    fn crash(&mut self, mode: CrashMode) {
+        match self {
+            Backend::Memory(log) => log.crash(),
+            Backend::Store(b) => {
+                // The process is gone with its threads; then the power.
+                drop(b.store.take());
+                b.outstanding.store(0, Ordering::SeqCst);
+                b.disk.crash(mode);
+            }
+        }
+    }
+
+    fn reopen(&mut self) -> Result<(), String> {
+        match self {
+            Backend::Memory(_) => Ok(()),
+            Backend::Store(b) => b.open(),
+        }
+    }
+
+    fn next_group(&self) -> Option<Vec<Record>> {
+        match self {
+            Backend::Memory(log) => log.next_group(),
+            Backend::Store(b) => lock(&b.stream).pop_front(),
+        }
+    }
+
+    fn durable(&self) -> Result<Vec<Record>, String> {
+        match self {
+            Backend::Memory(log) => Ok(log.durable()),
+            Backend::Store(b) => b
+                .store()
+                .records(Seq(1))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// One simulation.
 struct Sim {
     config: SimConfig,
@@ -421,9 +605,11 @@ struct Sim {
     wake_at: Option<u64>,
     shutting_down: bool,
     // The log.
-    log: Arc<SimLog>,
+    log: Backend,
     completions: Arc<Mutex<VecDeque<Completion>>>,
     sync_scheduled: bool,
+    /// Whether the log was last told it is full.
+    log_full: bool,
     disk_full_until: Option<u64>,
     fsync_fail_armed: bool,
     stall_until: Option<u64>,
@@ -475,6 +661,11 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
 impl Sim {
     fn new(config: SimConfig) -> Sim {
         let rng = XorShiftRng::seed_from_u64(config.seed);
+        let log = if config.store {
+            Backend::Store(Box::new(StoreBackend::new(config.seed)))
+        } else {
+            Backend::Memory(Arc::default())
+        };
         Sim {
             report: SimReport {
                 seed: config.seed,
@@ -490,9 +681,10 @@ impl Sim {
             wake_generation: 0,
             wake_at: None,
             shutting_down: false,
-            log: Arc::default(),
+            log,
             completions: Arc::default(),
             sync_scheduled: false,
+            log_full: false,
             disk_full_until: None,
             fsync_fail_armed: false,
             stall_until: None,
@@ -521,6 +713,7 @@ impl Sim {
         SimFailure {
             seed: self.config.seed,
             seconds: self.config.seconds,
+            store: self.config.store,
             at_ms: self.now_ms,
             what: what.into(),
         }
@@ -604,7 +797,13 @@ impl Sim {
     fn boot(&mut self) {
         let now = self.now();
         self.log.set_clock(now.wall);
-        let start = self.log.restore().expect("the simulated log restores");
+        if let Err(e) = self.log.reopen() {
+            panic!(
+                "seed {}: the store did not open after a crash: {e}",
+                self.config.seed
+            );
+        }
+        let start = self.log.log().restore().expect("the log restores");
         let config = DriverConfig {
             tick_spacing: Duration::from_millis(10),
             checkpoint_every_records: 500,
@@ -622,7 +821,7 @@ impl Sim {
             start.tail_records,
             now,
         );
-        driver.set_log_writable(self.log.writable());
+        driver.set_log_writable(self.log.log().writable());
         self.driver = Some(driver);
         self.shutting_down = false;
         let _ = self.driver.as_mut().expect("booted").resume(now);
@@ -848,7 +1047,12 @@ impl Sim {
         self.wake_generation += 1;
         self.wake_at = None;
         self.report.restarts += 1;
-        self.log.crash();
+        let mode = [
+            CrashMode::DropUnsynced,
+            CrashMode::TornWrite,
+            CrashMode::KeepSome,
+        ][self.rng.random_range(0..3usize)];
+        self.log.crash(mode);
         for flight in self.flights.values_mut() {
             if flight.slot.take().is_some() {
                 self.origin_in_flight[flight.project] -= 1;
@@ -889,13 +1093,15 @@ impl Sim {
     /// next wake-up.
     fn pump(&mut self) -> Result<(), SimFailure> {
         self.log.set_clock(self.now().wall);
-        self.log.set_full(self.disk_full_until.is_some());
+        let full = self.disk_full_until.is_some();
+        self.log.set_full(full, self.log_full);
+        self.log_full = full;
         loop {
             let now = self.now();
             let Some(driver) = &mut self.driver else {
                 return Ok(());
             };
-            driver.set_log_writable(self.log.writable());
+            driver.set_log_writable(self.log.log().writable());
             let Some(output) = driver.poll_output() else {
                 if self.deliver_log_news() {
                     continue;
@@ -927,7 +1133,7 @@ impl Sim {
                 Output::Send { attempt, slot } => self.send(attempt, slot)?,
                 Output::Checkpoint => {
                     let cp = driver.core().checkpoint();
-                    if self.log.checkpoint(&cp).is_ok() {
+                    if self.log.log().checkpoint(&cp).is_ok() {
                         driver.checkpoint_taken(now);
                     }
                 }
@@ -948,15 +1154,15 @@ impl Sim {
                     self.deliver_log_news();
                     if let Some(driver) = &self.driver {
                         let cp = driver.core().checkpoint();
+                        // As the shell does, a failed final checkpoint (a full disk) is only
+                        // logged: the restart folds a longer tail.
                         if cp.last_seq.is_some() {
-                            self.log
-                                .checkpoint(&cp)
-                                .map_err(|e| self.fail(format!("the final checkpoint: {e}")))?;
+                            let _ = self.log.log().checkpoint(&cp);
                         }
                     }
-                    self.log
-                        .sync()
-                        .map_err(|e| self.fail(format!("the final sync: {e}")))?;
+                    // A failed final sync is the store's to report; the restart finds out.
+                    let _ = self.log.log().sync();
+                    self.deliver_log_news();
                     self.die();
                     return Ok(());
                 }
@@ -1001,8 +1207,9 @@ impl Sim {
                 )));
             }
         }
-        // No attempt starts while its outcome could not be recorded.
-        if self.disk_full_until.is_some() {
+        // No attempt starts while its outcome could not be recorded: while the log says it
+        // would refuse an append (the store learns of a full disk from its first refusal).
+        if !self.log.log().writable() {
             return Err(self.fail(format!(
                 "{machine}: an attempt started while the log refused records (a full disk)"
             )));
@@ -1130,13 +1337,16 @@ impl Sim {
         };
         !self.log.has_pending()
             && driver.attempts_in_flight() == 0
-            && self.log.last_seq().is_some()
+            && self.log.log().last_seq().is_some()
             && driver.core().next_deadline().is_none()
     }
 
     /// The end-of-run checks that need the whole history.
     fn finish(mut self) -> Result<SimReport, SimFailure> {
-        let durable = self.log.durable();
+        let durable = self
+            .log
+            .durable()
+            .map_err(|e| self.fail(format!("reading the log at the end: {e}")))?;
         self.report.simulated_ms = self.now_ms;
         self.report.records = durable.len() as u64;
         let driver = self

@@ -24,6 +24,10 @@ struct Args {
     /// Simulated seconds of traffic and faults per seed, before the healing phase.
     #[arg(long, default_value_t = 120)]
     seconds: u64,
+    /// Run on the real store over the storage fault layer (cb_store::sim::SimDisk) instead
+    /// of the in-memory log.
+    #[arg(long)]
+    store: bool,
 }
 
 fn main() -> ExitCode {
@@ -32,7 +36,11 @@ fn main() -> ExitCode {
     let mut simulated_ms = 0;
     let mut missing = std::collections::BTreeSet::new();
     for seed in args.seed..args.seed.saturating_add(args.seeds) {
-        match run(SimConfig::new(seed, args.seconds)) {
+        let config = SimConfig {
+            store: args.store,
+            ..SimConfig::new(seed, args.seconds)
+        };
+        match run(config) {
             Ok(report) => {
                 simulated_ms += report.simulated_ms;
                 missing.extend(report.missing_faults());
