@@ -424,6 +424,8 @@ struct StoreBackend {
     stream: Arc<Mutex<VecDeque<Vec<Record>>>>,
     /// Appends not answered yet.
     outstanding: Arc<AtomicUsize>,
+    /// Opens so far: each process gets a data dir (the index's) of its own.
+    opens: u64,
 }
 
 impl StoreBackend {
@@ -435,6 +437,7 @@ impl StoreBackend {
             clock: Arc::default(),
             stream: Arc::default(),
             outstanding: Arc::default(),
+            opens: 0,
         }
     }
 
@@ -458,8 +461,13 @@ impl StoreBackend {
             })),
             ..StoreOptions::default()
         };
-        let store =
-            Store::open(&self.dir.path().join("data"), options).map_err(|e| e.to_string())?;
+        // A fresh index dir per process, so every restart rebuilds the index from the
+        // segments: a restarted process has no sled of the last one in memory, and sled
+        // reopened in the same process waits on the lock its earlier instance, left closing
+        // past the hang limit, still holds.
+        self.opens += 1;
+        let dir = self.dir.path().join(format!("data-{}", self.opens));
+        let store = Store::open(&dir, options).map_err(|e| e.to_string())?;
         self.store = Some(store);
         Ok(())
     }
