@@ -72,6 +72,15 @@ pub fn machine(callback: &CallbackRef, m: &Machine) -> Value {
     Value::Object(v)
 }
 
+/// One item of a delivery list: the machine, with its project and file.
+pub fn delivery(key: &cb_core::ListKey, m: &Machine) -> Value {
+    let mut v = machine(&key.callback, m);
+    v["project"] = key.project.as_str().into();
+    v["file_id"] = key.file_id.as_str().into();
+    v["file"] = format!("{}/{}", key.project, key.file_id).into();
+    v
+}
+
 /// A callback's configuration as the API shows it: every field explicit, each signing
 /// secret redacted to a fingerprint (it is a credential; the log and `/v1/log` keep it, so
 /// that a restarted daemon signs as before). The fingerprint, `whsec_…` and the first 8 hex
@@ -205,6 +214,14 @@ fn step(s: &Step) -> Value {
     if !started.is_empty() {
         v["attempts_started"] = started.into();
     }
+    if !s.passed_over.is_empty() {
+        v["filtered"] = s
+            .passed_over
+            .iter()
+            .map(|(callback, why)| json!({"callback": callback.to_string(), "why": why}))
+            .collect::<Vec<_>>()
+            .into();
+    }
     // Not `version`: an attempt or a redeliver has a version field of its own.
     v["file_version"] = s.version.map(|x| x.0).into();
     v["machines"] = s
@@ -282,9 +299,14 @@ pub fn file_state<'a>(
     }
 }
 
-/// Totals per state, the abandoned machines and the disabled callbacks (`GET /v1/status`,
-/// `cbctl status`).
-/// Counted as of `now` (`Core::census_at`): the wall clock, for a report between records.
+/// How many retrying and abandoned machines a status lists (the totals count them all): a
+/// status stays one screen and one cheap request with a million machines abandoned.
+pub const STATUS_LISTED: usize = 100;
+
+/// Totals per state, the first [`STATUS_LISTED`] retrying and abandoned machines, and the
+/// disabled callbacks (`GET /v1/status`, `cbctl status`). Counted as of `now`
+/// (`Core::census_at`): the wall clock, for a report between records. Costs what it lists,
+/// not what the core holds: the core keeps the totals and these lists as machines move.
 pub fn status(core: &cb_core::Core, now: Timestamp) -> Value {
     let census = core.census_at(now);
     let states: Map<String, Value> = cb_core::StateName::ALL
@@ -292,15 +314,16 @@ pub fn status(core: &cb_core::Core, now: Timestamp) -> Value {
         .zip(census.states)
         .map(|(s, n)| (s.as_str().to_owned(), n.into()))
         .collect();
-    let abandoned: Vec<Value> = core
-        .machines_in(cb_core::StateName::Abandoned)
-        .iter()
-        .map(|(k, m)| {
-            let mut v = machine(&k.callback, m);
-            v["file"] = k.file.to_string().into();
-            v
-        })
-        .collect();
+    let listed = |state| -> Vec<Value> {
+        core.machines_in(state)
+            .take(STATUS_LISTED)
+            .map(|(k, m)| {
+                let mut v = machine(&k.callback, m);
+                v["file"] = k.file.to_string().into();
+                v
+            })
+            .collect()
+    };
     let mut disabled = Vec::new();
     for p in core.projects() {
         for (n, s) in core.callbacks(p) {
@@ -311,21 +334,11 @@ pub fn status(core: &cb_core::Core, now: Timestamp) -> Value {
         }
     }
     // Per-file callbacks (LightFlow) are disabled file by file; the file names them.
-    let mut per_file: Vec<_> = core
-        .files()
-        .flat_map(|(file, entry)| {
-            entry.callbacks.iter().filter_map(move |s| {
-                let by = s.disabled_by?;
-                Some((file, CallbackRef::File(s.callback.name.clone()), by))
-            })
-        })
-        .collect();
-    per_file.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    for (file, callback, by) in per_file {
+    for (key, by) in core.disabled_file_callbacks() {
         disabled.push(json!({
-            "project": file.project.as_str(),
-            "file": file.to_string(),
-            "name": callback.to_string(),
+            "project": key.file.project.as_str(),
+            "file": key.file.to_string(),
+            "name": key.callback.to_string(),
             "disabled_by": by.0,
         }));
     }
@@ -335,7 +348,9 @@ pub fn status(core: &cb_core::Core, now: Timestamp) -> Value {
         "machines": states,
         "next_deadline": census.next_deadline.map(|t| t.0),
         "ignored_records": census.ignored,
-        "abandoned": abandoned,
+        "retrying": listed(cb_core::StateName::Retrying),
+        "abandoned": listed(cb_core::StateName::Abandoned),
+        "listed_max": STATUS_LISTED,
         "disabled_callbacks": disabled,
     })
 }

@@ -12,16 +12,17 @@
 //! exactly the states and attempts the whole log reaches for that file. That is what makes
 //! `cbctl history` and `rewind` cheap and exact, and it is property-tested.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Callback, FileCallback};
 use crate::effect::{Attempt, Effect};
 use crate::event::EventKind;
 use crate::ids::{CallbackName, CallbackRef, FileKey, MachineKey, ProjectId, Seq, Timestamp};
+use crate::lists::{self, Deliveries, DeliveryQuery, ListKey, ListSource};
 use crate::machine::{InFlight, Machine, Opening, OutcomeStep, StateName};
 use crate::record::{AttemptReport, Record, RecordKind};
 use crate::timers::Timers;
@@ -114,6 +115,17 @@ pub enum Ignored {
     SupersededDisable,
 }
 
+/// Why a change started or moved no machine of a callback in force for its file.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PassedOver {
+    /// The callback's `events` (or a per-file callback's `on_success`/`on_failure`/
+    /// `on_progress` switch) leave the change's event out.
+    Events,
+    /// A `410 Gone` disabled the callback.
+    Disabled,
+}
+
 /// Machines per state, and other totals.
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct Census {
@@ -161,6 +173,73 @@ pub struct Core {
     /// append the disable after restart ([`Core::owed_disables`]).
     owed_disables: BTreeMap<MachineKey, Seq>,
     ignored: u64,
+    /// Kept as machines move, so a census (every `/metrics` scrape, every status) costs
+    /// nothing per file held.
+    tally: Tally,
+}
+
+/// The machines per state, counted and listed: what reports and lists ask for, kept as
+/// machines move so that none scans the files.
+#[derive(Clone, Debug)]
+struct Tally {
+    /// Invariant: `states[i]` is the number of machines in state `StateName::ALL[i]`.
+    states: [u64; 5],
+    /// Invariant: `lists[i]`, when kept, holds the [`ListKey`] of every machine in state
+    /// `StateName::ALL[i]`. Retrying and abandoned are always kept (they move on failures
+    /// only); coalescing, pending and sent move on every delivery, so they are kept once
+    /// [`Core::keep_lists`] asks (the daemon, for its delivery lists), not in a replay.
+    lists: [Option<BTreeSet<ListKey>>; 5],
+    /// Invariant: the per-file callbacks a `410 Gone` disabled, as (file, callback) keys.
+    disabled_file_callbacks: BTreeSet<MachineKey>,
+}
+
+impl Default for Tally {
+    fn default() -> Tally {
+        let mut lists: [Option<BTreeSet<ListKey>>; 5] = Default::default();
+        lists[state_index(StateName::Retrying)] = Some(BTreeSet::new());
+        lists[state_index(StateName::Abandoned)] = Some(BTreeSet::new());
+        Tally {
+            states: [0; 5],
+            lists,
+            disabled_file_callbacks: BTreeSet::new(),
+        }
+    }
+}
+
+impl Tally {
+    /// Notes that `key`'s machine moved from state `was` to `is` (`None`: no machine).
+    fn moved(&mut self, key: &MachineKey, was: Option<StateName>, is: Option<StateName>) {
+        if was == is {
+            return;
+        }
+        let listed = |s: Option<StateName>| s.is_some_and(|s| self.lists[state_index(s)].is_some());
+        let list_key = (listed(was) || listed(is)).then(|| ListKey::of(key));
+        if let Some(was) = was {
+            let i = state_index(was);
+            self.states[i] -= 1;
+            if let (Some(list), Some(k)) = (&mut self.lists[i], &list_key) {
+                list.remove(k);
+            }
+        }
+        if let Some(is) = is {
+            let i = state_index(is);
+            self.states[i] += 1;
+            if let (Some(list), Some(k)) = (&mut self.lists[i], list_key) {
+                list.insert(k);
+            }
+        }
+    }
+}
+
+/// Where a state is in [`StateName::ALL`].
+fn state_index(state: StateName) -> usize {
+    match state {
+        StateName::Coalescing => 0,
+        StateName::Pending => 1,
+        StateName::Sent => 2,
+        StateName::Retrying => 3,
+        StateName::Abandoned => 4,
+    }
 }
 
 impl Core {
@@ -281,7 +360,7 @@ impl Core {
         // they live (each further lookup was a hash and a key comparison, and the list of
         // triggered callbacks an allocation, on a million changes).
         let (projects, files, mut out) = self.parts(effects);
-        let triggers = |s: &CallbackSlot| s.disabled_by.is_none() && s.callback.triggers(event);
+        let triggers = |s: &CallbackSlot| project_passes_over(s, event).is_none();
         let project_callbacks = projects.get(&file.project);
         // Rule 2: every change moves the file's version, triggering or not. A file the core
         // does not keep has no per-file callbacks and needs no version until something
@@ -322,7 +401,7 @@ impl Core {
             }
         }
         for slot in callbacks.iter() {
-            if slot.disabled_by.is_none() && slot.callback.triggers(event) {
+            if file_passes_over(slot, event).is_none() {
                 let key = MachineKey {
                     file: file.clone(),
                     callback: CallbackRef::File(slot.callback.name.clone()),
@@ -358,6 +437,14 @@ impl Core {
             })
             .collect();
         slots.sort_by(|a, b| a.callback.name.cmp(&b.callback.name));
+        for old in &entry.callbacks {
+            if old.disabled_by.is_some() {
+                self.tally.disabled_file_callbacks.remove(&MachineKey {
+                    file: file.clone(),
+                    callback: CallbackRef::File(old.callback.name.clone()),
+                });
+            }
+        }
         entry.callbacks = slots;
         let affected: Vec<CallbackRef> = entry
             .machines
@@ -465,6 +552,7 @@ impl Core {
                     return Disposition::Ignored(Ignored::SupersededDisable);
                 }
                 slot.disabled_by = Some(cause);
+                self.tally.disabled_file_callbacks.insert(machine.clone());
                 self.drop_machine(machine);
             }
         }
@@ -586,6 +674,25 @@ impl Core {
         project.chain(per_file)
     }
 
+    /// The callbacks in force for `file` that a change of `event` passes over, and why: what
+    /// a history shows as `filtered` at that change. Asked after the change is folded (its
+    /// per-file callbacks, which come with it, apply to it).
+    pub fn passed_over(&self, file: &FileKey, event: EventKind) -> Vec<(CallbackRef, PassedOver)> {
+        let project = self.projects.get(&file.project).into_iter().flatten();
+        let project = project.filter_map(|(name, s)| {
+            Some((
+                CallbackRef::Project(name.clone()),
+                project_passes_over(s, event)?,
+            ))
+        });
+        let per_file = self.files.get(file).into_iter().flat_map(|e| &e.callbacks);
+        let per_file = per_file.filter_map(|s| {
+            let why = file_passes_over(s, event)?;
+            Some((CallbackRef::File(s.callback.name.clone()), why))
+        });
+        project.chain(per_file).collect()
+    }
+
     /// The enabled callbacks of `file`, in [`Core::callbacks_of`]'s order.
     fn enabled_callbacks(&self, file: &FileKey) -> Vec<CallbackRef> {
         self.callbacks_of(file)
@@ -689,6 +796,7 @@ impl Core {
             expiries,
             owed_disables,
             now,
+            tally,
             ..
         } = self;
         let out = StepOut {
@@ -696,6 +804,7 @@ impl Core {
             deadlines,
             expiries,
             owed_disables,
+            tally,
             effects,
         };
         (projects, files, out)
@@ -721,6 +830,7 @@ impl Core {
         // deadlines are only told, in case its deadline was the earliest (the expiries are
         // never settled, so they need not know).
         let (_, m) = entry.machines.remove(pos);
+        self.tally.moved(key, Some(m.state.name()), None);
         if let Some(t) = m.deadline() {
             self.deadlines.moved(t);
         }
@@ -819,22 +929,75 @@ impl Core {
             .collect()
     }
 
-    /// Totals per state: every machine the core holds.
+    /// Totals per state: every machine the core holds. Kept as machines move: O(1).
     pub fn census(&self) -> Census {
-        self.census_of(|_| true)
+        // Invariant: no file entry is idle (`FileEntry::is_idle` entries are forgotten), so
+        // every entry holds a machine or per-file callbacks.
+        Census {
+            files: self.files.len() as u64,
+            states: self.tally.states,
+            next_deadline: self.next_deadline(),
+            ignored: self.ignored,
+        }
     }
 
     /// Totals per state as they are once time reaches `now`: a machine whose expiry is due
     /// by then is left out, with a file it leaves idle, though the core drops them only
     /// when it next folds a record (its clock moves with the log alone). For reports taken
     /// between records, on the wall clock.
+    ///
+    /// Costs O(1) when no expiry is due, else the cheaper of two counts: the kept totals less
+    /// the machines whose expiry is due (a lookup each, in time order: cache misses), or
+    /// every machine counted in the map's order — once more than a quarter of the files'
+    /// worth of expiries is due, as after a burst's windows elapse with no record since.
     pub fn census_at(&self, now: Timestamp) -> Census {
-        self.census_of(|m| m.expiry().is_none_or(|e| e > now))
+        let due = self.expiries.due(now).count();
+        if due == 0 {
+            self.census()
+        } else if due > self.files.len() / 4 {
+            self.census_scanned_at(now)
+        } else {
+            self.census_walked_at(now)
+        }
     }
 
-    /// Totals over the machines `kept` keeps, and the files that hold one or have per-file
-    /// callbacks (a file entry is never idle: `FileEntry::is_idle` entries are dropped).
-    fn census_of(&self, kept: impl Fn(&Machine) -> bool) -> Census {
+    /// [`Core::census_at`] as the kept totals less the machines whose expiry is due.
+    #[doc(hidden)]
+    pub fn census_walked_at(&self, now: Timestamp) -> Census {
+        let mut c = self.census();
+        // Machines by address: an entry's key may repeat (a timer moved away and back), the
+        // machine it finds is one; hashing an address is cheaper than hashing the key.
+        let mut expired: FxHashSet<*const Machine> = FxHashSet::default();
+        for (t, key) in self.expiries.due(now) {
+            let Some(entry) = self.files.get(&key.file) else {
+                continue;
+            };
+            let Ok(i) = entry.machine_pos(&key.callback) else {
+                continue;
+            };
+            let m = &entry.machines[i].1;
+            // An entry counts once, and only if it is the machine's expiry still.
+            if m.expiry() != Some(t) || !expired.insert(m) {
+                continue;
+            }
+            c.states[state_index(m.state.name())] -= 1;
+            // A file left idle has every machine expired, its first one too: asking at the
+            // first one asks once per file.
+            if i == 0 && entry.callbacks.is_empty() {
+                let all = entry.machines.iter();
+                c.files -= u64::from(
+                    all.map(|(_, m)| m.expiry())
+                        .all(|e| e.is_some_and(|e| e <= now)),
+                );
+            }
+        }
+        c
+    }
+
+    /// [`Core::census_at`] counted the slow way, machine by machine: what the property tests
+    /// hold the kept totals to.
+    #[doc(hidden)]
+    pub fn census_scanned_at(&self, now: Timestamp) -> Census {
         let mut c = Census {
             next_deadline: self.next_deadline(),
             ignored: self.ignored,
@@ -842,22 +1005,39 @@ impl Core {
         };
         for entry in self.files.values() {
             let mut held = !entry.callbacks.is_empty();
-            for (_, m) in entry.machines.iter().filter(|(_, m)| kept(m)) {
-                held = true;
-                let i = StateName::ALL
-                    .iter()
-                    .position(|s| *s == m.state.name())
-                    .expect("every state is listed");
-                c.states[i] += 1;
+            for (_, m) in &entry.machines {
+                if m.expiry().is_none_or(|e| e > now) {
+                    held = true;
+                    c.states[state_index(m.state.name())] += 1;
+                }
             }
             c.files += u64::from(held);
         }
         c
     }
 
-    /// Every machine in a given state, sorted (e.g. the abandoned list of `cbctl status`).
-    pub fn machines_in(&self, state: StateName) -> Vec<(MachineKey, &Machine)> {
-        let mut out: Vec<(MachineKey, &Machine)> = self
+    /// The machines in `state`, in list order (project, callback, file): e.g. the abandoned
+    /// list of `cbctl status`. A kept list ([`Core::keep_lists`]; retrying and abandoned
+    /// always) costs what is listed; otherwise the machines are found one by one.
+    pub fn machines_in(
+        &self,
+        state: StateName,
+    ) -> Box<dyn Iterator<Item = (MachineKey, &Machine)> + '_> {
+        match &self.tally.lists[state_index(state)] {
+            Some(keys) => Box::new(keys.iter().map(|key| {
+                let key = key.machine_key();
+                let m = self.machine(&key).expect("a listed key has its machine");
+                (key, m)
+            })),
+            None => Box::new(self.machines_scanned_in(state).into_iter()),
+        }
+    }
+
+    /// Every machine in `state`, found machine by machine, in list order: what the kept
+    /// lists of [`Core::machines_in`] are held to by the property tests.
+    #[doc(hidden)]
+    pub fn machines_scanned_in(&self, state: StateName) -> Vec<(MachineKey, &Machine)> {
+        let mut out: Vec<(ListKey, MachineKey, &Machine)> = self
             .files
             .iter()
             .flat_map(|(file, entry)| {
@@ -866,18 +1046,75 @@ impl Core {
                     .iter()
                     .filter(|(_, m)| m.state.name() == state)
                     .map(|(r, m)| {
-                        (
-                            MachineKey {
-                                file: file.clone(),
-                                callback: r.clone(),
-                            },
-                            m,
-                        )
+                        let key = MachineKey {
+                            file: file.clone(),
+                            callback: r.clone(),
+                        };
+                        (ListKey::of(&key), key, m)
                     })
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        out.into_iter().map(|(_, k, m)| (k, m)).collect()
+    }
+
+    /// Keeps a list of every state from now on (retrying and abandoned are always kept), so
+    /// that [`Core::deliveries`] costs what it lists. A daemon asks once, after its restore;
+    /// a replay does not, and its fold does not pay for them. Builds them machine by machine.
+    pub fn keep_lists(&mut self) {
+        let mut missing = Vec::new();
+        for (i, list) in self.tally.lists.iter_mut().enumerate() {
+            if list.is_none() {
+                *list = Some(BTreeSet::new());
+                missing.push(i);
+            }
+        }
+        for (file, entry) in &self.files {
+            for (callback, m) in &entry.machines {
+                let i = state_index(m.state.name());
+                if missing.contains(&i) {
+                    let key = MachineKey {
+                        file: file.clone(),
+                        callback: callback.clone(),
+                    };
+                    let list = self.tally.lists[i].as_mut().expect("made above");
+                    list.insert(ListKey::of(&key));
+                }
+            }
+        }
+    }
+
+    /// Whether every state's list is kept ([`Core::keep_lists`]).
+    pub fn keeps_lists(&self) -> bool {
+        self.tally.lists.iter().all(Option::is_some)
+    }
+
+    /// One page of the machines `query` asks for, in list order: `GET /v1/deliveries`.
+    /// Costs a seek per `(project, callback)` group the filters rule out and a step per
+    /// machine listed ([`crate::lists`]), when the lists are kept; otherwise the states
+    /// not kept are found machine by machine first.
+    pub fn deliveries<'a>(&'a self, query: &DeliveryQuery<'_>) -> Deliveries<'a> {
+        let mut lists = Lists {
+            core: self,
+            built: Default::default(),
+        };
+        for (i, state) in StateName::ALL.iter().enumerate() {
+            if self.tally.lists[i].is_none() {
+                let found = self.machines_scanned_in(*state);
+                lists.built[i] = Some(found.iter().map(|(k, _)| ListKey::of(k)).collect());
+            }
+        }
+        lists::deliveries(&lists, query)
+    }
+
+    /// The per-file callbacks a `410 Gone` disabled, sorted, with the outcome that did.
+    pub fn disabled_file_callbacks(&self) -> impl Iterator<Item = (&MachineKey, Seq)> {
+        self.tally.disabled_file_callbacks.iter().map(|key| {
+            let slot = self.files[&key.file]
+                .file_callback(key.callback.name())
+                .expect("a kept key has its callback");
+            (key, slot.disabled_by.expect("a kept key is disabled"))
+        })
     }
 
     // ---- checkpoints ----
@@ -936,6 +1173,13 @@ impl Core {
                 };
                 set_timer(&mut core.deadlines, &key, None, m.deadline());
                 set_timer(&mut core.expiries, &key, None, m.expiry());
+                core.tally.moved(&key, None, Some(m.state.name()));
+            }
+            for slot in entry.callbacks.iter().filter(|s| s.disabled_by.is_some()) {
+                core.tally.disabled_file_callbacks.insert(MachineKey {
+                    file: file.clone(),
+                    callback: CallbackRef::File(slot.callback.name.clone()),
+                });
             }
             core.files.insert(file, entry);
         }
@@ -992,6 +1236,31 @@ impl Checkpoint {
     }
 }
 
+/// Why a change of `event` moves no machine of the project callback in `slot` (rule 3's
+/// filter, rule 4's disable), or `None` when it triggers it. `Core::on_change` and
+/// `Core::passed_over` both ask here, so what a history says was filtered is what the fold
+/// filtered.
+fn project_passes_over(slot: &CallbackSlot, event: EventKind) -> Option<PassedOver> {
+    if slot.disabled_by.is_some() {
+        Some(PassedOver::Disabled)
+    } else if !slot.callback.triggers(event) {
+        Some(PassedOver::Events)
+    } else {
+        None
+    }
+}
+
+/// [`project_passes_over`] for a per-file callback.
+fn file_passes_over(slot: &FileCallbackSlot, event: EventKind) -> Option<PassedOver> {
+    if slot.disabled_by.is_some() {
+        Some(PassedOver::Disabled)
+    } else if !slot.callback.triggers(event) {
+        Some(PassedOver::Events)
+    } else {
+        None
+    }
+}
+
 /// Where `callback`'s machine is among a file's `machines` (sorted by callback), or would go.
 fn machine_pos(machines: &Machines, callback: &CallbackRef) -> Result<usize, usize> {
     machines.binary_search_by(|(r, _)| r.cmp(callback))
@@ -1005,6 +1274,7 @@ struct StepOut<'a> {
     deadlines: &'a mut Timers,
     expiries: &'a mut Timers,
     owed_disables: &'a mut BTreeMap<MachineKey, Seq>,
+    tally: &'a mut Tally,
     effects: &'a mut Vec<Effect>,
 }
 
@@ -1037,12 +1307,14 @@ fn transition(
                 Step::Due(_) => unreachable!("{key}: a deadline belongs to a machine"),
             };
             let after = (m.deadline(), m.expiry());
+            out.tally.moved(key, None, Some(m.state.name()));
             machines.insert(i, (key.callback.clone(), m));
             ((None, None), after)
         }
         Ok(i) => {
             let m = &mut machines[i].1;
             let before = (m.deadline(), m.expiry());
+            let was = m.state.name();
             match step {
                 Step::Trigger(opening) => m.on_trigger(opening, callback),
                 Step::Due(at) => start = Some(m.on_due(at, version, callback)),
@@ -1067,6 +1339,8 @@ fn transition(
                 }
                 Step::Config => m.on_config(callback, out.now),
             }
+            let is = m.state.name();
+            out.tally.moved(key, Some(was), Some(is));
             (before, (m.deadline(), m.expiry()))
         }
     };
@@ -1130,5 +1404,38 @@ fn attempt_of(key: &MachineKey, flight: &InFlight, callback: Arc<Callback>) -> A
         started_at: flight.started_at,
         redeliver: flight.redeliver,
         callback,
+    }
+}
+
+/// The core's lists, with those it does not keep built for one query.
+struct Lists<'c> {
+    core: &'c Core,
+    built: [Option<BTreeSet<ListKey>>; 5],
+}
+
+impl<'c> ListSource<'c> for Lists<'c> {
+    fn keys_in(&self, state: StateName) -> &BTreeSet<ListKey> {
+        let i = state_index(state);
+        let list = self.core.tally.lists[i].as_ref().or(self.built[i].as_ref());
+        list.expect("every list is kept or built")
+    }
+
+    fn machine_of(&self, key: &ListKey) -> Option<&'c Machine> {
+        self.core.machine(&key.machine_key())
+    }
+
+    fn project_callback(&self, project: &ProjectId, name: &CallbackName) -> Option<&Arc<Callback>> {
+        let slot = self.core.projects.get(project)?.get(name)?;
+        Some(&slot.callback)
+    }
+
+    fn file_callback(&self, key: &ListKey) -> Option<&Arc<Callback>> {
+        let file = FileKey::new(key.project.clone(), key.file_id.clone());
+        let slot = self
+            .core
+            .files
+            .get(&file)?
+            .file_callback(key.callback.name())?;
+        Some(&slot.callback.callback)
     }
 }

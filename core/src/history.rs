@@ -8,7 +8,7 @@
 //! `GET /v1/files/…/history`, `cbctl history` and `cbctl rewind` are views of this.
 
 use crate::effect::Effect;
-use crate::fold::{Checkpoint, Core, Disposition};
+use crate::fold::{Checkpoint, Core, Disposition, PassedOver};
 use crate::ids::{CallbackRef, FileKey, Seq, Timestamp};
 use crate::machine::{Machine, StateName};
 use crate::record::{Record, RecordKind};
@@ -33,6 +33,9 @@ pub struct Step {
     pub version: Option<Seq>,
     /// The file's machines after it, by callback.
     pub machines: Vec<(CallbackRef, Machine)>,
+    /// At a change: the callbacks in force that it passed over (filtered by their `events`,
+    /// or disabled), which therefore have no machine step to show for it.
+    pub passed_over: Vec<(CallbackRef, PassedOver)>,
 }
 
 impl Step {
@@ -78,6 +81,17 @@ impl FileStart {
 }
 
 impl FileHistory {
+    /// Whether the log knows the file at all: a record of the file itself among `records`
+    /// (the file's and its project's), or a version at the base. A file cb never saw has
+    /// only its project's configuration records, which are no story of the file (a typo in
+    /// a file id must read as "no such file", not as an empty history).
+    pub fn knows_file(records: &[Record], start: Option<&FileStart>) -> bool {
+        records
+            .iter()
+            .any(|r| matches!(r.scope(), crate::record::Scope::File(_)))
+            || start.is_some_and(|s| s.version.is_some())
+    }
+
     /// Folds `records` (the file's and its project's, in log order) and then lets time run
     /// to `until`, if given and later, firing the deadlines it passes.
     pub fn fold(
@@ -153,12 +167,22 @@ impl FileHistory {
             Effect::DisableCallback { machine, .. } => machine.file == self.file,
             Effect::WakeAt { .. } => false,
         });
+        let passed_over = match &cause {
+            Cause::Record(r, _) => match &r.kind {
+                RecordKind::ChangeAppended { event, .. } => {
+                    self.core.passed_over(&self.file, *event)
+                }
+                _ => Vec::new(),
+            },
+            Cause::Deadline(_) => Vec::new(),
+        };
         let entry = self.core.file(&self.file);
         self.steps.push(Step {
             cause,
             effects,
             version: entry.map(|e| e.version),
             machines: entry.map(|e| e.machines.to_vec()).unwrap_or_default(),
+            passed_over,
         });
     }
 

@@ -13,6 +13,9 @@ use smol_str::SmolStr;
 /// Why a string is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
+    /// A list cursor that is not `project~callback~file_id`.
+    #[error("a cursor is `project~callback~file_id`, as a list's `next` gives it")]
+    Cursor,
     /// The identifier is the empty string.
     #[error("{kind} is empty")]
     Empty {
@@ -100,6 +103,19 @@ macro_rules! string_id {
             /// The identifier as text.
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+
+            /// A bound above every valid value (U+007F sorts after the whole grammar), for
+            /// seeking past a prefix in an ordered index. Never a value of its own.
+            #[allow(dead_code)] // not every id type bounds a list seek
+            pub(crate) fn above_all() -> Self {
+                Self(SmolStr::new_static("\u{7f}"))
+            }
+
+            /// A bound below every valid value (they are never empty).
+            #[allow(dead_code)]
+            pub(crate) fn below_all() -> Self {
+                Self(SmolStr::default())
             }
         }
 

@@ -37,6 +37,7 @@ pub mod fold;
 pub mod history;
 pub mod ids;
 pub mod ingest;
+pub mod lists;
 pub mod machine;
 pub mod record;
 pub mod render;
@@ -64,12 +65,13 @@ pub use config::{
 pub use digest::Digest;
 pub use effect::{Attempt, Effect};
 pub use event::{EventKind, EventSet, UnknownEvent};
-pub use fold::{Census, Checkpoint, Core, Disposition, FileEntry, Ignored, Machines};
+pub use fold::{Census, Checkpoint, Core, Disposition, FileEntry, Ignored, Machines, PassedOver};
 pub use history::{Cause, FileHistory, FileStart, Step};
 pub use ids::{
     CallbackName, CallbackRef, DeliveryId, FileId, FileKey, IdError, MachineKey, ProjectId, Seq,
     Timestamp,
 };
+pub use lists::{Deliveries, DeliveryQuery, ListKey};
 pub use machine::{InFlight, Machine, State, StateName};
 pub use record::{AttemptReport, Outcome, Record, RecordKind, Scope};
 pub use render::{render, Placement, Rendered};

@@ -155,6 +155,16 @@ impl Timers {
         }
     }
 
+    /// Every entry at or before `to`, set or not, repeats included, in no particular order.
+    /// Walks the queue's due front and the whole heap (entries set out of order: few).
+    pub(crate) fn due(&self, to: Timestamp) -> impl Iterator<Item = (Timestamp, &MachineKey)> {
+        let queued = self.queue.iter().take_while(move |(t, _)| *t <= to);
+        let early = self.early.iter().filter(move |e| e.0 <= to);
+        queued
+            .map(|(t, k)| (*t, k))
+            .chain(early.map(|Early(t, k)| (*t, k)))
+    }
+
     /// How many entries are kept, set or not.
     #[cfg(test)]
     pub(crate) fn entries(&self) -> usize {

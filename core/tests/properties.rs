@@ -22,7 +22,7 @@ use std::sync::Arc;
 use cb_core::{
     Attempt, AttemptReport, Callback, CallbackName, CallbackRef, CallbackSpec, Checkpoint, Core,
     Digest, Disposition, Effect, EventKind, FileCallback, FileKey, MachineKey, Outcome, Record,
-    RecordKind, Scope, Seq, Timestamp,
+    RecordKind, Scope, Seq, StateName, Timestamp,
 };
 use proptest::prelude::*;
 use support::{file, name, project, Sim};
@@ -919,6 +919,69 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
+    /// The census the core keeps as machines move equals a count machine by machine, and its
+    /// retrying and abandoned keys and disabled per-file callbacks equal those found file by
+    /// file, after
+    /// every record, as of that record's time and as of later times (machines whose `sent`
+    /// window elapsed after the record are left out), and after a checkpoint's restore.
+    #[test]
+    fn census_kept_equals_census_counted(h in history()) {
+        let sim = simulate(&h);
+        let mut core = Core::new();
+        // A core that keeps every state's list, from the start and after a restore (as the
+        // daemon does): its lists are held to the count as well.
+        let mut listing = Core::new();
+        listing.keep_lists();
+        let mut effects = Vec::new();
+        for (i, r) in sim.log.iter().enumerate() {
+            core.apply(r, &mut effects);
+            listing.apply(r, &mut effects);
+            effects.clear();
+            if i == sim.log.len() / 2 {
+                listing = Core::from_checkpoint(listing.checkpoint());
+                listing.keep_lists();
+            }
+            for state in StateName::ALL {
+                let scanned: Vec<MachineKey> =
+                    core.machines_scanned_in(state).into_iter().map(|(k, _)| k).collect();
+                prop_assert_eq!(keys_in(&listing, state), scanned, "#{}", r.seq);
+            }
+            for state in [StateName::Retrying, StateName::Abandoned] {
+                let scanned: Vec<MachineKey> =
+                    core.machines_scanned_in(state).into_iter().map(|(k, _)| k).collect();
+                prop_assert_eq!(keys_in(&core, state), scanned, "#{}", r.seq);
+            }
+            let mut disabled: Vec<(MachineKey, Seq)> = core
+                .files()
+                .flat_map(|(file, entry)| {
+                    entry.callbacks.iter().filter_map(move |s| {
+                        let key = MachineKey {
+                            file: file.clone(),
+                            callback: CallbackRef::File(s.callback.name.clone()),
+                        };
+                        Some((key, s.disabled_by?))
+                    })
+                })
+                .collect();
+            disabled.sort();
+            let kept: Vec<(MachineKey, Seq)> =
+                core.disabled_file_callbacks().map(|(k, s)| (k.clone(), s)).collect();
+            prop_assert_eq!(kept, disabled, "#{}", r.seq);
+            for later in [0, 1, 500, 5_000, 60_000, 3_600_000] {
+                let now = Timestamp(r.at.0 + later);
+                let counted = core.census_scanned_at(now);
+                prop_assert_eq!(&core.census_walked_at(now), &counted, "#{} +{}ms", r.seq, later);
+                prop_assert_eq!(&core.census_at(now), &counted, "#{} +{}ms", r.seq, later);
+            }
+        }
+        let restored = Core::from_checkpoint(core.checkpoint());
+        prop_assert_eq!(restored.census(), core.census());
+        for state in [StateName::Retrying, StateName::Abandoned] {
+            prop_assert_eq!(keys_in(&restored, state), keys_in(&core, state));
+        }
+        prop_assert!(restored.disabled_file_callbacks().eq(core.disabled_file_callbacks()));
+    }
+
     /// `Core::redeliver_check`, which the API and cbctl ask before appending a redeliver,
     /// predicts what folding the redeliver does: `Ok` exactly when it starts an attempt,
     /// otherwise the very reason the fold ignores it.
@@ -943,6 +1006,11 @@ proptest! {
             effects.clear();
         }
     }
+}
+
+/// The keys [`Core::machines_in`] lists for `state`.
+fn keys_in(core: &Core, state: StateName) -> Vec<MachineKey> {
+    core.machines_in(state).map(|(k, _)| k).collect()
 }
 
 fn fold(mut core: Core, log: &[Record]) -> (Vec<Vec<Effect>>, Checkpoint) {

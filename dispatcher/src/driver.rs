@@ -227,9 +227,14 @@ impl Dispatcher {
         let log: Arc<dyn Log> = Arc::new(store.clone());
         let restored = {
             let log = log.clone();
-            blocking(move || log.restore())
-                .await?
-                .map_err(|r| Error::Fatal(format!("restoring the core: {r}")))?
+            blocking(move || {
+                let mut start = log.restore()?;
+                // The daemon answers delivery lists (`GET /v1/deliveries`) from its core.
+                start.core.keep_lists();
+                Ok::<_, crate::driver_state::Refusal>(start)
+            })
+            .await?
+            .map_err(|r| Error::Fatal(format!("restoring the core: {r}")))?
         };
         let metrics = Arc::new(Metrics::default());
         let checkpoints = {

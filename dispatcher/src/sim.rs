@@ -811,7 +811,9 @@ impl Sim {
                 self.config.seed
             );
         }
-        let start = self.log.log().restore().expect("the log restores");
+        let mut start = self.log.log().restore().expect("the log restores");
+        // As the daemon does: its lists then move with every step the simulation takes.
+        start.core.keep_lists();
         let config = DriverConfig {
             tick_spacing: Duration::from_millis(10),
             checkpoint_every_records: 500,
