@@ -27,6 +27,7 @@ use tracing::{debug, info};
 
 use crate::error::ApiError;
 use crate::ingest::{self, Rules};
+use crate::lists;
 use crate::token::Token;
 use crate::view;
 
@@ -132,6 +133,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
         }
         (&Method::GET, ["v1", "log"]) => log(api, req.uri().query()),
         (&Method::GET, ["v1", "status"]) => status(api).await,
+        (&Method::GET, ["v1", "deliveries"]) => deliveries(api, req.uri().query()).await,
         (_, route) => match allowed_methods(route) {
             Some(allow) => Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -149,7 +151,7 @@ fn allowed_methods(route: &[&str]) -> Option<&'static str> {
     Some(match route {
         ["healthz" | "metrics"] => "GET, HEAD",
         ["v1", "changes"] | ["v1", "changes", "batch"] => "POST",
-        ["v1", "log" | "status"] => "GET, HEAD",
+        ["v1", "log" | "status" | "deliveries"] => "GET, HEAD",
         ["v1", "projects", _, "callbacks"] => "GET, HEAD",
         ["v1", "projects", _, "callbacks", _] => "GET, HEAD, PUT, DELETE",
         ["v1", "files", _, _] | ["v1", "files", _, _, "history"] => "GET, HEAD",
@@ -202,7 +204,7 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 /// The query parameters of a route that takes `allowed` ones. A parameter it does not
 /// take, or one given twice, is refused: a typo (`?cb=site`) must not widen a redeliver to
 /// every callback, and `?project=a&project=b` has no single meaning.
-fn query(
+pub(crate) fn query(
     q: Option<&str>,
     allowed: &[&str],
 ) -> Result<std::collections::HashMap<String, String>, ApiError> {
@@ -233,7 +235,7 @@ fn query(
 }
 
 /// At most 64 bytes of `s`, for echoing client input in an error.
-fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     match cb_core::clipped(s, 64) {
         whole if whole.len() == s.len() => s.to_owned(),
         start => format!("{start}…"),
@@ -571,6 +573,26 @@ async fn delete_callback(api: &Api, project: &str, name: &str) -> Result<Respons
     ))
 }
 
+/// `GET /v1/deliveries`: the machines the core holds now, filtered by state, project,
+/// callback and origin, in (project, callback, file) order, a page at a time
+/// ([`crate::lists`]).
+async fn deliveries(api: &Api, q: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let params = lists::DeliveryParams::from_query(q)?;
+    let page = api
+        .handle
+        .query(move |core| params.page(core))
+        .await
+        .map_err(driver_stopped)?;
+    // The last outcome's detail is in its record, not in the machine: one read per item.
+    let seqs = page.outcome_seqs();
+    let details = api
+        .handle
+        .read(move |store| lists::details(store, &seqs))
+        .await
+        .map_err(driver_stopped)?;
+    Ok(json_response(StatusCode::OK, &page.into_json(details)))
+}
+
 fn file_key(project: &str, file_id: &str) -> Result<FileKey, ApiError> {
     Ok(FileKey::new(
         ingest::project(project)?,
@@ -593,10 +615,7 @@ async fn fold_file(api: &Api, file: &FileKey) -> Result<FileHistory, ApiError> {
         let records = store.file_records(&key)?;
         // After retention a file may have only its kept change, before the base.
         let start = store.file_start(&key)?;
-        let known = records
-            .iter()
-            .any(|r| matches!(r.scope(), cb_core::Scope::File(_)))
-            || start.as_ref().is_some_and(|s| s.version.is_some());
+        let known = FileHistory::knows_file(&records, start.as_ref());
         Ok::<_, cb_store::Error>(
             known.then(|| FileHistory::fold_from(&key, start, records, Some(now))),
         )

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod error;
 pub mod ingest;
+pub mod lists;
 pub mod pages;
 pub mod redeliver;
 pub mod replay;

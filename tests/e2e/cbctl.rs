@@ -664,3 +664,84 @@ fn a_redacted_export_keeps_no_credentials_and_replays_clean() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("divergences: none"), "{out}");
 }
+
+/// A file cb never saw, in a project with callbacks, is "no such file" everywhere (not the
+/// project's configuration records as its history); a callback whose `events` leave a
+/// change out shows as filtered at that change, and rewind says it would not send.
+#[test]
+fn unseen_files_are_refused_and_filtered_callbacks_show() {
+    let receiver = Receiver::start();
+    let mut cbd = Cbd::start(&["--allow-private-targets"]);
+    cbd.put_callback(
+        "p",
+        "site",
+        json!({"url": receiver.url("/cb"), "window_secs": 1, "leading": true}),
+    );
+    cbd.put_callback(
+        "p",
+        "deletions",
+        json!({"url": receiver.url("/del"), "window_secs": 1, "events": ["deleted"]}),
+    );
+    cbd.change("p", "1", "rated", snapshot("1", 1));
+    receiver.wait_for_count(1, Duration::from_secs(10));
+
+    // Through the API: 404 for the unseen file, `filtered` at the change for the seen one.
+    let (status, body) = cbd.call("GET", "/v1/files/p/nosuch/history", None, None);
+    assert_eq!(status, 404, "{body}");
+    let history = cbd.get("/v1/files/p/1/history");
+    let change = history["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "change")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        change["filtered"],
+        json!([{"callback": "deletions", "why": "events"}]),
+        "{change}"
+    );
+    assert!(cbd.terminate().success());
+
+    for args in [
+        vec!["history", "p/nosuch"],
+        vec!["rewind", "p/nosuch", "--to", "9999"],
+    ] {
+        let (code, out, err) = cbctl(&cbd.dir, &args);
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(
+            err.contains("no record of file p/nosuch"),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, out, err) = cbctl(&cbd.dir, &["history", "p/1"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().find(|l| l.contains("change rated")).unwrap();
+    assert!(line.contains("deletions filtered (events)"), "{out}");
+    assert!(
+        line.contains("filtered "),
+        "the callback's column says so: {out}"
+    );
+
+    let (code, out, err) = cbctl(&cbd.dir, &["rewind", "p/1", "--to", "9999", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rewound: Value = serde_json::from_str(&out).unwrap();
+    let payload = |name: &str| {
+        rewound["payloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["callback"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(payload("deletions")["would_send"], false, "{rewound}");
+    assert_eq!(payload("deletions")["filtered"], "events", "{rewound}");
+    assert_eq!(payload("site")["would_send"], true, "{rewound}");
+    assert!(payload("site").get("filtered").is_none(), "{rewound}");
+    let (_, out, _) = cbctl(&cbd.dir, &["rewind", "p/1", "--to", "9999"]);
+    assert!(
+        out.contains("deletions: would not send: the latest change was filtered (events)"),
+        "{out}"
+    );
+}

@@ -166,6 +166,11 @@ fn abandon_then_new_change_then_redeliver() {
         json!({"url": receiver.url("/cb"), "window_secs": 1, "leading": true, "backoff_secs": [1], "retry_for_secs": 3}),
     );
     cbd.change("p", "1", "rated", snapshot("1", 1));
+    // Between failures the status lists the machine as retrying, with the count.
+    cbd.wait_for("listed as retrying", Duration::from_secs(10), || {
+        let status = cbd.get("/v1/status");
+        status["retrying"][0]["file"] == "p/1" && status["machines"]["retrying"] == 1
+    });
     cbd.wait_for("abandoned", Duration::from_secs(15), || {
         cbd.machine("p", "1", "site")["state"] == "abandoned"
     });
@@ -176,6 +181,7 @@ fn abandon_then_new_change_then_redeliver() {
     );
     let status = cbd.get("/v1/status");
     assert_eq!(status["abandoned"][0]["file"], "p/1", "{status}");
+    assert_eq!(status["retrying"], json!([]), "{status}");
 
     receiver.set_default(Reply::ok());
     let v2 = cbd.change("p", "1", "moderated", snapshot("1", 2));

@@ -16,6 +16,7 @@ mod diskfull;
 mod durability;
 mod golden;
 mod isolation;
+mod lists;
 mod mail;
 mod recipes;
 mod restart;

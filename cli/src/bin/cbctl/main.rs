@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cb_cli::replay::{self, Audit};
 use cb_cli::view;
-use cb_core::{render, CallbackRef, Effect, FileHistory, FileKey, Record, Seq, Timestamp};
+use cb_core::{
+    render, CallbackRef, Cause, Effect, FileHistory, FileKey, Record, RecordKind, Seq, StateName,
+    Timestamp,
+};
 use cb_store::{Durability, Store, StoreOptions};
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
@@ -240,12 +243,46 @@ cbctl --data-dir /var/lib/cb rewind newzulu/556114 --to 2026-11-23T09:01:10.500Z
         #[arg(long)]
         json: bool,
     },
-    /// Totals per state, the earliest due time, abandoned machines, disabled callbacks.
+    /// Totals per state, the earliest due time, retrying and abandoned machines (the first
+    /// 100 of each), disabled callbacks.
     #[command(
         after_help = "Examples:\n  cbctl --data-dir /var/lib/cb status\n  CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 status --json"
     )]
     Status {
         /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The deliveries the core holds now, filtered, a page at a time, in (project, callback,
+    /// file) order: each machine's state, its due or next attempt, attempts so far and its
+    /// last outcome with the detail.
+    #[command(
+        after_help = "Examples:\n  cbctl --data-dir /var/lib/cb deliveries --state retrying\n  \
+CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 deliveries --project acme --origin https://hooks.acme.example\n  \
+cbctl deliveries --state abandoned --after 'acme~site~556114'   # the page after that one\n\n\
+Every filter given must match. A page lists at most --limit machines (100 by default, at most 1000) and \
+ends with the --after that gives the next one."
+    )]
+    Deliveries {
+        /// Only machines in this state: coalescing, pending, sent, retrying or abandoned.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this project's.
+        #[arg(long)]
+        project: Option<String>,
+        /// Only this callback's (`file:NAME` for a per-file callback).
+        #[arg(long)]
+        callback: Option<String>,
+        /// Only callbacks whose target is at this origin, `scheme://host[:port]`.
+        #[arg(long)]
+        origin: Option<String>,
+        /// At most this many (1 to 1000; 100 by default).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The page after this cursor (the `next` of the page before).
+        #[arg(long)]
+        after: Option<String>,
+        /// JSON output: the API's answer, `{"items": [...], "next": ...}`.
         #[arg(long)]
         json: bool,
     },
@@ -379,12 +416,22 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) if reader_went_away(&e) => ExitCode::from(STDOUT_CLOSED),
+        Err(e) if e.is::<NoSuchFile>() => {
+            // Like grep's "no match": the question was fine, the log has no such file.
+            eprintln!("cbctl: {e}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("cbctl: {}", cb_cli::error::one_line(e.as_ref()));
             ExitCode::from(2)
         }
     }
 }
+
+/// A file the log has no record of: exit 1, where other errors exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NoSuchFile(String);
 
 /// The exit code when whoever reads stdout stopped reading: 128 + SIGPIPE, what a shell
 /// reports for a tool the signal ended (Rust ignores SIGPIPE, so cbctl sees the error).
@@ -603,7 +650,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(key) = &file {
                 // A typo must not read as a clean audit of nothing.
                 if source.store.latest_version(key)?.is_none() {
-                    bail!("no record of file {key} in the log");
+                    return Err(NoSuchFile(format!("no record of file {key} in the log")).into());
                 }
             }
             replay(&source.store, until, file, *json)
@@ -613,8 +660,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let key = file_key(file)?;
             let records = source.store.file_records(&key)?;
             let start = source.store.file_start(&key)?;
-            if records.is_empty() && start.as_ref().is_none_or(|s| s.version.is_none()) {
-                bail!("no record of file {key}");
+            if !FileHistory::knows_file(&records, start.as_ref()) {
+                return Err(NoSuchFile(format!("no record of file {key}")).into());
             }
             let h = FileHistory::fold_from(&key, start, records, None);
             if *json {
@@ -694,6 +741,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => format!("redeliver of {key} appended"),
             };
             say_appended(&what, &answer, *json)
+        }
+        Command::Deliveries {
+            state,
+            project,
+            callback,
+            origin,
+            limit,
+            after,
+            json,
+        } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            let limit = limit.map(|n| n.to_string());
+            for (k, v) in [
+                ("state", state.as_ref()),
+                ("project", project.as_ref()),
+                ("callback", callback.as_ref()),
+                ("origin", origin.as_ref()),
+                ("limit", limit.as_ref()),
+                ("after", after.as_ref()),
+            ] {
+                if let Some(v) = v {
+                    q.append_pair(k, v);
+                }
+            }
+            let q = q.finish();
+            let v = match &cli.server {
+                Some(server) => fetch(server, &format!("/v1/deliveries?{q}"))?
+                    .into_json::<serde_json::Value>()?,
+                None => {
+                    // The same parameters, checked the same way, as the API's.
+                    let params =
+                        cb_cli::lists::DeliveryParams::from_query(Some(&q)).map_err(refused)?;
+                    let source = open(&cli)?;
+                    let page = params.page(&source.store.restore()?.core);
+                    let details = cb_cli::lists::details(&source.store, &page.outcome_seqs());
+                    page.into_json(details)
+                }
+            };
+            if *json {
+                outln!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_deliveries(&v)?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
             let v = match &cli.server {
@@ -1142,9 +1233,13 @@ fn time_of(at: Timestamp) -> String {
 fn print_history(h: &FileHistory) -> std::io::Result<()> {
     let v = view::history(h);
     let steps: Vec<&serde_json::Value> = v["steps"].as_array().into_iter().flatten().collect();
+    // A column per callback that had a machine or that a change passed over.
     let mut callbacks: Vec<String> = steps
         .iter()
-        .flat_map(|s| s["machines"].as_array().into_iter().flatten())
+        .flat_map(|s| {
+            let machines = s["machines"].as_array().into_iter().flatten();
+            machines.chain(s["filtered"].as_array().into_iter().flatten())
+        })
         .filter_map(|m| m["callback"].as_str().map(str::to_owned))
         .collect();
     callbacks.sort();
@@ -1169,6 +1264,12 @@ fn print_history(h: &FileHistory) -> std::io::Result<()> {
                 .flatten()
                 .find(|m| m["callback"].as_str() == Some(c.as_str()))
                 .and_then(|m| m["state"].as_str())
+                .or_else(|| {
+                    // No machine, and this change passed the callback over: say so.
+                    let filtered = step["filtered"].as_array().into_iter().flatten();
+                    let mut filtered = filtered.filter(|f| f["callback"].as_str() == Some(c));
+                    filtered.next().map(|_| "filtered")
+                })
                 .unwrap_or("-");
             line.push_str(&format!("  {state:<w$}", w = width(c)));
         }
@@ -1218,7 +1319,22 @@ fn describe(step: &serde_json::Value) -> String {
     if let Some(why) = step["ignored"].as_str() {
         d.push_str(&format!(" (ignored: {why})"));
     }
+    for f in step["filtered"].as_array().into_iter().flatten() {
+        d.push_str(&format!(
+            "; {} filtered ({})",
+            f["callback"].as_str().unwrap_or("?"),
+            f["why"].as_str().unwrap_or("?")
+        ));
+    }
     d
+}
+
+/// Whether a history step is a change of the file.
+fn is_change(step: &cb_core::Step) -> bool {
+    matches!(
+        &step.cause,
+        Cause::Record(r, _) if matches!(r.kind, RecordKind::ChangeAppended { .. })
+    )
 }
 
 /// The attempt a machine of `h`'s file has in flight at the end of `h`, as it was started.
@@ -1246,6 +1362,9 @@ struct Payload {
     config: Arc<cb_core::Callback>,
     url: String,
     rendered: cb_core::Rendered,
+    /// Set when nothing would send this: the latest change passed the callback over (its
+    /// `events` leave the event out) and it has no machine waiting to deliver.
+    passed_over: Option<cb_core::PassedOver>,
 }
 
 fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Result<ExitCode> {
@@ -1269,8 +1388,8 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
         .into_iter()
         .filter(|r| to.includes(r))
         .collect();
-    if records.is_empty() && start.as_ref().is_none_or(|s| s.version.is_none()) {
-        bail!("no record of file {file} at or before that point");
+    if !FileHistory::knows_file(&records, start.as_ref()) {
+        return Err(NoSuchFile(format!("no record of file {file} at or before that point")).into());
     }
     // The time the log had reached at that point: deadlines up to it have fired. At a seq,
     // that is the record's own time, whatever its kind (the tick that fired a window is not
@@ -1319,9 +1438,30 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
                 }
                 None => (None, render(snap, config), config.clone()),
             };
+            // A machine waiting to deliver sends the latest snapshot whatever passed it
+            // over since; without one, a change the callback filtered out starts nothing.
+            let waiting = h
+                .core
+                .file(file)
+                .and_then(|e| e.machine(&callback))
+                .is_some_and(|m| {
+                    matches!(
+                        m.state.name(),
+                        StateName::Coalescing | StateName::Pending | StateName::Retrying
+                    )
+                });
+            let passed_over = match h.steps.iter().rev().find(|s| is_change(s)) {
+                Some(last) if !waiting && in_flight.is_none() => last
+                    .passed_over
+                    .iter()
+                    .find(|(r, _)| *r == callback)
+                    .map(|(_, why)| *why),
+                _ => None,
+            };
             payloads.push(Payload {
                 callback: callback.to_string(),
                 in_flight,
+                passed_over,
                 url: cb_core::render::request_url(&cb.target.to_url(), &rendered),
                 config: cb,
                 rendered,
@@ -1340,7 +1480,7 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
         }
         let payloads = payloads
             .iter()
-            .map(|p| {
+            .map(|p| -> anyhow::Result<serde_json::Value> {
                 let headers: Vec<_> = p
                     .config
                     .headers
@@ -1352,9 +1492,13 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
                 if let Some((attempt, version)) = p.in_flight {
                     v["in_flight"] = serde_json::json!({"attempt": attempt, "version": version});
                 }
-                v
+                v["would_send"] = p.passed_over.is_none().into();
+                if let Some(why) = p.passed_over {
+                    v["filtered"] = serde_json::to_value(why)?;
+                }
+                Ok(v)
             })
-            .collect();
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let rewound = Rewound {
             state: &state,
             payloads,
@@ -1414,6 +1558,15 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
             None => String::new(),
         };
         let r = &p.rendered;
+        if let Some(why) = p.passed_over {
+            let why = serde_json::to_value(why)?;
+            outln!(
+                "\n{}: would not send: the latest change was filtered ({}) and no delivery is waiting; \
+                 a change it takes would send:",
+                p.callback,
+                why.as_str().unwrap_or("?")
+            );
+        }
         outln!(
             "\n{}{flight}: {} {}  (digest {})",
             p.callback,
@@ -1434,6 +1587,43 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
+fn print_deliveries(v: &serde_json::Value) -> std::io::Result<()> {
+    let items = v["items"].as_array().map_or(&[][..], Vec::as_slice);
+    if items.is_empty() {
+        outln!("no deliveries match");
+    }
+    for d in items {
+        let s = |k: &str| d[k].as_str().unwrap_or("").to_owned();
+        let mut line = format!("{}  {}  {}", s("file"), s("callback"), s("state"));
+        for k in [
+            "due_time",
+            "next_time",
+            "started_time",
+            "sent_time",
+            "abandoned_time",
+        ] {
+            if let Some(t) = d[k].as_str() {
+                line.push_str(&format!("  {}={t}", k.trim_end_matches("_time")));
+            }
+        }
+        if let Some(n) = d["attempts"].as_u64() {
+            line.push_str(&format!("  attempts={n}"));
+        }
+        let o = &d["last_outcome"];
+        if let Some(outcome) = o["outcome"].as_str() {
+            line.push_str(&format!("  last={outcome}"));
+            if let Some(detail) = o["detail"].as_str().filter(|d| !d.is_empty()) {
+                line.push_str(&format!(" ({detail})"));
+            }
+        }
+        outln!("{line}");
+    }
+    if let Some(next) = v["next"].as_str() {
+        outln!("more: --after '{next}'");
+    }
+    Ok(())
+}
+
 fn print_status(v: &serde_json::Value) -> std::io::Result<()> {
     let m = &v["machines"];
     outln!(
@@ -1450,14 +1640,25 @@ fn print_status(v: &serde_json::Value) -> std::io::Result<()> {
     if let Some(t) = v["next_deadline"].as_u64() {
         outln!("oldest due: {}", time_of(Timestamp(t)));
     }
-    for a in v["abandoned"].as_array().into_iter().flatten() {
-        outln!(
-            "abandoned: {} {} (delivery {}, {} attempts)",
-            a["file"].as_str().unwrap_or("?"),
-            a["callback"].as_str().unwrap_or("?"),
-            a["delivery"],
-            a["attempts"]
-        );
+    for state in ["retrying", "abandoned"] {
+        let listed = v[state].as_array().map_or(&[][..], Vec::as_slice);
+        for a in listed {
+            outln!(
+                "{state}: {} {} (delivery {}, {} attempts)",
+                a["file"].as_str().unwrap_or("?"),
+                a["callback"].as_str().unwrap_or("?"),
+                a["delivery"],
+                a["attempts"]
+            );
+        }
+        // The server lists the first ones by key; the totals count them all.
+        let more = m[state]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(listed.len() as u64);
+        if more > 0 {
+            outln!("{state}: … and {more} more");
+        }
     }
     for d in v["disabled_callbacks"].as_array().into_iter().flatten() {
         match d["file"].as_str() {

@@ -1,0 +1,148 @@
+//! The operator's lists against a real daemon and real receivers: which deliveries are
+//! failing, filtered by state, project, callback and origin, paged with a cursor, the same
+//! through `cbctl` online and offline.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::cbctl::cbctl;
+use crate::support::{snapshot, Cbd, Receiver, Reply, TOKEN};
+
+fn files_of(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}",
+                d["file"].as_str().unwrap(),
+                d["callback"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn deliveries_list_the_failing_ones_by_state_project_callback_and_origin() {
+    let failing = Receiver::answering(Reply::Status(503, vec![]));
+    let ok = Receiver::start();
+    let mut cbd = Cbd::start(&["--allow-private-targets"]);
+    // Two projects on the healthy receiver with long windows (their machines stay
+    // coalescing), one callback of project `b` on the failing one.
+    for p in ["a", "b"] {
+        cbd.put_callback(
+            p,
+            "site",
+            json!({"url": ok.url("/cb"), "window_secs": 3600}),
+        );
+    }
+    cbd.put_callback(
+        "b",
+        "mirror",
+        json!({"url": failing.url("/m"), "window_secs": 1, "leading": true, "backoff_secs": [3600]}),
+    );
+    for i in 0..3 {
+        cbd.change("a", &format!("{i}"), "rated", snapshot(&i.to_string(), 1));
+    }
+    cbd.change("b", "556114", "rated", snapshot("556114", 1));
+    cbd.wait_for("the mirror retrying", Duration::from_secs(10), || {
+        cbd.machine("b", "556114", "mirror")["state"] == "retrying"
+    });
+
+    // Which deliveries are failing: one, with its last outcome's detail.
+    let retrying = cbd.get("/v1/deliveries?state=retrying");
+    assert_eq!(files_of(&retrying), ["b/556114 mirror"], "{retrying}");
+    let d = &retrying["items"][0];
+    assert_eq!(d["project"], "b");
+    assert_eq!(d["file_id"], "556114");
+    assert_eq!(d["attempts"], 1, "{d}");
+    assert!(d["next_time"].is_string(), "{d}");
+    assert_eq!(d["last_outcome"]["outcome"], "503", "{d}");
+    assert!(d["last_outcome"]["detail"].is_string(), "{d}");
+    assert_eq!(retrying["next"], Value::Null);
+
+    // Each filter alone and together; the origin as scheme://host:port.
+    let origin = failing.url("").trim_end_matches('/').to_owned();
+    let by_origin = cbd.get(&format!("/v1/deliveries?origin={origin}"));
+    assert_eq!(files_of(&by_origin), ["b/556114 mirror"], "{by_origin}");
+    let by_project = cbd.get("/v1/deliveries?project=b");
+    assert_eq!(
+        files_of(&by_project),
+        ["b/556114 mirror", "b/556114 site"],
+        "in (project, callback, file) order: {by_project}"
+    );
+    let by_callback = cbd.get("/v1/deliveries?callback=site&state=coalescing");
+    assert_eq!(
+        files_of(&by_callback),
+        ["a/0 site", "a/1 site", "a/2 site", "b/556114 site"],
+        "{by_callback}"
+    );
+    let none = cbd.get("/v1/deliveries?project=a&state=retrying");
+    assert_eq!(none, json!({"items": [], "next": null}));
+
+    // Paging: one at a time, each cursor giving the next, every machine once.
+    let mut seen = Vec::new();
+    let mut path = "/v1/deliveries?limit=1".to_owned();
+    loop {
+        let page = cbd.get(&path);
+        seen.extend(files_of(&page));
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/deliveries?limit=1&after={next}"),
+            None => break,
+        }
+        assert!(seen.len() <= 5, "the pages do not end: {seen:?}");
+    }
+    assert_eq!(
+        seen,
+        [
+            "a/0 site",
+            "a/1 site",
+            "a/2 site",
+            "b/556114 mirror",
+            "b/556114 site"
+        ]
+    );
+
+    // Bad parameters: 400 with a sentence, never a 500.
+    for (q, says) in [
+        ("state=stuck", "one of coalescing"),
+        ("limit=0", "from 1 to 1000"),
+        ("origin=example.org", "scheme://host"),
+        ("after=nonsense", "cursor"),
+        ("cb=site", "unknown query parameter"),
+    ] {
+        let (status, body) = cbd.call("GET", &format!("/v1/deliveries?{q}"), None, None);
+        assert_eq!(status, 400, "{q}: {body}");
+        assert!(body.contains(says), "{q}: {body}");
+    }
+
+    // cbctl, through the server and then on the stopped daemon's data dir: the same list.
+    let server = cbd.url("");
+    let online = Command::new(env!("CARGO_BIN_EXE_cbctl"))
+        .args(["--server", &server, "deliveries", "--state", "retrying"])
+        .env("CBD_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(online.status.success(), "{online:?}");
+    let online = String::from_utf8_lossy(&online.stdout).into_owned();
+    assert!(online.starts_with("b/556114  mirror  retrying"), "{online}");
+    assert!(online.contains("attempts=1  last=503"), "{online}");
+    assert!(cbd.terminate().success());
+    let (code, offline, err) = cbctl(&cbd.dir, &["deliveries", "--state", "retrying"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        offline.starts_with("b/556114  mirror  retrying"),
+        "{offline}"
+    );
+    let (code, out, err) = cbctl(&cbd.dir, &["deliveries", "--limit", "2", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let page: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(files_of(&page), ["a/0 site", "a/1 site"]);
+    assert_eq!(page["next"], "a~site~1");
+    let (code, _, err) = cbctl(&cbd.dir, &["deliveries", "--state", "stuck"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("one of coalescing"), "{err}");
+}
