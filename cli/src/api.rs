@@ -134,6 +134,15 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
         (&Method::GET, ["v1", "log"]) => log(api, req.uri().query()),
         (&Method::GET, ["v1", "status"]) => status(api).await,
         (&Method::GET, ["v1", "deliveries"]) => deliveries(api, req.uri().query()).await,
+        (&Method::GET, ["v1", "projects"]) => {
+            let params = lists::ProjectParams::from_query(req.uri().query())?;
+            let page = api
+                .handle
+                .query(move |core| params.page(core))
+                .await
+                .map_err(driver_stopped)?;
+            Ok(json_response(StatusCode::OK, &page))
+        }
         (_, route) => match allowed_methods(route) {
             Some(allow) => Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -151,7 +160,7 @@ fn allowed_methods(route: &[&str]) -> Option<&'static str> {
     Some(match route {
         ["healthz" | "metrics"] => "GET, HEAD",
         ["v1", "changes"] | ["v1", "changes", "batch"] => "POST",
-        ["v1", "log" | "status" | "deliveries"] => "GET, HEAD",
+        ["v1", "log" | "status" | "deliveries" | "projects"] => "GET, HEAD",
         ["v1", "projects", _, "callbacks"] => "GET, HEAD",
         ["v1", "projects", _, "callbacks", _] => "GET, HEAD, PUT, DELETE",
         ["v1", "files", _, _] | ["v1", "files", _, _, "history"] => "GET, HEAD",

@@ -91,6 +91,84 @@ impl DeliveryParams {
     }
 }
 
+/// What `GET /v1/projects` (and `cbctl projects`) asks: a page of projects by id.
+#[derive(Clone, Debug)]
+pub struct ProjectParams {
+    after: Option<ProjectId>,
+    limit: usize,
+}
+
+impl ProjectParams {
+    /// Parses `limit=&after=`; anything else is refused.
+    pub fn from_query(q: Option<&str>) -> Result<ProjectParams, ApiError> {
+        let q = query(q, &["limit", "after"])?;
+        let after = q.get("after").map(|a| ingest::project(a)).transpose()?;
+        Ok(ProjectParams {
+            after,
+            limit: limit(&q)?,
+        })
+    }
+
+    /// Each project with a callback or a machine, by id: its callbacks (with their target and
+    /// origin, and who disabled them) and the machines per state of each and in all. Costs
+    /// the projects and callbacks listed: the core keeps the counts.
+    pub fn page(self, core: &Core) -> Value {
+        let counts = core.group_counts();
+        let mut ids: Vec<&ProjectId> = core.projects().chain(counts.keys()).collect();
+        ids.sort();
+        ids.dedup();
+        let from = match &self.after {
+            Some(after) => ids.partition_point(|p| *p <= after),
+            None => 0,
+        };
+        let shown = &ids[from..ids.len().min(from + self.limit)];
+        let next = (from + self.limit < ids.len()).then(|| shown.last().map(|p| p.as_str()));
+        let states = |n: &[u64; 5]| -> Value {
+            let m: serde_json::Map<String, Value> = StateName::ALL
+                .iter()
+                .zip(n)
+                .map(|(s, n)| (s.as_str().to_owned(), (*n).into()))
+                .collect();
+            Value::Object(m)
+        };
+        let none = std::collections::BTreeMap::new();
+        let items: Vec<Value> = shown
+            .iter()
+            .map(|p| {
+                let held = counts.get(*p).unwrap_or(&none);
+                let mut total = [0u64; 5];
+                for n in held.values() {
+                    for (t, n) in total.iter_mut().zip(n) {
+                        *t += n;
+                    }
+                }
+                let mut callbacks: Vec<Value> = core
+                    .callbacks(p)
+                    .map(|(name, slot)| {
+                        let r = CallbackRef::Project(name.clone());
+                        json!({
+                            "callback": name.as_str(),
+                            "url": slot.callback.target.to_url(),
+                            "origin": cb_dispatcher::limits::origin_of(&slot.callback.target),
+                            "disabled_by": slot.disabled_by.map(|s| s.0),
+                            "machines": states(held.get(&r).unwrap_or(&[0; 5])),
+                        })
+                    })
+                    .collect();
+                // Per-file callbacks (LightFlow) have a target per file: counted by name.
+                for (r, n) in held
+                    .iter()
+                    .filter(|(r, _)| matches!(r, CallbackRef::File(_)))
+                {
+                    callbacks.push(json!({"callback": r.to_string(), "machines": states(n)}));
+                }
+                json!({"project": p.as_str(), "machines": states(&total), "callbacks": callbacks})
+            })
+            .collect();
+        json!({"items": items, "next": next.flatten()})
+    }
+}
+
 /// One page of deliveries, before the last outcomes' details are read from the log.
 pub struct DeliveryPage {
     items: Vec<(Value, Option<Seq>)>,

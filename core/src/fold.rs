@@ -191,7 +191,13 @@ struct Tally {
     lists: [Option<BTreeSet<ListKey>>; 5],
     /// Invariant: the per-file callbacks a `410 Gone` disabled, as (file, callback) keys.
     disabled_file_callbacks: BTreeSet<MachineKey>,
+    /// Invariant, when kept (with the lists): for each (project, callback) that has
+    /// machines, their number per state — `GET /v1/projects`' counts.
+    groups: Option<GroupCounts>,
 }
+
+/// Machines per state of each (project, callback), for those that have any.
+pub type GroupCounts = BTreeMap<ProjectId, BTreeMap<CallbackRef, [u64; 5]>>;
 
 impl Default for Tally {
     fn default() -> Tally {
@@ -202,6 +208,7 @@ impl Default for Tally {
             states: [0; 5],
             lists,
             disabled_file_callbacks: BTreeSet::new(),
+            groups: None,
         }
     }
 }
@@ -211,6 +218,9 @@ impl Tally {
     fn moved(&mut self, key: &MachineKey, was: Option<StateName>, is: Option<StateName>) {
         if was == is {
             return;
+        }
+        if let Some(groups) = &mut self.groups {
+            count_in_group(groups, key, was, is);
         }
         let listed = |s: Option<StateName>| s.is_some_and(|s| self.lists[state_index(s)].is_some());
         let list_key = (listed(was) || listed(is)).then(|| ListKey::of(key));
@@ -227,6 +237,38 @@ impl Tally {
             if let (Some(list), Some(k)) = (&mut self.lists[i], list_key) {
                 list.insert(k);
             }
+        }
+    }
+}
+
+/// Moves `key`'s machine from `was` to `is` in its group's counts; a group left with no
+/// machine goes, so the counts hold only groups with machines.
+fn count_in_group(
+    groups: &mut GroupCounts,
+    key: &MachineKey,
+    was: Option<StateName>,
+    is: Option<StateName>,
+) {
+    let project = &key.file.project;
+    if groups
+        .get(project)
+        .is_none_or(|g| !g.contains_key(&key.callback))
+    {
+        let g = groups.entry(project.clone()).or_default();
+        g.insert(key.callback.clone(), [0; 5]);
+    }
+    let callbacks = groups.get_mut(project).expect("made above");
+    let counts = callbacks.get_mut(&key.callback).expect("made above");
+    if let Some(was) = was {
+        counts[state_index(was)] -= 1;
+    }
+    if let Some(is) = is {
+        counts[state_index(is)] += 1;
+    }
+    if counts.iter().all(|n| *n == 0) {
+        callbacks.remove(&key.callback);
+        if callbacks.is_empty() {
+            groups.remove(project);
         }
     }
 }
@@ -1069,19 +1111,47 @@ impl Core {
                 missing.push(i);
             }
         }
+        let mut groups = GroupCounts::new();
         for (file, entry) in &self.files {
             for (callback, m) in &entry.machines {
                 let i = state_index(m.state.name());
+                let key = MachineKey {
+                    file: file.clone(),
+                    callback: callback.clone(),
+                };
+                count_in_group(&mut groups, &key, None, Some(m.state.name()));
                 if missing.contains(&i) {
-                    let key = MachineKey {
-                        file: file.clone(),
-                        callback: callback.clone(),
-                    };
                     let list = self.tally.lists[i].as_mut().expect("made above");
                     list.insert(ListKey::of(&key));
                 }
             }
         }
+        self.tally.groups = Some(groups);
+    }
+
+    /// The machines per state of each (project, callback) that has any (`GET /v1/projects`):
+    /// kept with the lists ([`Core::keep_lists`]), else counted machine by machine.
+    pub fn group_counts(&self) -> std::borrow::Cow<'_, GroupCounts> {
+        match &self.tally.groups {
+            Some(groups) => std::borrow::Cow::Borrowed(groups),
+            None => std::borrow::Cow::Owned(self.group_counts_scanned()),
+        }
+    }
+
+    /// [`Core::group_counts`] counted machine by machine: what the kept counts are held to.
+    #[doc(hidden)]
+    pub fn group_counts_scanned(&self) -> GroupCounts {
+        let mut groups = GroupCounts::new();
+        for (file, entry) in &self.files {
+            for (callback, m) in &entry.machines {
+                let key = MachineKey {
+                    file: file.clone(),
+                    callback: callback.clone(),
+                };
+                count_in_group(&mut groups, &key, None, Some(m.state.name()));
+            }
+        }
+        groups
     }
 
     /// Whether every state's list is kept ([`Core::keep_lists`]).

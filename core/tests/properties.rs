@@ -946,6 +946,7 @@ proptest! {
                     core.machines_scanned_in(state).into_iter().map(|(k, _)| k).collect();
                 prop_assert_eq!(keys_in(&listing, state), scanned, "#{}", r.seq);
             }
+            prop_assert_eq!(&*listing.group_counts(), &core.group_counts_scanned(), "#{}", r.seq);
             for state in [StateName::Retrying, StateName::Abandoned] {
                 let scanned: Vec<MachineKey> =
                     core.machines_scanned_in(state).into_iter().map(|(k, _)| k).collect();

@@ -119,6 +119,27 @@ fn deliveries_list_the_failing_ones_by_state_project_callback_and_origin() {
         assert!(body.contains(says), "{q}: {body}");
     }
 
+    // Projects: each callback with its counts per state, and the project's totals.
+    let projects = cbd.get("/v1/projects");
+    assert_eq!(projects["next"], Value::Null, "{projects}");
+    let a = &projects["items"][0];
+    assert_eq!(a["project"], "a");
+    assert_eq!(a["machines"]["coalescing"], 3, "{a}");
+    let b = &projects["items"][1];
+    assert_eq!(b["machines"]["coalescing"], 1, "{b}");
+    assert_eq!(b["machines"]["retrying"], 1, "{b}");
+    let mirror = &b["callbacks"][0];
+    assert_eq!(mirror["callback"], "mirror", "{b}");
+    assert_eq!(mirror["origin"], origin, "{b}");
+    assert_eq!(mirror["machines"]["retrying"], 1, "{b}");
+    assert_eq!(mirror["disabled_by"], Value::Null, "{b}");
+    let first = cbd.get("/v1/projects?limit=1");
+    assert_eq!(first["items"].as_array().unwrap().len(), 1);
+    assert_eq!(first["next"], "a");
+    let second = cbd.get("/v1/projects?limit=1&after=a");
+    assert_eq!(second["items"][0]["project"], "b");
+    assert_eq!(second["next"], Value::Null);
+
     // cbctl, through the server and then on the stopped daemon's data dir: the same list.
     let server = cbd.url("");
     let online = Command::new(env!("CARGO_BIN_EXE_cbctl"))
@@ -142,6 +163,14 @@ fn deliveries_list_the_failing_ones_by_state_project_callback_and_origin() {
     let page: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(files_of(&page), ["a/0 site", "a/1 site"]);
     assert_eq!(page["next"], "a~site~1");
+    let (code, out, err) = cbctl(&cbd.dir, &["projects"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("a  coalescing 3\n"), "{out}");
+    assert!(out.contains("\nb  coalescing 1 · retrying 1\n"), "{out}");
+    assert!(
+        out.contains(&format!("  mirror  {origin}/m  retrying 1")),
+        "{out}"
+    );
     let (code, _, err) = cbctl(&cbd.dir, &["deliveries", "--state", "stuck"]);
     assert_eq!(code, 2);
     assert!(err.contains("one of coalescing"), "{err}");

@@ -253,6 +253,22 @@ cbctl --data-dir /var/lib/cb rewind newzulu/556114 --to 2026-11-23T09:01:10.500Z
         #[arg(long)]
         json: bool,
     },
+    /// Each project with its callbacks (target, origin, disabled or not) and the machines per
+    /// state of each and in all, a page of projects at a time.
+    #[command(after_help = "Examples:\n  cbctl --data-dir /var/lib/cb projects\n  \
+CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 projects --json\n  \
+cbctl projects --after acme   # the page after that one")]
+    Projects {
+        /// At most this many projects (1 to 1000; 100 by default).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The page after this project (the `next` of the page before).
+        #[arg(long)]
+        after: Option<String>,
+        /// JSON output: the API's answer, `{"items": [...], "next": ...}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// The deliveries the core holds now, filtered, a page at a time, in (project, callback,
     /// file) order: each machine's state, its due or next attempt, attempts so far and its
     /// last outcome with the detail.
@@ -783,6 +799,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_deliveries(&v)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Projects { limit, after, json } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            if let Some(n) = limit {
+                q.append_pair("limit", &n.to_string());
+            }
+            if let Some(a) = after {
+                q.append_pair("after", a);
+            }
+            let q = q.finish();
+            let v = match &cli.server {
+                Some(server) => {
+                    fetch(server, &format!("/v1/projects?{q}"))?.into_json::<serde_json::Value>()?
+                }
+                None => {
+                    let params =
+                        cb_cli::lists::ProjectParams::from_query(Some(&q)).map_err(refused)?;
+                    let source = open(&cli)?;
+                    params.page(&source.store.restore()?.core)
+                }
+            };
+            if *json {
+                outln!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_projects(&v)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -1585,6 +1628,49 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_projects(v: &serde_json::Value) -> std::io::Result<()> {
+    // Only the states that hold machines: a project's line stays short.
+    let states = |m: &serde_json::Value| -> String {
+        let held: Vec<String> = cb_core::StateName::ALL
+            .iter()
+            .filter_map(|s| {
+                let n = m[s.as_str()].as_u64().unwrap_or(0);
+                (n > 0).then(|| format!("{} {n}", s.as_str()))
+            })
+            .collect();
+        if held.is_empty() {
+            "no machines".to_owned()
+        } else {
+            held.join(" · ")
+        }
+    };
+    let items = v["items"].as_array().map_or(&[][..], Vec::as_slice);
+    if items.is_empty() {
+        outln!("no projects");
+    }
+    for p in items {
+        outln!(
+            "{}  {}",
+            p["project"].as_str().unwrap_or("?"),
+            states(&p["machines"])
+        );
+        for c in p["callbacks"].as_array().into_iter().flatten() {
+            let mut line = format!("  {}", c["callback"].as_str().unwrap_or("?"));
+            if let Some(url) = c["url"].as_str() {
+                line.push_str(&format!("  {url}"));
+            }
+            if let Some(by) = c["disabled_by"].as_u64() {
+                line.push_str(&format!("  disabled (410 at seq {by})"));
+            }
+            outln!("{line}  {}", states(&c["machines"]));
+        }
+    }
+    if let Some(next) = v["next"].as_str() {
+        outln!("more: --after {next}");
+    }
+    Ok(())
 }
 
 fn print_deliveries(v: &serde_json::Value) -> std::io::Result<()> {
