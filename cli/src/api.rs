@@ -134,6 +134,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
         (&Method::GET, ["v1", "log"]) => log(api, req.uri().query()),
         (&Method::GET, ["v1", "status"]) => status(api).await,
         (&Method::GET, ["v1", "deliveries"]) => deliveries(api, req.uri().query()).await,
+        (&Method::POST, ["v1", "redeliver"]) => bulk_redeliver(api, req).await,
         (&Method::GET, ["v1", "projects"]) => {
             let params = lists::ProjectParams::from_query(req.uri().query())?;
             let page = api
@@ -164,7 +165,7 @@ fn allowed_methods(route: &[&str]) -> Option<&'static str> {
         ["v1", "projects", _, "callbacks"] => "GET, HEAD",
         ["v1", "projects", _, "callbacks", _] => "GET, HEAD, PUT, DELETE",
         ["v1", "files", _, _] | ["v1", "files", _, _, "history"] => "GET, HEAD",
-        ["v1", "files", _, _, "redeliver"] => "POST",
+        ["v1", "files", _, _, "redeliver"] | ["v1", "redeliver"] => "POST",
         _ => return None,
     })
 }
@@ -698,6 +699,27 @@ async fn redeliver(
     Ok(json_response(
         StatusCode::ACCEPTED,
         &json!({"seq": appended.first.0}),
+    ))
+}
+
+/// `POST /v1/redeliver`: every failing delivery of a project (or one callback, one state,
+/// failed within `since..=until`) redelivered, as one append of one record each.
+async fn bulk_redeliver(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (_, body) = read_body(req, api.max_body).await?;
+    let bulk = lists::BulkRedeliver::from_json(&body)?;
+    let (machines, more) = api
+        .handle
+        .query(move |core| bulk.select(core))
+        .await
+        .map_err(driver_stopped)?;
+    let count = machines.len();
+    let first = match count {
+        0 => None,
+        _ => Some(append(api, lists::redeliver_records(machines)).await?.first),
+    };
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &lists::bulk_answer(count, first, more),
     ))
 }
 

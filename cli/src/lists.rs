@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use cb_core::{
     CallbackRef, Core, DeliveryQuery, ListKey, ProjectId, Record, RecordKind, Seq, StateName,
+    Timestamp,
 };
 use cb_store::Store;
 use serde_json::{json, Value};
@@ -167,6 +168,163 @@ impl ProjectParams {
             .collect();
         json!({"items": items, "next": next.flatten()})
     }
+}
+
+/// The most machines one bulk redeliver appends for; past it the answer says `more`, and
+/// the same request again takes the next ones (those redelivered are no longer failing).
+pub const BULK_MAX: usize = 10_000;
+
+/// What `POST /v1/redeliver` asks: `{"project", "callback"?, "state"?, "since"?, "until"?}`.
+#[derive(Clone, Debug)]
+pub struct BulkRedeliver {
+    project: ProjectId,
+    callback: Option<CallbackRef>,
+    /// Retrying, abandoned, or (absent) both: the failing deliveries.
+    states: Vec<StateName>,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+}
+
+impl BulkRedeliver {
+    /// Parses the JSON body; unknown fields and bad values are refused with a sentence.
+    pub fn from_json(body: &[u8]) -> Result<BulkRedeliver, ApiError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            project: String,
+            callback: Option<String>,
+            state: Option<String>,
+            since: Option<String>,
+            until: Option<String>,
+        }
+        let b: Body = serde_json::from_slice(body).map_err(|e| {
+            bad_body(format!(
+                "{e}; send {{\"project\", \"callback\"?, \"state\"?: \"abandoned\"|\"retrying\", \"since\"?, \"until\"?}}"
+            ))
+        })?;
+        let states = match b.state.as_deref() {
+            None => vec![StateName::Retrying, StateName::Abandoned],
+            Some("retrying") => vec![StateName::Retrying],
+            Some("abandoned") => vec![StateName::Abandoned],
+            Some(other) => {
+                return Err(bad_body(format!(
+                    "state {:?}: a bulk redeliver takes \"retrying\" or \"abandoned\" (or neither, for both)",
+                    clip(other)
+                )))
+            }
+        };
+        let time = |what: &str, v: Option<String>| {
+            v.map(|v| {
+                parse_time(&v).ok_or_else(|| {
+                    bad_body(format!(
+                        "{what} {:?}: give an RFC 3339 time, e.g. 2026-12-07T09:00:00Z",
+                        clip(&v)
+                    ))
+                })
+            })
+            .transpose()
+        };
+        Ok(BulkRedeliver {
+            project: ingest::project(&b.project)?,
+            callback: b
+                .callback
+                .map(|c| {
+                    CallbackRef::parse(&c)
+                        .map_err(|e| bad_body(format!("callback {:?}: {e}", clip(&c))))
+                })
+                .transpose()?,
+            states,
+            since: time("since", b.since)?,
+            until: time("until", b.until)?,
+        })
+    }
+
+    /// The machines to redeliver, in list order, at most [`BULK_MAX`]: failing ones (in the
+    /// states asked) of the project (and callback) whose last outcome is within
+    /// `since..=until`, that a redeliver would start now (`Core::redeliver_check`). With
+    /// whether more were left for another request.
+    pub fn select(&self, core: &Core) -> (Vec<cb_core::MachineKey>, bool) {
+        let mut out = Vec::new();
+        for state in &self.states {
+            let mut after = None;
+            loop {
+                let page = core.deliveries(&DeliveryQuery {
+                    state: Some(*state),
+                    project: Some(self.project.clone()),
+                    callback: self.callback.clone(),
+                    target: None,
+                    after: after.take(),
+                    limit: LIMIT_MAX,
+                });
+                for (key, m) in &page.items {
+                    let at = m.last_outcome.map(|o| o.at);
+                    let within = at.is_some_and(|at| {
+                        self.since.is_none_or(|s| at >= s) && self.until.is_none_or(|u| at <= u)
+                    });
+                    let key = key.machine_key();
+                    let version = core.file(&key.file).map(|e| e.version);
+                    if within
+                        && core
+                            .redeliver_check(&key.file, Some(&key.callback), version)
+                            .is_ok()
+                    {
+                        if out.len() == BULK_MAX {
+                            return (out, true);
+                        }
+                        out.push(key);
+                    }
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        (out, false)
+    }
+}
+
+/// The records of a bulk redeliver: one `RedeliverRequested` per machine, for its callback.
+pub fn redeliver_records(machines: Vec<cb_core::MachineKey>) -> Vec<cb_store::Input> {
+    machines
+        .into_iter()
+        .map(|m| {
+            cb_store::Input::Record(RecordKind::RedeliverRequested {
+                file: m.file,
+                callback: Some(m.callback),
+                version: None,
+            })
+        })
+        .collect()
+}
+
+/// The answer of a bulk redeliver: how many were appended, their seqs (one append: dense,
+/// `first_seq..=last_seq`), and whether the same request again has more to take.
+pub fn bulk_answer(count: usize, first: Option<Seq>, more: bool) -> Value {
+    json!({
+        "count": count,
+        "first_seq": first.map(|s| s.0),
+        "last_seq": first.map(|s| s.0 + count as u64 - 1),
+        "more": more,
+    })
+}
+
+fn bad_body(detail: String) -> ApiError {
+    ApiError::bad_request("bad_body", detail)
+}
+
+/// An RFC 3339 time with any offset, or UTC without one (`2026-11-23 09:00:00`, as cbctl
+/// prints), as milliseconds since the epoch; `None` if it is neither or before 1970.
+pub fn parse_time(s: &str) -> Option<Timestamp> {
+    let ms = match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        Ok(t) => t.unix_timestamp_nanos() / 1_000_000,
+        Err(_) => humantime::parse_rfc3339_weak(s)
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_millis() as i128,
+    };
+    u64::try_from(ms).ok().map(Timestamp)
 }
 
 /// One page of deliveries, before the last outcomes' details are read from the log.

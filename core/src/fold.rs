@@ -1169,7 +1169,12 @@ impl Core {
             built: Default::default(),
         };
         for (i, state) in StateName::ALL.iter().enumerate() {
+            let asked = query.state.is_none_or(|s| s == *state);
             if self.tally.lists[i].is_none() {
+                if !asked {
+                    lists.built[i] = Some(BTreeSet::new());
+                    continue;
+                }
                 let found = self.machines_scanned_in(*state);
                 lists.built[i] = Some(found.iter().map(|(k, _)| ListKey::of(k)).collect());
             }

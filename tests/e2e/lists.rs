@@ -140,6 +140,55 @@ fn deliveries_list_the_failing_ones_by_state_project_callback_and_origin() {
     assert_eq!(second["items"][0]["project"], "b");
     assert_eq!(second["next"], Value::Null);
 
+    // Bulk redeliver: the failing ones of a project, one record each; the receiver gets a
+    // second attempt at once (the backoff was an hour). Filters that match none append none.
+    let redeliver = |body: Value| {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        cbd.call(
+            "POST",
+            "/v1/redeliver",
+            Some("application/json"),
+            Some(&bytes),
+        )
+    };
+    let (status, body) = redeliver(json!({"project": "b", "since": "2100-01-01T00:00:00Z"}));
+    assert_eq!(status, 202, "{body}");
+    let none: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        none,
+        json!({"count": 0, "first_seq": null, "last_seq": null, "more": false})
+    );
+    let (status, body) = redeliver(json!({"project": "a"}));
+    assert_eq!(
+        (
+            status,
+            serde_json::from_str::<Value>(&body).unwrap()["count"].clone()
+        ),
+        (202, json!(0))
+    );
+    let before = failing.count();
+    let (status, body) =
+        redeliver(json!({"project": "b", "state": "retrying", "callback": "mirror"}));
+    assert_eq!(status, 202, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["count"], 1, "{answer}");
+    assert_eq!(answer["first_seq"], answer["last_seq"], "{answer}");
+    assert_eq!(answer["more"], false, "{answer}");
+    failing.wait_for_count(before + 1, Duration::from_secs(10));
+    for (bad, says) in [
+        (json!({"state": "retrying"}), "missing field `project`"),
+        (json!({"project": "b", "state": "sent"}), "a bulk redeliver takes"),
+        (json!({"project": "b", "since": "yesterday"}), "RFC 3339"),
+        (json!({"project": "b", "cb": "x"}), "unknown field"),
+    ] {
+        let (status, body) = redeliver(bad.clone());
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains(says), "{bad}: {body}");
+    }
+    cbd.wait_for("retrying again", Duration::from_secs(10), || {
+        cbd.machine("b", "556114", "mirror")["state"] == "retrying"
+    });
+
     // cbctl, through the server and then on the stopped daemon's data dir: the same list.
     let server = cbd.url("");
     let online = Command::new(env!("CARGO_BIN_EXE_cbctl"))
@@ -171,6 +220,10 @@ fn deliveries_list_the_failing_ones_by_state_project_callback_and_origin() {
         out.contains(&format!("  mirror  {origin}/m  retrying 1")),
         "{out}"
     );
+    // Offline, the bulk redeliver appends for the daemon's next start.
+    let (code, out, err) = cbctl(&cbd.dir, &["bulk-redeliver", "b", "--state", "retrying"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("1 redelivers appended: seq "), "{out}");
     let (code, _, err) = cbctl(&cbd.dir, &["deliveries", "--state", "stuck"]);
     assert_eq!(code, 2);
     assert!(err.contains("one of coalescing"), "{err}");

@@ -345,6 +345,34 @@ CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 redeliver newzulu/556114 --ca
         #[arg(long)]
         json: bool,
     },
+    /// Redeliver every failing delivery of a project at once (`POST /v1/redeliver`): its
+    /// retrying and abandoned machines, or one callback's, one state's, or those whose last
+    /// attempt failed within --since..--until. One record each, in one append.
+    #[command(
+        after_help = "At most 10,000 at a time: past that the answer says so (\"more\") and the same \
+command again takes the next ones.\n\n\
+Examples:\n  CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 bulk-redeliver acme --state abandoned\n  \
+cbctl --data-dir /var/lib/cb bulk-redeliver acme --callback site --since 2026-12-07T09:00:00Z"
+    )]
+    BulkRedeliver {
+        /// The project.
+        project: String,
+        /// Only this callback's (`file:NAME` for a per-file one).
+        #[arg(long)]
+        callback: Option<String>,
+        /// Only `retrying` or only `abandoned` machines (both by default).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only machines whose last attempt failed at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only machines whose last attempt failed at or before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// The answer as JSON (`{"count", "first_seq", "last_seq", "more"}`).
+        #[arg(long)]
+        json: bool,
+    },
     /// The log as NDJSON on stdout (docs/interchange.md).
     #[command(
         after_help = "The log holds callbacks' signing secrets and header values: an export is a \
@@ -579,16 +607,8 @@ impl Point {
             )
         };
         // RFC 3339 with any offset; without one (`2026-11-23 09:00:00`), UTC, as cbctl prints.
-        let ms =
-            match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
-                Ok(t) => t.unix_timestamp_nanos() / 1_000_000,
-                Err(_) => humantime::parse_rfc3339_weak(s)
-                    .with_context(refused)?
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i128),
-            };
-        let ms = u64::try_from(ms).with_context(|| format!("{} (before 1970)", refused()))?;
-        Ok(Point::Time(Timestamp(ms)))
+        let at = cb_cli::lists::parse_time(s).with_context(refused)?;
+        Ok(Point::Time(at))
     }
 
     fn includes(self, r: &Record) -> bool {
@@ -757,6 +777,61 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => format!("redeliver of {key} appended"),
             };
             say_appended(&what, &answer, *json)
+        }
+        Command::BulkRedeliver {
+            project,
+            callback,
+            state,
+            since,
+            until,
+            json,
+        } => {
+            let mut body = serde_json::json!({"project": project});
+            for (k, v) in [
+                ("callback", callback),
+                ("state", state),
+                ("since", since),
+                ("until", until),
+            ] {
+                if let Some(v) = v {
+                    body[k] = v.as_str().into();
+                }
+            }
+            let body = serde_json::to_vec(&body)?;
+            let answer = match &cli.server {
+                Some(server) => send(server, "POST", "/v1/redeliver", Some(&body))?,
+                None => {
+                    // The same request, checked and answered by the same code as the API's.
+                    let bulk = cb_cli::lists::BulkRedeliver::from_json(&body).map_err(refused)?;
+                    let store = open_for_append(&cli)?;
+                    let (machines, more) = bulk.select(&store.restore()?.core);
+                    let count = machines.len();
+                    let first = match count {
+                        0 => None,
+                        _ => Some(
+                            store
+                                .append(cb_cli::lists::redeliver_records(machines))?
+                                .first,
+                        ),
+                    };
+                    cb_cli::lists::bulk_answer(count, first, more)
+                }
+            };
+            if *json {
+                outln!("{answer}");
+            } else {
+                match (answer["count"].as_u64(), answer["first_seq"].as_u64()) {
+                    (Some(n), Some(first)) if n > 0 => outln!(
+                        "{n} redelivers appended: seq {first} to {}",
+                        answer["last_seq"]
+                    ),
+                    _ => outln!("nothing to redeliver: no failing delivery matches"),
+                }
+                if answer["more"] == true {
+                    outln!("more remain: run the same command again");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Deliveries {
             state,
