@@ -126,7 +126,10 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
             delete_callback(api, p, n).await
         }
         (&Method::GET, ["v1", "files", p, f]) => file_state(api, p, f).await,
-        (&Method::GET, ["v1", "files", p, f, "history"]) => file_history(api, p, f).await,
+        (&Method::GET, ["v1", "files", p, f, "history"]) => {
+            let page = view::HistoryPage::from_query(req.uri().query())?;
+            file_history(api, p, f, page).await
+        }
         (&Method::POST, ["v1", "files", p, f, "redeliver"]) => {
             let q = query(req.uri().query(), &["callback"])?;
             redeliver(api, p, f, q.get("callback").map(String::as_str)).await
@@ -656,10 +659,18 @@ async fn file_state(api: &Api, project: &str, file_id: &str) -> Result<Response<
     ))
 }
 
-async fn file_history(api: &Api, project: &str, file_id: &str) -> Result<Response<Body>, ApiError> {
+async fn file_history(
+    api: &Api,
+    project: &str,
+    file_id: &str,
+    page: view::HistoryPage,
+) -> Result<Response<Body>, ApiError> {
     let file = file_key(project, file_id)?;
     let history = fold_file(api, &file).await?;
-    Ok(json_response(StatusCode::OK, &view::history(&history)))
+    Ok(json_response(
+        StatusCode::OK,
+        &view::history_page(&history, page),
+    ))
 }
 
 async fn redeliver(

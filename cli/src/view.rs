@@ -237,6 +237,10 @@ fn step(s: &Step) -> Value {
 /// After retention, `base` says where the kept history begins: the log's base and the
 /// file's version there (`null` without a base).
 pub fn history(h: &FileHistory) -> Value {
+    history_of(h, &h.steps)
+}
+
+fn history_of(h: &FileHistory, steps: &[Step]) -> Value {
     json!({
         "project": h.file.project.as_str(),
         "file_id": h.file.file_id.as_str(),
@@ -244,8 +248,81 @@ pub fn history(h: &FileHistory) -> Value {
             "seq": b.seq().0,
             "version": b.version.map(|v| v.0),
         })),
-        "steps": h.steps.iter().map(step).collect::<Vec<_>>(),
+        "steps": steps.iter().map(step).collect::<Vec<_>>(),
     })
+}
+
+/// A page of a file's history (`?from=SEQ&limit=N`): the records from seq `from` on, at most
+/// `limit` of them, each with the deadlines that fired after it. Pages are cut at records,
+/// so a cursor is a seq and stays valid while the history grows.
+#[derive(Clone, Copy, Debug)]
+pub struct HistoryPage {
+    from: u64,
+    limit: usize,
+}
+
+impl HistoryPage {
+    /// The most records a page holds, and how many when `limit` is not given.
+    pub const LIMIT_MAX: usize = 10_000;
+    const LIMIT_DEFAULT: usize = 1_000;
+
+    /// Parses `from=&limit=`; anything else is refused.
+    pub fn from_query(q: Option<&str>) -> Result<HistoryPage, crate::error::ApiError> {
+        let q = crate::api::query(q, &["from", "limit"])?;
+        let bad = |what: String| crate::error::ApiError::bad_request("bad_query", what);
+        let from = match q.get("from") {
+            Some(v) => v.parse::<u64>().map_err(|_| {
+                bad(format!(
+                    "from {:?}: give a sequence number",
+                    crate::api::clip(v)
+                ))
+            })?,
+            None => 0,
+        };
+        let limit = match q.get("limit") {
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=Self::LIMIT_MAX).contains(&n) => n,
+                _ => {
+                    return Err(bad(format!(
+                        "limit {:?}: give a number from 1 to {}",
+                        crate::api::clip(v),
+                        Self::LIMIT_MAX
+                    )))
+                }
+            },
+            None => Self::LIMIT_DEFAULT,
+        };
+        Ok(HistoryPage { from, limit })
+    }
+}
+
+/// [`history`], one page of it, with `next`: the seq the next page starts at, or `null`.
+pub fn history_page(h: &FileHistory, page: HistoryPage) -> Value {
+    let record_seq = |s: &Step| match &s.cause {
+        Cause::Record(r, _) => Some(r.seq.0),
+        Cause::Deadline(_) => None,
+    };
+    let start = h
+        .steps
+        .iter()
+        .position(|s| record_seq(s).is_some_and(|seq| seq >= page.from))
+        .unwrap_or(h.steps.len());
+    let mut records = 0;
+    let mut end = start;
+    let mut next = None;
+    for s in &h.steps[start..] {
+        if let Some(seq) = record_seq(s) {
+            if records == page.limit {
+                next = Some(seq);
+                break;
+            }
+            records += 1;
+        }
+        end += 1;
+    }
+    let mut v = history_of(h, &h.steps[start..end]);
+    v["next"] = next.into();
+    v
 }
 
 /// A file's current state: latest snapshot and each machine.

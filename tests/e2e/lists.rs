@@ -177,7 +177,10 @@ fn deliveries_list_the_failing_ones_by_state_project_callback_and_origin() {
     failing.wait_for_count(before + 1, Duration::from_secs(10));
     for (bad, says) in [
         (json!({"state": "retrying"}), "missing field `project`"),
-        (json!({"project": "b", "state": "sent"}), "a bulk redeliver takes"),
+        (
+            json!({"project": "b", "state": "sent"}),
+            "a bulk redeliver takes",
+        ),
         (json!({"project": "b", "since": "yesterday"}), "RFC 3339"),
         (json!({"project": "b", "cb": "x"}), "unknown field"),
     ] {
@@ -188,6 +191,31 @@ fn deliveries_list_the_failing_ones_by_state_project_callback_and_origin() {
     cbd.wait_for("retrying again", Duration::from_secs(10), || {
         cbd.machine("b", "556114", "mirror")["state"] == "retrying"
     });
+
+    // A file's history a page at a time: pages cut at records, each cursor a seq, and
+    // the pages together are the whole history.
+    let whole = cbd.get("/v1/files/b/556114/history");
+    assert_eq!(whole["next"], Value::Null, "{whole}");
+    let mut steps: Vec<Value> = Vec::new();
+    let mut path = "/v1/files/b/556114/history?limit=2".to_owned();
+    loop {
+        let page = cbd.get(&path);
+        let records = page["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["seq"].is_u64())
+            .count();
+        assert!(records <= 2, "{page}");
+        steps.extend(page["steps"].as_array().unwrap().iter().cloned());
+        match page["next"].as_u64() {
+            Some(next) => path = format!("/v1/files/b/556114/history?limit=2&from={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(&Value::from(steps), &whole["steps"]);
+    let (status, body) = cbd.call("GET", "/v1/files/b/556114/history?limit=0", None, None);
+    assert_eq!(status, 400, "{body}");
 
     // cbctl, through the server and then on the stopped daemon's data dir: the same list.
     let server = cbd.url("");
