@@ -12,16 +12,12 @@ and the slowest of 20 requests per query.
     python3 scripts/list_cost.py target/release/cbd 1000000
 """
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import urllib.parse
 
-from waiting_rss import TOKEN, call, metric
+from waiting_rss import call, daemon, ingest, metric
 
 
 def timed(base, path, times=20):
@@ -35,59 +31,36 @@ def timed(base, path, times=20):
 
 
 def run(cbd, n):
-    with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, CBD_TOKEN=TOKEN, CBD_LOG="warn")
-        proc = subprocess.Popen(
-            [cbd, "--data-dir", tmp + "/data", "--listen", "127.0.0.1:0", "--allow-private-targets"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-        addr = None
-        for line in proc.stdout:
-            if line.startswith("cbd: listening on http://"):
-                addr = line.strip().split("http://", 1)[1]
-                break
-        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-        base = "http://" + addr
-        try:
-            big = {"url": "http://127.0.0.2:9/cb", "window_secs": 604800}
-            call(base, "PUT", "/v1/projects/big/callbacks/site", json.dumps(big).encode())
-            odd = {"url": "http://127.0.0.1:9/odd", "window_secs": 1, "leading": True,
-                   "backoff_secs": [86400]}
-            call(base, "PUT", "/v1/projects/rare/callbacks/odd", json.dumps(odd).encode())
-            for start in range(0, n, 1000):
-                lines = "".join(
-                    json.dumps({"project": "big", "file_id": str(i), "event": "uploaded",
-                                "file": {"title": "t"}}) + "\n"
-                    for i in range(start, min(n, start + 1000)))
-                call(base, "POST", "/v1/changes/batch", lines.encode(), "application/x-ndjson")
-            call(base, "POST", "/v1/changes", json.dumps(
-                {"project": "rare", "file_id": "556114", "event": "uploaded",
-                 "file": {"title": "t"}}).encode())
-            deadline = time.time() + 600
-            while (metric(base, 'cb_machines{state="coalescing"}') < n
-                   or metric(base, 'cb_machines{state="retrying"}') < 1):
-                if time.time() > deadline:
-                    raise RuntimeError("did not settle")
-                time.sleep(1)
-            origin = urllib.parse.quote("http://127.0.0.1:9", safe="")
-            queries = [
-                ("state=retrying", "state"),
-                ("project=rare", "project"),
-                ("callback=odd", "callback"),
-                (f"origin={origin}", "origin"),
-                (f"state=retrying&project=rare&callback=odd&origin={origin}", "all four"),
-                ("", "no filter, first page of 100"),
-                ("state=coalescing&limit=1000", f"state=coalescing ({n} match), first page of 1000"),
-            ]
-            for q, what in queries:
-                median, worst, page = timed(base, "/v1/deliveries?" + q)
-                print(f"{n} files held, {what}: median {median:.2f} ms, slowest {worst:.2f} ms, "
-                      f"{len(page['items'])} items", flush=True)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with daemon(cbd) as (_, base):
+        big = {"url": "http://127.0.0.2:9/cb", "window_secs": 604800}
+        call(base, "PUT", "/v1/projects/big/callbacks/site", json.dumps(big).encode())
+        odd = {"url": "http://127.0.0.1:9/odd", "window_secs": 1, "leading": True,
+               "backoff_secs": [86400]}
+        call(base, "PUT", "/v1/projects/rare/callbacks/odd", json.dumps(odd).encode())
+        ingest(base, "big", n)
+        call(base, "POST", "/v1/changes", json.dumps(
+            {"project": "rare", "file_id": "556114", "event": "uploaded",
+             "file": {"title": "t"}}).encode())
+        deadline = time.time() + 600
+        while (metric(base, 'cb_machines{state="coalescing"}') < n
+               or metric(base, 'cb_machines{state="retrying"}') < 1):
+            if time.time() > deadline:
+                raise RuntimeError("did not settle")
+            time.sleep(1)
+        origin = urllib.parse.quote("http://127.0.0.1:9", safe="")
+        queries = [
+            ("state=retrying", "state"),
+            ("project=rare", "project"),
+            ("callback=odd", "callback"),
+            (f"origin={origin}", "origin"),
+            (f"state=retrying&project=rare&callback=odd&origin={origin}", "all four"),
+            ("", "no filter, first page of 100"),
+            ("state=coalescing&limit=1000", f"state=coalescing ({n} match), first page of 1000"),
+        ]
+        for q, what in queries:
+            median, worst, page = timed(base, "/v1/deliveries?" + q)
+            print(f"{n} files held, {what}: median {median:.2f} ms, slowest {worst:.2f} ms, "
+                  f"{len(page['items'])} items", flush=True)
 
 
 def main():

@@ -9,15 +9,11 @@ nothing expires while we measure. Prints the median and the slowest of 20 reques
     python3 scripts/scrape_cost.py target/release/cbd 1000000
 """
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 
-from waiting_rss import TOKEN, call, metric
+from waiting_rss import call, daemon, ingest, metric
 
 
 def timed(base, path, times=20):
@@ -30,42 +26,19 @@ def timed(base, path, times=20):
 
 
 def run(cbd, n):
-    with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, CBD_TOKEN=TOKEN, CBD_LOG="warn")
-        proc = subprocess.Popen(
-            [cbd, "--data-dir", tmp + "/data", "--listen", "127.0.0.1:0", "--allow-private-targets"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-        addr = None
-        for line in proc.stdout:
-            if line.startswith("cbd: listening on http://"):
-                addr = line.strip().split("http://", 1)[1]
-                break
-        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-        base = "http://" + addr
-        try:
-            config = {"url": "http://127.0.0.1:9/cb", "window_secs": 604800}
-            call(base, "PUT", "/v1/projects/scrape/callbacks/site", json.dumps(config).encode())
-            for start in range(0, n, 1000):
-                lines = "".join(
-                    json.dumps({"project": "scrape", "file_id": str(i), "event": "uploaded",
-                                "file": {"title": "t"}}) + "\n"
-                    for i in range(start, min(n, start + 1000)))
-                call(base, "POST", "/v1/changes/batch", lines.encode(), "application/x-ndjson")
-            deadline = time.time() + 600
-            while metric(base, 'cb_machines{state="coalescing"}') < n:
-                if time.time() > deadline:
-                    raise RuntimeError("did not settle")
-                time.sleep(1)
-            for path in ["/metrics", "/v1/status"]:
-                median, worst = timed(base, path)
-                print(f"{n} files held: GET {path} median {median:.2f} ms, slowest {worst:.2f} ms",
-                      flush=True)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with daemon(cbd) as (_, base):
+        config = {"url": "http://127.0.0.1:9/cb", "window_secs": 604800}
+        call(base, "PUT", "/v1/projects/scrape/callbacks/site", json.dumps(config).encode())
+        ingest(base, "scrape", n)
+        deadline = time.time() + 600
+        while metric(base, 'cb_machines{state="coalescing"}') < n:
+            if time.time() > deadline:
+                raise RuntimeError("did not settle")
+            time.sleep(1)
+        for path in ["/metrics", "/v1/status"]:
+            median, worst = timed(base, path)
+            print(f"{n} files held: GET {path} median {median:.2f} ms, slowest {worst:.2f} ms",
+                  flush=True)
 
 
 def main():

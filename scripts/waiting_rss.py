@@ -10,6 +10,7 @@ files and machines in the core, no attempt. The margin is (RSS dead - RSS contro
     cargo build --release -p cb-cli
     python3 scripts/waiting_rss.py target/release/cbd 100000 1000000
 """
+import contextlib
 import json
 import os
 import socket
@@ -64,8 +65,10 @@ def rss_kib(pid):
     raise RuntimeError("no VmRSS")
 
 
-def run(cbd, n, dead):
-    port = dead_receiver()
+@contextlib.contextmanager
+def daemon(cbd):
+    """cbd on a temp data dir, port 0 and TOKEN, private targets allowed: yields its process
+    and base URL, and stops it after."""
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, CBD_TOKEN=TOKEN, CBD_LOG="warn")
         proc = subprocess.Popen(
@@ -77,39 +80,49 @@ def run(cbd, n, dead):
                 addr = line.strip().split("http://", 1)[1]
                 break
         threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-        base = "http://" + addr
         try:
-            config = {"url": f"http://127.0.0.1:{port}/cb", "timeout_secs": 600,
-                      "retry_for_secs": 86400}
-            config.update({"window_secs": 1, "leading": True} if dead else {"window_secs": 604800})
-            call(base, "PUT", "/v1/projects/rss/callbacks/site", json.dumps(config).encode())
-            for start in range(0, n, 1000):
-                lines = "".join(
-                    json.dumps({"project": "rss", "file_id": str(i), "event": "uploaded",
-                                "file": {"title": "t"}}) + "\n"
-                    for i in range(start, min(n, start + 1000)))
-                call(base, "POST", "/v1/changes/batch", lines.encode(), "application/x-ndjson")
-            deadline = time.time() + 600
-            while time.time() < deadline:
-                if dead:
-                    settled = metric(base, "cb_attempts_waiting") >= n - 2
-                else:
-                    settled = metric(base, 'cb_machines{state="coalescing"}') >= n
-                if settled:
-                    break
-                time.sleep(1)
-            else:
-                raise RuntimeError("did not settle")
-            time.sleep(3)
-            rss = rss_kib(proc.pid)
-            waiting = metric(base, "cb_attempts_waiting")
-            return rss, waiting
+            yield proc, "http://" + addr
         finally:
             proc.terminate()
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def ingest(base, project, n):
+    """N changes to files 0..N of `project`, in NDJSON batches of 1000."""
+    for start in range(0, n, 1000):
+        lines = "".join(
+            json.dumps({"project": project, "file_id": str(i), "event": "uploaded",
+                        "file": {"title": "t"}}) + "\n"
+            for i in range(start, min(n, start + 1000)))
+        call(base, "POST", "/v1/changes/batch", lines.encode(), "application/x-ndjson")
+
+
+def run(cbd, n, dead):
+    port = dead_receiver()
+    with daemon(cbd) as (proc, base):
+        config = {"url": f"http://127.0.0.1:{port}/cb", "timeout_secs": 600,
+                  "retry_for_secs": 86400}
+        config.update({"window_secs": 1, "leading": True} if dead else {"window_secs": 604800})
+        call(base, "PUT", "/v1/projects/rss/callbacks/site", json.dumps(config).encode())
+        ingest(base, "rss", n)
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if dead:
+                settled = metric(base, "cb_attempts_waiting") >= n - 2
+            else:
+                settled = metric(base, 'cb_machines{state="coalescing"}') >= n
+            if settled:
+                break
+            time.sleep(1)
+        else:
+            raise RuntimeError("did not settle")
+        time.sleep(3)
+        rss = rss_kib(proc.pid)
+        waiting = metric(base, "cb_attempts_waiting")
+        return rss, waiting
 
 
 def main():

@@ -1311,25 +1311,23 @@ impl Checkpoint {
     }
 }
 
-/// Why a change of `event` moves no machine of the project callback in `slot` (rule 3's
+/// Why a change of `event` moves no machine of the project callback in `slot` (rule 2's
 /// filter, rule 4's disable), or `None` when it triggers it. `Core::on_change` and
 /// `Core::passed_over` both ask here, so what a history says was filtered is what the fold
 /// filtered.
 fn project_passes_over(slot: &CallbackSlot, event: EventKind) -> Option<PassedOver> {
-    if slot.disabled_by.is_some() {
-        Some(PassedOver::Disabled)
-    } else if !slot.callback.triggers(event) {
-        Some(PassedOver::Events)
-    } else {
-        None
-    }
+    passes_over(slot.disabled_by, || slot.callback.triggers(event))
 }
 
 /// [`project_passes_over`] for a per-file callback.
 fn file_passes_over(slot: &FileCallbackSlot, event: EventKind) -> Option<PassedOver> {
-    if slot.disabled_by.is_some() {
+    passes_over(slot.disabled_by, || slot.callback.triggers(event))
+}
+
+fn passes_over(disabled_by: Option<Seq>, triggers: impl Fn() -> bool) -> Option<PassedOver> {
+    if disabled_by.is_some() {
         Some(PassedOver::Disabled)
-    } else if !slot.callback.triggers(event) {
+    } else if !triggers() {
         Some(PassedOver::Events)
     } else {
         None
