@@ -302,11 +302,20 @@ pub fn history_page(h: &FileHistory, page: HistoryPage) -> Value {
         Cause::Record(r, _) => Some(r.seq.0),
         Cause::Deadline(_) => None,
     };
-    let start = h
+    // A page starts at its first record; deadlines ride with the record before them. Those
+    // before any record (due in the state at the log's base) start the first page.
+    let earlier_record = h
         .steps
         .iter()
-        .position(|s| record_seq(s).is_some_and(|seq| seq >= page.from))
-        .unwrap_or(h.steps.len());
+        .any(|s| record_seq(s).is_some_and(|seq| seq < page.from));
+    let start = match earlier_record {
+        false => 0,
+        true => h
+            .steps
+            .iter()
+            .position(|s| record_seq(s).is_some_and(|seq| seq >= page.from))
+            .unwrap_or(h.steps.len()),
+    };
     let mut records = 0;
     let mut end = start;
     let mut next = None;
@@ -430,4 +439,75 @@ pub fn status(core: &cb_core::Core, now: Timestamp) -> Value {
         "listed_max": STATUS_LISTED,
         "disabled_callbacks": disabled,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cb_core::{
+        Callback, CallbackName, Core, FileId, FileKey, ProjectId, Record, RecordKind, Seq,
+        Timestamp,
+    };
+
+    fn put_and_change() -> (Vec<Record>, FileKey) {
+        let file = FileKey::new(ProjectId::new("p").unwrap(), FileId::new("1").unwrap());
+        let callback = Callback::from_json(r#"{"url":"https://example.org/cb","window_secs":10}"#);
+        let records = vec![
+            Record {
+                seq: Seq(1),
+                at: Timestamp(0),
+                kind: RecordKind::CallbackPut {
+                    project: file.project.clone(),
+                    name: CallbackName::new("a").unwrap(),
+                    callback: std::sync::Arc::new(callback.unwrap()),
+                },
+            },
+            Record {
+                seq: Seq(2),
+                at: Timestamp(1_000),
+                kind: RecordKind::ChangeAppended {
+                    file: file.clone(),
+                    event: cb_core::EventKind::Rated,
+                    callbacks: None,
+                },
+            },
+        ];
+        (records, file)
+    }
+
+    /// A history that starts with deadlines (due in the state at the log's base) keeps them
+    /// on its first page; later pages start at their records.
+    #[test]
+    fn deadlines_before_any_record_open_the_first_page() {
+        let (records, file) = put_and_change();
+        let mut core = Core::new();
+        for r in &records {
+            core.apply(r, &mut Vec::new());
+        }
+        let base = cb_core::FileStart {
+            state: core.checkpoint(),
+            version: Some(Seq(2)),
+        };
+        let h = FileHistory::fold_from(&file, Some(base), Vec::new(), Some(Timestamp(20_000)));
+        assert!(
+            !h.steps.is_empty(),
+            "the window's deadline fires after the base"
+        );
+        let page = history_page(&h, HistoryPage { from: 0, limit: 10 });
+        assert_eq!(
+            page["steps"].as_array().unwrap().len(),
+            h.steps.len(),
+            "{page}"
+        );
+        assert_eq!(page["next"], Value::Null);
+
+        let h = FileHistory::fold(&file, records, Some(Timestamp(20_000)));
+        let first = history_page(&h, HistoryPage { from: 0, limit: 1 });
+        assert_eq!(first["next"], 2, "{first}");
+        let second = history_page(&h, HistoryPage { from: 2, limit: 1 });
+        assert_eq!(second["steps"][0]["seq"], 2, "{second}");
+        let all =
+            first["steps"].as_array().unwrap().len() + second["steps"].as_array().unwrap().len();
+        assert_eq!(all, h.steps.len());
+    }
 }
