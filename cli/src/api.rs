@@ -125,6 +125,12 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
         (&Method::DELETE, ["v1", "projects", p, "callbacks", n]) => {
             delete_callback(api, p, n).await
         }
+        (&Method::POST, ["v1", "projects", p, "callbacks", n, "pause"]) => {
+            pause(api, p, n, true).await
+        }
+        (&Method::POST, ["v1", "projects", p, "callbacks", n, "resume"]) => {
+            pause(api, p, n, false).await
+        }
         (&Method::GET, ["v1", "files", p, f]) => file_state(api, p, f).await,
         (&Method::GET, ["v1", "files", p, f, "history"]) => {
             let page = view::HistoryPage::from_query(req.uri().query())?;
@@ -167,6 +173,7 @@ fn allowed_methods(route: &[&str]) -> Option<&'static str> {
         ["v1", "log" | "status" | "deliveries" | "projects"] => "GET, HEAD",
         ["v1", "projects", _, "callbacks"] => "GET, HEAD",
         ["v1", "projects", _, "callbacks", _] => "GET, HEAD, PUT, DELETE",
+        ["v1", "projects", _, "callbacks", _, "pause" | "resume"] => "POST",
         ["v1", "files", _, _] | ["v1", "files", _, _, "history"] => "GET, HEAD",
         ["v1", "files", _, _, "redeliver"] | ["v1", "redeliver"] => "POST",
         _ => return None,
@@ -557,6 +564,34 @@ async fn put_callback(
             "name": name.as_str(),
             "callback": view::callback_config(&callback),
         }),
+    ))
+}
+
+/// `POST …/callbacks/{name}/pause` and `/resume` (rule 8): a record each, refused with a
+/// sentence when the callback does not exist or already is as asked.
+async fn pause(
+    api: &Api,
+    project: &str,
+    name: &str,
+    pausing: bool,
+) -> Result<Response<Body>, ApiError> {
+    let project = ingest::project(project)?;
+    let name = callback_name(name)?;
+    {
+        let (project, name) = (project.clone(), name.clone());
+        api.handle
+            .query(move |core| crate::lists::pause_check(core, &project, &name, pausing))
+            .await
+            .map_err(driver_stopped)??;
+    }
+    let record = match pausing {
+        true => RecordKind::CallbackPaused { project, name },
+        false => RecordKind::CallbackResumed { project, name },
+    };
+    let appended = append(api, vec![Input::Record(record)]).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"seq": appended.first.0}),
     ))
 }
 

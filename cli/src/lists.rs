@@ -152,6 +152,7 @@ impl ProjectParams {
                             "url": slot.callback.target.to_url(),
                             "origin": cb_dispatcher::limits::origin_of(&slot.callback.target),
                             "disabled_by": slot.disabled_by.map(|s| s.0),
+                            "paused_by": core.paused_by(p, name).map(|s| s.0),
                             "machines": states(held.get(&r).unwrap_or(&[0; 5])),
                         })
                     })
@@ -325,6 +326,34 @@ pub fn parse_time(s: &str) -> Option<Timestamp> {
             .as_millis() as i128,
     };
     u64::try_from(ms).ok().map(Timestamp)
+}
+
+/// Whether a pause (or, with `pausing` false, a resume) of a project callback can happen now
+/// (rule 8): the API and `cbctl` ask before they append, so an operator hears why not.
+pub fn pause_check(
+    core: &Core,
+    project: &ProjectId,
+    name: &cb_core::CallbackName,
+    pausing: bool,
+) -> Result<(), ApiError> {
+    if !core.callbacks(project).any(|(n, _)| n == name) {
+        return Err(ApiError::not_found(format!(
+            "no callback {name} in {project}"
+        )));
+    }
+    match (pausing, core.paused_by(project, name)) {
+        (true, Some(seq)) => Err(ApiError::new(
+            hyper::StatusCode::CONFLICT,
+            "already_paused",
+            format!("{project}/{name} is already paused (since seq {seq})"),
+        )),
+        (false, None) => Err(ApiError::new(
+            hyper::StatusCode::CONFLICT,
+            "not_paused",
+            format!("{project}/{name} is not paused"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// One page of deliveries, before the last outcomes' details are read from the log.

@@ -63,11 +63,21 @@ pub fn check(
                  its outcome decides what comes next: redeliver again once it is recorded"
             ),
         ),
-        // Not reasons a redeliver is ignored; named for completeness.
-        (Ignored::StaleOutcome | Ignored::SupersededDisable, _) => ApiError::new(
+        (Ignored::PausedCallback, _) => ApiError::new(
             StatusCode::CONFLICT,
-            "not_redeliverable",
-            format!("{why:?}"),
+            "callback_paused",
+            format!(
+                "the callback is paused (rule 8), so {file} cannot be redelivered to it; resume \
+                 it (POST …/resume) and each waiting delivery goes out"
+            ),
         ),
+        // Not reasons a redeliver is ignored; named for completeness.
+        (Ignored::StaleOutcome | Ignored::SupersededDisable | Ignored::NotPaused, _) => {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "not_redeliverable",
+                format!("{why:?}"),
+            )
+        }
     })
 }

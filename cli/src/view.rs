@@ -143,6 +143,12 @@ pub fn record(r: &Record) -> Value {
         RecordKind::CallbackRemoved { name, .. } => {
             ("callback_removed", json!({ "name": name.as_str() }))
         }
+        RecordKind::CallbackPaused { name, .. } => {
+            ("callback_paused", json!({ "name": name.as_str() }))
+        }
+        RecordKind::CallbackResumed { name, .. } => {
+            ("callback_resumed", json!({ "name": name.as_str() }))
+        }
         RecordKind::CallbackDisabled { machine, cause } => (
             "callback_disabled",
             json!({ "callback": machine.callback.to_string(), "cause": cause.0 }),

@@ -113,6 +113,10 @@ pub enum Ignored {
     AlreadyInFlight,
     /// A `CallbackDisabled` whose 410 predates the callback's latest put.
     SupersededDisable,
+    /// A redeliver for a paused callback (rule 8), or a pause of one already paused.
+    PausedCallback,
+    /// A resume of a callback that is not paused.
+    NotPaused,
 }
 
 /// Why a change started or moved no machine of a callback in force for its file.
@@ -147,10 +151,17 @@ enum Step<'a> {
     Outcome(&'a AttemptReport, Seq, Timestamp),
     Redeliver(Seq, Timestamp),
     Config,
+    /// A deadline that fired while the callback is paused (rule 8).
+    DuePaused(Timestamp),
+    /// The callback resumed at this time (rule 8).
+    Resume(Timestamp),
 }
 
 /// Each project's callbacks, by name.
 type Projects = BTreeMap<ProjectId, BTreeMap<CallbackName, CallbackSlot>>;
+
+/// The paused project callbacks, by project and name, with the `CallbackPaused` record.
+type Paused = BTreeMap<ProjectId, BTreeMap<CallbackName, Seq>>;
 
 /// The pure fold from log records to delivery machines.
 #[derive(Clone, Debug, Default)]
@@ -163,8 +174,10 @@ pub struct Core {
     /// Never iterated where the order could reach an effect or a checkpoint (those sort), so
     /// a fast hash map cannot make the fold nondeterministic.
     files: FxHashMap<FileKey, FileEntry>,
-    /// Invariant: an entry `(m.deadline(), key)` for every machine with a deadline, and,
-    /// between records, the earliest entry is one of those (`settle_deadlines`).
+    /// Invariant: an entry `(m.deadline(), key)` for every machine with a deadline — but a
+    /// paused callback's machine whose deadline has passed, which is parked until the resume
+    /// (rule 8, `StepOut::unparked`) — and, between records, the earliest entry is one of
+    /// those (`settle_deadlines`).
     deadlines: Timers,
     /// Invariant: an entry `(m.expiry(), key)` for every machine with an expiry.
     expiries: Timers,
@@ -173,6 +186,8 @@ pub struct Core {
     /// append the disable after restart ([`Core::owed_disables`]).
     owed_disables: BTreeMap<MachineKey, Seq>,
     ignored: u64,
+    /// The paused project callbacks (rule 8), with the record that paused each.
+    paused: Paused,
     /// Kept as machines move, so a census (every `/metrics` scrape, every status) costs
     /// nothing per file held.
     tally: Tally,
@@ -333,6 +348,10 @@ impl Core {
                 callback,
                 version,
             } => self.on_redeliver(file, callback.as_ref(), *version, seq, at, effects),
+            RecordKind::CallbackPaused { project, name } => self.on_paused(project, name, seq),
+            RecordKind::CallbackResumed { project, name } => {
+                self.on_resumed(project, name, at, effects)
+            }
         };
         if let Disposition::Ignored(_) = disposition {
             self.ignored += 1;
@@ -540,6 +559,66 @@ impl Core {
         Disposition::Applied
     }
 
+    fn on_paused(&mut self, project: &ProjectId, name: &CallbackName, seq: Seq) -> Disposition {
+        if !self
+            .projects
+            .get(project)
+            .is_some_and(|c| c.contains_key(name))
+        {
+            return Disposition::Ignored(Ignored::UnknownCallback);
+        }
+        if self.is_paused(project, name) {
+            return Disposition::Ignored(Ignored::PausedCallback);
+        }
+        // Rule 8: from here no attempt starts (`Core::step` turns each deadline into a
+        // `Step::DuePaused`); machines keep taking changes.
+        let paused = self.paused.entry(project.clone()).or_default();
+        paused.insert(name.clone(), seq);
+        Disposition::Applied
+    }
+
+    fn on_resumed(
+        &mut self,
+        project: &ProjectId,
+        name: &CallbackName,
+        at: Timestamp,
+        effects: &mut Vec<Effect>,
+    ) -> Disposition {
+        if !self.unpause(project, name) {
+            return Disposition::Ignored(Ignored::NotPaused);
+        }
+        // Rule 8: each machine whose deadline passed during the pause starts now, as if its
+        // due time had just come; in machine order, so the effects are deterministic.
+        let mut keys = self.machines_of(project, &CallbackRef::Project(name.clone()));
+        keys.sort_unstable();
+        for key in keys {
+            self.step(&key, Step::Resume(at), effects);
+        }
+        Disposition::Applied
+    }
+
+    /// Whether a project callback is paused (rule 8).
+    pub fn is_paused(&self, project: &ProjectId, name: &CallbackName) -> bool {
+        self.paused_by(project, name).is_some()
+    }
+
+    /// The `CallbackPaused` record that paused a project callback, if it is paused.
+    pub fn paused_by(&self, project: &ProjectId, name: &CallbackName) -> Option<Seq> {
+        self.paused.get(project)?.get(name).copied()
+    }
+
+    /// Lifts a pause; whether there was one.
+    fn unpause(&mut self, project: &ProjectId, name: &CallbackName) -> bool {
+        let Some(names) = self.paused.get_mut(project) else {
+            return false;
+        };
+        let was = names.remove(name).is_some();
+        if names.is_empty() {
+            self.paused.remove(project);
+        }
+        was
+    }
+
     fn on_callback_removed(&mut self, project: &ProjectId, name: &CallbackName) -> Disposition {
         let removed = self
             .projects
@@ -552,6 +631,7 @@ impl Core {
         if self.projects.get(project).is_some_and(BTreeMap::is_empty) {
             self.projects.remove(project);
         }
+        self.unpause(project, name);
         // Rule 7: a removed callback's machines stop.
         for key in self.machines_of(project, &CallbackRef::Project(name.clone())) {
             self.drop_machine(&key);
@@ -645,13 +725,28 @@ impl Core {
     ) -> Result<(Seq, Vec<CallbackRef>), Ignored> {
         let known = self.files.get(file).map(|e| e.version);
         let version = known.max(version).ok_or(Ignored::NothingToRedeliver)?;
+        let paused = |c: &CallbackRef| match c {
+            CallbackRef::Project(name) => self.is_paused(&file.project, name),
+            CallbackRef::File(_) => false,
+        };
         let targets: Vec<CallbackRef> = match callback {
             Some(c) => match self.callback_for(file, c) {
+                // Rule 8: a paused callback cannot be redelivered.
+                Some(_) if paused(c) => return Err(Ignored::PausedCallback),
                 Some((_, true)) => vec![c.clone()],
                 Some((_, false)) => return Err(Ignored::DisabledCallback),
                 None => return Err(Ignored::UnknownCallback),
             },
-            None => self.enabled_callbacks(file),
+            None => {
+                let enabled = self.enabled_callbacks(file);
+                let any = !enabled.is_empty();
+                let targets: Vec<CallbackRef> =
+                    enabled.into_iter().filter(|c| !paused(c)).collect();
+                if any && targets.is_empty() {
+                    return Err(Ignored::PausedCallback);
+                }
+                targets
+            }
         };
         if targets.is_empty() {
             return Err(Ignored::UnknownCallback);
@@ -779,6 +874,19 @@ impl Core {
 
     /// Runs one transition of one machine and keeps the timers and effects in step with it.
     fn step(&mut self, key: &MachineKey, step: Step<'_>, effects: &mut Vec<Effect>) -> Disposition {
+        // Rule 8: a paused callback starts no attempt: its deadlines fire as `DuePaused`,
+        // and its redelivers are refused.
+        let step = match (&key.callback, step) {
+            (CallbackRef::Project(name), Step::Due(at) | Step::Redeliver(_, at))
+                if self.is_paused(&key.file.project, name) =>
+            {
+                match step {
+                    Step::Due(_) => Step::DuePaused(at),
+                    _ => return Disposition::Ignored(Ignored::PausedCallback),
+                }
+            }
+            _ => step,
+        };
         let refused = |why: Ignored| match step {
             Step::Outcome(..) => Disposition::Ignored(Ignored::StaleOutcome),
             _ => Disposition::Ignored(why),
@@ -839,6 +947,7 @@ impl Core {
             owed_disables,
             now,
             tally,
+            paused,
             ..
         } = self;
         let out = StepOut {
@@ -847,6 +956,7 @@ impl Core {
             expiries,
             owed_disables,
             tally,
+            paused,
             effects,
         };
         (projects, files, out)
@@ -1223,6 +1333,11 @@ impl Core {
                 .iter()
                 .map(|(k, s)| (k.clone(), *s))
                 .collect(),
+            paused: self
+                .paused
+                .iter()
+                .flat_map(|(p, names)| names.iter().map(|(n, s)| (p.clone(), n.clone(), *s)))
+                .collect(),
         }
     }
 
@@ -1240,13 +1355,22 @@ impl Core {
             owed_disables: cp.owed_disables.into_iter().collect(),
             ..Core::default()
         };
+        for (project, name, seq) in cp.paused {
+            core.paused.entry(project).or_default().insert(name, seq);
+        }
         for (file, entry) in cp.files {
             for (callback, m) in &entry.machines {
                 let key = MachineKey {
                     file: file.clone(),
                     callback: callback.clone(),
                 };
-                set_timer(&mut core.deadlines, &key, None, m.deadline());
+                // A machine of a paused callback whose deadline has passed is parked (rule 8).
+                let parked = m
+                    .deadline()
+                    .is_some_and(|t| t <= core.now && is_paused_in(&core.paused, &key));
+                if !parked {
+                    set_timer(&mut core.deadlines, &key, None, m.deadline());
+                }
                 set_timer(&mut core.expiries, &key, None, m.expiry());
                 core.tally.moved(&key, None, Some(m.state.name()));
             }
@@ -1277,6 +1401,42 @@ pub struct Checkpoint {
     pub files: Vec<(FileKey, FileEntry)>,
     /// 410s whose disable is not yet in the log, sorted.
     pub owed_disables: Vec<(MachineKey, Seq)>,
+    /// Paused project callbacks (rule 8) and the records that paused them, sorted. Last, so
+    /// that a checkpoint written before pauses existed is this one without it
+    /// ([`CheckpointBeforePauses`]).
+    pub paused: Vec<(ProjectId, CallbackName, Seq)>,
+}
+
+/// A [`Checkpoint`] as builds before rule 8 wrote it: the same fields, without `paused`.
+/// The store reads one of these when a checkpoint does not decode as the current shape.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct CheckpointBeforePauses {
+    /// See [`Checkpoint::now`].
+    pub now: Timestamp,
+    /// See [`Checkpoint::last_seq`].
+    pub last_seq: Option<Seq>,
+    /// See [`Checkpoint::ignored`].
+    pub ignored: u64,
+    /// See [`Checkpoint::projects`].
+    pub projects: Vec<(ProjectId, Vec<(CallbackName, CallbackSlot)>)>,
+    /// See [`Checkpoint::files`].
+    pub files: Vec<(FileKey, FileEntry)>,
+    /// See [`Checkpoint::owed_disables`].
+    pub owed_disables: Vec<(MachineKey, Seq)>,
+}
+
+impl From<CheckpointBeforePauses> for Checkpoint {
+    fn from(old: CheckpointBeforePauses) -> Checkpoint {
+        Checkpoint {
+            now: old.now,
+            last_seq: old.last_seq,
+            ignored: old.ignored,
+            projects: old.projects,
+            files: old.files,
+            owed_disables: old.owed_disables,
+            paused: Vec::new(),
+        }
+    }
 }
 
 impl Checkpoint {
@@ -1305,6 +1465,12 @@ impl Checkpoint {
                 .owed_disables
                 .iter()
                 .filter(|(m, _)| m.file == *file)
+                .cloned()
+                .collect(),
+            paused: self
+                .paused
+                .iter()
+                .filter(|(p, ..)| *p == file.project)
                 .cloned()
                 .collect(),
         }
@@ -1348,7 +1514,27 @@ struct StepOut<'a> {
     expiries: &'a mut Timers,
     owed_disables: &'a mut BTreeMap<MachineKey, Seq>,
     tally: &'a mut Tally,
+    paused: &'a Paused,
     effects: &'a mut Vec<Effect>,
+}
+
+impl StepOut<'_> {
+    /// Rule 8: a deadline at or before now of a paused callback's machine is parked at once,
+    /// as one that fires during the pause is: no timer entry, so nothing fires until the
+    /// resume. `Core::from_checkpoint` derives the same from the machines.
+    fn unparked(&self, key: &MachineKey, deadline: Option<Timestamp>) -> Option<Timestamp> {
+        deadline.filter(|t| *t > self.now || !is_paused_in(self.paused, key))
+    }
+}
+
+/// Whether `key`'s callback is a paused project callback.
+fn is_paused_in(paused: &Paused, key: &MachineKey) -> bool {
+    match &key.callback {
+        CallbackRef::Project(name) => paused
+            .get(&key.file.project)
+            .is_some_and(|names| names.contains_key(name)),
+        CallbackRef::File(_) => false,
+    }
 }
 
 /// One transition of the machine of `key` among a file's `machines` (the file at `version`),
@@ -1376,8 +1562,10 @@ fn transition(
                     m
                 }
                 Step::Outcome(..) => return Disposition::Ignored(Ignored::StaleOutcome),
-                Step::Config => return Disposition::Applied,
-                Step::Due(_) => unreachable!("{key}: a deadline belongs to a machine"),
+                Step::Config | Step::Resume(_) => return Disposition::Applied,
+                Step::Due(_) | Step::DuePaused(_) => {
+                    unreachable!("{key}: a deadline belongs to a machine")
+                }
             };
             let after = (m.deadline(), m.expiry());
             out.tally.moved(key, None, Some(m.state.name()));
@@ -1411,6 +1599,12 @@ fn transition(
                     }
                 }
                 Step::Config => m.on_config(callback, out.now),
+                Step::DuePaused(at) => m.on_due_paused(at, callback),
+                Step::Resume(at) => {
+                    if m.on_resume(at, callback) {
+                        start = Some(m.on_due(at, version, callback));
+                    }
+                }
             }
             let is = m.state.name();
             out.tally.moved(key, Some(was), Some(is));
@@ -1418,10 +1612,16 @@ fn transition(
         }
     };
     if let (Some(t), Step::Trigger(_) | Step::Outcome(..) | Step::Config) = (after.0, step) {
-        // Invariant: a deadline is never set in the past of the record that sets it.
-        assert!(t >= out.now, "{key}: deadline {t} before now {}", out.now);
+        // Invariant: a deadline is never set in the past of the record that sets it. (One a
+        // pause left passed, unchanged by this step, is not set by it: rule 8.)
+        assert!(
+            t >= out.now || after.0 == before.0,
+            "{key}: deadline {t} before now {}",
+            out.now
+        );
     }
-    set_timer(out.deadlines, key, before.0, after.0);
+    let deadline = out.unparked(key, after.0);
+    set_timer(out.deadlines, key, before.0, deadline);
     set_timer(out.expiries, key, before.1, after.1);
     if let Some(flight) = start {
         out.effects.push(Effect::StartAttempt(attempt_of(

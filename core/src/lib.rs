@@ -65,7 +65,10 @@ pub use config::{
 pub use digest::Digest;
 pub use effect::{Attempt, Effect};
 pub use event::{EventKind, EventSet, UnknownEvent};
-pub use fold::{Census, Checkpoint, Core, Disposition, FileEntry, Ignored, Machines, PassedOver};
+pub use fold::{
+    Census, Checkpoint, CheckpointBeforePauses, Core, Disposition, FileEntry, Ignored, Machines,
+    PassedOver,
+};
 pub use history::{Cause, FileHistory, FileStart, Step};
 pub use ids::{
     CallbackName, CallbackRef, DeliveryId, FileId, FileKey, IdError, MachineKey, ProjectId, Seq,

@@ -508,6 +508,53 @@ impl Machine {
     /// Rule 7: the callback's configuration changed. A window already waiting adopts the new
     /// `leading`/`window_secs` for its own delay; windows already spent (`quiet_until`) and
     /// scheduled retries keep the configuration they were computed with.
+    /// The machine's deadline `at` fired while its callback is paused (rule 8): no attempt
+    /// starts, and the deadline stays where it was, passed, until the resume. The retry
+    /// horizon keeps running: a retry due at or past it abandons the delivery here, as the
+    /// failure of that retry would have.
+    pub(crate) fn on_due_paused(&mut self, at: Timestamp, callback: &Callback) {
+        self.abandon_past_horizon(at, callback);
+    }
+
+    /// Its callback resumed at `now` (rule 8): a deadline that passed during the pause comes
+    /// due now, as if it had just come — unless the retry horizon passed during the pause,
+    /// which abandons the delivery. Whether the caller is to fire it now.
+    pub(crate) fn on_resume(&mut self, now: Timestamp, callback: &Callback) -> bool {
+        if self.deadline().is_none_or(|t| t > now) || self.abandon_past_horizon(now, callback) {
+            return false;
+        }
+        match &mut self.state {
+            State::Coalescing { due_at: t, .. } | State::Retrying { next_at: t, .. } => {
+                *t = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Rule 4's horizon for a retrying machine that makes no attempt (rule 8): abandoned if
+    /// `at` is at or past `retry_for_secs` after its first failure. Whether it was.
+    fn abandon_past_horizon(&mut self, at: Timestamp, callback: &Callback) -> bool {
+        let State::Retrying {
+            delivery,
+            failed,
+            first_failure_at,
+            ..
+        } = self.state
+        else {
+            return false;
+        };
+        let past = at >= first_failure_at.plus_secs(callback.retry_for_secs);
+        if past {
+            self.state = State::Abandoned {
+                delivery,
+                attempts: failed,
+                at,
+            };
+        }
+        past
+    }
+
     pub(crate) fn on_config(&mut self, callback: &Callback, now: Timestamp) {
         if let State::Coalescing {
             delivery, since, ..

@@ -88,6 +88,22 @@ pub enum RecordKind {
         /// the record brings the version along.
         version: Option<Seq>,
     },
+    /// An operator paused a project callback (rule 8): its machines keep taking changes,
+    /// latest wins, but no attempt starts; one in flight completes.
+    CallbackPaused {
+        /// The project.
+        project: ProjectId,
+        /// The callback's name.
+        name: CallbackName,
+    },
+    /// An operator resumed a paused project callback (rule 8): each of its machines whose
+    /// due time passed during the pause starts its attempt at this record.
+    CallbackResumed {
+        /// The project.
+        project: ProjectId,
+        /// The callback's name.
+        name: CallbackName,
+    },
 }
 
 /// What the dispatcher observed performing one attempt.
@@ -238,7 +254,9 @@ impl Record {
             | RecordKind::RedeliverRequested { file, .. } => Scope::File(file),
             RecordKind::AttemptFinished(r) => Scope::File(&r.machine.file),
             RecordKind::CallbackPut { project, .. }
-            | RecordKind::CallbackRemoved { project, .. } => Scope::Project(project),
+            | RecordKind::CallbackRemoved { project, .. }
+            | RecordKind::CallbackPaused { project, .. }
+            | RecordKind::CallbackResumed { project, .. } => Scope::Project(project),
             RecordKind::CallbackDisabled { machine, .. } => match machine.callback {
                 CallbackRef::Project(_) => Scope::Project(&machine.file.project),
                 CallbackRef::File(_) => Scope::File(&machine.file),

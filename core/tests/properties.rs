@@ -97,6 +97,15 @@ enum Op {
         file: usize,
         callback: Option<usize>,
     },
+    /// Rule 8.
+    Pause {
+        dt_ms: u64,
+        callback: usize,
+    },
+    Resume {
+        dt_ms: u64,
+        callback: usize,
+    },
 }
 
 fn config() -> impl Strategy<Value = Config> {
@@ -152,6 +161,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (dt(), 0..CALLBACKS.len()).prop_map(|(dt_ms, callback)| Op::Remove { dt_ms, callback }),
         4 => (dt(), 0..FILES.len(), proptest::option::of(0..CALLBACKS.len()))
             .prop_map(|(dt_ms, file, callback)| Op::Redeliver { dt_ms, file, callback }),
+        2 => (dt(), 0..CALLBACKS.len()).prop_map(|(dt_ms, callback)| Op::Pause { dt_ms, callback }),
+        2 => (dt(), 0..CALLBACKS.len()).prop_map(|(dt_ms, callback)| Op::Resume { dt_ms, callback }),
     ]
 }
 
@@ -277,8 +288,45 @@ fn simulate((a, b, ops): &(Config, Config, Vec<Op>)) -> Sim {
                     },
                 );
             }
+            Op::Pause { dt_ms, callback } => {
+                now += dt_ms;
+                let name = name(CALLBACKS[*callback]);
+                push(
+                    &mut sim,
+                    now,
+                    RecordKind::CallbackPaused {
+                        project: project(),
+                        name,
+                    },
+                );
+            }
+            Op::Resume { dt_ms, callback } => {
+                now += dt_ms;
+                let name = name(CALLBACKS[*callback]);
+                push(
+                    &mut sim,
+                    now,
+                    RecordKind::CallbackResumed {
+                        project: project(),
+                        name,
+                    },
+                );
+            }
         }
         collect_started(&sim, &mut started);
+    }
+
+    // An operator resumes whatever is paused before the drain (a resume of a callback that
+    // is not paused is ignored).
+    for cb in CALLBACKS {
+        push(
+            &mut sim,
+            now,
+            RecordKind::CallbackResumed {
+                project: project(),
+                name: name(cb),
+            },
+        );
     }
 
     // Drain: every attempt succeeds, every deadline is ticked, until nothing is left.
@@ -379,6 +427,12 @@ struct Epoch {
     attempt_numbers: BTreeMap<Seq, u32>,
     /// The smallest `D` in force during the epoch (ms).
     min_delay_ms: Option<u64>,
+    /// Resumes of the machine's callback during the epoch (rule 8): an attempt a pause held
+    /// back goes out at the resume.
+    resumes: Vec<Timestamp>,
+    /// The resume record before which a pause may have abandoned the failing delivery (its
+    /// retry horizon passed during the pause, rule 8), if any.
+    abandoned_in_pause: Option<Seq>,
 }
 
 impl Epoch {
@@ -407,6 +461,8 @@ struct Cfg {
     /// `on_*` switches for per-file callbacks.
     file: Option<(bool, bool, bool)>,
     enabled: bool,
+    /// Rule 8: changes still coalesce, no attempt starts.
+    paused: bool,
 }
 
 impl Cfg {
@@ -502,6 +558,13 @@ impl Checker {
                 record.seq
             ));
         }
+        // Rule 8: a paused callback starts nothing; its resume starts what it held back.
+        let resuming = matches!(&record.kind,
+            RecordKind::CallbackResumed { name, .. } if key.callback == CallbackRef::Project(name.clone()));
+        if cfg.paused && !resuming {
+            self.violations
+                .push(format!("no spam: #{} attempt for paused {key}", record.seq));
+        }
         // A redeliver attempt belongs to a delivery an operator's redeliver opened.
         if a.redeliver != self.redelivers.contains(&a.delivery.0) {
             self.violations.push(format!(
@@ -580,11 +643,17 @@ impl Checker {
     fn on_record(&mut self, record: &Record, disposition: Disposition) {
         match &record.kind {
             RecordKind::CallbackPut { name, callback, .. } => {
+                // A put keeps a pause: the operator's, not the configuration's.
+                let paused = self
+                    .configs
+                    .get(&(None, name.clone()))
+                    .is_some_and(|c| c.paused);
                 let cfg = Cfg {
                     callback: callback.clone(),
                     put_by: record.seq,
                     file: None,
                     enabled: true,
+                    paused,
                 };
                 self.configs.insert((None, name.clone()), cfg);
                 self.widen(
@@ -628,6 +697,7 @@ impl Checker {
                             put_by: record.seq,
                             file: Some((fc.on_success, fc.on_failure, fc.on_progress)),
                             enabled: true,
+                            paused: false,
                         };
                         self.configs
                             .insert((Some(file.clone()), fc.name.clone()), cfg);
@@ -699,6 +769,40 @@ impl Checker {
                     }
                 }
             }
+            RecordKind::CallbackPaused { name, .. } => {
+                if let Some(cfg) = self.configs.get_mut(&(None, name.clone())) {
+                    cfg.paused = true;
+                }
+            }
+            RecordKind::CallbackResumed { name, .. } => {
+                let Some(cfg) = self.configs.get_mut(&(None, name.clone())) else {
+                    return;
+                };
+                if !std::mem::replace(&mut cfg.paused, false) {
+                    return;
+                }
+                let retry_for_ms = u64::from(cfg.callback.retry_for_secs) * 1000;
+                let callback = CallbackRef::Project(name.clone());
+                for (_, e) in self
+                    .epochs
+                    .iter_mut()
+                    .filter(|(k, _)| k.callback == callback)
+                {
+                    e.resumes.push(record.at);
+                    // A failing delivery whose horizon passed by the resume may have been
+                    // abandoned at its retry deadline during the pause.
+                    let failing =
+                        e.outstanding.is_none() && e.outcomes.last().is_some_and(|(_, ok)| !ok);
+                    let horizon_passed = e
+                        .first_failure
+                        .values()
+                        .max()
+                        .is_some_and(|first| record.at.0 >= first.0 + retry_for_ms);
+                    if failing && horizon_passed {
+                        e.abandoned_in_pause = Some(record.seq);
+                    }
+                }
+            }
             RecordKind::Ticked | RecordKind::RedeliverRequested { .. } => {}
         }
     }
@@ -763,7 +867,7 @@ proptest! {
         let mut v = Vec::new();
         for (key, e) in &c.epochs {
             let Some(&(seq, at)) = e.triggers.last() else { continue };
-            if e.abandoned_by.is_some_and(|s| s > seq) {
+            if e.abandoned_by.is_some_and(|s| s > seq) || e.abandoned_in_pause.is_some_and(|s| s > seq) {
                 continue;
             }
             let carrying = e.attempts.iter().map(|(_, a)| a).find(|a| a.version >= seq);
@@ -779,7 +883,10 @@ proptest! {
                 Some((t, true)) => t.0,
                 None => 0,
             };
-            let bound = (at.0 + e.max_window_ms).max(retry_slack);
+            // Rule 8: held back by a pause, it goes out at the resume (within a window).
+            let resumed = e.resumes.iter().filter(|r| **r >= at && **r <= a.started_at).max();
+            let pause_slack = resumed.map_or(0, |r| r.0 + e.max_window_ms);
+            let bound = (at.0 + e.max_window_ms).max(retry_slack).max(pause_slack);
             if a.started_at.0 > bound {
                 v.push(format!(
                     "liveness: {key} attempted v{} at {} but the change at {at} was due by {bound}",
@@ -844,11 +951,21 @@ proptest! {
         for r in &sim.log {
             core.apply(r, &mut effects);
             effects.clear();
+            // A paused callback's machine whose deadline passed is parked (rule 8).
+            let now = core.now();
+            let parked = |r: &CallbackRef, t: Timestamp| {
+                matches!(r, CallbackRef::Project(n) if core.is_paused(&project(), n)) && t <= now
+            };
             let earliest = core
                 .checkpoint()
                 .files
                 .iter()
-                .flat_map(|(_, entry)| entry.machines.iter().filter_map(|(_, m)| m.deadline()))
+                .flat_map(|(_, entry)| {
+                    entry
+                        .machines
+                        .iter()
+                        .filter_map(|(r, m)| m.deadline().filter(|t| !parked(r, *t)))
+                })
                 .min();
             prop_assert_eq!(core.next_deadline(), earliest, "after #{}", r.seq);
         }

@@ -747,3 +747,98 @@ fn census_at_leaves_out_sent_machines_past_their_window() {
     sim.push(30_000, cb_core::RecordKind::Ticked);
     assert_eq!(sim.core.census(), past);
 }
+
+#[test]
+fn rule_8_a_pause_holds_attempts_back_and_the_resume_sends_the_latest_once() {
+    check(
+        "put a window=10
+         @0 pause a
+         @1 change f1 rated
+         @5 change f1 moderated
+         @11 tick
+         @20 change f1 rated
+         @30 tick
+         @40 resume a
+         @40.1 ok f1 a",
+        expect![[r#"
+            #1  @0      put a window=10
+            #2  @0      pause a
+            #3  @1      change f1 rated
+                         f1#a: coalescing d3 due=11
+            #4  @5      change f1 moderated
+                         f1#a: coalescing d3 due=11
+            #5  @11     tick
+                         f1#a: coalescing d3 due=11
+            #6  @20     change f1 rated
+                         f1#a: coalescing d3 due=11
+            #7  @30     tick
+                         f1#a: coalescing d3 due=11
+            #8  @40     resume a                     => start f1#a d3#1 v6 @40
+                         f1#a: pending d3#1 v6
+            #9  @40.100 ok f1 a
+                         f1#a: sent d3 v6
+        "#]],
+    );
+}
+
+#[test]
+fn rule_8_an_attempt_in_flight_completes_and_a_redeliver_is_refused() {
+    check(
+        "put a window=0 backoff=10
+         @0 change f1 rated
+         @0 tick
+         @1 pause a
+         @2 fail f1 a 500
+         @3 redeliver f1 a
+         @20 tick
+         @21 resume a",
+        expect![[r#"
+            #1  @0      put a window=0 backoff=10
+            #2  @0      change f1 rated
+                         f1#a: coalescing d2 due=0
+            #3  @0      tick                         => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #4  @1      pause a
+                         f1#a: pending d2#1 v2
+            #5  @2      fail f1 a 500
+                         f1#a: retrying d2 failed=1 next=11.630
+            #6  @3      redeliver f1 a               ignored:PausedCallback
+                         f1#a: retrying d2 failed=1 next=11.630
+            #7  @20     tick
+                         f1#a: retrying d2 failed=1 next=11.630
+            #8  @21     resume a                     => start f1#a d2#2 v2 @21
+                         f1#a: pending d2#2 v2
+        "#]],
+    );
+}
+
+#[test]
+fn rule_8_a_pause_past_the_retry_horizon_abandons_what_kept_failing() {
+    check(
+        "put a window=0 backoff=10 retry_for=30
+         @0 change f1 rated
+         @0 tick
+         @1 fail f1 a 500
+         @5 pause a
+         @12 tick
+         @40 tick
+         @50 resume a",
+        expect![[r#"
+            #1  @0      put a window=0 backoff=10 retry_for=30
+            #2  @0      change f1 rated
+                         f1#a: coalescing d2 due=0
+            #3  @0      tick                         => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #4  @1      fail f1 a 500
+                         f1#a: retrying d2 failed=1 next=10.630
+            #5  @5      pause a
+                         f1#a: retrying d2 failed=1 next=10.630
+            #6  @12     tick
+                         f1#a: retrying d2 failed=1 next=10.630
+            #7  @40     tick
+                         f1#a: retrying d2 failed=1 next=10.630
+            #8  @50     resume a
+                         f1#a: abandoned d2 attempts=1
+        "#]],
+    );
+}

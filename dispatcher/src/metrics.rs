@@ -189,6 +189,8 @@ impl Metrics {
             }
             RecordKind::CallbackPut { .. } => "callback_put",
             RecordKind::CallbackRemoved { .. } => "callback_removed",
+            RecordKind::CallbackPaused { .. } => "callback_paused",
+            RecordKind::CallbackResumed { .. } => "callback_resumed",
             RecordKind::CallbackDisabled { .. } => "callback_disabled",
             RecordKind::Ticked => "tick",
             RecordKind::AttemptFinished(report) => {

@@ -237,7 +237,13 @@ impl Store {
                 frame.len()
             ));
         }
-        let cp: Checkpoint = codec::decode_value(frame)?;
+        // A checkpoint written before rule 8 (pause) has no `paused` list: it is that state
+        // with nothing paused.
+        let cp: Checkpoint = codec::decode_value(frame).or_else(|e| {
+            codec::decode_value::<cb_core::CheckpointBeforePauses>(frame)
+                .map(Checkpoint::from)
+                .map_err(|_| e)
+        })?;
         if cp.last_seq != Some(seq) {
             return Err(format!("says it folded up to {:?}, not {seq}", cp.last_seq));
         }
@@ -310,5 +316,43 @@ impl Drop for CheckpointWriter {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cb_core::{CheckpointBeforePauses, RecordKind, Timestamp};
+
+    use super::*;
+    use crate::{Input, StoreOptions};
+
+    /// A checkpoint written before rule 8 (no `paused` list) still loads, with nothing
+    /// paused: upgrading cb does not cost a fold from the first record.
+    #[test]
+    fn a_checkpoint_written_before_pauses_loads_with_nothing_paused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        store
+            .append(vec![Input::Record(RecordKind::Ticked)])
+            .unwrap();
+        let old = CheckpointBeforePauses {
+            now: Timestamp(5),
+            last_seq: Some(Seq(1)),
+            ignored: 0,
+            projects: Vec::new(),
+            files: Vec::new(),
+            owed_disables: Vec::new(),
+        };
+        let current = Checkpoint::from(old.clone());
+        let file = store.write_checkpoint(&current).unwrap();
+        assert_eq!(store.load_checkpoint(&file), Ok(current.clone()));
+        // The same state in the shape earlier builds wrote.
+        let frame = codec::encode_value(&old);
+        let mut bytes = std::fs::read(&file.path).unwrap();
+        bytes.truncate(HEADER_LEN);
+        bytes[24..32].copy_from_slice(&(frame.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&frame);
+        std::fs::write(&file.path, bytes).unwrap();
+        assert_eq!(store.load_checkpoint(&file), Ok(current));
     }
 }

@@ -45,6 +45,10 @@ pub enum IndexTag {
     Put = b'p',
     /// `CallbackRemoved`.
     Removed = b'x',
+    /// `CallbackPaused`.
+    Paused = b'z',
+    /// `CallbackResumed`.
+    Resumed = b'u',
 }
 
 impl IndexTag {
@@ -56,6 +60,8 @@ impl IndexTag {
             IndexTag::Disabled,
             IndexTag::Put,
             IndexTag::Removed,
+            IndexTag::Paused,
+            IndexTag::Resumed,
         ]
         .into_iter()
         .find(|t| *t as u8 == b)
@@ -69,6 +75,8 @@ impl IndexTag {
             RecordKind::CallbackDisabled { .. } => IndexTag::Disabled,
             RecordKind::CallbackPut { .. } => IndexTag::Put,
             RecordKind::CallbackRemoved { .. } => IndexTag::Removed,
+            RecordKind::CallbackPaused { .. } => IndexTag::Paused,
+            RecordKind::CallbackResumed { .. } => IndexTag::Resumed,
             RecordKind::Ticked => return None,
         })
     }

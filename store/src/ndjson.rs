@@ -76,6 +76,20 @@ pub enum LineKind {
         /// The callback's name.
         name: CallbackName,
     },
+    /// A project callback was paused (rule 8).
+    CallbackPaused {
+        /// The project.
+        project: ProjectId,
+        /// The callback's name.
+        name: CallbackName,
+    },
+    /// A paused project callback was resumed (rule 8).
+    CallbackResumed {
+        /// The project.
+        project: ProjectId,
+        /// The callback's name.
+        name: CallbackName,
+    },
     /// A callback was disabled by a `410 Gone`.
     CallbackDisabled {
         /// The project.
@@ -255,6 +269,14 @@ impl Line {
                 project: project.clone(),
                 name: name.clone(),
             },
+            RecordKind::CallbackPaused { project, name } => LineKind::CallbackPaused {
+                project: project.clone(),
+                name: name.clone(),
+            },
+            RecordKind::CallbackResumed { project, name } => LineKind::CallbackResumed {
+                project: project.clone(),
+                name: name.clone(),
+            },
             RecordKind::CallbackDisabled { machine, cause } => LineKind::CallbackDisabled {
                 project: machine.file.project.clone(),
                 file_id: machine.file.file_id.clone(),
@@ -327,6 +349,12 @@ impl Line {
             },
             LineKind::CallbackRemoved { project, name } => {
                 RecordKind::CallbackRemoved { project, name }
+            }
+            LineKind::CallbackPaused { project, name } => {
+                RecordKind::CallbackPaused { project, name }
+            }
+            LineKind::CallbackResumed { project, name } => {
+                RecordKind::CallbackResumed { project, name }
             }
             LineKind::CallbackDisabled {
                 project,

@@ -252,7 +252,82 @@ fn deliveries_list_the_failing_ones_by_state_project_callback_and_origin() {
     let (code, out, err) = cbctl(&cbd.dir, &["bulk-redeliver", "b", "--state", "retrying"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("1 redelivers appended: seq "), "{out}");
+    let (code, out, err) = cbctl(&cbd.dir, &["pause", "b", "mirror"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("pause of b/mirror appended: seq "), "{out}");
+    let (code, _, err) = cbctl(&cbd.dir, &["pause", "b", "mirror"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("b/mirror is already paused"), "{err}");
+    let (code, out, _) = cbctl(&cbd.dir, &["projects"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("  mirror  ") && out.contains("paused (seq "),
+        "{out}"
+    );
     let (code, _, err) = cbctl(&cbd.dir, &["deliveries", "--state", "stuck"]);
     assert_eq!(code, 2);
     assert!(err.contains("one of coalescing"), "{err}");
+}
+
+/// Rule 8 against a real receiver: a paused callback's changes coalesce and nothing goes
+/// out (a redeliver is refused with 409 `callback_paused`); the resume sends the latest
+/// state once; pause and resume are records, refused with a sentence when they cannot be.
+#[test]
+fn a_paused_callback_holds_its_deliveries_and_the_resume_sends_the_latest_once() {
+    let receiver = Receiver::start();
+    let cbd = Cbd::start(&["--allow-private-targets"]);
+    cbd.put_callback(
+        "p",
+        "site",
+        json!({"url": receiver.url("/cb"), "window_secs": 1}),
+    );
+    let post = |path: &str| cbd.call("POST", path, None, None);
+    let (status, body) = post("/v1/projects/p/callbacks/site/pause");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post("/v1/projects/p/callbacks/site/pause");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("already_paused"), "{body}");
+    let (status, body) = post("/v1/projects/p/callbacks/nosuch/pause");
+    assert_eq!(status, 404, "{body}");
+
+    cbd.change("p", "1", "rated", snapshot("1", 1));
+    let latest = cbd.change("p", "1", "moderated", snapshot("1", 2));
+    // Past the window: still nothing, the delivery waits coalescing.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(receiver.count(), 0, "a paused callback sends nothing");
+    assert_eq!(cbd.machine("p", "1", "site")["state"], "coalescing");
+    let (status, body) = post("/v1/files/p/1/redeliver?callback=site");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("callback_paused"), "{body}");
+    let projects = cbd.get("/v1/projects");
+    assert!(
+        projects["items"][0]["callbacks"][0]["paused_by"].is_u64(),
+        "{projects}"
+    );
+
+    let (status, body) = post("/v1/projects/p/callbacks/site/resume");
+    assert_eq!(status, 200, "{body}");
+    receiver.wait_for_count(1, Duration::from_secs(10));
+    assert_eq!(
+        receiver.received()[0].version(),
+        latest,
+        "the latest state, once"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(receiver.count(), 1);
+    let (status, body) = post("/v1/projects/p/callbacks/site/resume");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("not_paused"), "{body}");
+
+    let history = cbd.get("/v1/files/p/1/history");
+    let kinds: Vec<&str> = history["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"callback_paused") && kinds.contains(&"callback_resumed"),
+        "{kinds:?}"
+    );
 }

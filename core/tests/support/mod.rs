@@ -238,6 +238,14 @@ fn parse_record(sim: &Sim, w: &[&str]) -> RecordKind {
             project: project(),
             name: name(w[1]),
         },
+        "pause" => RecordKind::CallbackPaused {
+            project: project(),
+            name: name(w[1]),
+        },
+        "resume" => RecordKind::CallbackResumed {
+            project: project(),
+            name: name(w[1]),
+        },
         "change" => RecordKind::ChangeAppended {
             file: file(w[1]),
             event: w[2].parse::<EventKind>().unwrap(),

@@ -373,6 +373,35 @@ cbctl --data-dir /var/lib/cb bulk-redeliver acme --callback site --since 2026-12
         #[arg(long)]
         json: bool,
     },
+    /// Pause a project callback (rule 8): its deliveries keep coalescing, latest wins, but
+    /// no attempt starts until `resume`; an attempt in flight completes.
+    #[command(
+        after_help = "Examples:\n  CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 pause acme site\n  \
+cbctl --data-dir /var/lib/cb pause acme site   # cbd stopped: takes effect at its next start"
+    )]
+    Pause {
+        /// The project.
+        project: String,
+        /// The callback's name.
+        name: String,
+        /// The answer as JSON (`{"seq": N}`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a paused project callback (rule 8): each delivery that came due during the
+    /// pause goes out now, with the file's latest state, once.
+    #[command(
+        after_help = "Examples:\n  CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 resume acme site"
+    )]
+    Resume {
+        /// The project.
+        project: String,
+        /// The callback's name.
+        name: String,
+        /// The answer as JSON (`{"seq": N}`).
+        #[arg(long)]
+        json: bool,
+    },
     /// The log as NDJSON on stdout (docs/interchange.md).
     #[command(
         after_help = "The log holds callbacks' signing secrets and header values: an export is a \
@@ -777,6 +806,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => format!("redeliver of {key} appended"),
             };
             say_appended(&what, &answer, *json)
+        }
+        Command::Pause {
+            project,
+            name,
+            json,
+        }
+        | Command::Resume {
+            project,
+            name,
+            json,
+        } => {
+            let pausing = matches!(&cli.command, Command::Pause { .. });
+            let verb = if pausing { "pause" } else { "resume" };
+            let answer = match &cli.server {
+                Some(server) => send(
+                    server,
+                    "POST",
+                    &format!("/v1/projects/{project}/callbacks/{name}/{verb}"),
+                    None,
+                )?,
+                None => {
+                    let p = cb_core::ProjectId::new(project).context("project")?;
+                    let n = cb_core::CallbackName::new(name).context("callback")?;
+                    let store = open_for_append(&cli)?;
+                    cb_cli::lists::pause_check(&store.restore()?.core, &p, &n, pausing)
+                        .map_err(refused)?;
+                    let record = match pausing {
+                        true => cb_core::RecordKind::CallbackPaused {
+                            project: p,
+                            name: n,
+                        },
+                        false => cb_core::RecordKind::CallbackResumed {
+                            project: p,
+                            name: n,
+                        },
+                    };
+                    let appended = store.append(vec![cb_store::Input::Record(record)])?;
+                    serde_json::json!({"seq": appended.first.0})
+                }
+            };
+            say_appended(
+                &format!("{verb} of {project}/{name} appended"),
+                &answer,
+                *json,
+            )
         }
         Command::BulkRedeliver {
             project,
@@ -1738,6 +1812,9 @@ fn print_projects(v: &serde_json::Value) -> std::io::Result<()> {
             }
             if let Some(by) = c["disabled_by"].as_u64() {
                 line.push_str(&format!("  disabled (410 at seq {by})"));
+            }
+            if let Some(by) = c["paused_by"].as_u64() {
+                line.push_str(&format!("  paused (seq {by})"));
             }
             outln!("{line}  {}", states(&c["machines"]));
         }
