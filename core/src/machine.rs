@@ -513,6 +513,7 @@ impl Machine {
     /// horizon keeps running: a retry due at or past it abandons the delivery here, as the
     /// failure of that retry would have.
     pub(crate) fn on_due_paused(&mut self, at: Timestamp, callback: &Callback) {
+        // Rule 8: a paused callback starts no attempt; its retry horizon keeps running.
         self.abandon_past_horizon(at, callback);
     }
 
@@ -524,6 +525,7 @@ impl Machine {
             return false;
         }
         match &mut self.state {
+            // Rule 8: the resume delivers what came due during the pause, as if just due.
             State::Coalescing { due_at: t, .. } | State::Retrying { next_at: t, .. } => {
                 *t = now;
                 true
