@@ -9,7 +9,8 @@
 //! one, a dead one (every request hangs until its timeout), a flaky one (2xx, 3xx, 429 and
 //! 503 with `Retry-After`, 5xx, resets, slow answers), a flapping one (healthy and dead by
 //! turns) and one that sometimes answers `410 Gone` — while clients append changes and now
-//! and then a callback's configuration. The log takes appends in groups after a simulated
+//! and then a callback's configuration, and an operator pauses one callback (not the healthy
+//! origin's) for some seconds and resumes it (rule 8), across crashes and restarts. The log takes appends in groups after a simulated
 //! sync latency; it can run out of space, fail an fsync, stall, and the process can crash
 //! (everything not synced is lost, attempts in flight die with it) or shut down gracefully,
 //! then restart from its last checkpoint and the log's tail. At the end every fault stops,
@@ -82,6 +83,7 @@ pub const FAULT_CLASSES: &[&str] = &[
     "fsync_failed",
     "log_stall",
     "config_change",
+    "pause",
 ];
 
 /// One run's settings.
@@ -182,18 +184,41 @@ enum Behavior {
 #[derive(Debug)]
 enum Event {
     ClientChange,
-    ClientPut { project: usize },
+    ClientPut {
+        project: usize,
+    },
+    /// An operator pauses a project's callback (rule 8) ...
+    ClientPause {
+        project: usize,
+    },
+    /// ... and resumes it: repeated until the core says it is not paused.
+    ClientResume {
+        project: usize,
+        paused_at: u64,
+    },
     Sync,
-    Reply { flight: u64 },
-    Wake { generation: u64 },
-    Crash { graceful: bool },
+    Reply {
+        flight: u64,
+    },
+    Wake {
+        generation: u64,
+    },
+    Crash {
+        graceful: bool,
+    },
     Restart,
-    DiskFull { until_ms: u64 },
+    DiskFull {
+        until_ms: u64,
+    },
     DiskFree,
     FsyncFail,
-    Stall { until_ms: u64 },
+    Stall {
+        until_ms: u64,
+    },
     StallEnd,
-    Flap { project: usize },
+    Flap {
+        project: usize,
+    },
     Heal,
 }
 
@@ -796,6 +821,11 @@ impl Sim {
             let at = self.rng.random_range(span / 10..span);
             self.at(at, Event::ClientPut { project });
         }
+        // One pause of a callback other than the healthy origin's (whose lag is held to a
+        // bound), resumed some seconds later.
+        let at = self.rng.random_range(span / 10..span * 8 / 10);
+        let project = self.rng.random_range(1..5usize);
+        self.at(at, Event::ClientPause { project });
         self.at(end, Event::Heal);
         Ok(())
     }
@@ -867,6 +897,47 @@ impl Sim {
                 }
                 let next = self.now_ms + self.rng.random_range(5_000..40_000);
                 self.at(next, Event::ClientPut { project });
+            }
+            Event::ClientPause { project } => {
+                if self.healing {
+                    return Ok(());
+                }
+                if !self.accepts_clients() {
+                    self.at(self.now_ms + 1_000, Event::ClientPause { project });
+                    return Ok(());
+                }
+                self.count("pause");
+                let pause = RecordKind::CallbackPaused {
+                    project: Sim::project(project),
+                    name: Sim::callback_name(),
+                };
+                self.client_append(vec![Input::Record(pause)], 0);
+                let paused_at = self.now_ms;
+                let resume = paused_at + self.rng.random_range(1_000..10_000);
+                self.at(resume, Event::ClientResume { project, paused_at });
+            }
+            Event::ClientResume { project, paused_at } => {
+                // Until the core has folded a resume: the pause's append may still be on its
+                // way, a resume may be refused by the disk or lost in a crash.
+                let paused = match &self.driver {
+                    Some(driver) => driver
+                        .core()
+                        .is_paused(&Sim::project(project), &Sim::callback_name()),
+                    None => true,
+                };
+                if paused && self.accepts_clients() {
+                    let resume = RecordKind::CallbackResumed {
+                        project: Sim::project(project),
+                        name: Sim::callback_name(),
+                    };
+                    self.client_append(vec![Input::Record(resume)], 0);
+                }
+                if paused || self.now_ms < paused_at + 15_000 {
+                    self.at(
+                        self.now_ms + 1_000,
+                        Event::ClientResume { project, paused_at },
+                    );
+                }
             }
             Event::Sync => self.sync()?,
             Event::Reply { flight } => self.reply(flight),
