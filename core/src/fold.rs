@@ -731,10 +731,10 @@ impl Core {
         };
         let targets: Vec<CallbackRef> = match callback {
             Some(c) => match self.callback_for(file, c) {
+                Some((_, false)) => return Err(Ignored::DisabledCallback),
                 // Rule 8: a paused callback cannot be redelivered.
                 Some(_) if paused(c) => return Err(Ignored::PausedCallback),
                 Some((_, true)) => vec![c.clone()],
-                Some((_, false)) => return Err(Ignored::DisabledCallback),
                 None => return Err(Ignored::UnknownCallback),
             },
             None => {

@@ -321,8 +321,13 @@ impl Machine {
             State::Pending(_) => {
                 self.unsent.get_or_insert(change);
             }
-            // Rule 2: the coming attempt carries the latest snapshot anyway.
-            State::Coalescing { .. } | State::Retrying { .. } => {}
+            // Rule 2: the coming attempt carries the latest snapshot anyway. A retry also
+            // notes the change (an attempt clears it, `begin`): if a pause keeps the retry
+            // from happening and the delivery is abandoned, the change is still owed (rule 8).
+            State::Retrying { .. } => {
+                self.unsent.get_or_insert(change);
+            }
+            State::Coalescing { .. } => {}
         }
     }
 
@@ -469,6 +474,11 @@ impl Machine {
                         redeliver: flight.redeliver,
                     }
                 };
+                if matches!(self.state, State::Retrying { .. }) {
+                    // The retry carries the change owed; until it starts (a pause may keep
+                    // it from starting, rule 8), the change stays owed.
+                    self.unsent = owed;
+                }
                 OutcomeStep::Applied
             }
         }
@@ -505,9 +515,6 @@ impl Machine {
         }
     }
 
-    /// Rule 7: the callback's configuration changed. A window already waiting adopts the new
-    /// `leading`/`window_secs` for its own delay; windows already spent (`quiet_until`) and
-    /// scheduled retries keep the configuration they were computed with.
     /// The machine's deadline `at` fired while its callback is paused (rule 8): no attempt
     /// starts, and the deadline stays where it was, passed, until the resume. The retry
     /// horizon keeps running: a retry due at or past it abandons the delivery here, as the
@@ -521,12 +528,17 @@ impl Machine {
     /// due now, as if it had just come — unless the retry horizon passed during the pause,
     /// which abandons the delivery. Whether the caller is to fire it now.
     pub(crate) fn on_resume(&mut self, now: Timestamp, callback: &Callback) -> bool {
-        if self.deadline().is_none_or(|t| t > now) || self.abandon_past_horizon(now, callback) {
+        if self.deadline().is_none_or(|t| t > now) {
             return false;
         }
+        // Past the horizon the delivery ends here (abandoned, or reopened for a change that
+        // came in during the pause, which then goes now if it is due).
+        self.abandon_past_horizon(now, callback);
         match &mut self.state {
             // Rule 8: the resume delivers what came due during the pause, as if just due.
-            State::Coalescing { due_at: t, .. } | State::Retrying { next_at: t, .. } => {
+            State::Coalescing { due_at: t, .. } | State::Retrying { next_at: t, .. }
+                if *t <= now =>
+            {
                 *t = now;
                 true
             }
@@ -535,7 +547,10 @@ impl Machine {
     }
 
     /// Rule 4's horizon for a retrying machine that makes no attempt (rule 8): abandoned if
-    /// `at` is at or past `retry_for_secs` after its first failure. Whether it was.
+    /// `at` is at or past `retry_for_secs` after its first failure — unless a triggering
+    /// change came in since its last attempt, which no attempt carried: that one opens a new
+    /// delivery (rule 1), as one arriving during a last attempt does (`on_outcome`). Whether
+    /// the delivery ended.
     fn abandon_past_horizon(&mut self, at: Timestamp, callback: &Callback) -> bool {
         let State::Retrying {
             delivery,
@@ -548,15 +563,21 @@ impl Machine {
         };
         let past = at >= first_failure_at.plus_secs(callback.retry_for_secs);
         if past {
-            self.state = State::Abandoned {
-                delivery,
-                attempts: failed,
-                at,
+            self.state = match self.unsent.take() {
+                Some(change) => coalescing(change, callback, self.quiet_until, at),
+                None => State::Abandoned {
+                    delivery,
+                    attempts: failed,
+                    at,
+                },
             };
         }
         past
     }
 
+    /// Rule 7: the callback's configuration changed. A window already waiting adopts the new
+    /// `leading`/`window_secs` for its own delay; windows already spent (`quiet_until`) and
+    /// scheduled retries keep the configuration they were computed with.
     pub(crate) fn on_config(&mut self, callback: &Callback, now: Timestamp) {
         if let State::Coalescing {
             delivery, since, ..

@@ -798,7 +798,13 @@ impl Checker {
                         .values()
                         .max()
                         .is_some_and(|first| record.at.0 >= first.0 + retry_for_ms);
-                    if failing && horizon_passed {
+                    // A triggering change no attempt carried is owed, abandoned or not.
+                    let carried = e.attempts.last().map(|(_, a)| a.version);
+                    let nothing_owed = e
+                        .triggers
+                        .last()
+                        .is_none_or(|(seq, _)| carried.is_some_and(|v| *seq <= v));
+                    if failing && horizon_passed && nothing_owed {
                         e.abandoned_in_pause = Some(record.seq);
                     }
                 }

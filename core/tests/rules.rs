@@ -842,3 +842,34 @@ fn rule_8_a_pause_past_the_retry_horizon_abandons_what_kept_failing() {
         "#]],
     );
 }
+
+#[test]
+fn rule_8_a_change_during_a_paused_retry_is_still_delivered_past_the_horizon() {
+    check(
+        "put a window=0 backoff=10 retry_for=30
+         @0 change f1 rated
+         @0 tick
+         @1 fail f1 a 500
+         @5 pause a
+         @12 tick
+         @20 change f1 moderated
+         @50 resume a",
+        expect![[r#"
+            #1  @0      put a window=0 backoff=10 retry_for=30
+            #2  @0      change f1 rated
+                         f1#a: coalescing d2 due=0
+            #3  @0      tick                         => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #4  @1      fail f1 a 500
+                         f1#a: retrying d2 failed=1 next=10.630
+            #5  @5      pause a
+                         f1#a: retrying d2 failed=1 next=10.630
+            #6  @12     tick
+                         f1#a: retrying d2 failed=1 next=10.630
+            #7  @20     change f1 moderated
+                         f1#a: retrying d2 failed=1 next=10.630
+            #8  @50     resume a                     => start f1#a d7#1 v7 @50
+                         f1#a: pending d7#1 v7
+        "#]],
+    );
+}
