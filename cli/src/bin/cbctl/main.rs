@@ -379,29 +379,13 @@ cbctl --data-dir /var/lib/cb bulk-redeliver acme --callback site --since 2026-12
         after_help = "Examples:\n  CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 pause acme site\n  \
 cbctl --data-dir /var/lib/cb pause acme site   # cbd stopped: takes effect at its next start"
     )]
-    Pause {
-        /// The project.
-        project: String,
-        /// The callback's name.
-        name: String,
-        /// The answer as JSON (`{"seq": N}`).
-        #[arg(long)]
-        json: bool,
-    },
+    Pause(PauseArgs),
     /// Resume a paused project callback (rule 8): each delivery that came due during the
     /// pause goes out now, with the file's latest state, once.
     #[command(
         after_help = "Examples:\n  CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 resume acme site"
     )]
-    Resume {
-        /// The project.
-        project: String,
-        /// The callback's name.
-        name: String,
-        /// The answer as JSON (`{"seq": N}`).
-        #[arg(long)]
-        json: bool,
-    },
+    Resume(PauseArgs),
     /// The log as NDJSON on stdout (docs/interchange.md).
     #[command(
         after_help = "The log holds callbacks' signing secrets and header values: an export is a \
@@ -480,6 +464,18 @@ enum CallbacksAction {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which callback `pause` and `resume` act on.
+#[derive(clap::Args)]
+struct PauseArgs {
+    /// The project.
+    project: String,
+    /// The callback's name.
+    name: String,
+    /// The answer as JSON (`{"seq": N}`).
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -807,17 +803,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             say_appended(&what, &answer, *json)
         }
-        Command::Pause {
+        Command::Pause(PauseArgs {
             project,
             name,
             json,
-        }
-        | Command::Resume {
+        })
+        | Command::Resume(PauseArgs {
             project,
             name,
             json,
-        } => {
-            let pausing = matches!(&cli.command, Command::Pause { .. });
+        }) => {
+            let pausing = matches!(&cli.command, Command::Pause(_));
             let verb = if pausing { "pause" } else { "resume" };
             let answer = match &cli.server {
                 Some(server) => send(
