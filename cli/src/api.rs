@@ -143,6 +143,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
         (&Method::GET, ["v1", "log"]) => log(api, req.uri().query()),
         (&Method::GET, ["v1", "status"]) => status(api).await,
         (&Method::GET, ["v1", "deliveries"]) => deliveries(api, req.uri().query()).await,
+        (&Method::GET, ["v1", "attempts"]) => attempts(api, req.uri().query()).await,
         (&Method::POST, ["v1", "redeliver"]) => bulk_redeliver(api, req).await,
         (&Method::GET, ["v1", "projects"]) => {
             let params = lists::ProjectParams::from_query(req.uri().query())?;
@@ -170,7 +171,7 @@ fn allowed_methods(route: &[&str]) -> Option<&'static str> {
     Some(match route {
         ["healthz" | "metrics"] => "GET, HEAD",
         ["v1", "changes"] | ["v1", "changes", "batch"] => "POST",
-        ["v1", "log" | "status" | "deliveries" | "projects"] => "GET, HEAD",
+        ["v1", "log" | "status" | "deliveries" | "attempts" | "projects"] => "GET, HEAD",
         ["v1", "projects", _, "callbacks"] => "GET, HEAD",
         ["v1", "projects", _, "callbacks", _] => "GET, HEAD, PUT, DELETE",
         ["v1", "projects", _, "callbacks", _, "pause" | "resume"] => "POST",
@@ -639,6 +640,19 @@ async fn deliveries(api: &Api, q: Option<&str>) -> Result<Response<Body>, ApiErr
         .await
         .map_err(driver_stopped)?;
     Ok(json_response(StatusCode::OK, &page.into_json(details)))
+}
+
+/// `GET /v1/attempts`: recorded attempts, newest first, from the store's attempt index
+/// ([`cb_store::AttemptQuery`]): a page costs the attempts it lists.
+async fn attempts(api: &Api, q: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let params = lists::AttemptParams::from_query(q)?;
+    let page = api
+        .handle
+        .read(move |store| params.page(store))
+        .await
+        .map_err(driver_stopped)?
+        .map_err(|e| ApiError::store(&e))?;
+    Ok(json_response(StatusCode::OK, &page))
 }
 
 fn file_key(project: &str, file_id: &str) -> Result<FileKey, ApiError> {

@@ -92,6 +92,116 @@ impl DeliveryParams {
     }
 }
 
+/// What `GET /v1/attempts` (and `cbctl attempts`) asks, checked: a page of recorded
+/// attempts, newest first.
+#[derive(Clone, Debug)]
+pub struct AttemptParams {
+    query: cb_store::AttemptQuery,
+}
+
+impl AttemptParams {
+    /// Parses `project=&callback=&file=&outcome=&since=&until=&limit=&after=`; anything
+    /// else is refused. A callback or a file is named within its project, so neither comes
+    /// without `project=`.
+    pub fn from_query(q: Option<&str>) -> Result<AttemptParams, ApiError> {
+        let q = query(
+            q,
+            &[
+                "project", "callback", "file", "outcome", "since", "until", "limit", "after",
+            ],
+        )?;
+        let project = q.get("project").map(|p| ingest::project(p)).transpose()?;
+        let callback = q
+            .get("callback")
+            .map(|c| CallbackRef::parse(c).map_err(|e| bad(format!("callback {:?}: {e}", clip(c)))))
+            .transpose()?;
+        let file = q.get("file").map(|f| ingest::file_id(f)).transpose()?;
+        let of = match (project, file) {
+            (Some(project), Some(file_id)) => {
+                cb_store::AttemptsOf::File(cb_core::FileKey::new(project, file_id), callback)
+            }
+            (Some(project), None) => cb_store::AttemptsOf::Project(project, callback),
+            (None, _) if callback.is_some() || q.contains_key("file") => return Err(bad(
+                "callback= and file= name a callback or a file within a project: give project= too"
+                    .into(),
+            )),
+            (None, _) => cb_store::AttemptsOf::All,
+        };
+        let class = q
+            .get("outcome")
+            .map(|o| {
+                cb_core::OutcomeClass::parse(o).ok_or_else(|| {
+                    let names: Vec<&str> = cb_core::OutcomeClass::ALL
+                        .iter()
+                        .map(|c| c.as_str())
+                        .collect();
+                    bad(format!(
+                        "outcome {:?}: one of {}",
+                        clip(o),
+                        names.join(", ")
+                    ))
+                })
+            })
+            .transpose()?;
+        let time = |name: &str| {
+            q.get(name)
+                .map(|t| {
+                    parse_time(t).ok_or_else(|| {
+                        bad(format!(
+                            "{name} {:?}: give an RFC 3339 time, e.g. 2026-11-23T09:00:00Z",
+                            clip(t)
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let (since, until) = (time("since")?, time("until")?);
+        let before = q
+            .get("after")
+            .map(|a| match a.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(Seq(n)),
+                _ => Err(bad(format!(
+                    "after {:?}: give the `next` of the previous page (a record's seq)",
+                    clip(a)
+                ))),
+            })
+            .transpose()?;
+        Ok(AttemptParams {
+            query: cb_store::AttemptQuery {
+                of,
+                class,
+                since,
+                until,
+                before,
+                limit: limit(&q)?,
+            },
+        })
+    }
+
+    /// The page, as the API answers it: each attempt as `history` shows it, with its
+    /// project and file; `next` is the last one's seq when older ones match too.
+    pub fn page(&self, store: &Store) -> Result<Value, cb_store::Error> {
+        let page = store.attempts(&self.query)?;
+        let next = match (page.more, page.records.last()) {
+            (true, Some(last)) => Some(last.seq.0.to_string()),
+            _ => None,
+        };
+        let items: Vec<Value> = page
+            .records
+            .iter()
+            .map(|r| {
+                let mut item = view::record(r);
+                if let RecordKind::AttemptFinished(a) = &r.kind {
+                    item["project"] = a.machine.file.project.as_str().into();
+                    item["file_id"] = a.machine.file.file_id.as_str().into();
+                }
+                item
+            })
+            .collect();
+        Ok(json!({"items": items, "next": next}))
+    }
+}
+
 /// What `GET /v1/projects` (and `cbctl projects`) asks: a page of projects by id.
 #[derive(Clone, Debug)]
 pub struct ProjectParams {

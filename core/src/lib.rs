@@ -76,7 +76,7 @@ pub use ids::{
 };
 pub use lists::{Deliveries, DeliveryQuery, ListKey};
 pub use machine::{InFlight, Machine, State, StateName};
-pub use record::{AttemptReport, Outcome, Record, RecordKind, Scope};
+pub use record::{AttemptReport, Outcome, OutcomeClass, Record, RecordKind, Scope};
 pub use render::{render, Placement, Rendered};
 pub use signing::{SecretError, SigningSecret};
 pub use snapshot::{Snapshot, SnapshotBuilder, SnapshotError, SnapshotView};

@@ -199,20 +199,106 @@ impl Outcome {
         matches!(self, Outcome::Delivered { .. })
     }
 
-    /// A short name for metrics and tables (`2xx`, `5xx`, `timeout`, …).
+    /// A short name for metrics and tables (`delivered`, `5xx`, `timeout`, …).
     pub fn class(self) -> &'static str {
+        self.outcome_class().as_str()
+    }
+
+    /// The kind of outcome, as lists filter by it.
+    pub fn outcome_class(self) -> OutcomeClass {
         match self {
-            Outcome::Delivered { .. } => "delivered",
-            Outcome::Status { status: 410, .. } => "gone",
-            Outcome::Status { status, .. } if status < 400 => "redirect",
-            Outcome::Status { status, .. } if status < 500 => "4xx",
-            Outcome::Status { .. } => "5xx",
-            Outcome::Timeout => "timeout",
-            Outcome::Connect => "connect",
-            Outcome::Tls => "tls",
-            Outcome::TargetRefused => "target_refused",
-            Outcome::Smtp { .. } => "smtp",
+            Outcome::Delivered { .. } => OutcomeClass::Delivered,
+            Outcome::Status { status: 410, .. } => OutcomeClass::Gone,
+            Outcome::Status { status, .. } if status < 400 => OutcomeClass::Redirect,
+            Outcome::Status { status, .. } if status < 500 => OutcomeClass::Client,
+            Outcome::Status { .. } => OutcomeClass::Server,
+            Outcome::Timeout => OutcomeClass::Timeout,
+            Outcome::Connect => OutcomeClass::Connect,
+            Outcome::Tls => OutcomeClass::Tls,
+            Outcome::TargetRefused => OutcomeClass::TargetRefused,
+            Outcome::Smtp { .. } => OutcomeClass::Smtp,
         }
+    }
+}
+
+/// The kinds of outcome an operator filters attempts by (`GET /v1/attempts?outcome=`) and
+/// metrics count by. Each has a stable one-byte code: the store's attempt index is keyed
+/// by it, so a code once given is never reused for another kind.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[repr(u8)]
+pub enum OutcomeClass {
+    /// A 2xx answer, or an SMTP relay accepting the message.
+    Delivered = b'd',
+    /// Any other status below 400 (3xx are not followed).
+    Redirect = b'r',
+    /// 410 Gone: the callback is disabled.
+    Gone = b'g',
+    /// A 4xx other than 410.
+    Client = b'4',
+    /// A 5xx (or a status past 599).
+    Server = b'5',
+    /// No complete answer in time.
+    Timeout = b't',
+    /// Could not connect.
+    Connect = b'c',
+    /// TLS handshake or certificate verification failed.
+    Tls = b's',
+    /// The target's address is not allowed.
+    TargetRefused = b'x',
+    /// The SMTP relay rejected the message.
+    Smtp = b'm',
+}
+
+impl OutcomeClass {
+    /// Every kind, in the order documentation lists them.
+    pub const ALL: [OutcomeClass; 10] = [
+        OutcomeClass::Delivered,
+        OutcomeClass::Redirect,
+        OutcomeClass::Gone,
+        OutcomeClass::Client,
+        OutcomeClass::Server,
+        OutcomeClass::Timeout,
+        OutcomeClass::Connect,
+        OutcomeClass::Tls,
+        OutcomeClass::TargetRefused,
+        OutcomeClass::Smtp,
+    ];
+
+    /// Its name in the API, metrics and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeClass::Delivered => "delivered",
+            OutcomeClass::Redirect => "redirect",
+            OutcomeClass::Gone => "gone",
+            OutcomeClass::Client => "4xx",
+            OutcomeClass::Server => "5xx",
+            OutcomeClass::Timeout => "timeout",
+            OutcomeClass::Connect => "connect",
+            OutcomeClass::Tls => "tls",
+            OutcomeClass::TargetRefused => "target_refused",
+            OutcomeClass::Smtp => "smtp",
+        }
+    }
+
+    /// The kind named `name` ([`as_str`](Self::as_str)).
+    pub fn parse(name: &str) -> Option<OutcomeClass> {
+        OutcomeClass::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// Its stable one-byte code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The kind whose code is `code`.
+    pub fn from_code(code: u8) -> Option<OutcomeClass> {
+        OutcomeClass::ALL.into_iter().find(|c| c.code() == code)
+    }
+}
+
+impl fmt::Display for OutcomeClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -263,5 +349,34 @@ impl Record {
             },
             RecordKind::Ticked => Scope::Global,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_classes_have_distinct_names_and_codes_that_read_back() {
+        let mut codes: Vec<u8> = OutcomeClass::ALL.iter().map(|c| c.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), OutcomeClass::ALL.len());
+        for class in OutcomeClass::ALL {
+            assert_eq!(OutcomeClass::parse(class.as_str()), Some(class));
+            assert_eq!(OutcomeClass::from_code(class.code()), Some(class));
+        }
+        assert_eq!(OutcomeClass::parse("2xx"), None);
+        assert_eq!(OutcomeClass::from_code(0), None);
+    }
+
+    #[test]
+    fn statuses_fall_into_their_classes() {
+        let class = |status| Outcome::from_status(status, None).outcome_class();
+        assert_eq!(class(204), OutcomeClass::Delivered);
+        assert_eq!(class(302), OutcomeClass::Redirect);
+        assert_eq!(class(410), OutcomeClass::Gone);
+        assert_eq!(class(429), OutcomeClass::Client);
+        assert_eq!(class(503), OutcomeClass::Server);
     }
 }

@@ -14,19 +14,23 @@
 //! | `K` first_seq | where kept records lie (the base's kept segment): `(seq, Loc)` pairs |
 //! | `X` segment_first_seq first_file_key | a part of a per-file index segment (`index.rs`) |
 //! | `P` project `\0` seq | one [`IndexTag`] byte: the project's records |
+//! | `A` project `\0` callback `\0` class seq | nothing: the attempts of one callback, by outcome class |
+//! | `O` class seq | project `\0` callback: every attempt, by outcome class |
 //! | `M` name | the index's marks: how far each part reaches, and what it was built for |
 //!
 //! Ids cannot contain `\0` (SPEC §3 grammars), so the separators are unambiguous. Nothing
 //! in sled is needed to read the log: it is rebuilt from the segments when it is missing,
 //! damaged or disagrees with them.
 
-use cb_core::{ProjectId, Record, RecordKind, Seq};
+use cb_core::{OutcomeClass, ProjectId, Record, RecordKind, Seq};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::common_records::RecentIds;
 use crate::error::{Error, Result};
 
 pub(crate) const PROJECT_INDEX: u8 = b'P';
+pub(crate) const ATTEMPT_INDEX: u8 = b'A';
+pub(crate) const OUTCOME_INDEX: u8 = b'O';
 
 /// What an index entry points at, so that a lookup (the file's latest version) need not
 /// decode the record.
@@ -106,6 +110,29 @@ pub(crate) fn project_prefix(project: &ProjectId) -> Vec<u8> {
     k.extend_from_slice(project.as_str().as_bytes());
     k.push(0);
     k
+}
+
+/// `A project \0`: the prefix of every attempt entry of one project.
+pub(crate) fn attempt_project_prefix(project: &ProjectId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + project.as_str().len());
+    k.push(ATTEMPT_INDEX);
+    k.extend_from_slice(project.as_str().as_bytes());
+    k.push(0);
+    k
+}
+
+/// `A project \0 callback \0 class`: the prefix of one callback's attempts of one class.
+pub(crate) fn attempt_prefix(project: &ProjectId, callback: &[u8], class: OutcomeClass) -> Vec<u8> {
+    let mut k = attempt_project_prefix(project);
+    k.extend_from_slice(callback);
+    k.push(0);
+    k.push(class.code());
+    k
+}
+
+/// `O class`: the prefix of every attempt of one class.
+pub(crate) fn outcome_prefix(class: OutcomeClass) -> Vec<u8> {
+    vec![OUTCOME_INDEX, class.code()]
 }
 
 pub(crate) fn with_seq(mut prefix: Vec<u8>, seq: Seq) -> Vec<u8> {

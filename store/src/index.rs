@@ -8,8 +8,8 @@
 //! durable, in batches, each batch with a mark saying how far sled reaches and the checksum
 //! of the record at the mark (its *anchor*):
 //!
-//! - **locations** (`L` chunks of [`LOC_CHUNK`] `Loc`s, with the project entries `P` of the
-//!   same stretch), mark `Mlocated`;
+//! - **locations** (`L` chunks of [`LOC_CHUNK`] `Loc`s, with the project entries `P` and
+//!   the attempt entries `A`/`O` of the same stretch), mark `Mlocated`;
 //! - **per-file** entries, as segments of [`SEGMENT_SPAN`] records sorted by file (`X`
 //!   parts; a lookup probes each segment with one range query), mark `Mindexed`;
 //! - the **kept** records of the base (`K` chunks of `(seq, Loc)`), mark `Mbase`.
@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 
-use cb_core::{FileKey, ProjectId, Record, Scope, Seq};
+use cb_core::{FileKey, OutcomeClass, ProjectId, Record, RecordKind, Scope, Seq};
 
 use crate::codec::{self, IndexTag};
 use crate::error::{Error, Result};
@@ -48,7 +48,8 @@ pub const SEGMENT_SPAN: u64 = 65_536;
 /// Locations per `L` chunk (24 bytes each: 96 KiB, inline in sled).
 pub const LOC_CHUNK: u64 = 4096;
 /// The index's own layout version: an index of another one is rebuilt, never misread.
-const INDEX_FORMAT: u32 = 1;
+// 2: attempt entries (`A`, `O`).
+const INDEX_FORMAT: u32 = 2;
 
 /// The most bytes one per-file index part takes: under sled's inline limit (a quarter of
 /// its 512 KiB segment), so parts never become blob files of their own.
@@ -64,6 +65,45 @@ const BASE_KEY: &[u8] = b"Mbase";
 
 /// One file's entries: its records' seqs and what each is.
 pub(crate) type Entries = Vec<(Seq, IndexTag)>;
+
+/// An attempt as the attempt entries file it: whose, and how it ended.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) struct AttemptEntry {
+    pub(crate) project: ProjectId,
+    /// The callback's name as the log writes it (`site`, `file:0`).
+    pub(crate) callback: Vec<u8>,
+    pub(crate) class: OutcomeClass,
+}
+
+impl AttemptEntry {
+    fn of(record: &Record) -> Option<AttemptEntry> {
+        match &record.kind {
+            RecordKind::AttemptFinished(a) => Some(AttemptEntry {
+                project: a.machine.file.project.clone(),
+                callback: a.machine.callback.to_string().into_bytes(),
+                class: a.outcome.outcome_class(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Which attempts a lookup wants: each part given narrows it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct AttemptFilter<'a> {
+    pub(crate) project: Option<&'a ProjectId>,
+    /// Only with a project (callback names are the project's).
+    pub(crate) callback: Option<&'a [u8]>,
+    pub(crate) class: Option<OutcomeClass>,
+}
+
+impl AttemptFilter<'_> {
+    fn keeps(&self, entry: &AttemptEntry) -> bool {
+        self.project.is_none_or(|p| *p == entry.project)
+            && self.callback.is_none_or(|c| c == entry.callback.as_slice())
+            && self.class.is_none_or(|c| c == entry.class)
+    }
+}
 
 /// What sled says it holds.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -143,6 +183,8 @@ struct Tails {
     anchor: u32,
     /// Project-scoped records after `located`.
     projects: Vec<(ProjectId, Seq, IndexTag)>,
+    /// Attempts after `located`, in order.
+    attempts: Vec<(Seq, AttemptEntry)>,
     /// Per-file segments cover the records up to `indexed`.
     indexed: Seq,
     file_segments: Vec<Seq>,
@@ -657,6 +699,28 @@ impl Index {
                     keys.push(key);
                 }
             }
+            // Attempts at or before the base: found by class and seq (`O`), whose value
+            // names the `A` entry to go with it; costs the entries removed.
+            for class in OutcomeClass::ALL {
+                let prefix = codec::outcome_prefix(class);
+                let from = codec::with_seq(prefix.clone(), Seq(0));
+                let to = codec::with_seq(prefix, base);
+                for kv in db.range(from..=to) {
+                    let (key, whose) = kv?;
+                    if let (Some(seq), Some(split)) =
+                        (codec::seq_of_key(&key), whose.iter().position(|b| *b == 0))
+                    {
+                        let mut a = vec![codec::ATTEMPT_INDEX];
+                        a.extend_from_slice(&whose[..split]);
+                        a.push(0);
+                        a.extend_from_slice(&whose[split + 1..]);
+                        a.push(0);
+                        a.push(class.code());
+                        keys.push(codec::with_seq(a, seq).into());
+                    }
+                    keys.push(key);
+                }
+            }
             // Per-file segments wholly at or before the base, and the old kept one (0).
             for (i, first) in segments.iter().enumerate() {
                 let last = segments.get(i + 1).map_or(indexed, |next| Seq(next.0 - 1));
@@ -754,6 +818,7 @@ impl Index {
         tails.indexed = tails.indexed.max(base);
         tails.noted = tails.noted.max(base);
         tails.projects.retain(|(_, s, _)| *s > base);
+        tails.attempts.retain(|(s, _)| *s > base);
         let mut files: FxHashMap<FileKey, Entries> = FxHashMap::default();
         for (record, _) in kept {
             if let (Scope::File(file), Some(tag)) = (record.scope(), IndexTag::of(&record.kind)) {
@@ -799,6 +864,9 @@ impl Index {
             if let (Scope::Project(project), Some(tag)) = (r.scope(), IndexTag::of(&r.kind)) {
                 tails.projects.push((project.clone(), r.seq, tag));
             }
+            if let Some(entry) = AttemptEntry::of(r) {
+                tails.attempts.push((r.seq, entry));
+            }
             if r.seq > tails.indexed {
                 note_file(&mut tails, r);
             }
@@ -815,6 +883,7 @@ impl Index {
         let keep = (seq.0 - tails.located.0) as usize;
         tails.locs.truncate(keep);
         tails.projects.retain(|(_, s, _)| *s <= seq);
+        tails.attempts.retain(|(s, _)| *s <= seq);
         for entries in tails.files.values_mut() {
             entries.retain(|(s, _)| *s <= seq);
         }
@@ -837,7 +906,7 @@ impl Index {
         let _one = self.spilling.lock().expect("index lock");
         let mut wrote = false;
         loop {
-            let (first, payload, projects, last, crc, generation) = {
+            let (first, payload, projects, attempts, last, crc, generation) = {
                 let tails = self.tails.lock().expect("index lock");
                 let ready = durable
                     .0
@@ -864,7 +933,21 @@ impl Index {
                     .filter(|(_, s, _)| *s <= last)
                     .cloned()
                     .collect();
-                (first, payload, projects, last, crc, tails.generation)
+                let attempts: Vec<_> = tails
+                    .attempts
+                    .iter()
+                    .take_while(|(s, _)| *s <= last)
+                    .cloned()
+                    .collect();
+                (
+                    first,
+                    payload,
+                    projects,
+                    attempts,
+                    last,
+                    crc,
+                    tails.generation,
+                )
             };
             let mut batch = sled::Batch::default();
             batch.insert(
@@ -876,6 +959,21 @@ impl Index {
                     codec::with_seq(codec::project_prefix(project), *seq),
                     vec![*tag as u8],
                 );
+            }
+            for (seq, entry) in &attempts {
+                let AttemptEntry {
+                    project,
+                    callback,
+                    class,
+                } = entry;
+                batch.insert(
+                    codec::with_seq(codec::attempt_prefix(project, callback, *class), *seq),
+                    &[],
+                );
+                let mut whose = project.as_str().as_bytes().to_vec();
+                whose.push(0);
+                whose.extend_from_slice(callback);
+                batch.insert(codec::with_seq(codec::outcome_prefix(*class), *seq), whose);
             }
             let mut mark = last.0.to_le_bytes().to_vec();
             mark.extend_from_slice(&crc.to_le_bytes());
@@ -889,6 +987,7 @@ impl Index {
             let n = (last.0 - first.0 + 1) as usize;
             tails.locs.drain(..n);
             tails.projects.retain(|(_, s, _)| *s > last);
+            tails.attempts.retain(|(s, _)| *s > last);
             tails.located = last;
             tails.anchor = crc;
             wrote = true;
@@ -997,6 +1096,9 @@ impl Index {
                 .filter(|(_, s, _)| *s > through)
                 .cloned(),
         );
+        merged
+            .attempts
+            .extend(tails.attempts.iter().filter(|(s, _)| *s > through).cloned());
         for (file, entries) in &tails.files {
             let later: Vec<_> = entries
                 .iter()
@@ -1167,6 +1269,101 @@ impl Index {
                 .map(|(_, s, _)| *s),
         );
         Ok(seqs)
+    }
+
+    /// Up to `limit` attempts that `filter` keeps, numbered `lo..=hi`, newest first. Each
+    /// list of entries the filter names is read backwards from `hi` (one per outcome class
+    /// and callback the filter leaves open), so a page costs the entries it returns times
+    /// the lists merged, never a scan of the log or of the entries it skips.
+    pub(crate) fn attempt_seqs(
+        &self,
+        filter: AttemptFilter<'_>,
+        lo: Seq,
+        hi: Seq,
+        limit: usize,
+    ) -> Result<Vec<Seq>> {
+        if lo > hi || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut found: Vec<Seq> = {
+            let tails = self.tails.lock().expect("index lock");
+            tails
+                .attempts
+                .iter()
+                .rev()
+                .filter(|(s, e)| *s >= lo && *s <= hi && filter.keeps(e))
+                .map(|(s, _)| *s)
+                .take(limit)
+                .collect()
+        };
+        // The tails hold every attempt after the location mark, sled those up to it: a
+        // page the tails fill needs nothing older.
+        if found.len() >= limit || self.in_memory_only() {
+            return Ok(found);
+        }
+        let want = limit - found.len();
+        let classes: Vec<OutcomeClass> = match filter.class {
+            Some(class) => vec![class],
+            None => OutcomeClass::ALL.to_vec(),
+        };
+        let mut prefixes = Vec::new();
+        match filter.project {
+            Some(project) => {
+                let callbacks = match filter.callback {
+                    Some(callback) => vec![callback.to_vec()],
+                    None => self.attempt_callbacks(project)?,
+                };
+                for callback in &callbacks {
+                    for class in &classes {
+                        prefixes.push(codec::attempt_prefix(project, callback, *class));
+                    }
+                }
+            }
+            None => prefixes.extend(classes.iter().map(|c| codec::outcome_prefix(*c))),
+        }
+        let mut older = self.sled(|db| {
+            let mut seqs = Vec::new();
+            for prefix in &prefixes {
+                let from = codec::with_seq(prefix.clone(), lo);
+                let to = codec::with_seq(prefix.clone(), hi);
+                for kv in db.range(from..=to).rev().take(want) {
+                    seqs.extend(codec::seq_of_key(&kv?.0));
+                }
+            }
+            Ok(seqs)
+        })?;
+        older.sort_unstable_by(|a, b| b.cmp(a));
+        found.extend(older);
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        found.dedup();
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    /// The callbacks of `project` with an attempt entry in sled, skipping from one name to
+    /// the next: costs the callbacks, not their entries.
+    fn attempt_callbacks(&self, project: &ProjectId) -> Result<Vec<Vec<u8>>> {
+        let prefix = codec::attempt_project_prefix(project);
+        self.sled(|db| {
+            let mut names = Vec::new();
+            let mut from = prefix.clone();
+            while let Some(kv) = db.range(from.clone()..).next() {
+                let key = kv?.0;
+                let Some(rest) = key.strip_prefix(prefix.as_slice()) else {
+                    break;
+                };
+                let Some(end) = rest.iter().position(|b| *b == 0) else {
+                    break;
+                };
+                let name = rest[..end].to_vec();
+                // Past every key of this name: the name, then a byte above its `\0`.
+                from.truncate(prefix.len());
+                from.extend_from_slice(&name);
+                from.push(1);
+                names.push(name);
+            }
+            Ok(names)
+        })
     }
 
     fn file_snapshot(&self, file: &FileKey) -> (Vec<Seq>, Entries) {

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod attempts;
 mod base;
 mod checkpoint;
 mod codec;
@@ -44,6 +45,7 @@ pub mod storage;
 pub mod synthetic;
 mod watch;
 
+pub use attempts::{AttemptPage, AttemptQuery, AttemptsOf};
 pub use base::Base;
 pub use checkpoint::{CheckpointFile, CheckpointWriter, Damaged, Restored, KEEP};
 pub use codec::IndexTag;

@@ -151,6 +151,33 @@ fn a_short_horizon_keeps_the_log_flat_and_every_file_served() {
             "{file}"
         );
     }
+    // The attempts listed are those the log holds, from the base on.
+    let mut listed = Vec::new();
+    let mut query = cb_store::AttemptQuery {
+        of: cb_store::AttemptsOf::All,
+        class: None,
+        since: None,
+        until: None,
+        before: None,
+        limit: 100,
+    };
+    loop {
+        let page = store.attempts(&query).unwrap();
+        listed.extend(page.records.iter().map(|r| r.seq));
+        match (page.more, page.records.last()) {
+            (true, Some(last)) => query.before = Some(last.seq),
+            _ => break,
+        }
+    }
+    let mut walked: Vec<Seq> = store
+        .records(Seq(1))
+        .map(Result::unwrap)
+        .filter(|r| matches!(r.kind, RecordKind::AttemptFinished(_)))
+        .map(|r| r.seq)
+        .collect();
+    walked.reverse();
+    assert!(!walked.is_empty());
+    assert_eq!(listed, walked);
     // A file's history starts at the base, from the state there.
     let (file, _) = latest.iter().next().unwrap();
     let start = store.file_start(file).unwrap().expect("a base");

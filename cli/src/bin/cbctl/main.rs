@@ -302,6 +302,46 @@ ends with the --after that gives the next one."
         #[arg(long)]
         json: bool,
     },
+    /// Recorded attempts, newest first, filtered: when each went out, for which file and
+    /// callback, how it ended and why.
+    #[command(
+        after_help = "Examples:\n  cbctl --data-dir /var/lib/cb attempts --project acme --outcome 5xx\n  \
+CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 attempts --project acme --file 556114\n  \
+cbctl attempts --since 2026-11-23T09:00:00Z --until 2026-11-23T10:00:00Z --after 4711   # the page after that one\n\n\
+Outcomes: delivered, redirect, gone, 4xx, 5xx, timeout, connect, tls, target_refused, smtp. \
+--callback and --file need --project. A page lists at most --limit attempts (100 by default, at most 1000) \
+and ends with the --after that gives the next one."
+    )]
+    Attempts {
+        /// Only this project's.
+        #[arg(long)]
+        project: Option<String>,
+        /// Only this callback's (`file:NAME` for a per-file callback); needs --project.
+        #[arg(long)]
+        callback: Option<String>,
+        /// Only this file's; needs --project.
+        #[arg(long)]
+        file: Option<String>,
+        /// Only those that ended so: delivered, redirect, gone, 4xx, 5xx, timeout, connect,
+        /// tls, target_refused or smtp.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only those recorded at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only those recorded at or before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many (1 to 1000; 100 by default).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The page after this cursor (the `next` of the page before).
+        #[arg(long)]
+        after: Option<String>,
+        /// JSON output: the API's answer, `{"items": [...], "next": ...}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// A project's callbacks: list, set (create or replace) or rm.
     #[command(
         after_help = "On a data dir the daemon must be stopped; the change is appended and takes effect at its next \
@@ -944,6 +984,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_deliveries(&v)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Attempts {
+            project,
+            callback,
+            file,
+            outcome,
+            since,
+            until,
+            limit,
+            after,
+            json,
+        } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            let limit = limit.map(|n| n.to_string());
+            for (k, v) in [
+                ("project", project.as_ref()),
+                ("callback", callback.as_ref()),
+                ("file", file.as_ref()),
+                ("outcome", outcome.as_ref()),
+                ("since", since.as_ref()),
+                ("until", until.as_ref()),
+                ("limit", limit.as_ref()),
+                ("after", after.as_ref()),
+            ] {
+                if let Some(v) = v {
+                    q.append_pair(k, v);
+                }
+            }
+            let q = q.finish();
+            let v = match &cli.server {
+                Some(server) => {
+                    fetch(server, &format!("/v1/attempts?{q}"))?.into_json::<serde_json::Value>()?
+                }
+                None => {
+                    let params =
+                        cb_cli::lists::AttemptParams::from_query(Some(&q)).map_err(refused)?;
+                    let source = open(&cli)?;
+                    params.page(&source.store)?
+                }
+            };
+            if *json {
+                outln!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_attempts(&v)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -1854,6 +1940,39 @@ fn print_deliveries(v: &serde_json::Value) -> std::io::Result<()> {
     }
     if let Some(next) = v["next"].as_str() {
         outln!("more: --after '{next}'");
+    }
+    Ok(())
+}
+
+fn print_attempts(v: &serde_json::Value) -> std::io::Result<()> {
+    let items = v["items"].as_array().map_or(&[][..], Vec::as_slice);
+    if items.is_empty() {
+        outln!("no attempts match");
+    }
+    for a in items {
+        let s = |k: &str| match &a[k] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let mut line = format!(
+            "{}  #{}  {}/{}  {}  attempt {} of delivery {}  {}  {} ms",
+            s("time"),
+            s("seq"),
+            s("project"),
+            s("file_id"),
+            s("callback"),
+            s("attempt"),
+            s("delivery"),
+            s("outcome"),
+            s("latency_ms"),
+        );
+        if let Some(detail) = a["detail"].as_str().filter(|d| !d.is_empty()) {
+            line.push_str(&format!("  ({detail})"));
+        }
+        outln!("{line}");
+    }
+    if let Some(next) = v["next"].as_str() {
+        outln!("more: --after {next}");
     }
     Ok(())
 }
