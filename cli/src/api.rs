@@ -128,6 +128,9 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
         (&Method::POST, ["v1", "projects", p, "callbacks", n, "pause"]) => {
             pause(api, p, n, true).await
         }
+        (&Method::POST, ["v1", "projects", p, "callbacks", n, "test"]) => {
+            test_send(api, p, n).await
+        }
         (&Method::POST, ["v1", "projects", p, "callbacks", n, "resume"]) => {
             pause(api, p, n, false).await
         }
@@ -174,7 +177,7 @@ fn allowed_methods(route: &[&str]) -> Option<&'static str> {
         ["v1", "log" | "status" | "deliveries" | "attempts" | "projects"] => "GET, HEAD",
         ["v1", "projects", _, "callbacks"] => "GET, HEAD",
         ["v1", "projects", _, "callbacks", _] => "GET, HEAD, PUT, DELETE",
-        ["v1", "projects", _, "callbacks", _, "pause" | "resume"] => "POST",
+        ["v1", "projects", _, "callbacks", _, "pause" | "resume" | "test"] => "POST",
         ["v1", "files", _, _] | ["v1", "files", _, _, "history"] => "GET, HEAD",
         ["v1", "files", _, _, "redeliver"] | ["v1", "redeliver"] => "POST",
         _ => return None,
@@ -593,6 +596,71 @@ async fn pause(
     Ok(json_response(
         StatusCode::OK,
         &json!({"seq": appended.first.0}),
+    ))
+}
+
+/// `POST …/callbacks/{name}/test`: sends the documented sample now, whatever the callback's
+/// state (paused, disabled, failing), and answers how it went; the send is recorded
+/// (`CallbackTested`) and touches no machine (SPEC §4).
+async fn test_send(api: &Api, project: &str, name: &str) -> Result<Response<Body>, ApiError> {
+    let project = ingest::project(project)?;
+    let name = callback_name(name)?;
+    let callback = {
+        let (project, name) = (project.clone(), name.clone());
+        api.handle
+            .query(move |core| {
+                core.callbacks(&project)
+                    .find(|(n, _)| **n == name)
+                    .map(|(_, slot)| slot.callback.clone())
+            })
+            .await
+            .map_err(driver_stopped)?
+    }
+    .ok_or_else(|| ApiError::not_found(format!("no callback {name} in {project}")))?;
+    // A send the log cannot record would be one nobody can audit: refuse it first.
+    if !api.handle.store().writable() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_writable",
+            "the log takes no records now (see /healthz); nothing was sent",
+        )
+        .retry_after(10));
+    }
+    let report = api
+        .handle
+        .deliverer()
+        .test_send(&project, &name, callback, cb_store::wall_clock())
+        .await;
+    let record = RecordKind::CallbackTested {
+        project: project.clone(),
+        name: name.clone(),
+        outcome: report.outcome,
+        latency_ms: report.latency_ms,
+        digest: report.digest,
+        detail: report.detail.clone(),
+    };
+    let appended = append(api, vec![Input::Record(record)]).await?;
+    let status = match report.outcome {
+        cb_core::Outcome::Delivered { status } | cb_core::Outcome::Status { status, .. } => {
+            Some(status)
+        }
+        cb_core::Outcome::Smtp { code } => Some(code),
+        _ => None,
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "seq": appended.first.0,
+            "project": project.as_str(),
+            "callback": name.as_str(),
+            "delivered": report.outcome.is_delivered(),
+            "outcome": report.outcome.to_string(),
+            "class": report.outcome.class(),
+            "status": status,
+            "latency_ms": report.latency_ms,
+            "digest": report.digest.to_hex(),
+            "detail": report.detail,
+        }),
     ))
 }
 

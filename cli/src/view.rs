@@ -146,6 +146,24 @@ pub fn record(r: &Record) -> Value {
         RecordKind::CallbackPaused { name, .. } => {
             ("callback_paused", json!({ "name": name.as_str() }))
         }
+        RecordKind::CallbackTested {
+            name,
+            outcome,
+            latency_ms,
+            digest,
+            detail,
+            ..
+        } => (
+            "callback_tested",
+            json!({
+                "name": name.as_str(),
+                "outcome": outcome.to_string(),
+                "class": outcome.class(),
+                "latency_ms": latency_ms,
+                "digest": digest.to_hex(),
+                "detail": detail,
+            }),
+        ),
         RecordKind::CallbackResumed { name, .. } => {
             ("callback_resumed", json!({ "name": name.as_str() }))
         }

@@ -352,6 +352,8 @@ impl Core {
             RecordKind::CallbackResumed { project, name } => {
                 self.on_resumed(project, name, at, effects)
             }
+            // A test send is a fact for operators, not an input of any machine.
+            RecordKind::CallbackTested { .. } => Disposition::Applied,
         };
         if let Disposition::Ignored(_) = disposition {
             self.ignored += 1;

@@ -104,6 +104,23 @@ pub enum RecordKind {
         /// The callback's name.
         name: CallbackName,
     },
+    /// An operator's test send to a project callback (`POST …/callbacks/{name}/test`): the
+    /// documented sample ([`crate::render::test_sample`]) went out once with `cb-test: 1`,
+    /// whatever the callback's state. It touches no machine: the fold only lets time pass.
+    CallbackTested {
+        /// The project.
+        project: ProjectId,
+        /// The callback's name.
+        name: CallbackName,
+        /// How the send ended.
+        outcome: Outcome,
+        /// From start to outcome.
+        latency_ms: u32,
+        /// SHA-256 of the exact payload bytes sent.
+        digest: Digest,
+        /// A human-readable detail for operators; empty if none.
+        detail: String,
+    },
 }
 
 /// What the dispatcher observed performing one attempt.
@@ -342,7 +359,8 @@ impl Record {
             RecordKind::CallbackPut { project, .. }
             | RecordKind::CallbackRemoved { project, .. }
             | RecordKind::CallbackPaused { project, .. }
-            | RecordKind::CallbackResumed { project, .. } => Scope::Project(project),
+            | RecordKind::CallbackResumed { project, .. }
+            | RecordKind::CallbackTested { project, .. } => Scope::Project(project),
             RecordKind::CallbackDisabled { machine, .. } => match machine.callback {
                 CallbackRef::Project(_) => Scope::Project(&machine.file.project),
                 CallbackRef::File(_) => Scope::File(&machine.file),

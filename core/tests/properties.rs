@@ -106,6 +106,13 @@ enum Op {
         dt_ms: u64,
         callback: usize,
     },
+    /// An operator's test send: a record that must touch no machine (SPEC §4), so every
+    /// property holds with them anywhere in a history.
+    Test {
+        dt_ms: u64,
+        callback: usize,
+        outcome: Outcome,
+    },
 }
 
 fn config() -> impl Strategy<Value = Config> {
@@ -163,6 +170,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(dt_ms, file, callback)| Op::Redeliver { dt_ms, file, callback }),
         2 => (dt(), 0..CALLBACKS.len()).prop_map(|(dt_ms, callback)| Op::Pause { dt_ms, callback }),
         2 => (dt(), 0..CALLBACKS.len()).prop_map(|(dt_ms, callback)| Op::Resume { dt_ms, callback }),
+        1 => (dt(), 0..CALLBACKS.len(), outcome())
+            .prop_map(|(dt_ms, callback, outcome)| Op::Test { dt_ms, callback, outcome }),
     ]
 }
 
@@ -285,6 +294,25 @@ fn simulate((a, b, ops): &(Config, Config, Vec<Op>)) -> Sim {
                         version: latest.get(&key).copied(),
                         file: key,
                         callback: callback.map(|c| CallbackRef::Project(name(CALLBACKS[c]))),
+                    },
+                );
+            }
+            Op::Test {
+                dt_ms,
+                callback,
+                outcome,
+            } => {
+                now += dt_ms;
+                push(
+                    &mut sim,
+                    now,
+                    RecordKind::CallbackTested {
+                        project: project(),
+                        name: name(CALLBACKS[*callback]),
+                        outcome: *outcome,
+                        latency_ms: 3,
+                        digest: cb_core::Digest::of(b"sample"),
+                        detail: String::new(),
                     },
                 );
             }
@@ -769,6 +797,8 @@ impl Checker {
                     }
                 }
             }
+            // A test send touches no machine (SPEC §4).
+            RecordKind::CallbackTested { .. } => {}
             RecordKind::CallbackPaused { name, .. } => {
                 if let Some(cfg) = self.configs.get_mut(&(None, name.clone())) {
                     cfg.paused = true;

@@ -121,13 +121,69 @@ impl Deliverer {
                 )
             }
         };
-        let rendered = render(&snapshot, &attempt.callback);
+        // The version is a change record; its event goes in a mail's subject.
+        let event = || match self.log.record(attempt.version) {
+            Ok(Some(cb_core::Record {
+                kind: cb_core::RecordKind::ChangeAppended { event, .. },
+                ..
+            })) => Some(event),
+            _ => None,
+        };
+        self.send(attempt, &snapshot, Sending::Delivery(&event))
+            .await
+    }
+
+    /// Sends a project callback the documented test sample now (SPEC §4: `cb-test: 1`,
+    /// whatever the callback's state), outside any machine and any slot: an operator is
+    /// waiting for the answer.
+    pub async fn test_send(
+        &self,
+        project: &cb_core::ProjectId,
+        name: &cb_core::CallbackName,
+        callback: Arc<cb_core::Callback>,
+        now: cb_core::Timestamp,
+    ) -> TestReport {
+        let attempt = Attempt {
+            machine: MachineKey {
+                file: cb_core::FileKey::new(
+                    project.clone(),
+                    cb_core::FileId::new(cb_core::render::TEST_FILE_ID)
+                        .expect("the test file id is a valid id"),
+                ),
+                callback: cb_core::CallbackRef::Project(name.clone()),
+            },
+            delivery: cb_core::DeliveryId(cb_core::Seq(0)),
+            attempt: 1,
+            version: cb_core::Seq(0),
+            started_at: now,
+            redeliver: false,
+            callback,
+        };
+        let started = Instant::now();
+        let sample = cb_core::render::test_sample();
+        let (outcome, digest, detail) = self.send(&attempt, &sample, Sending::Test).await;
+        TestReport {
+            outcome,
+            latency_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
+            digest,
+            detail: clip(detail),
+        }
+    }
+
+    async fn send<'a>(
+        &self,
+        attempt: &Attempt,
+        snapshot: impl Into<cb_core::SnapshotView<'a>>,
+        sending: Sending<'_>,
+    ) -> (Outcome, Digest, String) {
+        let rendered = render(snapshot, &attempt.callback);
         let digest = rendered.digest();
         let timeout = Duration::from_secs(u64::from(attempt.callback.timeout_secs));
         let (outcome, detail) = match &attempt.callback.target {
             Target::Http(url) => {
                 let url = request_url(url, &rendered);
-                let request = match build_request(attempt, &url, &rendered) {
+                let test = matches!(sending, Sending::Test);
+                let request = match build_request(attempt, &url, &rendered, test) {
                     Ok(r) => r,
                     Err(detail) => return (Outcome::Connect, digest, detail),
                 };
@@ -143,15 +199,11 @@ impl Deliverer {
                 Some(Err(e)) => (Outcome::Connect, e.clone()),
                 Some(Ok(mailer)) => {
                     let id = webhook_id(&attempt.machine, attempt.delivery);
-                    // The version is a change record; its event goes in the subject.
-                    let event = match self.log.record(attempt.version) {
-                        Ok(Some(cb_core::Record {
-                            kind: cb_core::RecordKind::ChangeAppended { event, .. },
-                            ..
-                        })) => Some(event),
-                        _ => None,
+                    let subject = match sending {
+                        Sending::Delivery(event) => crate::mail::Subject::Change(event()),
+                        Sending::Test => crate::mail::Subject::Test,
                     };
-                    let send = mailer.send(address, attempt, event, &rendered, &id);
+                    let send = mailer.send(address, attempt, subject, &rendered, &id);
                     match tokio::time::timeout(timeout, send).await {
                         Ok(result) => result,
                         Err(_) => (
@@ -217,6 +269,26 @@ impl Deliverer {
     }
 }
 
+/// What a test send observed.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct TestReport {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// From start to outcome.
+    pub latency_ms: u32,
+    /// SHA-256 of the exact payload bytes sent.
+    pub digest: Digest,
+    /// A one-line detail for operators; empty if none.
+    pub detail: String,
+}
+
+/// Why a request goes out: an attempt of a delivery (with the event of the change it
+/// carries, read only if a mail subject needs it), or an operator's test send.
+enum Sending<'a> {
+    Delivery(&'a (dyn Fn() -> Option<cb_core::EventKind> + Sync)),
+    Test,
+}
+
 /// The `webhook-id` of a delivery: stable across its retries, unique per machine (delivery
 /// ids are shared by every callback a change triggers).
 pub fn webhook_id(machine: &MachineKey, delivery: cb_core::DeliveryId) -> String {
@@ -230,6 +302,7 @@ fn build_request(
     attempt: &Attempt,
     url: &str,
     rendered: &cb_core::Rendered,
+    test: bool,
 ) -> Result<Request<Full<Bytes>>, String> {
     let cb = &attempt.callback;
     let method = match cb.method {
@@ -271,6 +344,9 @@ fn build_request(
             );
     }
     builder = builder.header("webhook-id", id);
+    if test {
+        builder = builder.header("cb-test", "1");
+    }
     for h in &cb.headers {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|e| format!("header name {:?}: {e}", h.name))?;
@@ -375,7 +451,7 @@ mod tests {
         let snapshot = cb_core::Snapshot::from_pairs([("id", "1")]).unwrap();
         let types = |a: &Attempt| {
             let rendered = cb_core::render(&snapshot, &a.callback);
-            let request = build_request(a, "https://x.org/cb", &rendered).unwrap();
+            let request = build_request(a, "https://x.org/cb", &rendered, false).unwrap();
             let values: Vec<String> = request
                 .headers()
                 .get_all(CONTENT_TYPE)

@@ -127,9 +127,16 @@ pub struct Handle {
     commits: mpsc::WeakSender<Vec<Record>>,
     inbox: mpsc::Sender<Command>,
     metrics: Arc<Metrics>,
+    /// The driver's deliverer, for test sends (they take no slot: an operator waits).
+    deliverer: Arc<Deliverer>,
 }
 
 impl Handle {
+    /// The deliverer attempts go through, for an operator's test send.
+    pub fn deliverer(&self) -> &Arc<Deliverer> {
+        &self.deliverer
+    }
+
     /// The log.
     pub fn store(&self) -> &Store {
         &self.store
@@ -249,11 +256,13 @@ impl Dispatcher {
         };
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let deliverer = Arc::new(Deliverer::new(log.clone(), &options.delivery));
         let handle = Handle {
             store: store.clone(),
             commits: commits_weak,
             inbox: inbox_tx,
             metrics: metrics.clone(),
+            deliverer: deliverer.clone(),
         };
         let mut started = Started {
             last_seq: store.last_seq(),
@@ -284,7 +293,7 @@ impl Dispatcher {
         started.resumed_attempts = state.resume(now);
         let driver = Driver {
             state,
-            deliverer: Arc::new(Deliverer::new(log.clone(), &options.delivery)),
+            deliverer,
             log,
             records: records_rx,
             inbox: inbox_rx,

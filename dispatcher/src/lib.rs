@@ -22,7 +22,7 @@ pub mod metrics;
 pub mod sim;
 pub mod target;
 
-pub use deliver::{webhook_id, Deliverer, DeliveryConfig};
+pub use deliver::{webhook_id, Deliverer, DeliveryConfig, TestReport};
 pub use driver::{Dispatcher, DispatcherOptions, Error, Handle, Started};
 pub use limits::LimitsConfig;
 pub use metrics::Metrics;

@@ -13,6 +13,16 @@ use lettre::message::Mailbox;
 use lettre::transport::smtp::AsyncSmtpTransport;
 use lettre::{AsyncTransport, Message, Tokio1Executor};
 
+/// What a mail's subject says: the change its version is (the event, when it could be
+/// read), or that it is an operator's test send (which also carries `cb-test: 1`).
+#[derive(Clone, Copy, Debug)]
+pub enum Subject {
+    /// An attempt of a delivery.
+    Change(Option<EventKind>),
+    /// A test send.
+    Test,
+}
+
 /// An SMTP relay connection pool.
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -60,7 +70,7 @@ impl Mailer {
         &self,
         address: &str,
         attempt: &Attempt,
-        event: Option<EventKind>,
+        subject: Subject,
         rendered: &Rendered,
         webhook_id: &str,
     ) -> (Outcome, String) {
@@ -79,16 +89,26 @@ impl Mailer {
         };
         let content_type = ContentType::parse(content_type).unwrap_or(ContentType::TEXT_PLAIN);
         let file = &attempt.machine.file;
-        let message = Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .subject(format!(
+        let mut message = Message::builder().from(self.from.clone()).to(to);
+        message = match subject {
+            Subject::Change(event) => message.subject(format!(
                 "[cb] {}/{} {} (version {})",
                 file.project,
                 file.file_id,
                 event.map_or("changed", EventKind::as_str),
                 attempt.version
-            ))
+            )),
+            Subject::Test => message
+                .subject(format!(
+                    "[cb] test send to {}/{}",
+                    file.project, attempt.machine.callback
+                ))
+                .raw_header(header::HeaderValue::new(
+                    header::HeaderName::new_from_ascii_str("cb-test"),
+                    "1".into(),
+                )),
+        };
+        let message = message
             .message_id(Some(format!("<{webhook_id}.{}@cb>", attempt.attempt)))
             // RFC 2045: without it, clients may show the quoted-printable body undecoded.
             .header(header::MIME_VERSION_1_0)

@@ -191,6 +191,7 @@ impl Metrics {
             RecordKind::CallbackRemoved { .. } => "callback_removed",
             RecordKind::CallbackPaused { .. } => "callback_paused",
             RecordKind::CallbackResumed { .. } => "callback_resumed",
+            RecordKind::CallbackTested { .. } => "callback_tested",
             RecordKind::CallbackDisabled { .. } => "callback_disabled",
             RecordKind::Ticked => "tick",
             RecordKind::AttemptFinished(report) => {

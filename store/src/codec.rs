@@ -53,6 +53,8 @@ pub enum IndexTag {
     Paused = b'z',
     /// `CallbackResumed`.
     Resumed = b'u',
+    /// `CallbackTested`.
+    Tested = b't',
 }
 
 impl IndexTag {
@@ -66,6 +68,7 @@ impl IndexTag {
             IndexTag::Removed,
             IndexTag::Paused,
             IndexTag::Resumed,
+            IndexTag::Tested,
         ]
         .into_iter()
         .find(|t| *t as u8 == b)
@@ -81,6 +84,7 @@ impl IndexTag {
             RecordKind::CallbackRemoved { .. } => IndexTag::Removed,
             RecordKind::CallbackPaused { .. } => IndexTag::Paused,
             RecordKind::CallbackResumed { .. } => IndexTag::Resumed,
+            RecordKind::CallbackTested { .. } => IndexTag::Tested,
             RecordKind::Ticked => return None,
         })
     }

@@ -90,6 +90,22 @@ pub enum LineKind {
         /// The callback's name.
         name: CallbackName,
     },
+    /// An operator's test send to a project callback.
+    CallbackTested {
+        /// The project.
+        project: ProjectId,
+        /// The callback's name.
+        name: CallbackName,
+        /// How it ended.
+        outcome: OutcomeLine,
+        /// From start to outcome.
+        latency_ms: u32,
+        /// Lowercase hex SHA-256 of the exact bytes sent.
+        digest: Digest,
+        /// An operator-facing detail (an error message), possibly empty.
+        #[serde(default)]
+        detail: String,
+    },
     /// A callback was disabled by a `410 Gone`.
     CallbackDisabled {
         /// The project.
@@ -277,6 +293,21 @@ impl Line {
                 project: project.clone(),
                 name: name.clone(),
             },
+            RecordKind::CallbackTested {
+                project,
+                name,
+                outcome,
+                latency_ms,
+                digest,
+                detail,
+            } => LineKind::CallbackTested {
+                project: project.clone(),
+                name: name.clone(),
+                outcome: (*outcome).into(),
+                latency_ms: *latency_ms,
+                digest: *digest,
+                detail: detail.clone(),
+            },
             RecordKind::CallbackDisabled { machine, cause } => LineKind::CallbackDisabled {
                 project: machine.file.project.clone(),
                 file_id: machine.file.file_id.clone(),
@@ -356,6 +387,21 @@ impl Line {
             LineKind::CallbackResumed { project, name } => {
                 RecordKind::CallbackResumed { project, name }
             }
+            LineKind::CallbackTested {
+                project,
+                name,
+                outcome,
+                latency_ms,
+                digest,
+                detail,
+            } => RecordKind::CallbackTested {
+                project,
+                name,
+                outcome: outcome.into(),
+                latency_ms,
+                digest,
+                detail,
+            },
             LineKind::CallbackDisabled {
                 project,
                 file_id,

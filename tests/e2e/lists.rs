@@ -511,3 +511,95 @@ fn attempts_list_what_went_out_newest_first_by_whose_how_and_when() {
     assert_eq!(code, 2);
     assert!(err.contains("give project= too"), "{err}");
 }
+
+/// A test send against real receivers: the documented sample goes out once with
+/// `cb-test: 1` (and the callback's own headers), even to a paused callback; the answer says
+/// how it went; the send is a record and no delivery moves.
+#[test]
+fn a_test_send_goes_out_once_whatever_the_state_and_touches_no_delivery() {
+    let ok = Receiver::start();
+    let failing = Receiver::answering(Reply::Status(503, vec![]));
+    let mut cbd = Cbd::start(&["--allow-private-targets"]);
+    cbd.put_callback(
+        "a",
+        "site",
+        json!({"url": ok.url("/cb"), "format": "json", "window_secs": 3600,
+               "headers": [{"name": "X-Api-Key", "value": "k1"}]}),
+    );
+    cbd.put_callback(
+        "a",
+        "mirror",
+        json!({"url": failing.url("/m"), "window_secs": 3600}),
+    );
+    cbd.change("a", "556114", "rated", snapshot("556114", 1));
+    let before = cbd.machine("a", "556114", "site");
+    let (status, _) = cbd.json("POST", "/v1/projects/a/callbacks/site/pause", None);
+    assert_eq!(status, 200);
+
+    let (status, answer) = cbd.json("POST", "/v1/projects/a/callbacks/site/test", None);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["delivered"], true, "{answer}");
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(answer["class"], "delivered", "{answer}");
+    assert!(answer["latency_ms"].is_u64(), "{answer}");
+    ok.wait_for_count(1, Duration::from_secs(5));
+    let got = &ok.received()[0];
+    assert_eq!(got.header("cb-test"), Some("1"));
+    assert_eq!(got.header("x-api-key"), Some("k1"));
+    let body: Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(body["id"], "cb-test", "{body}");
+    assert_eq!(body["title"], "cb test send", "{body}");
+    assert_eq!(
+        answer["digest"].as_str().unwrap(),
+        sha256_hex(&got.body),
+        "the digest is of the bytes sent"
+    );
+    // No delivery moved: the machine is as it was, and the log has the send.
+    assert_eq!(cbd.machine("a", "556114", "site"), before);
+    let tested: Vec<Value> = cbd
+        .log()
+        .into_iter()
+        .filter(|l| l["kind"] == "callback_tested")
+        .collect();
+    assert_eq!(tested.len(), 1, "{tested:?}");
+    assert_eq!(tested[0]["seq"], answer["seq"]);
+    assert_eq!(tested[0]["outcome"]["status"], 200, "{tested:?}");
+
+    // A failing receiver: the answer says so, with the detail.
+    let (status, answer) = cbd.json("POST", "/v1/projects/a/callbacks/mirror/test", None);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["delivered"], false, "{answer}");
+    assert_eq!(answer["status"], 503, "{answer}");
+    assert_eq!(answer["class"], "5xx", "{answer}");
+    assert!(
+        answer["detail"].as_str().unwrap().starts_with("HTTP 503"),
+        "{answer}"
+    );
+    let (status, answer) = cbd.json("POST", "/v1/projects/a/callbacks/nobody/test", None);
+    assert_eq!(status, 404, "{answer}");
+
+    // cbctl: the line, exit 0 when taken and 1 when not; offline it says to use --server.
+    let run = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_cbctl"))
+            .args(["--server", &cbd.url(""), "test", "a", name])
+            .env("CBD_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+    let out = run("site");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("test send to a/site: 200 in "), "{text}");
+    let out = run("mirror");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": HTTP 503"));
+    assert_eq!(ok.count(), 2);
+    assert!(cbd.terminate().success());
+    let (code, _, err) = cbctl(&cbd.dir, &["test", "a", "site"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("give --server"), "{err}");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    cb_core::Digest::of(bytes).to_hex()
+}

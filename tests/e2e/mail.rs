@@ -45,6 +45,16 @@ fn mail_is_delivered_through_the_relay() {
         cbd.machine("p", "556114", "ops")["state"] == "sent"
     });
     assert_eq!(cbd.machine("p", "556114", "ops")["delivered_version"], v);
+
+    // A test send: the documented sample, its own subject and `cb-test: 1`.
+    let (status, answer) = cbd.json("POST", "/v1/projects/p/callbacks/ops/test", None);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["delivered"], true, "{answer}");
+    assert_eq!(answer["status"], 250, "{answer}");
+    let m = &sink.messages()[1];
+    assert!(m.contains("Subject: [cb] test send to p/ops"), "{m}");
+    assert!(m.contains("cb-test: 1"), "{m}");
+    assert!(m.contains("<id>cb-test</id>"), "{m}");
 }
 
 #[test]

@@ -10,7 +10,7 @@
 
 use crate::config::{Callback, FieldSpec, Format, Projection, ValueKind};
 use crate::digest::Digest;
-use crate::snapshot::SnapshotView;
+use crate::snapshot::{Snapshot, SnapshotView};
 
 mod json;
 mod query;
@@ -47,6 +47,31 @@ impl Rendered {
     pub fn digest(&self) -> Digest {
         Digest::of(&self.bytes)
     }
+}
+
+/// The file id of the sample a test send carries (SPEC §4): no real file has it in the
+/// payload's sense, since it never comes from a change.
+pub const TEST_FILE_ID: &str = "cb-test";
+
+/// The fields of the documented sample a test send renders (`POST …/callbacks/{name}/test`):
+/// shaped like a getFileInfo `<result>`, the same every time, so a receiver can recognise
+/// it (besides the `cb-test: 1` header).
+pub const TEST_SAMPLE_FIELDS: [(&str, &str); 10] = [
+    ("id", TEST_FILE_ID),
+    ("status", "3"),
+    ("contenttype", "image/jpeg"),
+    ("filetype", "1"),
+    ("filename", "cb-test.jpg"),
+    ("title", "cb test send"),
+    ("message", "A test request from cb: no file changed."),
+    ("date", "2026-01-01 00:00:00"),
+    ("moderationstatus", "0"),
+    ("rating", "0"),
+];
+
+/// The sample a test send renders: [`TEST_SAMPLE_FIELDS`], in order.
+pub fn test_sample() -> Snapshot {
+    Snapshot::from_pairs(TEST_SAMPLE_FIELDS).expect("the test sample is a valid snapshot")
 }
 
 /// Renders `snapshot` (a [`Snapshot`] or a [`SnapshotView`] of a stored body) as `callback`

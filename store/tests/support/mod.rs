@@ -191,6 +191,16 @@ pub fn input_strategy() -> impl Strategy<Value = Input> {
                 cause: Seq(cause),
             })
         ),
+        1 => (outcome_strategy(), any::<u32>(), any::<[u8; 32]>(), ".{0,20}").prop_map(
+            |(outcome, latency_ms, digest, detail)| Input::Record(RecordKind::CallbackTested {
+                project: project(),
+                name: CallbackName::new("site").unwrap(),
+                outcome,
+                latency_ms,
+                digest: Digest::of(&digest),
+                detail,
+            })
+        ),
         1 => (file_strategy(), prop::option::of(callback_ref_strategy())).prop_map(
             |(file, callback)| Input::Record(RecordKind::RedeliverRequested {
                 file,

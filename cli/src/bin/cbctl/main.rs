@@ -426,6 +426,14 @@ cbctl --data-dir /var/lib/cb pause acme site   # cbd stopped: takes effect at it
         after_help = "Examples:\n  CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 resume acme site"
     )]
     Resume(PauseArgs),
+    /// Send a project callback cb's documented test sample now (header `cb-test: 1`),
+    /// whatever its state, and print how it went; the send is recorded and touches no
+    /// delivery. Needs the running daemon (--server): it sends with cbd's network settings.
+    #[command(
+        after_help = "Examples:\n  CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 test acme site\n\n\
+Exit code 0 when the receiver took it (2xx), 1 when it did not, 2 on an error."
+    )]
+    Test(PauseArgs),
     /// The log as NDJSON on stdout (docs/interchange.md).
     #[command(
         after_help = "The log holds callbacks' signing secrets and header values: an export is a \
@@ -887,6 +895,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &answer,
                 *json,
             )
+        }
+        Command::Test(PauseArgs {
+            project,
+            name,
+            json,
+        }) => {
+            let Some(server) = &cli.server else {
+                anyhow::bail!(
+                    "a test send goes through the running daemon (its network settings, its log): \
+give --server URL (and CBD_TOKEN)"
+                );
+            };
+            let answer = send(
+                server,
+                "POST",
+                &format!("/v1/projects/{project}/callbacks/{name}/test"),
+                None,
+            )?;
+            if *json {
+                outln!("{answer}");
+            } else {
+                let mut line = format!(
+                    "test send to {project}/{name}: {} in {} ms (seq {})",
+                    answer["outcome"].as_str().unwrap_or("?"),
+                    answer["latency_ms"],
+                    answer["seq"]
+                );
+                if let Some(detail) = answer["detail"].as_str().filter(|d| !d.is_empty()) {
+                    line.push_str(&format!(": {detail}"));
+                }
+                outln!("{line}");
+            }
+            Ok(if answer["delivered"] == true {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::BulkRedeliver {
             project,
