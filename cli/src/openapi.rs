@@ -328,6 +328,25 @@ mod tests {
         assert!(bad.is_empty(), "unresolved references: {bad:?}");
     }
 
+    /// A per-file callback takes every field of a project callback as it is (`CallbackSpec`
+    /// validates both). The document spells them out in both schemas, as client generators
+    /// do not follow a `$ref` into another schema's properties; this keeps the copies equal.
+    #[test]
+    fn per_file_callbacks_take_the_project_callback_fields() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let project = schemas["CallbackSpec"]["properties"]
+            .as_object()
+            .expect("CallbackSpec's properties");
+        let per_file = &schemas["FileCallbackSpec"]["properties"];
+        for (name, schema) in project {
+            assert_eq!(
+                &per_file[name], schema,
+                "FileCallbackSpec's {name} differs from CallbackSpec's"
+            );
+        }
+    }
+
     /// The source reader finds what the router has, alternatives and wildcards included.
     #[test]
     fn routes_are_read_from_the_source() {
