@@ -114,6 +114,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => healthz(api),
         (&Method::GET, ["metrics"]) => metrics(api).await,
+        (&Method::GET, ["v1", "openapi.json"]) => Ok(openapi()),
         (&Method::POST, ["v1", "changes"]) => post_change(api, req).await,
         (&Method::POST, ["v1", "changes", "batch"]) => post_batch(api, req).await,
         (&Method::GET, ["v1", "projects", p, "callbacks"]) => list_callbacks(api, p).await,
@@ -175,6 +176,7 @@ fn allowed_methods(route: &[&str]) -> Option<&'static str> {
         ["healthz" | "metrics"] => "GET, HEAD",
         ["v1", "changes"] | ["v1", "changes", "batch"] => "POST",
         ["v1", "log" | "status" | "deliveries" | "attempts" | "projects"] => "GET, HEAD",
+        ["v1", "openapi.json"] => "GET, HEAD",
         ["v1", "projects", _, "callbacks"] => "GET, HEAD",
         ["v1", "projects", _, "callbacks", _] => "GET, HEAD, PUT, DELETE",
         ["v1", "projects", _, "callbacks", _, "pause" | "resume" | "test"] => "POST",
@@ -385,6 +387,17 @@ fn healthz(api: &Api) -> Result<Response<Body>, ApiError> {
             &json!({"status": "failing", "detail": reason, "last_seq": last_seq}),
         ),
     })
+}
+
+/// `GET /v1/openapi.json`: the API's description ([`crate::openapi`]), built in.
+fn openapi() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/json")
+        .body(full(Bytes::from_static(
+            crate::openapi::DOCUMENT.as_bytes(),
+        )))
+        .expect("static headers are valid")
 }
 
 async fn metrics(api: &Api) -> Result<Response<Body>, ApiError> {

@@ -1,6 +1,6 @@
 //! cb-cli: the binaries' shared code. `cbd` (the daemon) is `settings` + `token` + `api` +
 //! `server` around a `cb_dispatcher::Dispatcher`; `cbctl` is `replay` (the audit) plus views of the log; `ingest` validates request bodies, `view`
-//! renders state as JSON, `error` is the API's error answer, `redeliver` checks rule 6 before an append, `pages` keeps both binaries on
+//! renders state as JSON, `error` is the API's error answer, `openapi` its description, `redeliver` checks rule 6 before an append, `pages` keeps both binaries on
 //! small memory pages.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -9,6 +9,7 @@ pub mod api;
 pub mod error;
 pub mod ingest;
 pub mod lists;
+pub mod openapi;
 pub mod pages;
 pub mod redeliver;
 pub mod replay;

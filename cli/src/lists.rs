@@ -425,17 +425,21 @@ fn bad_body(detail: String) -> ApiError {
 }
 
 /// An RFC 3339 time with any offset, or UTC without one (`2026-11-23 09:00:00`, as cbctl
-/// prints), as milliseconds since the epoch; `None` if it is neither or before 1970.
+/// prints), as milliseconds since the epoch; `None` if it is neither.
+///
+/// A time before 1970 is the epoch: it is before every record all the same, so a `since`
+/// takes every one and an `until` or a `--to` none. Refusing it, as this did, told the
+/// caller to "give an RFC 3339 time" when it had (the schema fuzzer sent
+/// `0745-03-28T17:33:22.1Z`).
 pub fn parse_time(s: &str) -> Option<Timestamp> {
-    let ms = match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
-        Ok(t) => t.unix_timestamp_nanos() / 1_000_000,
-        Err(_) => humantime::parse_rfc3339_weak(s)
-            .ok()?
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?
-            .as_millis() as i128,
-    };
-    u64::try_from(ms).ok().map(Timestamp)
+    // RFC 3339 allows a space for the `T`; UTC without an offset is the same time with `Z`.
+    let t = s.trim().replacen(' ', "T", 1);
+    let at = [t.clone(), format!("{t}Z")].iter().find_map(|candidate| {
+        time::OffsetDateTime::parse(candidate, &time::format_description::well_known::Rfc3339).ok()
+    })?;
+    let ms = at.unix_timestamp_nanos() / 1_000_000;
+    // Before 1970 is the epoch; past u64 cannot be written in RFC 3339 (years end at 9999).
+    Some(Timestamp(u64::try_from(ms.max(0)).unwrap_or(u64::MAX)))
 }
 
 /// Whether a pause (or, with `pausing` false, a resume) of a project callback can happen now
@@ -557,6 +561,26 @@ fn origin(v: &str) -> Result<String, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_parse_and_before_1970_is_the_epoch() {
+        assert_eq!(
+            parse_time("2026-11-23T09:00:00Z"),
+            Some(Timestamp(1_795_424_400_000))
+        );
+        assert_eq!(
+            parse_time("2026-11-23T10:00:00.5+01:00"),
+            Some(Timestamp(1_795_424_400_500))
+        );
+        assert_eq!(
+            parse_time("2026-11-23 09:00:00"),
+            Some(Timestamp(1_795_424_400_000))
+        );
+        assert_eq!(parse_time("0745-03-28T17:33:22.1Z"), Some(Timestamp(0)));
+        assert_eq!(parse_time("1969-12-31 23:59:59"), Some(Timestamp(0)));
+        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse_time(""), None);
+    }
 
     #[test]
     fn bad_parameters_get_sentences() {

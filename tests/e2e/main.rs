@@ -7,7 +7,8 @@
 //! graceful stop; `api` — bad input, auth, reads; `targets` — the address policy;
 //! `isolation` — slow and failing receivers, `Retry-After`, `410 Gone`; `mail` —
 //! `mailto:` through a local SMTP sink; `diskfull` — a real small tmpfs filling up;
-//! `durability` — a damaged index rebuilt at start, retention and its archives.
+//! `durability` — a damaged index rebuilt at start, retention and its archives; `openapi` —
+//! the API's OpenAPI document validated, and a schema fuzzer run against it.
 
 mod api;
 mod cbctl;
@@ -18,6 +19,7 @@ mod golden;
 mod isolation;
 mod lists;
 mod mail;
+mod openapi;
 mod recipes;
 mod restart;
 mod support;
