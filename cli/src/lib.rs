@@ -1,6 +1,6 @@
 //! cb-cli: the binaries' shared code. `cbd` (the daemon) is `settings` + `token` + `api` +
 //! `server` around a `cb_dispatcher::Dispatcher`; `cbctl` is `replay` (the audit) plus views of the log; `ingest` validates request bodies, `view`
-//! renders state as JSON, `error` is the API's error answer, `redeliver` checks rule 6 before an append, `pages` keeps both binaries on
+//! renders state as JSON, `error` is the API's error answer, `redeliver` checks rule 6 before an append, `rewind` shows a file as of a point, `pages` keeps both binaries on
 //! small memory pages.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -12,6 +12,7 @@ pub mod lists;
 pub mod pages;
 pub mod redeliver;
 pub mod replay;
+pub mod rewind;
 pub mod server;
 pub mod settings;
 pub mod token;
