@@ -7,10 +7,12 @@
 //! graceful stop; `api` — bad input, auth, reads; `targets` — the address policy;
 //! `isolation` — slow and failing receivers, `Retry-After`, `410 Gone`; `mail` —
 //! `mailto:` through a local SMTP sink; `diskfull` — a real small tmpfs filling up;
-//! `durability` — a damaged index rebuilt at start, retention and its archives.
+//! `durability` — a damaged index rebuilt at start, retention and its archives; `console` —
+//! the rewind route the web console reads.
 
 mod api;
 mod cbctl;
+mod console;
 mod delivery;
 mod diskfull;
 mod durability;
