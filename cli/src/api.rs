@@ -5,7 +5,8 @@
 //! dispatcher's [`Handle`] (group commit: the 202 is sent only once the records are durable),
 //! and read state through [`Handle::query`] (the live core, caught up with the log) or the
 //! store's per-file index. Every refusal is a 4xx `{"error","detail"}`; a handler never
-//! panics on input.
+//! panics on input. The operator console's page and files ([`crate::console`]) are served
+//! here too, without a token: they hold no data.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -25,6 +26,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tracing::{debug, info};
 
+use crate::console;
 use crate::error::ApiError;
 use crate::ingest::{self, Rules};
 use crate::lists;
@@ -114,6 +116,9 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
     }
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => healthz(api),
+        (&Method::GET, [page @ ("" | "console" | "console.js" | "console.css")]) => {
+            console::asset(page).ok_or_else(|| ApiError::not_found(format!("no route {path}")))
+        }
         (&Method::GET, ["metrics"]) => metrics(api).await,
         (&Method::POST, ["v1", "changes"]) => post_change(api, req).await,
         (&Method::POST, ["v1", "changes", "batch"]) => post_batch(api, req).await,
@@ -174,6 +179,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
 fn allowed_methods(route: &[&str]) -> Option<&'static str> {
     Some(match route {
         ["healthz" | "metrics"] => "GET, HEAD",
+        ["" | "console" | "console.js" | "console.css"] => "GET, HEAD",
         ["v1", "changes"] | ["v1", "changes", "batch"] => "POST",
         ["v1", "log" | "status" | "deliveries" | "projects"] => "GET, HEAD",
         ["v1", "projects", _, "callbacks"] => "GET, HEAD",

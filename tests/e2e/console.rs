@@ -1,5 +1,6 @@
-//! The operator console and the rewind route it reads: `GET …/rewind` answering what
-//! `cbctl rewind --json` prints.
+//! The operator console and the rewind route it reads: the page served by the real `cbd`
+//! without a token under a strict policy; `GET …/rewind` answering what `cbctl rewind
+//! --json` prints.
 
 use std::time::Duration;
 
@@ -7,6 +8,82 @@ use serde_json::{json, Value};
 
 use crate::cbctl::cbctl;
 use crate::support::{Cbd, Receiver, Reply};
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// GET without a token: status, headers, body.
+fn get_plain(cbd: &Cbd, path: &str) -> (u16, Vec<(String, String)>, String) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    let r = match agent.get(&cbd.url(path)).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("GET {path}: {e}"),
+    };
+    let status = r.status();
+    let headers = r
+        .headers_names()
+        .into_iter()
+        .map(|n| {
+            let v = r.header(&n).unwrap_or("").to_owned();
+            (n, v)
+        })
+        .collect();
+    (status, headers, r.into_string().unwrap_or_default())
+}
+
+#[test]
+fn the_console_is_served_without_a_token_under_a_strict_policy() {
+    let cbd = Cbd::start(&[]);
+    for (path, ty) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/console", "text/html; charset=utf-8"),
+        ("/console.js", "text/javascript; charset=utf-8"),
+        ("/console.css", "text/css; charset=utf-8"),
+    ] {
+        let (status, headers, body) = get_plain(&cbd, path);
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(header(&headers, "content-type"), Some(ty), "{path}");
+        let csp = header(&headers, "content-security-policy").expect("a CSP");
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+            "form-action 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe"), "{csp}");
+        assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
+        assert_eq!(header(&headers, "referrer-policy"), Some("no-referrer"));
+        assert_eq!(header(&headers, "cache-control"), Some("no-store"));
+        // The cheap guard: nothing in the console parses a string as HTML.
+        for banned in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+        ] {
+            assert!(!body.contains(banned), "{path} uses {banned}");
+        }
+    }
+    let (_, _, page) = get_plain(&cbd, "/");
+    assert!(page.contains(r#"<script src="/console.js" defer></script>"#));
+    assert!(!page.contains("<script>"), "no inline script");
+    // The page holds no data; the data does need the token.
+    let (status, _, _) = get_plain(&cbd, "/v1/projects");
+    assert_eq!(status, 401);
+    let (status, text) = cbd.call_with("POST", "/", None, Some(b""), None);
+    assert_eq!(status, 405, "{text}");
+}
 
 /// `GET …/rewind?to=` answers exactly what `cbctl rewind --json` prints, at a change, at an
 /// attempt in flight (the request it sent, with the digest its outcome records), at a time;
