@@ -8,7 +8,7 @@
 //! `isolation` — slow and failing receivers, `Retry-After`, `410 Gone`; `mail` —
 //! `mailto:` through a local SMTP sink; `diskfull` — a real small tmpfs filling up;
 //! `durability` — a damaged index rebuilt at start, retention and its archives; `console` —
-//! the web console's page and the rewind route it reads.
+//! the web console in a real headless Chromium, and the rewind route it reads.
 
 mod api;
 mod cbctl;
