@@ -763,13 +763,21 @@
     $('detail').hidden = true;
   });
 
+  // A bucket's marks as a list, the first BUCKET_LISTED of them: a bar of 10,000 changes
+  // must not become 10,000 buttons.
+  const BUCKET_LISTED = 200;
+
   function showBucket(marks) {
     openDetail(marks.length + ' marks');
     const list = el('ul', {});
-    for (const m of marks) {
+    for (const m of marks.slice(0, BUCKET_LISTED)) {
       list.appendChild(el('li', {}, button(m.label, () => showStep(m.step, m.label), { class: 'link' })));
     }
     add($('detail-body'), list);
+    if (marks.length > BUCKET_LISTED) {
+      add($('detail-body'), el('p', { class: 'hint' },
+        '… and ' + (marks.length - BUCKET_LISTED) + ' more: open the timeline from a later seq to see them apart.'));
+    }
   }
 
   async function showStep(step, title) {
