@@ -5,6 +5,7 @@
 //! built to run script if it were ever parsed as HTML.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::FutureExt;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -389,10 +391,15 @@ fn the_console_in_a_real_browser() {
             .connect(&format!("http://127.0.0.1:{}", driver.port))
             .await
             .expect("a WebDriver session with headless Chromium");
-        let result = scenario(&c, &cbd, &receiver, &shots).await;
-        // The browser goes with its session, whatever the scenario did.
+        let result = AssertUnwindSafe(scenario(&c, &cbd, &receiver, &shots))
+            .catch_unwind()
+            .await;
+        // The browser goes with its session, even when the scenario failed: killing
+        // chromedriver alone would leave Chromium running.
         let _ = c.close().await;
-        result
+        if let Err(failure) = result {
+            std::panic::resume_unwind(failure);
+        }
     });
     eprintln!(
         "console browser test: {:.1} s; screenshot in {}",
