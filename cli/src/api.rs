@@ -5,7 +5,8 @@
 //! dispatcher's [`Handle`] (group commit: the 202 is sent only once the records are durable),
 //! and read state through [`Handle::query`] (the live core, caught up with the log) or the
 //! store's per-file index. Every refusal is a 4xx `{"error","detail"}`; a handler never
-//! panics on input.
+//! panics on input. The operator console's page and files ([`crate::console`]) are served
+//! here too, without a token: they hold no data.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -25,9 +26,11 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tracing::{debug, info};
 
+use crate::console;
 use crate::error::ApiError;
 use crate::ingest::{self, Rules};
 use crate::lists;
+use crate::rewind;
 use crate::token::Token;
 use crate::view;
 
@@ -113,6 +116,9 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
     }
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => healthz(api),
+        (&Method::GET, [page @ ("" | "console" | "console.js" | "console.css")]) => {
+            console::asset(page).ok_or_else(|| ApiError::not_found(format!("no route {path}")))
+        }
         (&Method::GET, ["metrics"]) => metrics(api).await,
         (&Method::GET, ["v1", "openapi.json"]) => Ok(openapi()),
         (&Method::POST, ["v1", "changes"]) => post_change(api, req).await,
@@ -139,6 +145,10 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
         (&Method::GET, ["v1", "files", p, f, "history"]) => {
             let page = view::HistoryPage::from_query(req.uri().query())?;
             file_history(api, p, f, page).await
+        }
+        (&Method::GET, ["v1", "files", p, f, "rewind"]) => {
+            let q = query(req.uri().query(), &["to"])?;
+            file_rewind(api, p, f, q.get("to").map(String::as_str)).await
         }
         (&Method::POST, ["v1", "files", p, f, "redeliver"]) => {
             let q = query(req.uri().query(), &["callback"])?;
@@ -174,6 +184,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
 fn allowed_methods(route: &[&str]) -> Option<&'static str> {
     Some(match route {
         ["healthz" | "metrics"] => "GET, HEAD",
+        ["" | "console" | "console.js" | "console.css"] => "GET, HEAD",
         ["v1", "changes"] | ["v1", "changes", "batch"] => "POST",
         ["v1", "log" | "status" | "deliveries" | "attempts" | "projects"] => "GET, HEAD",
         ["v1", "openapi.json"] => "GET, HEAD",
@@ -181,6 +192,7 @@ fn allowed_methods(route: &[&str]) -> Option<&'static str> {
         ["v1", "projects", _, "callbacks", _] => "GET, HEAD, PUT, DELETE",
         ["v1", "projects", _, "callbacks", _, "pause" | "resume" | "test"] => "POST",
         ["v1", "files", _, _] | ["v1", "files", _, _, "history"] => "GET, HEAD",
+        ["v1", "files", _, _, "rewind"] => "GET, HEAD",
         ["v1", "files", _, _, "redeliver"] | ["v1", "redeliver"] => "POST",
         _ => return None,
     })
@@ -801,6 +813,40 @@ async fn file_history(
         StatusCode::OK,
         &view::history_page(&history, page),
     ))
+}
+
+/// `GET /v1/files/{p}/{id}/rewind?to=SEQ|TIME`: the file as of that point, as
+/// `cbctl rewind --json` shows it ([`crate::rewind`]), read from its own records.
+async fn file_rewind(
+    api: &Api,
+    project: &str,
+    file_id: &str,
+    to: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let file = file_key(project, file_id)?;
+    let to = to.ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_query",
+            "give to=SEQ or to=TIME (RFC 3339, e.g. 2026-12-07T09:00:00Z)",
+        )
+    })?;
+    let to = rewind::Point::parse(to)
+        .map_err(|e| ApiError::bad_request("bad_query", format!("to={e}")))?;
+    let rewound = api
+        .handle
+        .read(move |store| rewind::rewind(store, &file, to))
+        .await
+        .map_err(driver_stopped)?
+        .map_err(|e| match e {
+            rewind::RewindError::NoSuchFile(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "no_such_file", e.to_string())
+            }
+            rewind::RewindError::BeforeBase { .. } => {
+                ApiError::new(StatusCode::GONE, "before_base", e.to_string())
+            }
+            rewind::RewindError::Store(e) => ApiError::store(&e),
+        })?;
+    Ok(json_response(StatusCode::OK, &rewound.json()))
 }
 
 async fn redeliver(

@@ -1,11 +1,12 @@
 //! cb-cli: the binaries' shared code. `cbd` (the daemon) is `settings` + `token` + `api` +
-//! `server` around a `cb_dispatcher::Dispatcher`; `cbctl` is `replay` (the audit) plus views of the log; `ingest` validates request bodies, `view`
-//! renders state as JSON, `error` is the API's error answer, `openapi` its description, `redeliver` checks rule 6 before an append, `pages` keeps both binaries on
+//! `server` around a `cb_dispatcher::Dispatcher` (and `console`, the web page it serves); `cbctl` is `replay` (the audit) plus views of the log; `ingest` validates request bodies, `view`
+//! renders state as JSON, `error` is the API's error answer, `openapi` its description, `redeliver` checks rule 6 before an append, `rewind` shows a file as of a point, `pages` keeps both binaries on
 //! small memory pages.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod console;
 pub mod error;
 pub mod ingest;
 pub mod lists;
@@ -13,6 +14,7 @@ pub mod openapi;
 pub mod pages;
 pub mod redeliver;
 pub mod replay;
+pub mod rewind;
 pub mod server;
 pub mod settings;
 pub mod token;

@@ -8,10 +8,12 @@
 //! `isolation` — slow and failing receivers, `Retry-After`, `410 Gone`; `mail` —
 //! `mailto:` through a local SMTP sink; `diskfull` — a real small tmpfs filling up;
 //! `durability` — a damaged index rebuilt at start, retention and its archives; `openapi` —
-//! the API's OpenAPI document validated, and a schema fuzzer run against it.
+//! the API's OpenAPI document validated, and a schema fuzzer run against it; `console` —
+//! the web console in a real headless Chromium, and the rewind route it reads.
 
 mod api;
 mod cbctl;
+mod console;
 mod delivery;
 mod diskfull;
 mod durability;

@@ -15,14 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cb_cli::replay::{self, Audit};
+use cb_cli::rewind::{archived_note, Point, RewindError};
 use cb_cli::view;
-use cb_core::{
-    render, CallbackRef, Cause, Effect, FileHistory, FileKey, Record, RecordKind, Seq, StateName,
-    Timestamp,
-};
+use cb_core::{FileHistory, FileKey, Record, Seq, Timestamp};
 use cb_store::{Durability, Store, StoreOptions};
 use clap::{Parser, Subcommand};
-use std::sync::Arc;
 
 /// `println!` that returns the write error instead of panicking: `cbctl replay | head -1`
 /// closes the pipe early, and that must end the command quietly ([`main`]), not panic.
@@ -658,37 +655,6 @@ fn server_url(s: &str) -> Result<String, String> {
         Err(format!(
             "{s:?} is not a URL: give the daemon's, as http://127.0.0.1:8650"
         ))
-    }
-}
-
-/// A point in the log: a sequence number or a time.
-#[derive(Clone, Copy)]
-enum Point {
-    Seq(Seq),
-    Time(Timestamp),
-}
-
-impl Point {
-    fn parse(s: &str) -> anyhow::Result<Point> {
-        if let Ok(n) = s.parse::<u64>() {
-            return Ok(Point::Seq(Seq(n)));
-        }
-        let refused = || {
-            format!(
-                "{s:?} is neither a sequence number nor an RFC 3339 time \
-                 (2026-11-23T09:00:00Z, 2026-11-23T10:00:00+01:00, or UTC without the offset)"
-            )
-        };
-        // RFC 3339 with any offset; without one (`2026-11-23 09:00:00`), UTC, as cbctl prints.
-        let at = cb_cli::lists::parse_time(s).with_context(refused)?;
-        Ok(Point::Time(at))
-    }
-
-    fn includes(self, r: &Record) -> bool {
-        match self {
-            Point::Seq(s) => r.seq <= s,
-            Point::Time(t) => r.at <= t,
-        }
     }
 }
 
@@ -1457,13 +1423,6 @@ fn next_batch(
 }
 
 /// Where removed history went, for the notes that say history starts at the base.
-fn archived_note(store: &Store) -> String {
-    match store.base().and_then(|b| b.archive) {
-        Some(dir) => format!("; it is archived in {}", dir.display()),
-        None => "; it was not archived (cbd's --archive-dir was not set)".into(),
-    }
-}
-
 fn replay(
     store: &Store,
     until: Option<Point>,
@@ -1648,183 +1607,23 @@ fn describe(step: &serde_json::Value) -> String {
     d
 }
 
-/// Whether a history step is a change of the file.
-fn is_change(step: &cb_core::Step) -> bool {
-    matches!(
-        &step.cause,
-        Cause::Record(r, _) if matches!(r.kind, RecordKind::ChangeAppended { .. })
-    )
-}
-
-/// The attempt a machine of `h`'s file has in flight at the end of `h`, as it was started.
-fn in_flight_attempt<'h>(
-    h: &'h FileHistory,
-    callback: &CallbackRef,
-) -> Option<&'h cb_core::Attempt> {
-    h.core.file(&h.file)?.machine(callback)?.in_flight()?;
-    h.steps
-        .iter()
-        .flat_map(|s| &s.effects)
-        .filter_map(|e| match e {
-            Effect::StartAttempt(a) if &a.machine.callback == callback => Some(a),
-            _ => None,
-        })
-        .next_back()
-}
-
-/// The request one callback gets (or, `in_flight`, got) in `rewind`.
-struct Payload {
-    callback: String,
-    /// The attempt in flight and its version, if the request is that attempt's.
-    in_flight: Option<(u32, u64)>,
-    /// The configuration it is rendered with.
-    config: Arc<cb_core::Callback>,
-    url: String,
-    rendered: cb_core::Rendered,
-    /// Set when nothing would send this: the latest change passed the callback over (its
-    /// `events` leave the event out) and it has no machine waiting to deliver.
-    passed_over: Option<cb_core::PassedOver>,
-}
-
+/// `cbctl rewind`: [`cb_cli::rewind::rewind`], printed as a table or as JSON (the JSON is
+/// the API's `GET /v1/files/{p}/{id}/rewind?to=` answer).
 fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Result<ExitCode> {
-    if let Some(base) = store.base() {
-        let before = match to {
-            Point::Seq(s) => s <= base.seq,
-            Point::Time(t) => t < base.at,
-        };
-        if before {
-            bail!(
-                "that point is before the log's base (seq {}): kept history begins at seq {}{}",
-                base.seq,
-                base.seq.0 + 1,
-                archived_note(store)
-            );
-        }
-    }
-    let start = store.file_start(file)?;
-    let records: Vec<Record> = store
-        .file_records(file)?
-        .into_iter()
-        .filter(|r| to.includes(r))
-        .collect();
-    if !FileHistory::knows_file(&records, start.as_ref()) {
-        return Err(NoSuchFile(format!("no record of file {file} at or before that point")).into());
-    }
-    // The time the log had reached at that point: deadlines up to it have fired. At a seq,
-    // that is the record's own time, whatever its kind (the tick that fired a window is not
-    // one of the file's records, but the file's machine moved with it).
-    let until = match to {
-        Point::Time(t) => Some(t),
-        Point::Seq(s) => match store.record(s)? {
-            Some(r) => Some(r.at),
-            None => store.last_record()?.map(|r| r.at),
-        },
+    let rewound = match cb_cli::rewind::rewind(store, file, to) {
+        Ok(r) => r,
+        Err(e @ RewindError::NoSuchFile(_)) => return Err(NoSuchFile(e.to_string()).into()),
+        Err(e) => return Err(e.into()),
     };
-    let (last_seq, last_at) = match records.last() {
-        Some(r) => (r.seq, r.at),
-        None => {
-            let base = store
-                .base()
-                .expect("a file with no records after it has a base");
-            (base.seq, base.at)
-        }
-    };
-    let h = FileHistory::fold_from(file, start, records, until);
-    let version = h.latest_change();
-    let snapshot = match version {
-        Some(v) => store.snapshot(v)?,
-        None => None,
-    };
-    // The payload each callback in force would get for that snapshot; for a machine with an
-    // attempt in flight, what that attempt sent: rendered with the configuration and the
-    // version it started with, which a later PUT or change does not alter.
-    let mut payloads = Vec::new();
-    if let Some(snap) = &snapshot {
-        // Disabled callbacks (a 410) are not in force: they get no payload, unless an
-        // attempt was still in flight when they were disabled.
-        for (callback, config, disabled_by) in h.core.callbacks_of(file) {
-            let flight = in_flight_attempt(&h, &callback);
-            if disabled_by.is_some() && flight.is_none() {
-                continue;
-            }
-            let (in_flight, rendered, cb) = match flight {
-                Some(a) => {
-                    let Some(sent) = store.snapshot(a.version)? else {
-                        continue;
-                    };
-                    let flight = (a.attempt, a.version.0);
-                    (Some(flight), render(&sent, &a.callback), a.callback.clone())
-                }
-                None => (None, render(snap, config), config.clone()),
-            };
-            // A machine waiting to deliver sends the latest snapshot whatever passed it
-            // over since; without one, a change the callback filtered out starts nothing.
-            let waiting = h
-                .core
-                .file(file)
-                .and_then(|e| e.machine(&callback))
-                .is_some_and(|m| {
-                    matches!(
-                        m.state.name(),
-                        StateName::Coalescing | StateName::Pending | StateName::Retrying
-                    )
-                });
-            let passed_over = match h.steps.iter().rev().find(|s| is_change(s)) {
-                Some(last) if !waiting && in_flight.is_none() => last
-                    .passed_over
-                    .iter()
-                    .find(|(r, _)| *r == callback)
-                    .map(|(_, why)| *why),
-                _ => None,
-            };
-            payloads.push(Payload {
-                callback: callback.to_string(),
-                in_flight,
-                passed_over,
-                url: cb_core::render::request_url(&cb.target.to_url(), &rendered),
-                config: cb,
-                rendered,
-            });
-        }
-    }
-    let state = view::file_state(&h, version.map(|v| v.0), snapshot.as_ref());
     if json {
-        /// The file's state and the payloads, serialized as a struct: a `Value` would sort
-        /// the snapshot's fields, whose order is part of it.
-        #[derive(serde::Serialize)]
-        struct Rewound<'a> {
-            #[serde(flatten)]
-            state: &'a view::FileState<'a>,
-            payloads: Vec<serde_json::Value>,
-        }
-        let payloads = payloads
-            .iter()
-            .map(|p| -> anyhow::Result<serde_json::Value> {
-                let headers: Vec<_> = p
-                    .config
-                    .headers
-                    .iter()
-                    .map(|h| serde_json::json!({"name": h.name, "value": h.value}))
-                    .collect();
-                let r = &p.rendered;
-                let mut v = serde_json::json!({"callback": p.callback, "method": p.config.method.as_str(), "url": p.url, "headers": headers, "digest": r.digest().to_hex(), "body": String::from_utf8_lossy(&r.bytes)});
-                if let Some((attempt, version)) = p.in_flight {
-                    v["in_flight"] = serde_json::json!({"attempt": attempt, "version": version});
-                }
-                v["would_send"] = p.passed_over.is_none().into();
-                if let Some(why) = p.passed_over {
-                    v["filtered"] = serde_json::to_value(why)?;
-                }
-                Ok(v)
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let rewound = Rewound {
-            state: &state,
-            payloads,
-        };
-        outln!("{}", serde_json::to_string_pretty(&rewound)?);
+        outln!("{}", serde_json::to_string_pretty(&rewound.json())?);
         return Ok(ExitCode::SUCCESS);
     }
+    let (last_seq, last_at) = rewound.last;
+    let until = rewound.until;
+    let version = rewound.version;
+    let state = rewound.state();
+    let payloads = &rewound.payloads;
     let log_end = store.last_seq().unwrap_or(last_seq);
     let (as_of, past_end) = match to {
         Point::Seq(s) if s > log_end => (log_end, format!(", the log's end: it has no seq {s}")),
@@ -1869,7 +1668,7 @@ fn rewind(store: &Store, file: &FileKey, to: Point, json: bool) -> anyhow::Resul
             d["disabled_by"]
         );
     }
-    for p in &payloads {
+    for p in payloads {
         let flight = match p.in_flight {
             Some((attempt, version)) => {
                 format!(" (in flight: attempt {attempt} of version {version})")
@@ -2092,40 +1891,5 @@ mod stdout_tests {
             std::io::ErrorKind::StorageFull,
         )));
         assert!(!reader_went_away(&other));
-    }
-}
-
-#[cfg(test)]
-mod point_tests {
-    use super::*;
-
-    fn at(s: &str) -> u64 {
-        match Point::parse(s).unwrap() {
-            Point::Time(t) => t.0,
-            Point::Seq(_) => panic!("{s} read as a seq"),
-        }
-    }
-
-    /// `--until`/`--to` take any RFC 3339 offset, lowercase `t`/`z`, and a time without an
-    /// offset as UTC (how cbctl prints times).
-    #[test]
-    fn times_take_any_offset_and_a_bare_time_is_utc() {
-        let utc = at("2026-11-30T15:13:47Z");
-        assert_eq!(utc, 1_796_051_627_000);
-        assert_eq!(at("2026-11-30T16:13:47+01:00"), utc);
-        assert_eq!(at("2026-11-30T10:13:47-05:00"), utc);
-        assert_eq!(at("2026-11-30t15:13:47z"), utc);
-        assert_eq!(at("2026-11-30 15:13:47"), utc);
-        assert_eq!(at("2026-11-30T15:13:47.250Z"), utc + 250);
-        assert!(matches!(Point::parse("42").unwrap(), Point::Seq(Seq(42))));
-        for bad in [
-            "yesterday",
-            "2026-13-01T00:00:00Z",
-            "1969-12-31T23:59:59Z",
-            "",
-        ] {
-            let err = format!("{:#}", Point::parse(bad).err().expect(bad));
-            assert!(err.contains("RFC 3339"), "{bad}: {err}");
-        }
     }
 }
