@@ -75,6 +75,11 @@ impl Api {
     }
 }
 
+/// One of the console's files ([`console::asset`]), by its path without the leading `/`.
+fn console_asset(page: &str) -> Result<Response<Body>, ApiError> {
+    console::asset(page).ok_or_else(|| ApiError::not_found(format!("no route /{page}")))
+}
+
 /// Answers one request. Never fails: errors are JSON answers.
 pub async fn serve(api: Arc<Api>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
@@ -116,9 +121,10 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
     }
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => healthz(api),
-        (&Method::GET, [page @ ("" | "console" | "console.js" | "console.css")]) => {
-            console::asset(page).ok_or_else(|| ApiError::not_found(format!("no route {path}")))
-        }
+        (&Method::GET, [""]) => console_asset(""),
+        (&Method::GET, ["console"]) => console_asset("console"),
+        (&Method::GET, ["console.js"]) => console_asset("console.js"),
+        (&Method::GET, ["console.css"]) => console_asset("console.css"),
         (&Method::GET, ["metrics"]) => metrics(api).await,
         (&Method::GET, ["v1", "openapi.json"]) => Ok(openapi()),
         (&Method::POST, ["v1", "changes"]) => post_change(api, req).await,
@@ -184,7 +190,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
 fn allowed_methods(route: &[&str]) -> Option<&'static str> {
     Some(match route {
         ["healthz" | "metrics"] => "GET, HEAD",
-        ["" | "console" | "console.js" | "console.css"] => "GET, HEAD",
+        [""] | ["console"] | ["console.js"] | ["console.css"] => "GET, HEAD",
         ["v1", "changes"] | ["v1", "changes", "batch"] => "POST",
         ["v1", "log" | "status" | "deliveries" | "attempts" | "projects"] => "GET, HEAD",
         ["v1", "openapi.json"] => "GET, HEAD",
