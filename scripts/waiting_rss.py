@@ -66,13 +66,14 @@ def rss_kib(pid):
 
 
 @contextlib.contextmanager
-def daemon(cbd):
-    """cbd on a temp data dir, port 0 and TOKEN, private targets allowed: yields its process
-    and base URL, and stops it after."""
+def daemon(cbd, data_dir=None):
+    """cbd on `data_dir` (a temp one when None), port 0 and TOKEN, private targets allowed:
+    yields its process and base URL, and stops it after."""
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, CBD_TOKEN=TOKEN, CBD_LOG="warn")
         proc = subprocess.Popen(
-            [cbd, "--data-dir", tmp + "/data", "--listen", "127.0.0.1:0", "--allow-private-targets"],
+            [cbd, "--data-dir", data_dir or tmp + "/data", "--listen", "127.0.0.1:0",
+             "--allow-private-targets"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
         addr = None
         for line in proc.stdout:
