@@ -963,21 +963,15 @@ give --server URL (and CBD_TOKEN)"
             after,
             json,
         } => {
-            let mut q = form_urlencoded::Serializer::new(String::new());
             let limit = limit.map(|n| n.to_string());
-            for (k, v) in [
-                ("state", state.as_ref()),
-                ("project", project.as_ref()),
-                ("callback", callback.as_ref()),
-                ("origin", origin.as_ref()),
-                ("limit", limit.as_ref()),
-                ("after", after.as_ref()),
-            ] {
-                if let Some(v) = v {
-                    q.append_pair(k, v);
-                }
-            }
-            let q = q.finish();
+            let q = list_query([
+                ("state", state),
+                ("project", project),
+                ("callback", callback),
+                ("origin", origin),
+                ("limit", &limit),
+                ("after", after),
+            ]);
             let v = match &cli.server {
                 Some(server) => fetch(server, &format!("/v1/deliveries?{q}"))?
                     .into_json::<serde_json::Value>()?,
@@ -1009,23 +1003,17 @@ give --server URL (and CBD_TOKEN)"
             after,
             json,
         } => {
-            let mut q = form_urlencoded::Serializer::new(String::new());
             let limit = limit.map(|n| n.to_string());
-            for (k, v) in [
-                ("project", project.as_ref()),
-                ("callback", callback.as_ref()),
-                ("file", file.as_ref()),
-                ("outcome", outcome.as_ref()),
-                ("since", since.as_ref()),
-                ("until", until.as_ref()),
-                ("limit", limit.as_ref()),
-                ("after", after.as_ref()),
-            ] {
-                if let Some(v) = v {
-                    q.append_pair(k, v);
-                }
-            }
-            let q = q.finish();
+            let q = list_query([
+                ("project", project),
+                ("callback", callback),
+                ("file", file),
+                ("outcome", outcome),
+                ("since", since),
+                ("until", until),
+                ("limit", &limit),
+                ("after", after),
+            ]);
             let v = match &cli.server {
                 Some(server) => {
                     fetch(server, &format!("/v1/attempts?{q}"))?.into_json::<serde_json::Value>()?
@@ -1786,6 +1774,18 @@ fn print_deliveries(v: &serde_json::Value) -> std::io::Result<()> {
         outln!("more: --after '{next}'");
     }
     Ok(())
+}
+
+/// A list's query string from the options given, as the API reads it (and, on a data dir,
+/// the same parser does): the options absent are left out.
+fn list_query<const N: usize>(options: [(&str, &Option<String>); N]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in options {
+        if let Some(value) = value {
+            q.append_pair(name, value);
+        }
+    }
+    q.finish()
 }
 
 fn print_attempts(v: &serde_json::Value) -> std::io::Result<()> {
