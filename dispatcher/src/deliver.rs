@@ -8,6 +8,7 @@
 //! target policy.
 
 use std::error::Error as StdError;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -59,6 +60,8 @@ pub struct Deliverer {
     client: HttpClient,
     log: Arc<dyn Log>,
     mailer: Option<Result<Mailer, String>>,
+    /// Test sends so far: with the time, each one's id.
+    tests_sent: AtomicU64,
 }
 
 impl Deliverer {
@@ -78,6 +81,7 @@ impl Deliverer {
         Deliverer {
             client,
             log,
+            tests_sent: AtomicU64::new(0),
             mailer: config.smtp.as_deref().map(|relay| {
                 Mailer::new(
                     relay,
@@ -152,7 +156,14 @@ impl Deliverer {
                 ),
                 callback: cb_core::CallbackRef::Project(name.clone()),
             },
-            delivery: cb_core::DeliveryId(cb_core::Seq(0)),
+            // Its own id (`webhook-id`, a mail's Message-ID) each time: receivers and mail
+            // providers drop a message whose id they have seen, and a second test send is
+            // not a resend of the first.
+            delivery: cb_core::DeliveryId(cb_core::Seq(
+                now.0
+                    .saturating_mul(1000)
+                    .saturating_add(self.tests_sent.fetch_add(1, Ordering::Relaxed) % 1000),
+            )),
             attempt: 1,
             version: cb_core::Seq(0),
             started_at: now,

@@ -83,7 +83,9 @@ impl Store {
                 let seqs = self.shared.index.attempt_seqs(filter, lo, hi, want)?;
                 let mut records = Vec::with_capacity(seqs.len());
                 for seq in seqs {
-                    let record = self.record(seq)?.ok_or(Error::Missing { seq })?;
+                    let Some(record) = self.still_held(seq)? else {
+                        continue;
+                    };
                     if !matches!(record.kind, RecordKind::AttemptFinished(_)) {
                         return Err(self
                             .shared
@@ -122,7 +124,9 @@ impl Store {
         seqs.dedup();
         let mut records = Vec::new();
         for seq in seqs {
-            let record = self.record(seq)?.ok_or(Error::Missing { seq })?;
+            let Some(record) = self.still_held(seq)? else {
+                continue;
+            };
             let RecordKind::AttemptFinished(a) = &record.kind else {
                 return Err(self
                     .shared
@@ -142,17 +146,28 @@ impl Store {
         Ok(records)
     }
 
+    /// Record `seq`, or `None` when retention removed it while the page was read (the
+    /// base moved past it): such a page simply ends at the new base.
+    fn still_held(&self, seq: Seq) -> Result<Option<Record>> {
+        match self.record(seq)? {
+            Some(record) => Ok(Some(record)),
+            None if seq < self.first_seq() => Ok(None),
+            None => Err(Error::Missing { seq }),
+        }
+    }
+
     /// The first seq in `lo..=hi` stamped at or after `t` (`hi + 1` when none is): record
     /// times never go back, so a binary search finds it in some 20-odd reads.
     fn first_stamped_from(&self, t: Timestamp, lo: Seq, hi: Seq) -> Result<Seq> {
         let (mut lo, mut hi) = (lo.0, hi.0.saturating_add(1));
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let at = self
-                .record(Seq(mid))?
-                .ok_or(Error::Missing { seq: Seq(mid) })?
-                .at;
-            if at < t {
+            // A record retention removed meanwhile lies before every one still held.
+            let before = match self.still_held(Seq(mid))? {
+                Some(record) => record.at < t,
+                None => true,
+            };
+            if before {
                 lo = mid + 1;
             } else {
                 hi = mid;

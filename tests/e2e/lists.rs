@@ -600,6 +600,24 @@ fn a_test_send_goes_out_once_whatever_the_state_and_touches_no_delivery() {
     assert!(err.contains("give --server"), "{err}");
 }
 
+/// Two test sends are two messages: receivers deduplicate on `webhook-id` (Standard
+/// Webhooks), so each send has its own.
+#[test]
+fn two_test_sends_carry_two_webhook_ids() {
+    let ok = Receiver::start();
+    let cbd = Cbd::start(&["--allow-private-targets"]);
+    cbd.put_callback("a", "site", json!({"url": ok.url("/cb")}));
+    for _ in 0..2 {
+        let (status, answer) = cbd.json("POST", "/v1/projects/a/callbacks/site/test", None);
+        assert_eq!(status, 200, "{answer}");
+    }
+    ok.wait_for_count(2, Duration::from_secs(5));
+    let got = ok.received();
+    let ids: Vec<_> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert!(ids[0].is_some(), "{ids:?}");
+    assert_ne!(ids[0], ids[1]);
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     cb_core::Digest::of(bytes).to_hex()
 }
