@@ -382,6 +382,7 @@ impl Settings {
             },
             smtp: self.smtp.clone(),
             mail_from: self.mail_from.clone(),
+            tls: None,
         };
         o.shutdown_grace = self.shutdown_grace;
         o.segment_bytes = self.segment_bytes;

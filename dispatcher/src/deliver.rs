@@ -3,9 +3,9 @@
 //! The result is always an [`AttemptReport`] — a failed delivery is an outcome to record,
 //! never a Rust error — carrying the digest of the exact bytes rendered for the request, the
 //! latency from the moment the attempt got its slot, and a one-line detail for operators.
-//! Requests go through one pooled keep-alive client (HTTP/1.1, rustls with the webpki roots)
-//! whose TCP layer is the [`GuardedConnector`], so every connection is checked against the
-//! target policy.
+//! Requests go through one pooled keep-alive client (HTTP/1.1, rustls trusting what
+//! [`crate::tls`] says) whose TCP layer is the [`GuardedConnector`], so every connection is
+//! checked against the target policy.
 
 use std::error::Error as StdError;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +30,7 @@ use sha2::{Digest as _, Sha256};
 use crate::limits::LimitsConfig;
 use crate::mail::Mailer;
 use crate::target::{GuardedConnector, Refused};
+use crate::tls::OutgoingTls;
 
 /// What a response body may be before cb stops reading it (and drops the connection).
 const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
@@ -51,6 +52,8 @@ pub struct DeliveryConfig {
     pub smtp: Option<String>,
     /// The sender of those mails (default [`Mailer::DEFAULT_FROM`]).
     pub mail_from: Option<String>,
+    /// What HTTPS deliveries trust and present; [`OutgoingTls::system`] when `None`.
+    pub tls: Option<OutgoingTls>,
 }
 
 type HttpClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
@@ -62,13 +65,16 @@ pub struct Deliverer {
     mailer: Option<Result<Mailer, String>>,
     /// Test sends so far: with the time, each one's id.
     tests_sent: AtomicU64,
+    /// Whether a client certificate is offered (a TLS failure's sentence depends on it).
+    client_cert: bool,
 }
 
 impl Deliverer {
     /// A deliverer reading versions from `log`.
     pub fn new(log: Arc<dyn Log>, config: &DeliveryConfig) -> Deliverer {
+        let tls = config.tls.clone().unwrap_or_else(OutgoingTls::system);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(tls.client_config().clone())
             .https_or_http()
             .enable_http1()
             .wrap_connector(GuardedConnector {
@@ -82,6 +88,7 @@ impl Deliverer {
             client,
             log,
             tests_sent: AtomicU64::new(0),
+            client_cert: tls.client_cert,
             mailer: config.smtp.as_deref().map(|relay| {
                 Mailer::new(
                     relay,
@@ -240,9 +247,11 @@ impl Deliverer {
         request: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> (Outcome, String) {
+        // Kept for a failure's sentence (a clone of its shared parts).
+        let uri = request.uri().clone();
         let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return classify_error(&e),
+            Ok(Err(e)) => return classify_error(&e, uri.host().unwrap_or(""), self.client_cert),
             Err(_) => {
                 return (
                     Outcome::Timeout,
@@ -390,16 +399,26 @@ fn parse_retry_after(value: &str) -> Option<u32> {
 }
 
 /// Maps a client error to an outcome: the target policy, TLS, or anything else that kept a
-/// complete answer from arriving (connect, reset, closed early).
-fn classify_error(e: &hyper_util::client::legacy::Error) -> (Outcome, String) {
+/// complete answer from arriving (connect, reset, closed early). A TLS failure's detail is
+/// the sentence [`crate::tls::explain`] gives for talking to `host`; others' is the chain of
+/// errors.
+fn classify_error(
+    e: &hyper_util::client::legacy::Error,
+    host: &str,
+    client_cert: bool,
+) -> (Outcome, String) {
     let mut chain: Vec<String> = Vec::new();
     let mut outcome = Outcome::Connect;
+    let mut tls_detail = None;
     let mut current: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = current {
         if err.downcast_ref::<Refused>().is_some() {
             outcome = Outcome::TargetRefused;
-        } else if err.downcast_ref::<rustls::Error>().is_some() && outcome == Outcome::Connect {
-            outcome = Outcome::Tls;
+        } else if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            if outcome == Outcome::Connect {
+                outcome = Outcome::Tls;
+                tls_detail = Some(crate::tls::explain(tls, host, client_cert));
+            }
         }
         let text = err.to_string();
         if chain.last() != Some(&text) {
@@ -414,7 +433,10 @@ fn classify_error(e: &hyper_util::client::legacy::Error) -> (Outcome, String) {
             None => err.source(),
         };
     }
-    (outcome, chain.join(": "))
+    match (outcome, tls_detail) {
+        (Outcome::Tls, Some(sentence)) => (outcome, sentence),
+        _ => (outcome, chain.join(": ")),
+    }
 }
 
 fn clip(mut s: String) -> String {

@@ -6,7 +6,8 @@
 //! Map: `driver` (the tokio shell, the [`Handle`] others use), `driver_state` (its
 //! decisions, without I/O: ticks, admission, refusals, shutdown), `deliver` (one attempt: render,
 //! request, classify), `target` (which addresses may be reached, and the connector that
-//! checks every resolved address), `limits` (attempts in flight, globally and per origin, and the queues where attempts wait
+//! checks every resolved address), `tls` (what HTTPS deliveries trust and present, and the
+//! sentence for a failed handshake), `limits` (attempts in flight, globally and per origin, and the queues where attempts wait
 //! for a slot), `mail` (`mailto:` through the SMTP relay),
 //! `metrics` (Prometheus).
 #![forbid(unsafe_code)]
@@ -21,8 +22,10 @@ pub mod mail;
 pub mod metrics;
 pub mod sim;
 pub mod target;
+pub mod tls;
 
 pub use deliver::{webhook_id, Deliverer, DeliveryConfig, TestReport};
 pub use driver::{Dispatcher, DispatcherOptions, Error, Handle, Started};
 pub use limits::LimitsConfig;
 pub use metrics::Metrics;
+pub use tls::{OutgoingTls, TlsFileError, TlsFiles};
