@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cb_dispatcher::{DeliveryConfig, DispatcherOptions, LimitsConfig};
+use cb_dispatcher::{DeliveryConfig, DispatcherOptions, LimitsConfig, OutgoingTls, TlsFiles};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -24,9 +24,13 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
     after_help = "Settings come from flags, then CBD_* environment variables, then the --config \
 TOML file (keys as the long flags, with underscores: data_dir = \"/var/lib/cb\"), then defaults.\n\
 The API token comes from CBD_TOKEN (16 to 256 visible ASCII characters), or is generated into \
-DIR/token (mode 0600) on first start.\n\n\
+DIR/token (mode 0600) on first start.\n\
+HTTPS deliveries trust the webpki roots, the system trust store (SSL_CERT_FILE and SSL_CERT_DIR \
+replace it, as for OpenSSL) and each --ca-file; a TLS failure is recorded as the tls outcome with \
+what is wrong and the fix.\n\n\
 Examples:\n  cbd\n  cbd --data-dir /var/lib/cb --listen 0.0.0.0:8650 --smtp mail.example.org:25\n  \
-CBD_TOKEN=$(openssl rand -hex 24) cbd --config /etc/cb/cbd.toml"
+CBD_TOKEN=$(openssl rand -hex 24) cbd --config /etc/cb/cbd.toml\n  \
+cbd --ca-file /etc/cb/private-ca.pem --client-cert /etc/cb/client.pem --client-key /etc/cb/client.key"
 )]
 pub struct Args {
     /// TOML file with settings.
@@ -47,6 +51,18 @@ pub struct Args {
     /// Allow callbacks to loopback, private and other non-public addresses.
     #[arg(long, env = "CBD_ALLOW_PRIVATE_TARGETS")]
     pub allow_private_targets: bool,
+    /// PEM certificates HTTPS deliveries trust besides the webpki roots and the system
+    /// store: a private CA, or a receiver's own self-signed certificate. May be repeated.
+    #[arg(long, env = "CBD_CA_FILE", value_name = "PEM")]
+    pub ca_file: Vec<PathBuf>,
+    /// PEM client certificate (then any intermediates) for receivers that require one
+    /// (mutual TLS).
+    #[arg(long, env = "CBD_CLIENT_CERT", value_name = "PEM")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert [default: the --client-cert file, if it holds the
+    /// key too].
+    #[arg(long, env = "CBD_CLIENT_KEY", value_name = "PEM")]
+    pub client_key: Option<PathBuf>,
     /// Largest request body [default: 1048576].
     #[arg(long, env = "CBD_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -186,6 +202,9 @@ struct FileSettings {
     smtp: Option<String>,
     mail_from: Option<String>,
     allow_private_targets: Option<bool>,
+    ca_file: Option<Paths>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
     max_body_bytes: Option<usize>,
     max_batch_bytes: Option<usize>,
     max_in_flight: Option<usize>,
@@ -197,6 +216,23 @@ struct FileSettings {
     retain_bytes: Option<String>,
     archive_dir: Option<PathBuf>,
     segment_bytes: Option<String>,
+}
+
+/// One path or a list of them (`ca_file = "a.pem"` or `ca_file = ["a.pem", "b.pem"]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Paths {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl Paths {
+    fn into_vec(self) -> Vec<PathBuf> {
+        match self {
+            Paths::One(p) => vec![p],
+            Paths::Many(v) => v,
+        }
+    }
 }
 
 /// Resolved settings.
@@ -212,6 +248,8 @@ pub struct Settings {
     pub mail_from: Option<String>,
     /// See [`Args::allow_private_targets`].
     pub allow_private_targets: bool,
+    /// What HTTPS deliveries trust and present, its files read and checked.
+    pub tls: OutgoingTls,
     /// Request body limit.
     pub max_body_bytes: usize,
     /// Batch body limit.
@@ -254,6 +292,9 @@ pub enum SettingsError {
     /// A value is out of range.
     #[error("{0}")]
     Invalid(String),
+    /// A TLS file (`--ca-file`, `--client-cert`, `--client-key`) is unusable.
+    #[error(transparent)]
+    Tls(#[from] cb_dispatcher::TlsFileError),
 }
 
 impl Settings {
@@ -280,6 +321,16 @@ impl Settings {
             mail_from: args.mail_from.or(file.mail_from).filter(|s| !s.is_empty()),
             allow_private_targets: args.allow_private_targets
                 || file.allow_private_targets.unwrap_or(false),
+            // Read now, so a bad file stops cbd before it creates anything.
+            tls: OutgoingTls::load(&TlsFiles {
+                ca_files: if args.ca_file.is_empty() {
+                    file.ca_file.map(Paths::into_vec).unwrap_or_default()
+                } else {
+                    args.ca_file
+                },
+                client_cert: args.client_cert.or(file.client_cert),
+                client_key: args.client_key.or(file.client_key),
+            })?,
             max_body_bytes: args
                 .max_body_bytes
                 .or(file.max_body_bytes)
@@ -382,7 +433,7 @@ impl Settings {
             },
             smtp: self.smtp.clone(),
             mail_from: self.mail_from.clone(),
-            tls: None,
+            tls: Some(self.tls.clone()),
         };
         o.shutdown_grace = self.shutdown_grace;
         o.segment_bytes = self.segment_bytes;
@@ -536,6 +587,57 @@ mod tests {
         let args = Args::try_parse_from(["cbd", "--config", path.to_str().unwrap()]).unwrap();
         let e = Settings::resolve(args).unwrap_err().to_string();
         assert!(e.contains("datadir"), "{e}");
+    }
+
+    /// `--ca-file` (repeated, or a TOML string or list) and the client certificate are read
+    /// when the settings are; a bad file is an error that names it.
+    #[test]
+    fn tls_files_are_read_with_the_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["receiver.example.org".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let both = dir.path().join("client.pem");
+        std::fs::write(&both, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
+        let ca = ca.to_str().unwrap();
+        let resolve = |args: &[&str]| Settings::resolve(Args::try_parse_from(args).unwrap());
+
+        let s = resolve(&["cbd", "--ca-file", ca, "--ca-file", ca]).unwrap();
+        assert_eq!(s.tls.roots.ca_file, 2);
+        assert!(!s.tls.client_cert);
+        let config = dir.path().join("cbd.toml");
+        let config_str = config.to_str().unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "ca_file = {ca:?}\nclient_cert = {:?}\n",
+                both.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let s = resolve(&["cbd", "--config", config_str]).unwrap();
+        assert_eq!(s.tls.roots.ca_file, 1);
+        assert!(s.tls.client_cert);
+        std::fs::write(&config, format!("ca_file = [{ca:?}, {ca:?}, {ca:?}]\n")).unwrap();
+        let s = resolve(&["cbd", "--config", config_str]).unwrap();
+        assert_eq!(s.tls.roots.ca_file, 3);
+
+        let e = resolve(&["cbd", "--ca-file", "/no/such/ca.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--ca-file /no/such/ca.pem: cannot read it: "),
+            "{e}"
+        );
+        // The flag replaces the file's list.
+        std::fs::write(&config, "ca_file = [\"/no/such/ca.pem\"]\n").unwrap();
+        assert!(resolve(&["cbd", "--config", config_str]).is_err());
+        let s = resolve(&["cbd", "--config", config_str, "--ca-file", ca]).unwrap();
+        assert_eq!(s.tls.roots.ca_file, 1);
     }
 
     #[test]

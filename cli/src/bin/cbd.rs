@@ -128,6 +128,17 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         smtp = settings.smtp.as_deref().unwrap_or("none"),
         "serving"
     );
+    let tls = &settings.tls;
+    for warning in &tls.warnings {
+        warn!("{warning}; HTTPS deliveries trust the other roots");
+    }
+    info!(
+        webpki_roots = tls.roots.webpki,
+        system_roots = tls.roots.system,
+        ca_file_roots = tls.roots.ca_file,
+        client_cert = tls.client_cert,
+        "HTTPS deliveries trust these roots"
+    );
 
     let api = Arc::new(Api::new(
         dispatcher.handle(),
