@@ -9,7 +9,9 @@
 //! `mailto:` through a local SMTP sink; `diskfull` — a real small tmpfs filling up;
 //! `durability` — a damaged index rebuilt at start, retention and its archives; `openapi` —
 //! the API's OpenAPI document validated, and a schema fuzzer run against it; `console` —
-//! the web console in a real headless Chromium, and the rewind route it reads.
+//! the web console in a real headless Chromium, and the rewind route it reads; `tls` —
+//! HTTPS receivers with a private CA, bad certificates and mutual TLS, and unusable TLS
+//! files at start.
 
 mod api;
 mod cbctl;
@@ -26,3 +28,4 @@ mod recipes;
 mod restart;
 mod support;
 mod targets;
+mod tls;

@@ -1,5 +1,6 @@
 //! The harness: a real `cbd` process on a temp data dir and port 0, a real HTTP receiver on
-//! 127.0.0.1:0 with scripted answers, and a small blocking API client.
+//! 127.0.0.1:0 with scripted answers (or over TLS, with the certificates a test made), and a
+//! small blocking API client.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -25,6 +26,8 @@ pub struct Cbd {
     pub addr: SocketAddr,
     child: Child,
     args: Vec<String>,
+    /// Environment variables set for cbd besides the harness's own.
+    env: Vec<(String, String)>,
     agent: ureq::Agent,
     _temp: Option<Arc<tempfile::TempDir>>,
 }
@@ -41,13 +44,23 @@ impl Cbd {
 
     /// Starts cbd on `dir`.
     pub fn start_in(dir: &Path, args: &[&str]) -> Cbd {
+        Cbd::start_in_with_env(dir, args, &[])
+    }
+
+    /// Starts cbd on `dir` with `env` set too.
+    pub fn start_in_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Cbd {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = spawn(dir, &args);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, addr) = spawn(dir, &args, &env);
         Cbd {
             dir: dir.to_owned(),
             addr,
             child,
             args,
+            env,
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(30))
                 .build(),
@@ -58,12 +71,13 @@ impl Cbd {
     /// Starts cbd on `dir`, or `None` if it exits before it serves (its stderr says why).
     pub fn try_start_in(dir: &Path, args: &[&str]) -> Option<Cbd> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = try_spawn(dir, &args).ok()?;
+        let (child, addr) = try_spawn(dir, &args, &[]).ok()?;
         Some(Cbd {
             dir: dir.to_owned(),
             addr,
             child,
             args,
+            env: Vec::new(),
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(30))
                 .build(),
@@ -74,14 +88,14 @@ impl Cbd {
     /// SIGKILLs cbd and starts it again on the same dir with the same arguments.
     pub fn kill_and_restart(&mut self) {
         self.kill();
-        let (child, addr) = spawn(&self.dir, &self.args);
+        let (child, addr) = spawn(&self.dir, &self.args, &self.env);
         self.child = child;
         self.addr = addr;
     }
 
     /// Starts cbd again on the same dir with the same arguments, after it stopped.
     pub fn start_again(&mut self) {
-        let (child, addr) = spawn(&self.dir, &self.args);
+        let (child, addr) = spawn(&self.dir, &self.args, &self.env);
         self.child = child;
         self.addr = addr;
     }
@@ -261,11 +275,15 @@ pub fn sigterm(child: &Child) {
         .status();
 }
 
-fn spawn(dir: &Path, args: &[String]) -> (Child, SocketAddr) {
-    try_spawn(dir, args).unwrap_or_else(|log| panic!("cbd did not start:\n{log}"))
+fn spawn(dir: &Path, args: &[String], env: &[(String, String)]) -> (Child, SocketAddr) {
+    try_spawn(dir, args, env).unwrap_or_else(|log| panic!("cbd did not start:\n{log}"))
 }
 
-fn try_spawn(dir: &Path, args: &[String]) -> Result<(Child, SocketAddr), String> {
+fn try_spawn(
+    dir: &Path,
+    args: &[String],
+    env: &[(String, String)],
+) -> Result<(Child, SocketAddr), String> {
     std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
     let stderr = std::fs::OpenOptions::new()
         .create(true)
@@ -280,6 +298,7 @@ fn try_spawn(dir: &Path, args: &[String]) -> Result<(Child, SocketAddr), String>
         .args(args)
         .env("CBD_TOKEN", TOKEN)
         .env("CBD_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
@@ -422,6 +441,16 @@ impl Receiver {
 
     /// A receiver answering `default` unless a scripted reply is queued.
     pub fn answering(default: Reply) -> Receiver {
+        Receiver::serving(default, None)
+    }
+
+    /// A receiver over TLS with `config` (its certificate, and whether it asks for a
+    /// client's), answering 200 to everything; `https_url` names it.
+    pub fn tls(config: Arc<rustls::ServerConfig>) -> Receiver {
+        Receiver::serving(Reply::ok(), Some(tokio_rustls::TlsAcceptor::from(config)))
+    }
+
+    fn serving(default: Reply, tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -447,57 +476,22 @@ impl Receiver {
                     };
                     let connection = connections.fetch_add(1, Ordering::SeqCst);
                     let state = state.clone();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let state = state.clone();
-                            async move {
-                                let (parts, body) = req.into_parts();
-                                let body = body
-                                    .collect()
-                                    .await
-                                    .map(|c| c.to_bytes())
-                                    .unwrap_or_default();
-                                let reply = {
-                                    let mut s = state.lock().unwrap();
-                                    s.received.push(Received {
-                                        method: parts.method.to_string(),
-                                        uri: parts.uri.to_string(),
-                                        headers: parts
-                                            .headers
-                                            .iter()
-                                            .map(|(n, v)| {
-                                                (n.to_string(), v.to_str().unwrap_or("").to_owned())
-                                            })
-                                            .collect(),
-                                        body: body.to_vec(),
-                                        connection,
-                                        at: Instant::now(),
-                                    });
-                                    s.script.pop_front().unwrap_or_else(|| s.default.clone())
-                                };
-                                let (status, headers) = match reply {
-                                    Reply::Status(s, h) => (s, h),
-                                    Reply::Hang => {
-                                        std::future::pending::<()>().await;
-                                        unreachable!()
-                                    }
-                                    Reply::Delayed(d, s) => {
-                                        tokio::time::sleep(d).await;
-                                        (s, vec![])
-                                    }
-                                };
-                                let mut resp = Response::builder().status(status);
-                                for (n, v) in headers {
-                                    resp = resp.header(n, v);
-                                }
-                                Ok::<_, std::convert::Infallible>(
-                                    resp.body(Full::new(Bytes::from_static(b"ok"))).unwrap(),
-                                )
+                        let Some(acceptor) = tls else {
+                            return serve_http(stream, state, connection).await;
+                        };
+                        match acceptor.accept(stream).into_fallible().await {
+                            Ok(stream) => serve_http(stream, state, connection).await,
+                            Err((_, mut stream)) => {
+                                // The alert is written; read what the client still sends
+                                // until it closes, since closing on unread data resets the
+                                // connection, and the reset can overtake the alert.
+                                use tokio::io::AsyncReadExt;
+                                let mut sink = [0u8; 4096];
+                                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
                             }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                        }
                     });
                 }
             });
@@ -508,6 +502,11 @@ impl Receiver {
             connections,
             _runtime: runtime,
         }
+    }
+
+    /// Its `https://` URL, by the name its test certificates are for.
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{}", self.addr.port(), path)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -544,6 +543,62 @@ impl Receiver {
             &mut || self.count() >= n,
         );
     }
+}
+
+/// Serves HTTP/1.1 on one accepted connection, recording each request and answering from the
+/// script.
+async fn serve_http<S>(stream: S, state: Arc<Mutex<ReceiverState>>, connection: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let state = state.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let reply = {
+                let mut s = state.lock().unwrap();
+                s.received.push(Received {
+                    method: parts.method.to_string(),
+                    uri: parts.uri.to_string(),
+                    headers: parts
+                        .headers
+                        .iter()
+                        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_owned()))
+                        .collect(),
+                    body: body.to_vec(),
+                    connection,
+                    at: Instant::now(),
+                });
+                s.script.pop_front().unwrap_or_else(|| s.default.clone())
+            };
+            let (status, headers) = match reply {
+                Reply::Status(s, h) => (s, h),
+                Reply::Hang => {
+                    std::future::pending::<()>().await;
+                    unreachable!()
+                }
+                Reply::Delayed(d, s) => {
+                    tokio::time::sleep(d).await;
+                    (s, vec![])
+                }
+            };
+            let mut resp = Response::builder().status(status);
+            for (n, v) in headers {
+                resp = resp.header(n, v);
+            }
+            Ok::<_, std::convert::Infallible>(
+                resp.body(Full::new(Bytes::from_static(b"ok"))).unwrap(),
+            )
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// A snapshot of the seed's shape with a counter, as JSON.
