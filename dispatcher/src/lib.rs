@@ -9,8 +9,8 @@
 //! checks every resolved address), `tls` (what HTTPS deliveries trust and present, and the
 //! sentence for a failed handshake), `limits` (attempts in flight, globally and per origin, and the queues where attempts wait
 //! for a slot), `mail` (`mailto:` through the SMTP relay),
-//! `metrics` (Prometheus), `change_times` (when each change was appended, kept small, for
-//! the delivery lag).
+//! `metrics` (Prometheus), `exposition` (a scrape's two text forms, and the choice between
+//! them), `change_times` (when each change was appended, kept small, for the delivery lag).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -18,6 +18,7 @@ pub mod change_times;
 pub mod deliver;
 pub mod driver;
 pub mod driver_state;
+pub mod exposition;
 pub mod limits;
 pub mod log;
 pub mod mail;
