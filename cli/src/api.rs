@@ -13,16 +13,17 @@ use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cb_core::{CallbackName, CallbackRef, FileHistory, FileKey, RecordKind, Seq, StateName};
+use cb_core::{CallbackName, CallbackRef, FileHistory, FileKey, RecordKind, Seq};
+use cb_dispatcher::exposition::Format;
+use cb_dispatcher::metrics::{AckRoute, Disk, Scrape};
 use cb_dispatcher::Handle;
 use cb_store::Input;
 use futures_util::stream;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::HeaderValue;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, VARY};
 use hyper::{Method, Request, Response, StatusCode};
-use prometheus_client::registry::Registry;
 use serde_json::json;
 use tracing::{debug, info};
 
@@ -49,12 +50,10 @@ pub struct Api {
     pub max_body: usize,
     /// Largest batch body.
     pub max_batch: usize,
-    /// Prometheus registry (the dispatcher's metrics are registered in it).
-    pub registry: Registry,
 }
 
 impl Api {
-    /// Builds the API state and registers the metrics.
+    /// Builds the API state.
     pub fn new(
         handle: Handle,
         token: Token,
@@ -62,15 +61,12 @@ impl Api {
         max_body: usize,
         max_batch: usize,
     ) -> Api {
-        let mut registry = Registry::default();
-        handle.metrics().register(&mut registry);
         Api {
             handle,
             token,
             rules,
             max_body,
             max_batch,
-            registry,
         }
     }
 }
@@ -125,7 +121,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
         (&Method::GET, ["console"]) => console_asset("console"),
         (&Method::GET, ["console.js"]) => console_asset("console.js"),
         (&Method::GET, ["console.css"]) => console_asset("console.css"),
-        (&Method::GET, ["metrics"]) => metrics(api).await,
+        (&Method::GET, ["metrics"]) => metrics(api, req.headers().get(ACCEPT)).await,
         (&Method::GET, ["v1", "openapi.json"]) => Ok(openapi()),
         (&Method::POST, ["v1", "changes"]) => post_change(api, req).await,
         (&Method::POST, ["v1", "changes", "batch"]) => post_batch(api, req).await,
@@ -418,13 +414,21 @@ fn openapi() -> Response<Body> {
         .expect("static headers are valid")
 }
 
-async fn metrics(api: &Api) -> Result<Response<Body>, ApiError> {
+/// `GET /metrics`: text 0.0.4, or OpenMetrics when the scraper's `Accept` asks for it
+/// ([`Format::negotiate`]). The core is asked for its kept totals and per-(project,
+/// callback) counts, never for a walk of its machines.
+async fn metrics(api: &Api, accept: Option<&HeaderValue>) -> Result<Response<Body>, ApiError> {
+    let format = Format::negotiate(accept.and_then(|v| v.to_str().ok()));
     // On the wall clock: a `sent` machine past its window is not counted, though the core
     // drops it only at the next record it folds.
     let now = cb_store::wall_clock();
-    let (census, folded) = api
+    let m = api.handle.metrics().clone();
+    let (census, folded, pair_machines) = api
         .handle
-        .query(move |core| (core.census_at(now), core.last_seq()))
+        .query(move |core| {
+            let pairs = m.pair_machines(&core.group_counts());
+            (core.census_at(now), core.last_seq(), pairs)
+        })
         .await
         .map_err(|e| {
             ApiError::new(
@@ -433,43 +437,37 @@ async fn metrics(api: &Api) -> Result<Response<Body>, ApiError> {
                 e.to_string(),
             )
         })?;
-    let m = api.handle.metrics();
-    for (state, count) in StateName::ALL.iter().zip(census.states) {
-        m.machines
-            .get_or_create(&cb_dispatcher::metrics::StateLabel {
-                state: state.as_str(),
-            })
-            .set(count as i64);
-    }
-    m.files.set(census.files as i64);
-    // Set here too: the driver sets it as it folds, and after a restart it has folded
-    // nothing new yet.
-    m.folded_seq.set(folded.map_or(0, |s| s.0 as i64));
     let store = api.handle.store();
-    m.log_seq.set(store.last_seq().map_or(0, |s| s.0 as i64));
-    m.base_seq.set(store.base().map_or(0, |b| b.seq.0 as i64));
     // Sizes of the log's files and the file system's free space: system calls, off the
-    // async workers.
-    let usage = api.handle.read(|store| store.disk_usage()).await;
-    if let Ok(Ok(usage)) = usage {
-        m.log_bytes.set(usage.log_bytes as i64);
-        m.index_bytes.set(usage.index_bytes as i64);
-        m.index_in_memory.set(i64::from(store.index_in_memory()));
-        m.free_bytes.set(usage.free_bytes as i64);
-    }
-    let lag = census
-        .next_deadline
-        .map_or(0.0, |d| now.0.saturating_sub(d.0) as f64 / 1000.0);
-    m.deadline_lag_seconds.set(lag);
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &api.registry)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e.to_string()))?;
+    // async workers. Left out of the scrape if they cannot be read.
+    let disk = match api.handle.read(|store| store.disk_usage()).await {
+        Ok(Ok(usage)) => Some(Disk {
+            log_bytes: usage.log_bytes,
+            index_bytes: usage.index_bytes,
+            free_bytes: usage.free_bytes,
+        }),
+        _ => None,
+    };
+    let scrape = Scrape {
+        files: census.files,
+        machines: census.states,
+        deadline_lag_seconds: census
+            .next_deadline
+            .map_or(0.0, |d| now.0.saturating_sub(d.0) as f64 / 1000.0),
+        pair_machines,
+        folded_seq: folded.map_or(0, |s| s.0),
+        log_seq: store.last_seq().map_or(0, |s| s.0),
+        base_seq: store.base().map_or(0, |b| b.seq.0),
+        disk,
+        index_in_memory: store.index_in_memory(),
+    };
+    let text = api.handle.metrics().encode(format, &scrape);
     Ok(Response::builder()
         .status(StatusCode::OK)
-        .header(
-            CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )
+        .header(CONTENT_TYPE, format.content_type())
+        // The answer depends on `Accept`: a cache between must not hand one form to a
+        // scraper that asked for the other.
+        .header(VARY, "Accept")
         .body(full(text))
         .expect("static headers are valid"))
 }
@@ -496,6 +494,8 @@ fn is_xml(parts: &http::request::Parts, body: &[u8]) -> bool {
 }
 
 async fn post_change(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    // The ack latency runs from here (the request's head has arrived) to the 202.
+    let arrived = std::time::Instant::now();
     let (parts, body) = read_body(req, api.max_body).await?;
     let input = if is_xml(&parts, &body) {
         let q = query(parts.uri.query(), &["project", "event"])?;
@@ -508,20 +508,26 @@ async fn post_change(api: &Api, req: Request<Incoming>) -> Result<Response<Body>
         ingest::json_change(&body, api.rules)?
     };
     let appended = append(api, vec![input]).await?;
-    Ok(json_response(
-        StatusCode::ACCEPTED,
-        &json!({"seq": appended.first.0}),
-    ))
+    let response = json_response(StatusCode::ACCEPTED, &json!({"seq": appended.first.0}));
+    api.handle
+        .metrics()
+        .observe_ack(AckRoute::Change, arrived.elapsed());
+    Ok(response)
 }
 
 async fn post_batch(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let arrived = std::time::Instant::now();
     let (_, body) = read_body(req, api.max_batch).await?;
     let inputs = ingest::ndjson_batch(&body, api.rules, api.max_body)?;
     let appended = append(api, inputs).await?;
-    Ok(json_response(
+    let response = json_response(
         StatusCode::ACCEPTED,
         &json!({"seq": appended.last().0, "first": appended.first.0, "count": appended.count}),
-    ))
+    );
+    api.handle
+        .metrics()
+        .observe_ack(AckRoute::Batch, arrived.elapsed());
+    Ok(response)
 }
 
 fn callback_name(s: &str) -> Result<CallbackName, ApiError> {

@@ -60,6 +60,9 @@ pub struct DispatcherOptions {
     pub segment_bytes: u64,
     /// What the log keeps; `None`: everything.
     pub retention: Option<cb_store::Retention>,
+    /// (project, callback) pairs whose metrics have labels of their own; later ones are
+    /// counted together ([`crate::metrics::OTHER`]).
+    pub metrics_max_series: usize,
 }
 
 impl DispatcherOptions {
@@ -74,6 +77,7 @@ impl DispatcherOptions {
             tick_spacing: Duration::from_millis(10),
             segment_bytes: cb_store::SEGMENT_BYTES,
             retention: None,
+            metrics_max_series: crate::metrics::DEFAULT_MAX_SERIES,
         }
     }
 }
@@ -243,7 +247,7 @@ impl Dispatcher {
             .await?
             .map_err(|r| Error::Fatal(format!("restoring the core: {r}")))?
         };
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(options.metrics_max_series));
         let checkpoints = {
             let metrics = metrics.clone();
             CheckpointWriter::spawn(store.clone(), move |r| match r {

@@ -31,6 +31,7 @@ use std::time::Duration;
 use cb_core::{Attempt, AttemptReport, Core, Effect, Outcome, Record, RecordKind, Seq, Timestamp};
 use tracing::{error, info, warn};
 
+use crate::change_times::ChangeTimes;
 use crate::limits::{Answer, Limits, LimitsConfig, Slot};
 use crate::metrics::Metrics;
 
@@ -170,6 +171,8 @@ pub struct DriverState<Q> {
     limits: Limits,
     config: DriverConfig,
     metrics: Arc<Metrics>,
+    /// When the changes folded were appended, for the delivery lag.
+    change_times: ChangeTimes,
     next_id: u64,
     /// The driver's appends not answered yet.
     appends: HashMap<AppendId, Purpose>,
@@ -212,6 +215,7 @@ impl<Q> DriverState<Q> {
             limits: Limits::new(config.limits),
             config,
             metrics,
+            change_times: ChangeTimes::default(),
             next_id: 0,
             appends: HashMap::new(),
             tick_outstanding: false,
@@ -298,6 +302,9 @@ impl<Q> DriverState<Q> {
             }
             let disposition = self.core.apply(record, &mut effects);
             self.metrics.observe(record, disposition);
+            if let Some(lag_ms) = self.change_times.fold(record) {
+                self.metrics.observe_lag(lag_ms);
+            }
             if matches!(record.kind, RecordKind::Ticked) {
                 self.tick_outstanding = false;
             }
@@ -722,8 +729,6 @@ impl<Q> DriverState<Q> {
         m.in_flight.set(self.attempts_in_flight() as i64);
         m.waiting.set(self.limits.waiting() as i64);
         m.log_blocked.set(i64::from(self.log_blocked()));
-        m.folded_seq
-            .set(self.core.last_seq().map_or(0, |s| s.0 as i64));
     }
 }
 

@@ -9,7 +9,8 @@
 //! checks every resolved address), `tls` (what HTTPS deliveries trust and present, and the
 //! sentence for a failed handshake), `limits` (attempts in flight, globally and per origin, and the queues where attempts wait
 //! for a slot), `mail` (`mailto:` through the SMTP relay),
-//! `metrics` (Prometheus), `exposition` (a scrape's two text forms, and the choice between
+//! `metrics` (Prometheus: counters, gauges, histograms, per-(project, callback) series within
+//! a bound), `exposition` (a scrape's two text forms, and the choice between
 //! them), `change_times` (when each change was appended, kept small, for the delivery lag).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
