@@ -103,6 +103,11 @@ pub struct Args {
     /// [default: 64MiB].
     #[arg(long, env = "CBD_SEGMENT_BYTES", value_name = "SIZE", value_parser = size)]
     pub segment_bytes: Option<u64>,
+    /// (project, callback) pairs whose /metrics series have labels of their own
+    /// [default: 1000]; later pairs are counted together under project and callback
+    /// "~other". 0 labels none.
+    #[arg(long, env = "CBD_METRICS_MAX_SERIES", value_name = "N")]
+    pub metrics_max_series: Option<usize>,
 }
 
 /// How long history is kept.
@@ -216,6 +221,7 @@ struct FileSettings {
     retain_bytes: Option<String>,
     archive_dir: Option<PathBuf>,
     segment_bytes: Option<String>,
+    metrics_max_series: Option<usize>,
 }
 
 /// One path or a list of them (`ca_file = "a.pem"` or `ca_file = ["a.pem", "b.pem"]`).
@@ -268,6 +274,8 @@ pub struct Settings {
     pub retention: cb_store::Retention,
     /// Space of one log segment.
     pub segment_bytes: u64,
+    /// (project, callback) pairs with metrics labels of their own.
+    pub metrics_max_series: usize,
 }
 
 /// Why the settings are unusable.
@@ -387,6 +395,10 @@ impl Settings {
                 None => file_value("segment_bytes", file.segment_bytes, size)?
                     .unwrap_or(cb_store::SEGMENT_BYTES),
             },
+            metrics_max_series: args
+                .metrics_max_series
+                .or(file.metrics_max_series)
+                .unwrap_or(cb_dispatcher::metrics::DEFAULT_MAX_SERIES),
         };
         if s.segment_bytes < 64 * 1024 || s.segment_bytes > cb_store::MAX_SEGMENT_BYTES {
             return Err(SettingsError::Invalid(format!(
@@ -438,6 +450,7 @@ impl Settings {
         o.shutdown_grace = self.shutdown_grace;
         o.segment_bytes = self.segment_bytes;
         o.retention = Some(self.retention.clone());
+        o.metrics_max_series = self.metrics_max_series;
         o
     }
 }
@@ -577,6 +590,34 @@ mod tests {
         assert!(e.contains("retain") && e.contains("soon"), "{e}");
         let args = Args::try_parse_from(["cbd", "--segment-bytes", "1KiB"]).unwrap();
         assert!(Settings::resolve(args).is_err());
+    }
+
+    #[test]
+    fn the_metrics_series_bound_reads_from_flag_file_and_default() {
+        let s = Settings::resolve(Args::default()).unwrap();
+        assert_eq!(s.metrics_max_series, 1000);
+        assert_eq!(s.dispatcher().metrics_max_series, 1000);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cbd.toml");
+        std::fs::write(&path, "metrics_max_series = 50\n").unwrap();
+        let args = Args::try_parse_from(["cbd", "--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(Settings::resolve(args).unwrap().metrics_max_series, 50);
+        let args = Args::try_parse_from([
+            "cbd",
+            "--config",
+            path.to_str().unwrap(),
+            "--metrics-max-series",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(
+            Settings::resolve(args)
+                .unwrap()
+                .dispatcher()
+                .metrics_max_series,
+            0
+        );
+        assert!(Args::try_parse_from(["cbd", "--metrics-max-series", "-1"]).is_err());
     }
 
     #[test]
