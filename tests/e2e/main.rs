@@ -11,7 +11,8 @@
 //! the API's OpenAPI document validated, and a schema fuzzer run against it; `console` —
 //! the web console in a real headless Chromium, and the rewind route it reads; `tls` —
 //! HTTPS receivers with a private CA, bad certificates and mutual TLS, and unusable TLS
-//! files at start.
+//! files at start; `metrics` — `/metrics` in both text forms, read by Python's
+//! prometheus_client.
 
 mod api;
 mod cbctl;
@@ -23,6 +24,7 @@ mod golden;
 mod isolation;
 mod lists;
 mod mail;
+mod metrics;
 mod openapi;
 mod recipes;
 mod restart;
