@@ -588,6 +588,9 @@ async fn put_callback(
     let name = callback_name(name)?;
     let (_, body) = read_body(req, api.max_body).await?;
     let callback = Arc::new(ingest::callback(&body, api.rules)?);
+    // Taken all the same (200): the flag may be turned on later, and the put is a record
+    // worth keeping; the answer says why no attempt would get through now.
+    let warnings = ingest::target_warnings(&callback, api.rules);
     let appended = append(
         api,
         vec![Input::Record(RecordKind::CallbackPut {
@@ -604,6 +607,7 @@ async fn put_callback(
             "project": project.as_str(),
             "name": name.as_str(),
             "callback": view::callback_config(&callback),
+            "warnings": warnings,
         }),
     ))
 }

@@ -5,12 +5,14 @@
 //! [`ApiError`] naming what is wrong — so bad input gets a 4xx and the log never holds a
 //! record the core would have to ignore.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use cb_core::ingest::parse_result_xml;
 use cb_core::{
     Callback, CallbackSpec, EventKind, FileCallback, FileId, FileKey, ProjectId, Snapshot, Target,
 };
+use cb_dispatcher::target::non_public_reason;
 use cb_store::{Change, Input};
 use serde::Deserialize;
 
@@ -33,6 +35,9 @@ struct ChangeBody {
 pub struct Rules {
     /// An SMTP relay is configured, so `mailto:` callbacks can be delivered.
     pub smtp: bool,
+    /// `--allow-private-targets`: callbacks to non-public addresses are delivered, so they
+    /// get no warning ([`target_warnings`]).
+    pub allow_private_targets: bool,
 }
 
 /// Parses a project id from a path or query.
@@ -174,6 +179,50 @@ pub fn callback(body: &[u8], rules: Rules) -> Result<Callback, ApiError> {
     Ok(cb)
 }
 
+/// Warnings about a callback that is valid but, as cbd runs, will not be delivered: its URL's
+/// host is an address the target policy refuses ([`non_public_reason`]) and cbd runs without
+/// `--allow-private-targets`. The callback is still taken (the flag may be turned on later;
+/// a record of the put is worth keeping), so the PUT says so rather than refusing.
+///
+/// Only what is known without the network is looked at — an IP literal, or `localhost` — so
+/// a PUT never waits on DNS. A name is checked on every address it resolves to at each
+/// connect (`cb_dispatcher::target`), which is the check that counts: the warning is a
+/// courtesy that catches the common mistake, not the policy.
+pub fn target_warnings(cb: &Callback, rules: Rules) -> Vec<String> {
+    if rules.allow_private_targets {
+        return Vec::new();
+    }
+    let Target::Http(url) = &cb.target else {
+        return Vec::new();
+    };
+    // Parsed as the deliverer parses it, so the host is the one it will connect to.
+    let Some(host) = url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+    else {
+        return Vec::new();
+    };
+    // `[::1]` arrives bracketed.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let reason = match bare.parse::<IpAddr>() {
+        Ok(ip) => non_public_reason(ip),
+        Err(_) if bare.eq_ignore_ascii_case("localhost") || bare.eq_ignore_ascii_case("localhost.") => {
+            Some("loopback")
+        }
+        Err(_) => None,
+    };
+    reason
+        .map(|reason| {
+            format!(
+                "the callback's host {bare} is {reason}: cbd delivers there only when started \
+                 with --allow-private-targets, and without it every attempt ends target_refused"
+            )
+        })
+        .into_iter()
+        .collect()
+}
+
 fn check_deliverable(cb: &Callback, rules: Rules) -> Result<(), ApiError> {
     if let Target::Mail(addr) = &cb.target {
         if !rules.smtp {
@@ -196,13 +245,19 @@ fn check_deliverable(cb: &Callback, rules: Rules) -> Result<(), ApiError> {
 mod tests {
     use super::*;
 
-    const RULES: Rules = Rules { smtp: false };
+    const RULES: Rules = Rules {
+        smtp: false,
+        allow_private_targets: false,
+    };
 
     /// A `mailto:` address the SMTP client cannot send to is refused when the callback is
     /// set (it would fail every attempt for two days), project or per-file alike.
     #[test]
     fn mail_addresses_are_checked_as_the_smtp_client_takes_them() {
-        let smtp = Rules { smtp: true };
+        let smtp = Rules {
+            smtp: true,
+            ..RULES
+        };
         for ok in ["ops@example.org", "ops@[192.0.2.1]"] {
             let body = format!(r#"{{"url":"mailto:{ok}"}}"#);
             assert!(callback(body.as_bytes(), smtp).is_ok(), "{ok}");
@@ -216,6 +271,45 @@ mod tests {
             "callbacks":[{"url":"mailto:a..b@example.org"}]}"#;
         let e = json_change(change, smtp).err().unwrap();
         assert!(e.detail.contains("SMTP client"), "{}", e.detail);
+    }
+
+    /// A PUT of a callback the target policy will refuse is taken with a warning that says
+    /// why and what to do; a public or merely named host gets none (no DNS at PUT), and
+    /// `--allow-private-targets` silences it.
+    #[test]
+    fn callbacks_to_refused_addresses_are_warned_of() {
+        let warnings = |url: &str, rules: Rules| {
+            let body = format!(r#"{{"url":"{url}"}}"#);
+            target_warnings(&callback(body.as_bytes(), rules).expect(url), rules)
+        };
+        for (url, reason) in [
+            ("http://127.0.0.1:9000/cb", "127.0.0.1 is loopback (127.0.0.0/8)"),
+            ("https://10.1.2.3/cb", "10.1.2.3 is private (10.0.0.0/8)"),
+            ("http://[::1]:8080/cb", "::1 is loopback (::1)"),
+            ("http://LocalHost:9000/cb", "LocalHost is loopback"),
+        ] {
+            let w = warnings(url, RULES);
+            assert_eq!(w.len(), 1, "{url}: {w:?}");
+            assert!(w[0].contains(reason), "{url}: {}", w[0]);
+            assert!(w[0].contains("--allow-private-targets"), "{}", w[0]);
+            let allowed = Rules {
+                allow_private_targets: true,
+                ..RULES
+            };
+            assert_eq!(warnings(url, allowed), Vec::<String>::new(), "{url}");
+        }
+        for url in [
+            "https://cms.example.com/cb",
+            "http://93.184.215.14/cb",
+            "http://localhost.example.com/cb",
+        ] {
+            assert_eq!(warnings(url, RULES), Vec::<String>::new(), "{url}");
+        }
+        let mail = Rules {
+            smtp: true,
+            ..RULES
+        };
+        assert_eq!(warnings("mailto:ops@example.org", mail), Vec::<String>::new());
     }
 
     #[test]

@@ -241,6 +241,45 @@ impl Paths {
     }
 }
 
+/// The keys the TOML file takes, read off [`FileSettings`] itself (serde's derive hands a
+/// struct's field names to the deserializer), so that a test can hold the example file,
+/// docs/deploy/cbd.toml, to every one of them: a new setting without an example fails it.
+pub fn file_keys() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    /// A deserializer that only notes the field names it is asked for, then stops.
+    struct Names<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for Names<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only a struct's field names are read"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("only a struct's field names are read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    // Always the error above: the names are what was wanted.
+    let _ = FileSettings::deserialize(Names(&mut fields));
+    fields
+}
+
 /// Resolved settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -590,6 +629,24 @@ mod tests {
         assert!(e.contains("retain") && e.contains("soon"), "{e}");
         let args = Args::try_parse_from(["cbd", "--segment-bytes", "1KiB"]).unwrap();
         assert!(Settings::resolve(args).is_err());
+    }
+
+    /// Every flag but --config is a key of the file, and every key a flag, spelt the same
+    /// but for `-`/`_`: the help says "keys as the long flags".
+    #[test]
+    fn the_file_takes_every_flag() {
+        use clap::CommandFactory;
+        let mut flags: Vec<String> = Args::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| *l != "config" && *l != "help" && *l != "version")
+            .map(|l| l.replace('-', "_"))
+            .collect();
+        flags.sort();
+        let mut keys: Vec<String> = file_keys().iter().map(|k| k.to_string()).collect();
+        keys.sort();
+        assert!(keys.len() > 10, "{keys:?}");
+        assert_eq!(flags, keys);
     }
 
     #[test]

@@ -745,3 +745,72 @@ fn unseen_files_are_refused_and_filtered_callbacks_show() {
         "{out}"
     );
 }
+
+/// `cbctl emit --xml FILE --project P --event E` appends the getFileInfo document as
+/// `POST /v1/changes?project=P&event=E` with `Content-Type: application/xml` does, on a data
+/// dir and through the server alike, and its refusals read the same both ways.
+#[test]
+fn emit_takes_getfileinfo_xml_offline_and_online() {
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/examples/getFileInfo-556114.xml"
+    );
+    let xml = ["--xml", sample, "--project", "newzulu"];
+    let mut cbd = Cbd::start(&[]);
+    assert!(cbd.terminate().success());
+    let (code, out, err) = cbctl(&cbd.dir, &[&["emit"], &xml[..], &["--event", "rated"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("change appended: seq "), "{out}");
+    let (code, _, offline) = cbctl(&cbd.dir, &[&["emit"], &xml[..], &["--event", "liked"]].concat());
+    assert_eq!(code, 2);
+
+    cbd.start_again();
+    let server = cbd.url("");
+    let online = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cbctl"))
+            .args(["--server", &server, "emit"])
+            .args(args)
+            .env("CBD_TOKEN", crate::support::TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = online(&[&xml[..], &["--event", "moderated", "--json"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let seq = serde_json::from_str::<Value>(&out).unwrap()["seq"].as_u64();
+    assert!(seq.is_some(), "{out}");
+    let (code, _, refused) = online(&[&xml[..], &["--event", "liked"]].concat());
+    assert_eq!(code, 2);
+    let detail = |e: &str| e.split(" (").next().unwrap_or_default().to_owned();
+    assert_eq!(detail(&refused), detail(&offline), "{refused} / {offline}");
+    assert!(refused.contains("unknown_event"), "{refused}");
+    // Without --project or --event it is a usage error, before anything is read.
+    let (code, _, err) = online(&["--xml", sample, "--project", "newzulu"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--event"), "{err}");
+
+    // The same document through the API: all three are one file's changes, with one snapshot.
+    let body = std::fs::read(sample).unwrap();
+    let (status, text) = cbd.call(
+        "POST",
+        "/v1/changes?project=newzulu&event=transcoded",
+        Some("application/xml"),
+        Some(&body),
+    );
+    assert_eq!(status, 202, "{text}");
+    let history = cbd.get("/v1/files/newzulu/556114/history");
+    let events: Vec<&str> = history["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "change")
+        .map(|s| s["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["rated", "moderated", "transcoded"]);
+    let file = cbd.get("/v1/files/newzulu/556114");
+    assert_eq!(file["file"]["title"], "Test 7 : single + empty", "{file}");
+}

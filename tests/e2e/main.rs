@@ -12,12 +12,14 @@
 //! the web console in a real headless Chromium, and the rewind route it reads; `tls` —
 //! HTTPS receivers with a private CA, bad certificates and mutual TLS, and unusable TLS
 //! files at start; `metrics` — `/metrics` in both text forms, read by Python's
-//! prometheus_client.
+//! prometheus_client; `deploy` — docs/deploy/'s configuration file and systemd unit, a
+//! taken port, `cbctl --server`'s token.
 
 mod api;
 mod cbctl;
 mod console;
 mod delivery;
+mod deploy;
 mod diskfull;
 mod durability;
 mod golden;

@@ -1,9 +1,13 @@
-//! `cbd`: the daemon. Resolves settings, opens the data dir through the dispatcher (which
-//! restores the core and resumes attempts in flight), loads or creates the token, serves the
-//! API, and on SIGTERM/SIGINT stops accepting, lets attempts in flight finish (bounded),
-//! writes a final checkpoint and exits 0.
+//! `cbd`: the daemon. Resolves settings, binds its port, opens the data dir through the
+//! dispatcher (which restores the core and resumes attempts in flight), loads or creates the
+//! token, serves the API, and on SIGTERM/SIGINT stops accepting, lets attempts in flight
+//! finish (bounded), writes a final checkpoint and exits 0.
+//!
+//! Exit codes: 0 stopped by a signal; 2 a setting it refuses, a bad `CBD_TOKEN` or a port it
+//! cannot bind, all found before anything is created on disk; 1 anything else.
 
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -69,9 +73,38 @@ fn main() -> ExitCode {
             let message = cb_cli::error::one_line(e.as_ref());
             error!("{message}");
             eprintln!("cbd: {message}");
-            ExitCode::FAILURE
+            if e.is::<Unusable>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// A start refused for a reason only the operator can fix, found before the data dir is
+/// touched: exit 2, as for a bad setting, so that a service manager can be told not to
+/// restart into the same refusal (the unit's `RestartPreventExitStatus=2`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unusable(String);
+
+/// Why `addr` cannot be listened on, and what to do, in one sentence.
+fn cannot_listen(addr: SocketAddr, e: &std::io::Error) -> Unusable {
+    use std::io::ErrorKind;
+    let fix = match e.kind() {
+        ErrorKind::AddrInUse => {
+            "another program (another cbd?) listens there: stop it, or give another --listen"
+        }
+        ErrorKind::PermissionDenied => {
+            "a port below 1024 needs CAP_NET_BIND_SERVICE: give another --listen"
+        }
+        ErrorKind::AddrNotAvailable => {
+            "the address is not one of this machine's: give one of its own, or 0.0.0.0, with --listen"
+        }
+        _ => "give another --listen",
+    };
+    Unusable(format!("cannot listen on {addr}: {e}; {fix}"))
 }
 
 enum Stop {
@@ -84,6 +117,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // is restored) must stop cbd gracefully, not kill it by the default action. Installed
     // later, a stop sent right after start exited by signal (an e2e test caught it).
     let mut signals = Signals::install();
+    // The port before the data dir: a taken port must leave nothing behind (a new data dir
+    // and token in the wrong place are worse than a clear refusal). Connections made while
+    // the log is restored wait in the kernel's queue and are served once it is.
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| cannot_listen(settings.listen, &e))?;
     let (mut dispatcher, started) = Dispatcher::start(settings.dispatcher())
         .await
         .with_context(|| format!("opening data dir {}", settings.data_dir.display()))?;
@@ -110,9 +149,6 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let (token, source) = Token::load(&settings.data_dir, std::env::var("CBD_TOKEN").ok())
         .context("loading the API token")?;
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("listening on {}", settings.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     // Two plain lines on stdout, for people and for scripts that start cbd on port 0.
     let token_line = match &source {
@@ -145,6 +181,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         token,
         Rules {
             smtp: settings.smtp.is_some(),
+            allow_private_targets: settings.allow_private_targets,
         },
         settings.max_body_bytes,
         settings.max_batch_bytes,

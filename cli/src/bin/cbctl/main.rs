@@ -19,7 +19,7 @@ use cb_cli::rewind::{archived_note, Point, RewindError};
 use cb_cli::view;
 use cb_core::{FileHistory, FileKey, Record, Seq, Timestamp};
 use cb_store::{Durability, Store, StoreOptions};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// `println!` that returns the write error instead of panicking: `cbctl replay | head -1`
 /// closes the pipe early, and that must end the command quietly ([`main`]), not panic.
@@ -174,10 +174,11 @@ struct Cli {
         default_value = "./cbd-data"
     )]
     data_dir: PathBuf,
-    /// A running daemon (its token from CBD_TOKEN): replay, history, rewind and export copy
-    /// its /v1/log; the other commands call its API.
+    /// A running daemon: replay, history, rewind and export copy its /v1/log; the other
+    /// commands call its API. Its token is read from --data-dir's token file when --data-dir
+    /// is given, else from CBD_TOKEN.
     #[arg(long, env = "CBCTL_SERVER", global = true, value_parser = server_url)]
-    server: Option<String>,
+    server: Option<Server>,
     #[command(subcommand)]
     command: Command,
 }
@@ -351,15 +352,28 @@ CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 callbacks rm newzulu site"
         #[command(subcommand)]
         action: CallbacksAction,
     },
-    /// Append one change: a JSON change body (as POST /v1/changes takes), from FILE or stdin.
+    /// Append one change: a JSON change body (as POST /v1/changes takes), or with --xml a
+    /// getFileInfo document, from FILE or stdin.
     #[command(
         after_help = "Examples:\n  cbctl --data-dir /var/lib/cb emit change.json\n  \
 echo '{\"project\":\"newzulu\",\"file_id\":\"556114\",\"event\":\"rated\",\"file\":{\"id\":\"556114\",\"rating\":\"4\"}}' | \
-CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 emit"
+CBD_TOKEN=… cbctl --server http://127.0.0.1:8650 emit\n  \
+cbctl --server http://127.0.0.1:8650 --data-dir ./cbd-data emit --xml getFileInfo-556114.xml --project newzulu --event rated"
     )]
     Emit {
-        /// The JSON file; stdin if absent.
+        /// The change: JSON, or getFileInfo XML with --xml; stdin if absent.
         file: Option<PathBuf>,
+        /// FILE is a getFileInfo `<result>` document, as POST /v1/changes takes with
+        /// Content-Type application/xml: the file id is its <id>; --project and --event say
+        /// the rest.
+        #[arg(long, requires_all = ["project", "event"])]
+        xml: bool,
+        /// The project of an --xml change.
+        #[arg(long, requires = "xml", value_name = "PROJECT")]
+        project: Option<String>,
+        /// The event of an --xml change (rated, moderated, transcoded, …).
+        #[arg(long, requires = "xml", value_name = "EVENT")]
+        event: Option<String>,
         /// The answer as JSON (`{"seq": N}`).
         #[arg(long)]
         json: bool,
@@ -526,7 +540,15 @@ struct PauseArgs {
 fn main() -> ExitCode {
     // Replays are faster on small pages; a failure only leaves them as the kernel sets them.
     let _ = cb_cli::pages::keep_small_pages();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // A --data-dir given with --server names the daemon's dir: its token file is the token.
+    // The default ./cbd-data is not read, so a token is never taken from a dir nobody named.
+    if matches.value_source("data_dir") != Some(clap::parser::ValueSource::DefaultValue) {
+        if let Some(server) = &mut cli.server {
+            server.token_file = Some(cli.data_dir.join("token"));
+        }
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) if reader_went_away(&e) => ExitCode::from(STDOUT_CLOSED),
@@ -595,23 +617,33 @@ fn open(cli: &Cli) -> anyhow::Result<Source> {
     }
 }
 
-fn fetch(server: &str, path: &str) -> anyhow::Result<ureq::Response> {
+fn fetch(server: &Server, path: &str) -> anyhow::Result<ureq::Response> {
     call(server, "GET", path, None)
 }
 
 /// How long `--server` waits for the daemon's next bytes.
 const SERVER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One API request to a running daemon, with the token from `CBD_TOKEN`.
+/// One API request to a running daemon with a JSON body, if any ([`request`]).
 fn call(
-    server: &str,
+    server: &Server,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
 ) -> anyhow::Result<ureq::Response> {
-    let token =
-        std::env::var("CBD_TOKEN").context("--server needs the daemon's token in CBD_TOKEN")?;
-    let url = format!("{}{path}", server.trim_end_matches('/'));
+    request(server, method, path, body.map(|b| (b, "application/json")))
+}
+
+/// One API request to a running daemon, with its token ([`Server::token`]) and a body of
+/// the given content type, if any.
+fn request(
+    server: &Server,
+    method: &str,
+    path: &str,
+    body: Option<(&[u8], &str)>,
+) -> anyhow::Result<ureq::Response> {
+    let (token, token_from) = server.token()?;
+    let url = format!("{}{path}", server.url.trim_end_matches('/'));
     // A daemon that accepts and never answers must give an error, not a hang. The read limit
     // is per read: a long `/v1/log` stream keeps going as long as bytes arrive.
     let agent = ureq::AgentBuilder::new()
@@ -623,11 +655,16 @@ fn call(
         .request(method, &url)
         .set("Authorization", &format!("Bearer {token}"));
     let result = match body {
-        Some(b) => req.set("Content-Type", "application/json").send_bytes(b),
+        Some((b, content_type)) => req.set("Content-Type", content_type).send_bytes(b),
         None => req.call(),
     };
     match result {
         Ok(r) => Ok(r),
+        Err(ureq::Error::Status(401, _)) => bail!(
+            "the daemon at {} refused the token from {token_from} (HTTP 401 unauthorized): \
+             give the --data-dir it runs on, or set CBD_TOKEN to the token it was started with",
+            server.url
+        ),
         Err(ureq::Error::Status(code, r)) => {
             // The API's refusals read as on a data dir: the detail, then the code.
             let text = r.into_string().unwrap_or_default();
@@ -645,12 +682,56 @@ fn call(
     }
 }
 
+/// A running daemon (`--server`): where it is, and where its token is read.
+#[derive(Clone, Debug)]
+struct Server {
+    /// The base URL, scheme included.
+    url: String,
+    /// `DIR/token` of the `--data-dir` given beside `--server`, read before `CBD_TOKEN`.
+    token_file: Option<PathBuf>,
+}
+
+impl Server {
+    /// The daemon's token, and where it came from (for a 401's message): the token file of
+    /// the `--data-dir` given, else `CBD_TOKEN`; else an error that says what to set.
+    fn token(&self) -> anyhow::Result<(String, String)> {
+        let env = std::env::var("CBD_TOKEN").ok().filter(|t| !t.is_empty());
+        let Some(path) = &self.token_file else {
+            return env.map(|t| (t, "CBD_TOKEN".to_owned())).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--server needs the daemon's token: set CBD_TOKEN to it (the CBD_TOKEN cbd \
+                     was started with, or the contents of DIR/token in its data dir), or give \
+                     --data-dir DIR, the daemon's data dir, to read DIR/token"
+                )
+            });
+        };
+        let unread = match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => {
+                return Ok((text.trim().to_owned(), path.display().to_string()))
+            }
+            Ok(_) => "it is empty".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        // A daemon started with CBD_TOKEN writes no token file: the variable still works.
+        env.map(|t| (t, "CBD_TOKEN".to_owned())).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--server needs the daemon's token: {} cannot be read ({unread}); run as a user \
+                 who can read it, or set CBD_TOKEN to the token cbd was started with",
+                path.display()
+            )
+        })
+    }
+}
+
 /// `--server`: the daemon's base URL, scheme included (`127.0.0.1:8650` alone is refused
 /// here rather than by the HTTP client, with a message that says what to write).
-fn server_url(s: &str) -> Result<String, String> {
+fn server_url(s: &str) -> Result<Server, String> {
     let lower = s.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
-        Ok(s.to_owned())
+        Ok(Server {
+            url: s.to_owned(),
+            token_file: None,
+        })
     } else {
         Err(format!(
             "{s:?} is not a URL: give the daemon's, as http://127.0.0.1:8650"
@@ -760,15 +841,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rewind(&source.store, &file_key(file)?, to, *json)
         }
         Command::Callbacks { action } => callbacks(&cli, action),
-        Command::Emit { file, json } => {
+        Command::Emit {
+            file,
+            xml,
+            project,
+            event,
+            json,
+        } => {
             let body = read_input(file.as_ref())?;
             let answer = match &cli.server {
+                Some(server) if *xml => {
+                    let query = form_urlencoded::Serializer::new(String::new())
+                        .append_pair("project", project.as_deref().unwrap_or_default())
+                        .append_pair("event", event.as_deref().unwrap_or_default())
+                        .finish();
+                    let path = format!("/v1/changes?{query}");
+                    let body = Some((&body[..], "application/xml"));
+                    request(server, "POST", &path, body)?.into_json()?
+                }
                 Some(server) => send(server, "POST", "/v1/changes", Some(&body))?,
                 None => {
-                    // The daemon's --smtp is not known here, so mailto callbacks are let through.
-                    let input =
-                        cb_cli::ingest::json_change(&body, cb_cli::ingest::Rules { smtp: true })
-                            .map_err(refused)?;
+                    let input = if *xml {
+                        cb_cli::ingest::xml_change(&body, project.as_deref(), event.as_deref())
+                    } else {
+                        cb_cli::ingest::json_change(&body, offline_rules())
+                    }
+                    .map_err(refused)?;
                     let store = open_for_append(&cli)?;
                     let appended = store.append(vec![input])?;
                     serde_json::json!({"seq": appended.first.0})
@@ -1138,9 +1236,19 @@ fn refused(e: cb_cli::error::ApiError) -> anyhow::Error {
     anyhow::anyhow!("{} ({})", e.detail, e.code)
 }
 
+/// The ingest rules on a data dir, where the daemon's settings are not known: `mailto:`
+/// callbacks are let through (its `--smtp` may be set), and callbacks to addresses the
+/// target policy refuses are warned of (its `--allow-private-targets` may not be).
+fn offline_rules() -> cb_cli::ingest::Rules {
+    cb_cli::ingest::Rules {
+        smtp: true,
+        allow_private_targets: false,
+    }
+}
+
 /// One API request to a running daemon that appends a record; its JSON answer.
 fn send(
-    server: &str,
+    server: &Server,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
@@ -1148,12 +1256,17 @@ fn send(
     Ok(call(server, method, path, body)?.into_json()?)
 }
 
-/// What an appending command says: `what` and the record's seq, or `answer` as JSON.
+/// What an appending command says: `what` and the record's seq, or `answer` as JSON. The
+/// answer's `warnings` (a callback the daemon will not deliver as it runs) go to stderr,
+/// one a line, where they are seen without spoiling what a script reads from stdout.
 fn say_appended(what: &str, answer: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         outln!("{answer}");
     } else {
         outln!("{what}: seq {}", answer["seq"]);
+    }
+    for warning in answer["warnings"].as_array().into_iter().flatten() {
+        eprintln!("cbctl: warning: {}", warning.as_str().unwrap_or_default());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1222,8 +1335,8 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
                     let project = cb_core::ProjectId::new(project).context("project")?;
                     let name = cb_core::CallbackName::new(name).context("callback name")?;
                     let callback =
-                        cb_cli::ingest::callback(&body, cb_cli::ingest::Rules { smtp: true })
-                            .map_err(refused)?;
+                        cb_cli::ingest::callback(&body, offline_rules()).map_err(refused)?;
+                    let warnings = cb_cli::ingest::target_warnings(&callback, offline_rules());
                     let store = open_for_append(cli)?;
                     let appended = store.append(vec![cb_store::Input::Record(
                         cb_core::RecordKind::CallbackPut {
@@ -1232,7 +1345,7 @@ fn callbacks(cli: &Cli, action: &CallbacksAction) -> anyhow::Result<ExitCode> {
                             callback: std::sync::Arc::new(callback),
                         },
                     )])?;
-                    serde_json::json!({"seq": appended.first.0})
+                    serde_json::json!({"seq": appended.first.0, "warnings": warnings})
                 }
             };
             say_appended(&format!("callback {project}/{name} set"), &answer, *json)
