@@ -196,6 +196,11 @@ pub enum Outcome {
         /// The SMTP reply code.
         code: u16,
     },
+    /// The request was sent whole, and the receiver closed the connection without an
+    /// answer. Unlike [`Connect`](Outcome::Connect), the receiver may have acted on it: a
+    /// failed attempt all the same (retried under the same `webhook-id`, which is how a
+    /// receiver tells the retry from a new delivery). Added in log format 5.
+    Closed,
 }
 
 impl Outcome {
@@ -234,6 +239,7 @@ impl Outcome {
             Outcome::Tls => OutcomeClass::Tls,
             Outcome::TargetRefused => OutcomeClass::TargetRefused,
             Outcome::Smtp { .. } => OutcomeClass::Smtp,
+            Outcome::Closed => OutcomeClass::Closed,
         }
     }
 }
@@ -264,11 +270,13 @@ pub enum OutcomeClass {
     TargetRefused = b'x',
     /// The SMTP relay rejected the message.
     Smtp = b'm',
+    /// The receiver closed the connection after the request was sent, without answering.
+    Closed = b'k',
 }
 
 impl OutcomeClass {
     /// Every kind, in the order documentation lists them.
-    pub const ALL: [OutcomeClass; 10] = [
+    pub const ALL: [OutcomeClass; 11] = [
         OutcomeClass::Delivered,
         OutcomeClass::Redirect,
         OutcomeClass::Gone,
@@ -276,6 +284,7 @@ impl OutcomeClass {
         OutcomeClass::Server,
         OutcomeClass::Timeout,
         OutcomeClass::Connect,
+        OutcomeClass::Closed,
         OutcomeClass::Tls,
         OutcomeClass::TargetRefused,
         OutcomeClass::Smtp,
@@ -294,6 +303,7 @@ impl OutcomeClass {
             OutcomeClass::Tls => "tls",
             OutcomeClass::TargetRefused => "target_refused",
             OutcomeClass::Smtp => "smtp",
+            OutcomeClass::Closed => "closed",
         }
     }
 
@@ -333,6 +343,7 @@ impl fmt::Display for Outcome {
             Outcome::Tls => f.write_str("tls-error"),
             Outcome::TargetRefused => f.write_str("target-refused"),
             Outcome::Smtp { code } => write!(f, "smtp-{code}"),
+            Outcome::Closed => f.write_str("closed-without-answer"),
         }
     }
 }

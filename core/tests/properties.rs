@@ -146,6 +146,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         1 => Just(Outcome::Status { status: 302, retry_after_secs: None }),
         1 => Just(Outcome::Timeout),
         1 => Just(Outcome::Connect),
+        1 => Just(Outcome::Closed),
         1 => Just(Outcome::Status { status: 410, retry_after_secs: None }),
     ]
 }

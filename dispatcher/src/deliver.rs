@@ -19,8 +19,10 @@ use cb_core::{
 use std::sync::Arc;
 
 use crate::log::Log;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{
+    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER, USER_AGENT,
+};
 use hyper::{Request, StatusCode};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -268,24 +270,120 @@ impl Deliverer {
                 .and_then(parse_retry_after),
             _ => None,
         };
-        let drain = Limited::new(response.into_body(), RESPONSE_BODY_LIMIT).collect();
-        // A stalled or oversized body only costs its connection (dropped with the future).
-        let body = match tokio::time::timeout(BODY_DRAIN_LIMIT.min(timeout), drain).await {
-            Ok(Ok(c)) => c.to_bytes(),
-            _ => Bytes::new(),
-        };
+        let length = response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let location = status
+            .is_redirection()
+            .then(|| response.headers().get(LOCATION))
+            .flatten()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        // A stalled or oversized body only costs its connection (dropped with the body).
+        let deadline = tokio::time::Instant::now() + BODY_DRAIN_LIMIT.min(timeout);
+        let body = read_body(response.into_body(), deadline).await;
         let outcome = Outcome::from_status(status.as_u16(), retry_after);
-        let detail = if outcome.is_delivered() {
+        let mut detail = if outcome.is_delivered() {
             String::new()
         } else {
-            let text = String::from_utf8_lossy(&body);
+            let text = String::from_utf8_lossy(&body.text);
             let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-            format!(
-                "HTTP {status}{}{text}",
-                if text.is_empty() { "" } else { ": " }
-            )
+            let mut d = format!("HTTP {status}");
+            if let Some(location) = &location {
+                d.push_str(&format!(
+                    " to Location: {location} (cb does not follow redirects: point the \
+                     callback's url there if that is where it belongs)"
+                ));
+            }
+            if !text.is_empty() {
+                d.push_str(&format!(": {text}"));
+            }
+            d
         };
+        if let Some(note) = body.end.note(body.received, length) {
+            if !detail.is_empty() {
+                detail.push_str("; ");
+            }
+            detail.push_str(&note);
+        }
         (outcome, detail)
+    }
+}
+
+/// How reading an answer's body ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum BodyEnd {
+    /// It arrived whole.
+    Complete,
+    /// The connection ended (or broke) before the body did.
+    CutShort,
+    /// It did not finish before the deadline.
+    Stalled,
+    /// It ran past [`RESPONSE_BODY_LIMIT`], where cb stops reading.
+    TooLong,
+}
+
+impl BodyEnd {
+    /// What an attempt's detail says about a body that did not arrive whole, having read
+    /// `received` bytes of `length` (its `Content-Length`, if it gave one). A 2xx answer
+    /// delivered all the same: the status line is the receiver's word.
+    fn note(&self, received: u64, length: Option<u64>) -> Option<String> {
+        let of = match length {
+            Some(total) => format!("{received} of {total} bytes"),
+            None => format!("{received} bytes"),
+        };
+        match self {
+            BodyEnd::Complete | BodyEnd::TooLong => None,
+            BodyEnd::CutShort => Some(format!("body cut short after {of}")),
+            BodyEnd::Stalled => Some(format!(
+                "body unfinished after {}s, at {of}",
+                BODY_DRAIN_LIMIT.as_secs()
+            )),
+        }
+    }
+}
+
+/// An answer's body as read: its first [`RESPONSE_BODY_LIMIT`] bytes (a failure's detail
+/// quotes them), how many arrived, and how it ended.
+struct BodyRead {
+    text: Vec<u8>,
+    received: u64,
+    end: BodyEnd,
+}
+
+/// Reads `body` until it ends, breaks, passes [`RESPONSE_BODY_LIMIT`] or `deadline`, counting
+/// what arrived: only so the connection can carry the next request, and so an attempt can
+/// say a body was cut short.
+async fn read_body(mut body: hyper::body::Incoming, deadline: tokio::time::Instant) -> BodyRead {
+    let mut read = BodyRead {
+        text: Vec::new(),
+        received: 0,
+        end: BodyEnd::Complete,
+    };
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                read.end = BodyEnd::Stalled;
+                return read;
+            }
+            Ok(None) => return read,
+            Ok(Some(Err(_))) => {
+                read.end = BodyEnd::CutShort;
+                return read;
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    read.received += data.len() as u64;
+                    let room = RESPONSE_BODY_LIMIT.saturating_sub(read.text.len());
+                    read.text.extend_from_slice(&data[..data.len().min(room)]);
+                    if read.received > RESPONSE_BODY_LIMIT as u64 {
+                        read.end = BodyEnd::TooLong;
+                        return read;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -414,6 +512,14 @@ fn classify_error(
     while let Some(err) = current {
         if err.downcast_ref::<Refused>().is_some() {
             outcome = Outcome::TargetRefused;
+        } else if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+            && outcome == Outcome::Connect
+        {
+            // hyper reads an answer only once the request is written: the end of the
+            // connection before any answer came after the request went out.
+            outcome = Outcome::Closed;
         } else if let Some(tls) = err.downcast_ref::<rustls::Error>() {
             if outcome == Outcome::Connect {
                 outcome = Outcome::Tls;
@@ -435,6 +541,14 @@ fn classify_error(
     }
     match (outcome, tls_detail) {
         (Outcome::Tls, Some(sentence)) => (outcome, sentence),
+        (Outcome::Closed, _) => (
+            outcome,
+            format!(
+                "the receiver closed the connection after cb sent the request, without an \
+                 answer ({}); it may have acted on it: the retry carries the same webhook-id",
+                chain.last().map_or("", String::as_str)
+            ),
+        ),
         _ => (outcome, chain.join(": ")),
     }
 }

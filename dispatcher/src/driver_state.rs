@@ -384,7 +384,9 @@ impl<Q> DriverState<Q> {
     /// outcome is appended.
     pub fn handle_attempt_done(&mut self, now: Now, slot: Slot, report: AttemptReport) {
         let answer = match report.outcome {
-            Outcome::Timeout | Outcome::Connect | Outcome::Tls => Answer::Unanswered,
+            Outcome::Timeout | Outcome::Connect | Outcome::Closed | Outcome::Tls => {
+                Answer::Unanswered
+            }
             _ => Answer::Answered,
         };
         self.limits.finish(slot, answer);

@@ -208,7 +208,7 @@ impl Store {
         }
         let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let format = word(8);
-        if format != FORMAT_VERSION && format != 3 {
+        if !(3..=FORMAT_VERSION).contains(&format) {
             return Err(format!(
                 "log format {format}, this build reads {FORMAT_VERSION}"
             ));

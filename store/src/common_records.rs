@@ -170,6 +170,7 @@ impl<'a> Cursor<'a> {
             4 => Outcome::Tls,
             5 => Outcome::TargetRefused,
             6 => Outcome::Smtp { code: self.u16()? },
+            7 => Outcome::Closed,
             _ => return None,
         })
     }
@@ -229,6 +230,7 @@ mod tests {
             Just(Outcome::Tls),
             Just(Outcome::TargetRefused),
             any::<u16>().prop_map(|code| Outcome::Smtp { code }),
+            Just(Outcome::Closed),
         ]
     }
 

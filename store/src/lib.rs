@@ -60,7 +60,7 @@ pub use log::{
 pub use migrate::Migrated;
 pub use recover::{CutTail, Rebuilt, Recovery};
 pub use retention::{Advanced, Retention};
-pub use segment::{FORMAT_VERSION, MAX_SEGMENT_BYTES, RULES_VERSION};
+pub use segment::{FORMAT_VERSION, MAX_SEGMENT_BYTES, OLDEST_FORMAT_VERSION, RULES_VERSION};
 pub use storage::{FsStorage, Storage, StorageFile};
 pub use watch::{IndexFaults, SledFault};
 

@@ -1608,6 +1608,40 @@ mod tests {
         );
     }
 
+    /// A log written in format 4 (before the `closed` outcome) opens and reads as it is;
+    /// new records go to a new format-5 segment rather than after the old ones, so a build
+    /// of format 4 refuses the new segment by its header instead of misreading a record.
+    #[test]
+    fn a_format_4_log_opens_and_grows_in_a_format_5_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(tmp.path(), small()).unwrap();
+            store.append(vec![change(1, 1)]).unwrap();
+            store.append(vec![change(2, 2)]).unwrap();
+        }
+        let dir = tmp.path().join("segments");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            let mut header = crate::segment::SegmentHeader::decode(&bytes).unwrap();
+            header.format = crate::OLDEST_FORMAT_VERSION;
+            bytes[..64].copy_from_slice(&header.encode());
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let store = Store::open(tmp.path(), small()).unwrap();
+        assert_eq!(store.last_seq(), Some(Seq(2)));
+        let before: Vec<u32> = store.shared.log.live().iter().map(|(id, _)| *id).collect();
+        store.append(vec![change(3, 3)]).unwrap();
+        let live = store.shared.log.live();
+        let (newest, segment) = live.last().unwrap();
+        assert!(!before.contains(newest), "appended into a format-4 segment");
+        assert_eq!(segment.header.format, crate::FORMAT_VERSION);
+        drop(store);
+        let store = Store::open(tmp.path(), small()).unwrap();
+        let seqs: Vec<u64> = store.records(Seq(1)).map(|r| r.unwrap().seq.0).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+    }
+
     /// Every record says which rules it was written under (all 1 today).
     #[test]
     fn the_rules_version_is_recorded_per_segment() {

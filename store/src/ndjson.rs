@@ -203,6 +203,8 @@ pub enum OutcomeLine {
         /// The reply code.
         code: u16,
     },
+    /// The receiver closed the connection after the request was sent, without answering.
+    Closed,
 }
 
 impl From<Outcome> for OutcomeLine {
@@ -221,6 +223,7 @@ impl From<Outcome> for OutcomeLine {
             Outcome::Tls => OutcomeLine::Tls,
             Outcome::TargetRefused => OutcomeLine::TargetRefused,
             Outcome::Smtp { code } => OutcomeLine::Smtp { code },
+            Outcome::Closed => OutcomeLine::Closed,
         }
     }
 }
@@ -241,6 +244,7 @@ impl From<OutcomeLine> for Outcome {
             OutcomeLine::Tls => Outcome::Tls,
             OutcomeLine::TargetRefused => Outcome::TargetRefused,
             OutcomeLine::Smtp { code } => Outcome::Smtp { code },
+            OutcomeLine::Closed => Outcome::Closed,
         }
     }
 }

@@ -396,6 +396,9 @@ pub(crate) struct SegmentWriter {
     reserve_bytes: u64,
     /// The rules version of the active segment: a build of other rules starts a new one.
     rules: u32,
+    /// The format of the active segment: a segment of an older format is read, never
+    /// written to (a build that knows only that format must not meet a newer record in it).
+    format: u32,
     /// The run of the writer its groups are marked with ([`GroupHead::incarnation`]):
     /// above every run before it, and raised at every rewind.
     incarnation: u32,
@@ -422,6 +425,7 @@ impl SegmentWriter {
             log,
             id,
             rules: s.header.rules,
+            format: s.header.format,
             file: s.file,
             end,
             capacity,
@@ -444,7 +448,9 @@ impl SegmentWriter {
 
     /// True if `group` fits after the active segment's data.
     pub(crate) fn fits(&self, group: &GroupBuilder) -> bool {
-        self.end + group.byte_len() <= self.capacity && self.rules == RULES_VERSION
+        self.end + group.byte_len() <= self.capacity
+            && self.rules == RULES_VERSION
+            && self.format == FORMAT_VERSION
     }
 
     /// Starts a new segment for records from `first_seq` on, with room for at least
@@ -483,6 +489,7 @@ impl SegmentWriter {
         }
         self.id = id;
         self.rules = RULES_VERSION;
+        self.format = FORMAT_VERSION;
         self.file = segment.file;
         self.end = SEGMENT_HEADER_LEN;
         self.capacity = capacity;

@@ -36,9 +36,15 @@ use cb_core::{Seq, Snapshot, SnapshotView, Timestamp};
 use crate::error::{Error, Result};
 use crate::storage::StorageFile;
 
-/// The on-disk format of the log this build writes and reads. Format 3 and earlier kept
-/// records in sled; they are migrated once (`migrate.rs`).
-pub const FORMAT_VERSION: u32 = 4;
+/// The on-disk format of the log this build writes. Format 3 and earlier kept records in
+/// sled; they are migrated once (`migrate.rs`). Format 5 added the `closed` attempt outcome
+/// ([`cb_core::Outcome::Closed`]): a format-4 segment holds a subset of what format 5 can,
+/// so it is read as it is ([`OLDEST_FORMAT_VERSION`]), and new records go to a new
+/// format-5 segment, which a build that knows only format 4 refuses by its header rather
+/// than misreading a record.
+pub const FORMAT_VERSION: u32 = 5;
+/// The oldest segment format this build reads in place.
+pub const OLDEST_FORMAT_VERSION: u32 = 4;
 /// The delivery rules this build folds with, recorded in every segment it starts, so that a
 /// later change of a rule can leave an older log replaying under the rules it was written
 /// with. Version 1: the rules of SPEC §4 as `cb_core` implements them today.
@@ -116,7 +122,7 @@ impl SegmentHeader {
             return Err(HeaderError::Damaged("its header fails its checksum".into()));
         }
         let format = u32_at(b, 8);
-        if format != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&format) {
             return Err(HeaderError::Format(format));
         }
         let rules = u32_at(b, 12);
@@ -949,6 +955,19 @@ mod tests {
         assert_eq!(
             SegmentHeader::decode(&other.encode()),
             Err(HeaderError::Format(9))
+        );
+        let older = SegmentHeader {
+            format: OLDEST_FORMAT_VERSION,
+            ..h
+        };
+        assert_eq!(SegmentHeader::decode(&older.encode()).unwrap(), older);
+        let oldest = SegmentHeader {
+            format: OLDEST_FORMAT_VERSION - 1,
+            ..h
+        };
+        assert_eq!(
+            SegmentHeader::decode(&oldest.encode()),
+            Err(HeaderError::Format(OLDEST_FORMAT_VERSION - 1))
         );
     }
 

@@ -11,7 +11,7 @@ use cb_core::{
 use cb_store::{AttemptQuery, AttemptsOf, Durability, Input, Store};
 use support::*;
 
-const OUTCOMES: [Outcome; 6] = [
+const OUTCOMES: [Outcome; 7] = [
     Outcome::Delivered { status: 200 },
     Outcome::Status {
         status: 503,
@@ -23,6 +23,7 @@ const OUTCOMES: [Outcome; 6] = [
     },
     Outcome::Timeout,
     Outcome::Connect,
+    Outcome::Closed,
     Outcome::Status {
         status: 410,
         retry_after_secs: None,

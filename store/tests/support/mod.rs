@@ -134,6 +134,7 @@ fn outcome_strategy() -> impl Strategy<Value = Outcome> {
         Just(Outcome::Tls),
         Just(Outcome::TargetRefused),
         (400u16..600).prop_map(|code| Outcome::Smtp { code }),
+        Just(Outcome::Closed),
     ]
 }
 
