@@ -246,6 +246,11 @@ fn step(s: &Step) -> Value {
             .collect::<Vec<_>>()
             .into();
     }
+    if let Cause::Record(r, _) = &s.cause {
+        if let Some(wait) = retry_after_wait(r, &s.machines) {
+            v["retry_after"] = wait;
+        }
+    }
     // Not `version`: an attempt or a redeliver has a version field of its own.
     v["file_version"] = s.version.map(|x| x.0).into();
     v["machines"] = s
@@ -255,6 +260,44 @@ fn step(s: &Step) -> Value {
         .collect::<Vec<_>>()
         .into();
     v
+}
+
+/// For an attempt answered 429 or 503 with `Retry-After` and retried: what the receiver
+/// asked and what cb waited (rule 4 pushes a retry later for `Retry-After`, never earlier,
+/// and no later than twice the scheduled delay), with a sentence that says which, e.g.
+/// `asked 3600 s, retried after 9.6 s (cap: 2 × the scheduled delay)`. The ask is in the
+/// record; the wait is the fold's decision, so replay shows the same.
+fn retry_after_wait(r: &Record, machines: &[(CallbackRef, Machine)]) -> Option<Value> {
+    let RecordKind::AttemptFinished(a) = &r.kind else {
+        return None;
+    };
+    let cb_core::Outcome::Status {
+        status: 429 | 503,
+        retry_after_secs: Some(asked),
+    } = a.outcome
+    else {
+        return None;
+    };
+    let (_, m) = machines.iter().find(|(c, _)| *c == a.machine.callback)?;
+    let State::Retrying { next_at, .. } = m.state else {
+        return None;
+    };
+    let waited_ms = next_at.0.saturating_sub(r.at.0);
+    let asked_ms = u64::from(asked) * 1000;
+    let waited = format!("{} s", (waited_ms as f64 / 100.0).round() / 10.0);
+    let note = if asked_ms > waited_ms {
+        format!("asked {asked} s, retried after {waited} (cap: 2 × the scheduled delay)")
+    } else if asked_ms == waited_ms {
+        format!("asked {asked} s, retried after {waited}")
+    } else {
+        format!("asked {asked} s, retried after {waited} (the scheduled delay is longer)")
+    };
+    Some(json!({
+        "asked_secs": asked,
+        "waited_ms": waited_ms,
+        "capped": asked_ms > waited_ms,
+        "note": note,
+    }))
 }
 
 /// A file's history: every step with the machines after it.
