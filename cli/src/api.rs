@@ -28,11 +28,12 @@ use serde_json::json;
 use tracing::{debug, info};
 
 use crate::console;
+use crate::credentials::{Caller, Credentials, Scope};
 use crate::error::ApiError;
 use crate::ingest::{self, Rules};
 use crate::lists;
+use crate::reload::Current;
 use crate::rewind;
-use crate::token::Token;
 use crate::view;
 
 /// A response body: whole, or streamed (`/v1/log`).
@@ -42,8 +43,10 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 pub struct Api {
     /// The dispatcher.
     pub handle: Handle,
-    /// The bearer token.
-    pub token: Token,
+    /// The tokens accepted now, and what each may do (replaced on SIGHUP).
+    pub credentials: Current<Credentials>,
+    /// `/metrics` needs a token of scope `read` (`--metrics-auth`).
+    pub metrics_auth: bool,
     /// Ingest rules.
     pub rules: Rules,
     /// Largest body, batches excepted.
@@ -56,18 +59,27 @@ impl Api {
     /// Builds the API state.
     pub fn new(
         handle: Handle,
-        token: Token,
+        credentials: Credentials,
         rules: Rules,
         max_body: usize,
         max_batch: usize,
     ) -> Api {
         Api {
             handle,
-            token,
+            credentials: Current::new(credentials),
+            metrics_auth: false,
             rules,
             max_body,
             max_batch,
         }
+    }
+}
+
+impl Api {
+    /// `/metrics` needs a token of scope `read` (`--metrics-auth`).
+    pub fn with_metrics_auth(mut self, metrics_auth: bool) -> Api {
+        self.metrics_auth = metrics_auth;
+        self
     }
 }
 
@@ -105,14 +117,19 @@ async fn route(api: &Api, req: Request<Incoming>) -> Result<Response<Body>, ApiE
         Method::HEAD => Method::GET,
         ref m => m.clone(),
     };
-    if segments.first() == Some(&"v1") {
+    let access = access(&method, &segments, api.metrics_auth);
+    if access != Access::Open {
         let auth = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-        if !api.token.accepts(auth) {
+        let Some(caller) = api.credentials.get().authenticate(auth) else {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "send Authorization: Bearer <token> (CBD_TOKEN, or the file DIR/token)",
+                "send Authorization: Bearer <token> (CBD_TOKEN, the file DIR/token, or a \
+                 token of the tokens file)",
             ));
+        };
+        if let Access::Scope(needed) = access {
+            check_scope(&caller, needed, &asked, &path)?;
         }
     }
     match (&method, segments.as_slice()) {
@@ -198,6 +215,61 @@ fn allowed_methods(route: &[&str]) -> Option<&'static str> {
         ["v1", "files", _, _, "redeliver"] | ["v1", "redeliver"] => "POST",
         _ => return None,
     })
+}
+
+/// What a route needs of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Nothing: `/healthz`, the console's files, and `/metrics` without `--metrics-auth`.
+    Open,
+    /// Any token cbd accepts: `/v1/openapi.json`, and `/v1` paths that are no route (so a
+    /// caller without a token learns nothing of which exist).
+    AnyToken,
+    /// A token whose scope allows this one.
+    Scope(Scope),
+}
+
+/// What the route of `method` and `segments` needs (HEAD is asked as GET). The scopes:
+/// `ingest` appends changes; `read` GETs, but not `/v1/log`, which holds the callbacks'
+/// signing secrets; `admin` does the rest.
+fn access(method: &Method, segments: &[&str], metrics_auth: bool) -> Access {
+    match (method, segments) {
+        (_, ["metrics"]) if metrics_auth => Access::Scope(Scope::Read),
+        (_, [first, ..]) if *first != "v1" => Access::Open,
+        (&Method::GET, ["v1", "openapi.json"]) => Access::AnyToken,
+        (&Method::POST, ["v1", "changes"] | ["v1", "changes", "batch"]) => {
+            Access::Scope(Scope::Ingest)
+        }
+        (&Method::GET, ["v1", "log"]) => Access::Scope(Scope::Admin),
+        (_, route) if allowed_methods(route).is_none() => Access::AnyToken,
+        (&Method::GET, _) => Access::Scope(Scope::Read),
+        _ => Access::Scope(Scope::Admin),
+    }
+}
+
+/// Refuses a caller whose scope does not allow `needed`: 403, naming the token, its scope and
+/// what the route needs.
+fn check_scope(
+    caller: &Caller,
+    needed: Scope,
+    method: &Method,
+    path: &str,
+) -> Result<(), ApiError> {
+    if caller.scope.allows(needed) {
+        return Ok(());
+    }
+    let needs = match needed {
+        Scope::Admin => "admin".to_owned(),
+        other => format!("{other} or admin"),
+    };
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "the token {:?} has scope {}; {method} {path} needs {needs}",
+            &*caller.name, caller.scope
+        ),
+    ))
 }
 
 /// The answer to a refused or failed request: its JSON body and the headers it asks for.

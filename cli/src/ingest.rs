@@ -25,9 +25,67 @@ struct ChangeBody {
     project: String,
     file_id: String,
     event: String,
-    file: Snapshot,
+    file: JsonFile,
     #[serde(default)]
     callbacks: Option<Vec<CallbackSpec>>,
+}
+
+/// A change's `file` object as a platform writes it: each value a string, or a JSON scalar
+/// a platform need not stringify — a number or boolean keeps its JSON text exactly as sent
+/// (`120`, `1.50`, `true`), and `null` is the empty string. A callback's typed `fields`
+/// (`duration:number`, `live:bool`) give them back typed. Objects and arrays are refused:
+/// a field holds one value (JSON text for a `:json` field is sent as a string).
+struct JsonFile(Snapshot);
+
+impl<'de> Deserialize<'de> for JsonFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = JsonFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of fields, each a string, number, boolean or null")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonFile, A::Error> {
+                use serde::de::Error;
+                let mut b = Snapshot::builder();
+                let n = map.size_hint().unwrap_or(64).min(Snapshot::MAX_FIELDS);
+                b.reserve(n, n * 16);
+                while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let raw: &'de serde_json::value::RawValue = map.next_value()?;
+                    let value = scalar_text(raw.get())
+                        .map_err(|what| A::Error::custom(format!("field {name:?} is {what}")))?;
+                    b.push(&name, &value).map_err(A::Error::custom)?;
+                }
+                b.finish().map(JsonFile).map_err(A::Error::custom)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The text of one JSON value of a change's `file`: a string unescaped, a number or boolean
+/// as written, `null` empty; `Err` names what else it is.
+fn scalar_text(raw: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
+    use std::borrow::Cow;
+    match raw.as_bytes().first() {
+        // Without escapes, a string's text is what is between its quotes.
+        Some(b'"') if !raw.contains('\\') => Ok(Cow::Borrowed(&raw[1..raw.len() - 1])),
+        Some(b'"') => serde_json::from_str::<String>(raw)
+            .map(Cow::Owned)
+            .map_err(|_| "a string that does not read"),
+        Some(b'n') => Ok(Cow::Borrowed("")),
+        Some(b't' | b'f' | b'-' | b'0'..=b'9') => Ok(Cow::Borrowed(raw)),
+        Some(b'{') => Err(
+            "an object: give a string (JSON text for a :json field), a number, a boolean or null",
+        ),
+        Some(b'[') => Err(
+            "an array: give a string (JSON text for a :json field), a number, a boolean or null",
+        ),
+        _ => Err("not a JSON value"),
+    }
 }
 
 /// What ingest needs to know about the daemon.
@@ -80,7 +138,7 @@ fn change_from(body: ChangeBody, rules: Rules) -> Result<Input, ApiError> {
     Ok(Input::Change(Change {
         file,
         event,
-        snapshot: body.file,
+        snapshot: body.file.0,
         callbacks,
     }))
 }
@@ -207,7 +265,10 @@ pub fn target_warnings(cb: &Callback, rules: Rules) -> Vec<String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let reason = match bare.parse::<IpAddr>() {
         Ok(ip) => non_public_reason(ip),
-        Err(_) if bare.eq_ignore_ascii_case("localhost") || bare.eq_ignore_ascii_case("localhost.") => {
+        Err(_)
+            if bare.eq_ignore_ascii_case("localhost")
+                || bare.eq_ignore_ascii_case("localhost.") =>
+        {
             Some("loopback")
         }
         Err(_) => None,
@@ -283,7 +344,10 @@ mod tests {
             target_warnings(&callback(body.as_bytes(), rules).expect(url), rules)
         };
         for (url, reason) in [
-            ("http://127.0.0.1:9000/cb", "127.0.0.1 is loopback (127.0.0.0/8)"),
+            (
+                "http://127.0.0.1:9000/cb",
+                "127.0.0.1 is loopback (127.0.0.0/8)",
+            ),
             ("https://10.1.2.3/cb", "10.1.2.3 is private (10.0.0.0/8)"),
             ("http://[::1]:8080/cb", "::1 is loopback (::1)"),
             ("http://LocalHost:9000/cb", "LocalHost is loopback"),
@@ -309,7 +373,10 @@ mod tests {
             smtp: true,
             ..RULES
         };
-        assert_eq!(warnings("mailto:ops@example.org", mail), Vec::<String>::new());
+        assert_eq!(
+            warnings("mailto:ops@example.org", mail),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! busy daemon from a dead one: it is read (its request head, within a few seconds) and
 //! answered `503 too_many_connections` with `Retry-After`, then closed. Those answers are
 //! bounded too ([`REFUSING`] at once); past that, a connection is closed unanswered.
+//!
+//! With `--tls-cert` every connection is TLS: the handshake runs in the connection's own
+//! task, bounded by [`HANDSHAKE_TIMEOUT`], with the acceptor in force when it was accepted
+//! (SIGHUP replaces it for later connections; open ones keep theirs).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,12 +22,15 @@ use hyper::service::service_fn;
 use hyper::StatusCode;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::api::{self, Api};
 use crate::error::ApiError;
+use crate::reload::Current;
 
 /// The default bound on open API connections (`--max-connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -34,11 +41,37 @@ pub const REFUSING: usize = 64;
 /// How long a connection past the bound has to send its request head.
 const REFUSING_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `listener` until `stop` completes, then stops accepting and waits (up to `grace`)
-/// for the requests in progress. At most `max_connections` are open at once.
+/// How long a client has to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The handshake of an accepted connection, within [`HANDSHAKE_TIMEOUT`]; `None` (logged at
+/// debug: a port scan or a client that does not trust the certificate is not cbd's fault)
+/// if it fails.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Serves `listener` (over TLS when `tls` is given) until `stop` completes, then stops
+/// accepting and waits (up to `grace`) for the requests in progress. At most
+/// `max_connections` are open at once.
 pub async fn serve(
     listener: TcpListener,
     api: Arc<Api>,
+    tls: Option<Arc<Current<TlsAcceptor>>>,
     stop: impl Future<Output = ()>,
     grace: Duration,
     max_connections: usize,
@@ -76,29 +109,53 @@ pub async fn serve(
                         debug!(%peer, "closed a connection past --max-connections unanswered");
                         continue;
                     };
-                    let conn = refuse.serve_connection(
-                        TokioIo::new(stream),
-                        service_fn(move |_req| async move {
-                            Ok::<_, Infallible>(too_many_connections(max_connections))
-                        }),
-                    );
+                    let refuse = refuse.clone();
+                    let acceptor = tls.as_ref().map(|t| (*t.get()).clone());
                     tokio::spawn(async move {
-                        let _ = conn.await;
+                        match acceptor {
+                            None => refuse_on(&refuse, stream, max_connections).await,
+                            Some(acceptor) => {
+                                if let Some(tls) = handshake(acceptor, stream, peer).await {
+                                    refuse_on(&refuse, tls, max_connections).await;
+                                }
+                            }
+                        }
                         drop(refusing);
                     });
                     continue;
                 };
                 metrics.connections_open.inc();
                 let api = api.clone();
-                let conn = http.serve_connection(
-                    TokioIo::new(stream),
-                    service_fn(move |req| api::serve(api.clone(), req)),
-                );
-                let conn = graceful.watch(conn);
                 let metrics = metrics.clone();
+                let Some(current) = &tls else {
+                    let conn = http.serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |req| api::serve(api.clone(), req)),
+                    );
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        metrics.connections_open.dec();
+                        drop(permit);
+                    });
+                    continue;
+                };
+                // The connection's own task does the handshake, so a slow client holds only
+                // that task; its watcher, taken now, makes a graceful stop wait for it.
+                let acceptor = (*current.get()).clone();
+                let watcher = graceful.watcher();
+                let http = http.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(%peer, error = %e, "connection ended with an error");
+                    if let Some(stream) = handshake(acceptor, stream, peer).await {
+                        let conn = http.serve_connection(
+                            TokioIo::new(stream),
+                            service_fn(move |req| api::serve(api.clone(), req)),
+                        );
+                        if let Err(e) = watcher.watch(conn).await {
+                            debug!(%peer, error = %e, "connection ended with an error");
+                        }
                     }
                     metrics.connections_open.dec();
                     drop(permit);
@@ -114,6 +171,18 @@ pub async fn serve(
     {
         warn!("requests still in progress after the grace period; closing them");
     }
+}
+
+/// Answers one request on `io` with [`too_many_connections`], then closes it.
+async fn refuse_on<I>(refuse: &hyper::server::conn::http1::Builder, io: I, max: usize)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = refuse.serve_connection(
+        TokioIo::new(io),
+        service_fn(move |_req| async move { Ok::<_, Infallible>(too_many_connections(max)) }),
+    );
+    let _ = conn.await;
 }
 
 fn too_many_connections(max: usize) -> hyper::Response<api::Body> {

@@ -10,6 +10,10 @@ use cb_dispatcher::{DeliveryConfig, DispatcherOptions, LimitsConfig, OutgoingTls
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::credentials::{TokensFile, TokensFileError};
+pub use crate::reload::TlsFiles as ApiTlsFiles;
+use crate::reload::TokensSource;
+
 /// The default request body limit (SPEC §6).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// The default batch body limit: a thousand 1.5 KB changes do not fit in 1 MiB.
@@ -108,6 +112,22 @@ pub struct Args {
     /// "~other". 0 labels none.
     #[arg(long, env = "CBD_METRICS_MAX_SERIES", value_name = "N")]
     pub metrics_max_series: Option<usize>,
+    /// /metrics needs a token of scope read (or admin), as /v1's GETs do.
+    #[arg(long, env = "CBD_METRICS_AUTH")]
+    pub metrics_auth: bool,
+    /// Scoped API tokens: TOML [[token]] tables of name, scope (ingest, read or admin) and
+    /// sha256 (of the token), as `cbctl token add` writes them; read at start and on SIGHUP
+    /// [default: DIR/tokens.toml, if it exists].
+    #[arg(long, env = "CBD_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// PEM certificate chain the API serves HTTPS with (then --tls-key); read at start and
+    /// on SIGHUP. Without it the API is plain HTTP.
+    #[arg(long, env = "CBD_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert [default: the --tls-cert file, if it holds the key
+    /// too].
+    #[arg(long, env = "CBD_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// How long history is kept.
@@ -222,6 +242,10 @@ struct FileSettings {
     archive_dir: Option<PathBuf>,
     segment_bytes: Option<String>,
     metrics_max_series: Option<usize>,
+    metrics_auth: Option<bool>,
+    tokens_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// One path or a list of them (`ca_file = "a.pem"` or `ca_file = ["a.pem", "b.pem"]`).
@@ -315,6 +339,14 @@ pub struct Settings {
     pub segment_bytes: u64,
     /// (project, callback) pairs with metrics labels of their own.
     pub metrics_max_series: usize,
+    /// See [`Args::metrics_auth`].
+    pub metrics_auth: bool,
+    /// Where the scoped tokens are read from.
+    pub tokens: TokensSource,
+    /// The scoped tokens as read at start (checked before anything is created on disk).
+    pub scoped_tokens: TokensFile,
+    /// The API's TLS files, checked at start; plain HTTP when absent.
+    pub api_tls: Option<ApiTlsFiles>,
 }
 
 /// Why the settings are unusable.
@@ -339,9 +371,13 @@ pub enum SettingsError {
     /// A value is out of range.
     #[error("{0}")]
     Invalid(String),
-    /// A TLS file (`--ca-file`, `--client-cert`, `--client-key`) is unusable.
+    /// A TLS file (`--ca-file`, `--client-cert`, `--client-key`, `--tls-cert`,
+    /// `--tls-key`) is unusable.
     #[error(transparent)]
     Tls(#[from] cb_dispatcher::TlsFileError),
+    /// The tokens file is unusable.
+    #[error("--tokens-file {0}")]
+    Tokens(#[from] TokensFileError),
 }
 
 impl Settings {
@@ -352,11 +388,34 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => FileSettings::default(),
         };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./cbd-data"));
+        let tokens = TokensSource::new(args.tokens_file.or(file.tokens_file), &data_dir);
+        let api_tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(SettingsError::Invalid(
+                    "--tls-key given without --tls-cert: give both, or neither for plain HTTP"
+                        .into(),
+                ))
+            }
+            (Some(cert), key) => {
+                let files = ApiTlsFiles { cert, key };
+                // Read now, so a bad pair stops cbd before it creates anything.
+                files.load()?;
+                Some(files)
+            }
+        };
         let s = Settings {
-            data_dir: args
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("./cbd-data")),
+            scoped_tokens: tokens.read()?,
+            tokens,
+            api_tls,
+            data_dir,
             listen: match (args.listen, file.listen) {
                 (Some(a), _) => a,
                 (None, Some(f)) => {
@@ -438,6 +497,7 @@ impl Settings {
                 .metrics_max_series
                 .or(file.metrics_max_series)
                 .unwrap_or(cb_dispatcher::metrics::DEFAULT_MAX_SERIES),
+            metrics_auth: args.metrics_auth || file.metrics_auth.unwrap_or(false),
         };
         if s.segment_bytes < 64 * 1024 || s.segment_bytes > cb_store::MAX_SEGMENT_BYTES {
             return Err(SettingsError::Invalid(format!(

@@ -119,6 +119,11 @@ impl Token {
         else {
             return false;
         };
+        self.matches(given)
+    }
+
+    /// True if `given` is this token (compared in constant time).
+    pub fn matches(&self, given: &[u8]) -> bool {
         given.ct_eq(self.0.as_bytes()).into()
     }
 }

@@ -97,16 +97,22 @@ pub enum TlsFileError {
         reason: String,
     },
     /// The private key is of a kind cb cannot sign with.
-    #[error("--client-key {path}: not a key cb can use ({reason}); RSA, ECDSA P-256/P-384 and Ed25519 keys are")]
+    #[error("{flag} {path}: not a key cb can use ({reason}); RSA, ECDSA P-256/P-384 and Ed25519 keys are")]
     BadKey {
+        /// The flag that named it.
+        flag: &'static str,
         /// The file.
         path: PathBuf,
         /// What rustls said.
         reason: String,
     },
     /// The private key is not the certificate's.
-    #[error("--client-key {key} does not belong to the certificate in --client-cert {cert} (their public keys differ)")]
+    #[error("{key_flag} {key} does not belong to the certificate in {cert_flag} {cert} (their public keys differ)")]
     KeyMismatch {
+        /// The flag that named the key.
+        key_flag: &'static str,
+        /// The flag that named the certificate.
+        cert_flag: &'static str,
         /// The key's file.
         key: PathBuf,
         /// The certificate's file.
@@ -118,6 +124,9 @@ pub enum TlsFileError {
     /// rustls refused the configuration for another reason.
     #[error("the TLS client configuration: {0}")]
     Config(String),
+    /// rustls refused the API's server configuration for another reason.
+    #[error("the API's TLS configuration: {0}")]
+    ServerConfig(String),
 }
 
 /// How many certificates deliveries trust, by source, for the start-up log line.
@@ -177,9 +186,9 @@ impl OutgoingTls {
         let client = match (&files.client_cert, &files.client_key) {
             (None, None) => None,
             (None, Some(key)) => return Err(TlsFileError::KeyWithoutCert(key.clone())),
-            (Some(cert), key) => Some(read_client_identity(
-                cert,
-                key.as_deref().unwrap_or(cert),
+            (Some(cert), key) => Some(read_identity(
+                ("--client-cert", cert),
+                ("--client-key", key.as_deref().unwrap_or(cert)),
                 &provider,
             )?),
         };
@@ -220,25 +229,12 @@ impl OutgoingTls {
         let client_cert = client.is_some();
         let config = match client {
             None => builder.with_no_client_auth(),
-            Some(Identity {
-                chain,
-                key,
-                cert_path,
-                key_path,
-            }) => builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| match e {
-                    rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch) => {
-                        TlsFileError::KeyMismatch {
-                            key: key_path,
-                            cert: cert_path,
-                        }
-                    }
-                    other => TlsFileError::BadKey {
-                        path: key_path,
-                        reason: other.to_string(),
-                    },
-                })?,
+            Some(identity) => {
+                let files = identity.files();
+                builder
+                    .with_client_auth_cert(identity.chain, identity.key)
+                    .map_err(|e| files.refused(e))?
+            }
         };
         Ok(OutgoingTls {
             config: Arc::new(config),
@@ -255,12 +251,72 @@ impl OutgoingTls {
     }
 }
 
-/// A client certificate chain and its key, read and checked.
+/// A certificate chain and its key, read and checked: the one deliveries present
+/// (`--client-cert`), or the one the API serves (`--tls-cert`).
 struct Identity {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    cert_path: PathBuf,
-    key_path: PathBuf,
+    files: IdentityFiles,
+}
+
+/// Where an [`Identity`] was read from, and the flags that named the files.
+#[derive(Clone)]
+struct IdentityFiles {
+    cert_flag: &'static str,
+    cert: PathBuf,
+    key_flag: &'static str,
+    key: PathBuf,
+}
+
+impl Identity {
+    fn files(&self) -> IdentityFiles {
+        self.files.clone()
+    }
+}
+
+impl IdentityFiles {
+    /// rustls's refusal of the pair, with the files named.
+    fn refused(self, e: rustls::Error) -> TlsFileError {
+        match e {
+            rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch) => {
+                TlsFileError::KeyMismatch {
+                    key_flag: self.key_flag,
+                    cert_flag: self.cert_flag,
+                    key: self.key,
+                    cert: self.cert,
+                }
+            }
+            other => TlsFileError::BadKey {
+                flag: self.key_flag,
+                path: self.key,
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// The API's TLS server configuration (`--tls-cert`, `--tls-key`): the certificate chain
+/// served and its key, read and checked now, so a bad pair is refused with its files named,
+/// at start and at each reload. HTTP/1.1 only, as the API serves.
+pub fn server_config(
+    cert: &Path,
+    key: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsFileError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let identity = read_identity(
+        ("--tls-cert", cert),
+        ("--tls-key", key.unwrap_or(cert)),
+        &provider,
+    )?;
+    let files = identity.files();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsFileError::ServerConfig(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)
+        .map_err(|e| files.refused(e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
@@ -318,20 +374,16 @@ fn read_certificates(
     Ok(certs)
 }
 
-/// The client certificate chain of `cert` and the private key in `key` (which may be the
-/// same file).
-fn read_client_identity(
-    cert: &Path,
-    key: &Path,
+/// The certificate chain of `cert` and the private key in `key` (which may be the same
+/// file), each with the flag that named it.
+fn read_identity(
+    (cert_flag, cert): (&'static str, &Path),
+    (key_flag, key): (&'static str, &Path),
     provider: &CryptoProvider,
 ) -> Result<Identity, TlsFileError> {
-    let chain = read_certificates("--client-cert", cert)?;
+    let chain = read_certificates(cert_flag, cert)?;
     let combined = key == cert;
-    let flag = if combined {
-        "--client-cert"
-    } else {
-        "--client-key"
-    };
+    let flag = if combined { cert_flag } else { key_flag };
     let bytes = read(flag, key)?;
     let der = match PrivateKeyDer::from_pem_slice(&bytes) {
         Ok(der) => der,
@@ -341,10 +393,10 @@ fn read_client_identity(
                 path: key.to_owned(),
                 what: "private key",
                 pem: "PRIVATE KEY",
-                hint: if combined {
-                    "; give --client-key with the key's file"
-                } else {
-                    pem_hint(&bytes)
+                hint: match (combined, key_flag) {
+                    (true, "--tls-key") => "; give --tls-key with the key's file",
+                    (true, _) => "; give --client-key with the key's file",
+                    (false, _) => pem_hint(&bytes),
                 },
             })
         }
@@ -362,14 +414,19 @@ fn read_client_identity(
         .key_provider
         .load_private_key(der.clone_key())
         .map_err(|e| TlsFileError::BadKey {
+            flag,
             path: key.to_owned(),
             reason: e.to_string(),
         })?;
     Ok(Identity {
         chain,
         key: der,
-        cert_path: cert.to_owned(),
-        key_path: key.to_owned(),
+        files: IdentityFiles {
+            cert_flag,
+            cert: cert.to_owned(),
+            key_flag: flag,
+            key: key.to_owned(),
+        },
     })
 }
 

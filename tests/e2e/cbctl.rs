@@ -758,10 +758,16 @@ fn emit_takes_getfileinfo_xml_offline_and_online() {
     let xml = ["--xml", sample, "--project", "newzulu"];
     let mut cbd = Cbd::start(&[]);
     assert!(cbd.terminate().success());
-    let (code, out, err) = cbctl(&cbd.dir, &[&["emit"], &xml[..], &["--event", "rated"]].concat());
+    let (code, out, err) = cbctl(
+        &cbd.dir,
+        &[&["emit"], &xml[..], &["--event", "rated"]].concat(),
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("change appended: seq "), "{out}");
-    let (code, _, offline) = cbctl(&cbd.dir, &[&["emit"], &xml[..], &["--event", "liked"]].concat());
+    let (code, _, offline) = cbctl(
+        &cbd.dir,
+        &[&["emit"], &xml[..], &["--event", "liked"]].concat(),
+    );
     assert_eq!(code, 2);
 
     cbd.start_again();

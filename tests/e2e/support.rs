@@ -111,6 +111,16 @@ impl Cbd {
         sigterm(&self.child);
     }
 
+    /// Sends `signal` (`HUP`, `TERM`…) without waiting.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// The exit status, once cbd has exited.
     pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().expect("wait for cbd")
@@ -308,7 +318,10 @@ fn try_spawn(
     let addr = loop {
         match lines.next() {
             Some(Ok(line)) => {
-                if let Some(rest) = line.strip_prefix("cbd: listening on http://") {
+                if let Some(rest) = line
+                    .strip_prefix("cbd: listening on http://")
+                    .or_else(|| line.strip_prefix("cbd: listening on https://"))
+                {
                     break rest.parse::<SocketAddr>().expect("address");
                 }
             }

@@ -65,10 +65,16 @@ fn private_targets_are_refused_at_connect_time() {
 fn a_put_to_a_refused_address_is_taken_with_a_warning() {
     let mut cbd = Cbd::start(&[]);
     for (url, reason) in [
-        ("http://127.0.0.1:9000/cb", "127.0.0.1 is loopback (127.0.0.0/8)"),
+        (
+            "http://127.0.0.1:9000/cb",
+            "127.0.0.1 is loopback (127.0.0.0/8)",
+        ),
         ("http://localhost:9000/cb", "localhost is loopback"),
         ("http://[::1]:9000/cb", "::1 is loopback (::1)"),
-        ("https://192.168.1.20/cb", "192.168.1.20 is private (192.168.0.0/16)"),
+        (
+            "https://192.168.1.20/cb",
+            "192.168.1.20 is private (192.168.0.0/16)",
+        ),
     ] {
         let (status, answer) = cbd.json(
             "PUT",

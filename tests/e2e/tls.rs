@@ -17,19 +17,19 @@ use serde_json::json;
 use crate::support::{snapshot, Cbd, Receiver};
 
 /// A certificate and its key.
-struct Issued {
-    cert: rcgen::Certificate,
-    key: KeyPair,
+pub(crate) struct Issued {
+    pub(crate) cert: rcgen::Certificate,
+    pub(crate) key: KeyPair,
 }
 
 /// A private CA, and a directory for the PEM files cbd is given.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
     ca: Issued,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -45,13 +45,13 @@ impl Pki {
         pki
     }
 
-    fn write(&self, name: &str, text: &str) -> String {
+    pub(crate) fn write(&self, name: &str, text: &str) -> String {
         let path = self.dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_owned()
     }
 
-    fn ca_file(&self) -> String {
+    pub(crate) fn ca_file(&self) -> String {
         self.dir.path().join("ca.pem").to_str().unwrap().to_owned()
     }
 
@@ -63,13 +63,13 @@ impl Pki {
     }
 
     /// A server certificate for `names`.
-    fn server(&self, names: &[&str]) -> Issued {
+    pub(crate) fn server(&self, names: &[&str]) -> Issued {
         let names = names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         self.issue(CertificateParams::new(names).unwrap())
     }
 
     /// A client certificate, written as `client.pem` and `client.key`; their paths.
-    fn client(&self) -> (String, String) {
+    pub(crate) fn client(&self) -> (String, String) {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params
             .distinguished_name

@@ -1,7 +1,8 @@
 //! `cbd`: the daemon. Resolves settings, binds its port, opens the data dir through the
 //! dispatcher (which restores the core and resumes attempts in flight), loads or creates the
-//! token, serves the API, and on SIGTERM/SIGINT stops accepting, lets attempts in flight
-//! finish (bounded), writes a final checkpoint and exits 0.
+//! token, serves the API (over TLS with `--tls-cert`), reloads the tokens file and the TLS
+//! files on SIGHUP ([`reload`]), and on SIGTERM/SIGINT stops accepting, lets attempts in
+//! flight finish (bounded), writes a final checkpoint and exits 0.
 //!
 //! Exit codes: 0 stopped by a signal; 2 a setting it refuses, a bad `CBD_TOKEN` or a port it
 //! cannot bind, all found before anything is created on disk; 1 anything else.
@@ -13,7 +14,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cb_cli::api::Api;
+use cb_cli::credentials::Credentials;
 use cb_cli::ingest::Rules;
+use cb_cli::reload::Current;
 use cb_cli::settings::{Args, LogFormat, Settings};
 use cb_cli::token::{Source, Token};
 use cb_dispatcher::Dispatcher;
@@ -149,6 +152,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let (token, source) = Token::load(&settings.data_dir, std::env::var("CBD_TOKEN").ok())
         .context("loading the API token")?;
+    let credentials = Credentials::new(token, settings.scoped_tokens.clone());
+    let tls = match &settings.api_tls {
+        Some(files) => Some(Arc::new(Current::new(
+            files.load().context("the API's TLS files")?,
+        ))),
+        None => None,
+    };
     let addr = listener.local_addr().context("reading the bound address")?;
     // Two plain lines on stdout, for people and for scripts that start cbd on port 0.
     let token_line = match &source {
@@ -157,39 +167,51 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         Source::Generated(p) => format!("cbd: token generated into {}", p.display()),
     };
     notice(&token_line);
-    notice(&format!("cbd: listening on http://{addr}"));
+    if credentials.scoped_count() > 0 {
+        notice(&format!(
+            "cbd: {} scoped tokens from {}",
+            credentials.scoped_count(),
+            settings.tokens.path.display()
+        ));
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    notice(&format!("cbd: listening on {scheme}://{addr}"));
     info!(
         %addr,
         allow_private_targets = settings.allow_private_targets,
         smtp = settings.smtp.as_deref().unwrap_or("none"),
         "serving"
     );
-    let tls = &settings.tls;
-    for warning in &tls.warnings {
+    let outgoing = &settings.tls;
+    for warning in &outgoing.warnings {
         warn!("{warning}; HTTPS deliveries trust the other roots");
     }
     info!(
-        webpki_roots = tls.roots.webpki,
-        system_roots = tls.roots.system,
-        ca_file_roots = tls.roots.ca_file,
-        client_cert = tls.client_cert,
+        webpki_roots = outgoing.roots.webpki,
+        system_roots = outgoing.roots.system,
+        ca_file_roots = outgoing.roots.ca_file,
+        client_cert = outgoing.client_cert,
         "HTTPS deliveries trust these roots"
     );
 
-    let api = Arc::new(Api::new(
-        dispatcher.handle(),
-        token,
-        Rules {
-            smtp: settings.smtp.is_some(),
-            allow_private_targets: settings.allow_private_targets,
-        },
-        settings.max_body_bytes,
-        settings.max_batch_bytes,
-    ));
+    let api = Arc::new(
+        Api::new(
+            dispatcher.handle(),
+            credentials,
+            Rules {
+                smtp: settings.smtp.is_some(),
+                allow_private_targets: settings.allow_private_targets,
+            },
+            settings.max_body_bytes,
+            settings.max_batch_bytes,
+        )
+        .with_metrics_auth(settings.metrics_auth),
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(cb_cli::server::serve(
         listener,
-        api,
+        api.clone(),
+        tls.clone(),
         async move {
             let _ = stop_rx.await;
         },
@@ -197,9 +219,14 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.max_connections,
     ));
 
-    let stop = tokio::select! {
-        s = signals.recv() => Stop::Signal(s),
-        () = dispatcher.stopped() => Stop::DriverStopped,
+    let stop = loop {
+        tokio::select! {
+            s = signals.recv() => match s {
+                "SIGHUP" => reload(&settings, &api, tls.as_deref()),
+                s => break Stop::Signal(s),
+            },
+            () = dispatcher.stopped() => break Stop::DriverStopped,
+        }
     };
     let _ = stop_tx.send(());
     match stop {
@@ -234,8 +261,48 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-/// SIGTERM and SIGINT, caught from the moment they are installed.
-struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+/// SIGHUP: reads the tokens file and the API's TLS files again. Each that reads and checks
+/// is put in force for the requests and connections that come after; each that does not
+/// leaves what was in force, and says why in the log (cbd keeps running either way: a
+/// reload is not a restart).
+fn reload(settings: &Settings, api: &Api, tls: Option<&Current<tokio_rustls::TlsAcceptor>>) {
+    match settings.tokens.read() {
+        Ok(file) => {
+            let count = file.tokens.len();
+            api.credentials.set(api.credentials.get().with_file(file));
+            info!(
+                tokens_file = %settings.tokens.path.display(),
+                scoped_tokens = count,
+                "SIGHUP: the tokens file is in force"
+            );
+        }
+        Err(e) => error!(
+            error = %e,
+            "SIGHUP: the tokens file does not read; the tokens in force are unchanged"
+        ),
+    }
+    if let (Some(files), Some(current)) = (&settings.api_tls, tls) {
+        match files.load() {
+            Ok(acceptor) => {
+                current.set(acceptor);
+                info!(cert = %files.cert.display(), "SIGHUP: the API's TLS certificate is in force for new connections");
+            }
+            Err(e) => error!(
+                error = %e,
+                "SIGHUP: the API's TLS files do not read; the certificate in force is unchanged"
+            ),
+        }
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP, caught from the moment they are installed.
+struct Signals(
+    Option<(
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+    )>,
+);
 
 impl Signals {
     fn install() -> Signals {
@@ -243,11 +310,12 @@ impl Signals {
         match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) {
-            (Ok(term), Ok(int)) => Signals(Some((term, int))),
-            (Err(e), _) | (_, Err(e)) => {
+            (Ok(term), Ok(int), Ok(hup)) => Signals(Some((term, int, hup))),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 // Without handlers cbd still runs; it stops when killed.
-                warn!(error = %e, "cannot catch SIGTERM/SIGINT: cbd will not stop gracefully");
+                warn!(error = %e, "cannot catch SIGTERM/SIGINT/SIGHUP: cbd will not stop gracefully nor reload");
                 Signals(None)
             }
         }
@@ -255,12 +323,13 @@ impl Signals {
 
     /// The name of the next signal received (pending forever without handlers).
     async fn recv(&mut self) -> &'static str {
-        let Some((term, int)) = &mut self.0 else {
+        let Some((term, int, hup)) = &mut self.0 else {
             return std::future::pending().await;
         };
         tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
+            _ = hup.recv() => "SIGHUP",
         }
     }
 }

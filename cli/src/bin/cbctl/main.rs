@@ -9,8 +9,9 @@
 //! tool that SIGPIPE ended: `cbctl replay | head -1`), with no message.
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -179,6 +180,11 @@ struct Cli {
     /// is given, else from CBD_TOKEN.
     #[arg(long, env = "CBCTL_SERVER", global = true, value_parser = server_url)]
     server: Option<Server>,
+    /// PEM certificates to trust for an https:// --server besides the webpki roots and the
+    /// system store: the private CA (or the self-signed certificate) of cbd's --tls-cert.
+    /// May be repeated.
+    #[arg(long, env = "CBCTL_CA_FILE", global = true, value_name = "PEM")]
+    ca_file: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -431,6 +437,24 @@ cbctl --data-dir /var/lib/cb bulk-redeliver acme --callback site --since 2026-12
 cbctl --data-dir /var/lib/cb pause acme site   # cbd stopped: takes effect at its next start"
     )]
     Pause(PauseArgs),
+    /// Scoped API tokens in the tokens file (DIR/tokens.toml, or --tokens-file): add one
+    /// (printed once; only its hash is kept), list them, remove one. cbd reads the file at
+    /// start and on SIGHUP.
+    #[command(
+        after_help = "Scopes: ingest (POST /v1/changes and /v1/changes/batch), read (GET /v1/… but \
+/v1/log, and /metrics), admin (everything).\n\n\
+Examples:\n  cbctl --data-dir /var/lib/cb token add platform --scope ingest\n  \
+cbctl --data-dir /var/lib/cb token list\n  cbctl --data-dir /var/lib/cb token rm platform\n  \
+systemctl reload cbd      # or: kill -HUP $(pidof cbd)"
+    )]
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+        /// The tokens file [default: DIR/tokens.toml of --data-dir, the file cbd reads when
+        /// it is given no --tokens-file].
+        #[arg(long, global = true, value_name = "FILE")]
+        tokens_file: Option<PathBuf>,
+    },
     /// Resume a paused project callback (rule 8): each delivery that came due during the
     /// pause goes out now, with the file's latest state, once.
     #[command(
@@ -525,6 +549,34 @@ enum CallbacksAction {
     },
 }
 
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Make a new token, print it (the only time it is shown) and write its name, scope and
+    /// SHA-256 to the tokens file.
+    Add {
+        /// Who will hold it (`platform`, `grafana`): 1 to 64 letters, digits, '.', '_', '-'.
+        name: String,
+        /// What it may do: ingest, read or admin.
+        #[arg(long, value_parser = scope)]
+        scope: cb_cli::credentials::Scope,
+    },
+    /// The tokens of the file: name, scope, and the first digits of the token's SHA-256.
+    List {
+        /// JSON output: one object per token, with its whole hash.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a token from the file (cbd refuses it from its next SIGHUP or start).
+    Rm {
+        /// The token's name.
+        name: String,
+    },
+}
+
+fn scope(s: &str) -> Result<cb_cli::credentials::Scope, String> {
+    s.parse()
+}
+
 /// Which callback `pause` and `resume` act on.
 #[derive(clap::Args)]
 struct PauseArgs {
@@ -548,6 +600,9 @@ fn main() -> ExitCode {
         if let Some(server) = &mut cli.server {
             server.token_file = Some(cli.data_dir.join("token"));
         }
+    }
+    if let Some(server) = &mut cli.server {
+        server.ca_files = cli.ca_file.clone();
     }
     match run(cli) {
         Ok(code) => code,
@@ -646,11 +701,19 @@ fn request(
     let url = format!("{}{path}", server.url.trim_end_matches('/'));
     // A daemon that accepts and never answers must give an error, not a hang. The read limit
     // is per read: a long `/v1/log` stream keeps going as long as bytes arrive.
-    let agent = ureq::AgentBuilder::new()
+    let mut agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(10))
         .timeout_read(SERVER_READ_TIMEOUT)
-        .timeout_write(SERVER_READ_TIMEOUT)
-        .build();
+        .timeout_write(SERVER_READ_TIMEOUT);
+    if server.url.to_ascii_lowercase().starts_with("https://") {
+        // What cbd's deliveries trust (webpki roots, the system store) and each --ca-file.
+        let tls = cb_dispatcher::OutgoingTls::load(&cb_dispatcher::TlsFiles {
+            ca_files: server.ca_files.clone(),
+            ..Default::default()
+        })?;
+        agent = agent.tls_config(Arc::new(tls.client_config().clone()));
+    }
+    let agent = agent.build();
     let req = agent
         .request(method, &url)
         .set("Authorization", &format!("Bearer {token}"));
@@ -660,6 +723,16 @@ fn request(
     };
     match result {
         Ok(r) => Ok(r),
+        Err(ureq::Error::Transport(t))
+            if t.kind() == ureq::ErrorKind::ConnectionFailed
+                && t.to_string().contains("certificate") =>
+        {
+            bail!(
+                "{t}: cbctl does not trust the certificate of {}; give --ca-file with the CA \
+                 that signed cbd's --tls-cert (or the certificate itself, if self-signed)",
+                server.url
+            )
+        }
         Err(ureq::Error::Status(401, _)) => bail!(
             "the daemon at {} refused the token from {token_from} (HTTP 401 unauthorized): \
              give the --data-dir it runs on, or set CBD_TOKEN to the token it was started with",
@@ -689,6 +762,8 @@ struct Server {
     url: String,
     /// `DIR/token` of the `--data-dir` given beside `--server`, read before `CBD_TOKEN`.
     token_file: Option<PathBuf>,
+    /// `--ca-file`: trusted for an `https://` URL besides the webpki roots and system store.
+    ca_files: Vec<PathBuf>,
 }
 
 impl Server {
@@ -731,6 +806,7 @@ fn server_url(s: &str) -> Result<Server, String> {
         Ok(Server {
             url: s.to_owned(),
             token_file: None,
+            ca_files: Vec::new(),
         })
     } else {
         Err(format!(
@@ -914,6 +990,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => format!("redeliver of {key} appended"),
             };
             say_appended(&what, &answer, *json)
+        }
+        Command::Token {
+            action,
+            tokens_file,
+        } => {
+            let path = tokens_file
+                .clone()
+                .unwrap_or_else(|| cli.data_dir.join("tokens.toml"));
+            token(&path, action)
         }
         Command::Pause(PauseArgs {
             project,
@@ -1234,6 +1319,80 @@ fn open_for_append(cli: &Cli) -> anyhow::Result<Store> {
 /// uses ([`call`]): the detail, then the code.
 fn refused(e: cb_cli::error::ApiError) -> anyhow::Error {
     anyhow::anyhow!("{} ({})", e.detail, e.code)
+}
+
+/// `cbctl token`: adds, lists or removes a scoped token of the tokens file at `path`.
+fn token(path: &Path, action: &TokenAction) -> anyhow::Result<ExitCode> {
+    use cb_cli::credentials::{self, ScopedToken, TokensFile};
+    let mut file = TokensFile::read_or_empty(path)?;
+    match action {
+        TokenAction::Add { name, scope } => {
+            credentials::check_name(name).map_err(|e| anyhow::anyhow!(e))?;
+            if file.tokens.iter().any(|t| &t.name == name) {
+                bail!(
+                    "{} already has a token named {name:?}: `cbctl token rm {name}` first, or \
+                     give another name",
+                    path.display()
+                );
+            }
+            let token = credentials::new_token()
+                .map_err(|e| anyhow::anyhow!("no randomness for a new token: {e}"))?;
+            file.tokens.push(ScopedToken {
+                name: name.clone(),
+                scope: *scope,
+                sha256: credentials::token_sha256(&token),
+            });
+            file.write(path)?;
+            // The token alone on stdout (TOKEN=$(cbctl token add …) works); the rest on stderr.
+            outln!("{token}");
+            eprintln!(
+                "cbctl: token {name:?} (scope {scope}) added to {}; it is shown only this once. \
+                 cbd accepts it from its next SIGHUP (systemctl reload cbd) or start.",
+                path.display()
+            );
+        }
+        TokenAction::List { json } => {
+            if *json {
+                let list: Vec<serde_json::Value> = file
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "name": t.name,
+                            "scope": t.scope.as_str(),
+                            "sha256": hex::encode(t.sha256),
+                        })
+                    })
+                    .collect();
+                outln!("{}", serde_json::Value::from(list));
+            } else if file.tokens.is_empty() {
+                outln!("no scoped tokens in {}", path.display());
+            } else {
+                for t in &file.tokens {
+                    outln!(
+                        "{:<24} {:<6} sha256:{}…",
+                        t.name,
+                        t.scope.as_str(),
+                        &hex::encode(t.sha256)[..12]
+                    );
+                }
+            }
+        }
+        TokenAction::Rm { name } => {
+            let before = file.tokens.len();
+            file.tokens.retain(|t| &t.name != name);
+            if file.tokens.len() == before {
+                bail!("{} has no token named {name:?}", path.display());
+            }
+            file.write(path)?;
+            eprintln!(
+                "cbctl: token {name:?} removed from {}; cbd refuses it from its next SIGHUP \
+                 (systemctl reload cbd) or start.",
+                path.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The ingest rules on a data dir, where the daemon's settings are not known: `mailto:`
@@ -1679,6 +1838,9 @@ fn describe(step: &serde_json::Value) -> String {
             );
             if !s("detail").is_empty() {
                 a.push_str(&format!(": {}", s("detail")));
+            }
+            if let Some(note) = step["retry_after"]["note"].as_str() {
+                a.push_str(&format!(" [{note}]"));
             }
             a
         }
