@@ -27,14 +27,18 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
     about = "cb's media callback daemon: durable, coalesced, auditable callbacks",
     after_help = "Settings come from flags, then CBD_* environment variables, then the --config \
 TOML file (keys as the long flags, with underscores: data_dir = \"/var/lib/cb\"), then defaults.\n\
-The API token comes from CBD_TOKEN (16 to 256 visible ASCII characters), or is generated into \
-DIR/token (mode 0600) on first start.\n\
+The admin API token comes from CBD_TOKEN (16 to 256 visible ASCII characters), or is generated \
+into DIR/token (mode 0600) on first start; scoped tokens (ingest, read, admin) are in the tokens \
+file (`cbctl token add`).\n\
+SIGHUP reads the tokens file and the API's --tls-cert/--tls-key again; other settings take a \
+restart.\n\
 HTTPS deliveries trust the webpki roots, the system trust store (SSL_CERT_FILE and SSL_CERT_DIR \
 replace it, as for OpenSSL) and each --ca-file; a TLS failure is recorded as the tls outcome with \
 what is wrong and the fix.\n\n\
 Examples:\n  cbd\n  cbd --data-dir /var/lib/cb --listen 0.0.0.0:8650 --smtp mail.example.org:25\n  \
 CBD_TOKEN=$(openssl rand -hex 24) cbd --config /etc/cb/cbd.toml\n  \
-cbd --ca-file /etc/cb/private-ca.pem --client-cert /etc/cb/client.pem --client-key /etc/cb/client.key"
+cbd --ca-file /etc/cb/private-ca.pem --client-cert /etc/cb/client.pem --client-key /etc/cb/client.key\n  \
+cbd --tls-cert /etc/cb/tls/cbd.pem --tls-key /etc/cb/tls/cbd.key --metrics-auth"
 )]
 pub struct Args {
     /// TOML file with settings.

@@ -779,6 +779,9 @@ fn snapshot_json(id: &str, n: u64) -> serde_json::Value {
 #[derive(Default)]
 struct Seen {
     delivered: AtomicU64,
+    /// Requests to `/e2e` and `/steady`, answered at once.
+    e2e: AtomicU64,
+    steady: AtomicU64,
     /// `cb-file-version` of each request to `/coalesce`.
     coalesce: Mutex<Vec<u64>>,
     /// While false, answers to `/deliver` wait.
@@ -807,6 +810,10 @@ async fn receiver(seen: Arc<Seen>) -> anyhow::Result<SocketAddr> {
                         let _ = req.into_body().collect().await;
                         if path == "/coalesce" {
                             seen.coalesce.lock().expect("not poisoned").push(version);
+                        } else if path == "/e2e" {
+                            seen.e2e.fetch_add(1, Ordering::Relaxed);
+                        } else if path == "/steady" {
+                            seen.steady.fetch_add(1, Ordering::Relaxed);
                         } else {
                             while !seen.open.load(Ordering::Acquire) {
                                 let wait = seen.notify.notified();
@@ -1008,7 +1015,207 @@ async fn daemon_figures(
     figure.meets = Some(versions == [last_seq]);
     report.push(figure);
     drop(daemon);
+
+    // 5 and 6 on a daemon of their own, so that what the phases above left (their machines,
+    // their index) does not weigh on the end-to-end time or the CPU counted.
+    let daemon = Daemon::spawn(cbd, &root.join("daemon-steady"))?;
+    let leading = |project: &'static str, path: &'static str| {
+        let (client, url) = (
+            client.clone(),
+            daemon.url(&format!("/v1/projects/{project}/callbacks/site")),
+        );
+        let body = json!({"url": format!("http://{receiver_addr}{path}"), "window_secs": 3600, "leading": true})
+            .to_string();
+        async move {
+            expect(&client, "PUT", &url, body.into(), 200)
+                .await
+                .map(drop)
+        }
+    };
+    end_to_end(
+        &daemon,
+        &client,
+        &seen,
+        a,
+        report,
+        http_64,
+        leading("e2e", "/e2e"),
+    )
+    .await?;
+    steady_rate(
+        &daemon,
+        &client,
+        &seen,
+        a,
+        report,
+        leading("steady", "/steady"),
+    )
+    .await?;
     Ok(())
+}
+
+/// Phase 5: `E2E_CHANGES` distinct files, one change per request from 64 clients, to a
+/// leading callback (so each change is due at once): the time from the first send to the
+/// last delivery received, as changes per second through the whole daemon.
+async fn end_to_end(
+    daemon: &Daemon,
+    client: &HttpClient,
+    seen: &Seen,
+    a: &BenchArgs,
+    report: &mut Report,
+    http_64: f64,
+    put: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let changes = a.deliveries.min(E2E_CHANGES);
+    eprintln!("cbd: end to end, {changes} single changes to {changes} files, leading…");
+    put.await?;
+    let file_json = Arc::new(snapshot_json("x", 0).to_string());
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let senders: Vec<_> = (0..64)
+        .map(|_| {
+            let (client, url, next, file_json) = (
+                client.clone(),
+                daemon.url("/v1/changes"),
+                next.clone(),
+                file_json.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= changes {
+                        return anyhow::Ok(());
+                    }
+                    let body = format!(
+                        r#"{{"project":"e2e","file_id":"e{i}","event":"rated","file":{file_json}}}"#
+                    );
+                    expect(&client, "POST", &url, body.into(), 202).await?;
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await??;
+    }
+    let acknowledged = started.elapsed().as_secs_f64();
+    let delivered = wait_for_count(&seen.e2e, changes).await;
+    let secs = started.elapsed().as_secs_f64();
+    let how = format!(
+        "{delivered} of {changes} changes, one per request from 64 clients, each to a file of its own with a leading \
+         callback: {secs:.2} s from the first send to the last delivery received (the last 202 at {acknowledged:.2} s)"
+    );
+    report.push(
+        Figure::new(
+            "end to end: single changes in, deliveries out",
+            delivered as f64 / secs,
+            "changes/s",
+            how,
+        )
+        .against("plain HTTP, 64 connections", http_64, "requests/s"),
+    );
+    Ok(())
+}
+
+/// How many distinct files the end-to-end phase changes.
+const E2E_CHANGES: u64 = 20_000;
+/// The steady phase's rate, changes per second.
+const STEADY_RATE: u64 = 500;
+
+/// Phase 6: single changes at a steady `STEADY_RATE` per second, each to a file of its own
+/// with a leading callback, for the phase's duration (at least 5 s): cbd's CPU time (user
+/// and system, from /proc) over that time and until the last delivery, per delivered
+/// message.
+async fn steady_rate(
+    daemon: &Daemon,
+    client: &HttpClient,
+    seen: &Seen,
+    a: &BenchArgs,
+    report: &mut Report,
+    put: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let secs = a.duration.max(5.0);
+    let total = (secs * STEADY_RATE as f64) as u64;
+    eprintln!("cbd: a steady {STEADY_RATE} changes/s for {secs:.0} s, leading…");
+    put.await?;
+    let file_json = Arc::new(snapshot_json("x", 0).to_string());
+    let pid = daemon.child.id();
+    let before = cpu_seconds(pid)?;
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / STEADY_RATE as u32);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sends = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        tick.tick().await;
+        let (client, url, file_json) =
+            (client.clone(), daemon.url("/v1/changes"), file_json.clone());
+        sends.push(tokio::spawn(async move {
+            let body = format!(
+                r#"{{"project":"steady","file_id":"s{i}","event":"rated","file":{file_json}}}"#
+            );
+            expect(&client, "POST", &url, body.into(), 202)
+                .await
+                .map(drop)
+        }));
+    }
+    let sending = started.elapsed().as_secs_f64();
+    for s in sends {
+        s.await??;
+    }
+    let delivered = wait_for_count(&seen.steady, total).await;
+    let cpu = cpu_seconds(pid)? - before;
+    let wall = started.elapsed().as_secs_f64();
+    let per_message_ms = cpu / delivered.max(1) as f64 * 1000.0;
+    let how = format!(
+        "{total} changes sent at {:.0}/s over {sending:.2} s, {delivered} delivered; cbd used {cpu:.2} s of CPU \
+         (user + system, /proc/{pid}/stat) in {wall:.2} s, {:.0} % of one core",
+        total as f64 / sending,
+        cpu / wall * 100.0
+    );
+    report.push(Figure::new(
+        format!("CPU per delivered message at a steady {STEADY_RATE} changes/s (leading)"),
+        per_message_ms,
+        "ms",
+        how,
+    ));
+    Ok(())
+}
+
+/// Waits until `counter` reaches `want`, or until it has not moved for 10 s; what it reached.
+async fn wait_for_count(counter: &AtomicU64, want: u64) -> u64 {
+    let (mut last, mut last_progress) = (0, Instant::now());
+    loop {
+        let now = counter.load(Ordering::Relaxed);
+        if now >= want {
+            return now;
+        }
+        if now != last {
+            (last, last_progress) = (now, Instant::now());
+        } else if last_progress.elapsed() > Duration::from_secs(10) {
+            eprintln!("deliveries stalled at {now} of {want}");
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The CPU time (user and system) process `pid` has used, in seconds, from /proc.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: the fields start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // Fields 14 and 15 of proc(5), utime and stime, are the 12th and 13th after the name.
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("/proc/{pid}/stat has no field {}", i + 3))
+    };
+    let per_second = rustix::param::clock_ticks_per_second() as f64;
+    Ok((ticks(11)? + ticks(12)?) as f64 / per_second)
 }
 
 /// Runs `clients` loops for `window`, each calling `request(client, n)` and counting what
