@@ -860,7 +860,7 @@ async fn fold_file(api: &Api, file: &FileKey) -> Result<FileHistory, ApiError> {
         let start = store.file_start(&key)?;
         let known = FileHistory::knows_file(&records, start.as_ref());
         Ok::<_, cb_store::Error>(
-            known.then(|| FileHistory::fold_from(&key, start, records, Some(now))),
+            known.then(|| FileHistory::fold_from(&key, start, records, Some(now), store.rules())),
         )
     })
     .await

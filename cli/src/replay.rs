@@ -259,6 +259,12 @@ impl Audit {
         }
     }
 
+    /// Folds the records from here on under `rules` (the log's: `Store::rules`), so that a
+    /// log begun under older rules is audited under the rules it was decided by.
+    pub fn set_rules(&mut self, rules: cb_core::Rules) {
+        self.core.set_rules(rules);
+    }
+
     /// An audit that starts from the log's base (after retention removed older history):
     /// the core's state there, whose attempts in flight count as decided — their outcomes
     /// come after the base and are checked like any other (not counted as started here).

@@ -216,7 +216,7 @@ pub fn rewind(store: &Store, file: &FileKey, to: Point) -> Result<Rewound, Rewin
         (None, Some(base)) => (base.seq, base.at),
         (None, None) => (Seq(0), Timestamp(0)),
     };
-    let history = FileHistory::fold_from(file, start, records, until);
+    let history = FileHistory::fold_from(file, start, records, until, store.rules());
     let version = history.latest_change();
     let snapshot = match version {
         Some(v) => store.snapshot(v)?,

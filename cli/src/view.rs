@@ -555,7 +555,13 @@ mod tests {
             state: core.checkpoint(),
             version: Some(Seq(2)),
         };
-        let h = FileHistory::fold_from(&file, Some(base), Vec::new(), Some(Timestamp(20_000)));
+        let h = FileHistory::fold_from(
+            &file,
+            Some(base),
+            Vec::new(),
+            Some(Timestamp(20_000)),
+            Default::default(),
+        );
         assert!(
             !h.steps.is_empty(),
             "the window's deadline fires after the base"

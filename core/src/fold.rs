@@ -6,7 +6,12 @@
 //! [`Core::next_deadline`] has passed.
 //!
 //! Time is only an input. A deadline `d` fires *before* the first record with `at >= d` is
-//! applied, and as of `d` itself — not as of that record. So a machine's decisions depend only
+//! applied, and as of `d` itself — not as of that record. Under rules version 2
+//! ([`RULES_VERSION`]), a deadline that a record sets at or before its own time (a leading
+//! change is due at once) fires in that record's step, right after it, rather than at the
+//! next record: the attempt starts as soon as the change is durable, without a `Ticked`
+//! record and its flush in between. Records of a log written under version 1 are folded
+//! under version 1 ([`Rules`]), so an old log replays as it was decided. So a machine's decisions depend only
 //! on its own records and its deadlines, never on when ticks happen to arrive or on other
 //! files' records: folding one file's records (plus its project's configuration) reaches
 //! exactly the states and attempts the whole log reaches for that file. That is what makes
@@ -26,6 +31,34 @@ use crate::lists::{self, Deliveries, DeliveryQuery, ListKey, ListSource};
 use crate::machine::{InFlight, Machine, Opening, OutcomeStep, StateName};
 use crate::record::{AttemptReport, Record, RecordKind};
 use crate::timers::Timers;
+
+/// The newest version of the delivery rules, the one this build decides new records under.
+/// Version 1: SPEC §4 as first implemented. Version 2: a deadline a record sets at or
+/// before its own time fires in that record's step (module docs).
+pub const RULES_VERSION: u32 = 2;
+
+/// Which rules each record is folded under: version 1 before `current_from`, and
+/// [`RULES_VERSION`] from it on. The log says where (each segment records the rules of the
+/// build that started it, and a build of newer rules starts a new segment), so a fold of a
+/// log that began under older rules is told by whoever reads the log
+/// (`cb_store::Store::rules`). The default, for a log written by this build alone: every
+/// record under the newest rules.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Rules {
+    /// The first record folded under [`RULES_VERSION`].
+    pub current_from: Seq,
+}
+
+impl Rules {
+    /// The rules version record `seq` is folded under.
+    pub fn version_at(self, seq: Seq) -> u32 {
+        if seq >= self.current_from {
+            RULES_VERSION
+        } else {
+            1
+        }
+    }
+}
 
 /// A project callback and whether a `410 Gone` disabled it.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -191,6 +224,8 @@ pub struct Core {
     /// Kept as machines move, so a census (every `/metrics` scrape, every status) costs
     /// nothing per file held.
     tally: Tally,
+    /// Which rules each record is folded under.
+    rules: Rules,
 }
 
 /// The machines per state, counted and listed: what reports and lists ask for, kept as
@@ -305,6 +340,18 @@ impl Core {
         Core::default()
     }
 
+    /// Folds records from here on under `rules` (where the log switched to the newest
+    /// rules). The state folded so far is kept: a rule applies to the records folded under
+    /// it.
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.rules = rules;
+    }
+
+    /// The rules records are folded under.
+    pub fn rules(&self) -> Rules {
+        self.rules
+    }
+
     /// Folds one record: fires the deadlines it passes, applies it, and pushes the effects to
     /// perform onto `effects`. Cannot fail; records it cannot use are ignored and counted.
     ///
@@ -358,6 +405,12 @@ impl Core {
         if let Disposition::Ignored(_) = disposition {
             self.ignored += 1;
         }
+        if seq >= self.rules.current_from {
+            // Rules 2: what the record made due at its own time fires now, as of that time.
+            // Expiries wait for the next record, as before: forgetting a `sent` machine is
+            // no decision, and a history shows the machine sent before it is forgotten.
+            self.fire_deadlines(at, effects);
+        }
         self.settle_deadlines();
         let after = self.next_deadline();
         if after != before {
@@ -378,6 +431,21 @@ impl Core {
             "time runs backwards: {to} after {}",
             self.now
         );
+        self.fire_deadlines(to, effects);
+        while let Some((t, keys)) = self.expiries.pop_due(to) {
+            for key in keys {
+                if timer_is_set(&self.files, Machine::expiry, t, &key) {
+                    self.drop_machine(&key);
+                }
+            }
+        }
+        self.settle_deadlines();
+        self.now = to;
+    }
+
+    /// Fires every deadline up to `to`, each as of its own time, in (deadline, machine)
+    /// order.
+    fn fire_deadlines(&mut self, to: Timestamp, effects: &mut Vec<Effect>) {
         // A due machine goes pending (no deadline) and touches no other machine, so firing
         // one time's machines in a row keeps the (deadline, machine) order exactly. Entries
         // whose machine has moved its timer (or is gone) are skipped: the machine's own
@@ -394,15 +462,6 @@ impl Core {
                 }
             }
         }
-        while let Some((t, keys)) = self.expiries.pop_due(to) {
-            for key in keys {
-                if timer_is_set(&self.files, Machine::expiry, t, &key) {
-                    self.drop_machine(&key);
-                }
-            }
-        }
-        self.settle_deadlines();
-        self.now = to;
     }
 
     fn on_change(

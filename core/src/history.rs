@@ -8,7 +8,7 @@
 //! `GET /v1/files/…/history`, `cbctl history` and `cbctl rewind` are views of this.
 
 use crate::effect::Effect;
-use crate::fold::{Checkpoint, Core, Disposition, PassedOver};
+use crate::fold::{Checkpoint, Core, Disposition, PassedOver, Rules};
 use crate::ids::{CallbackRef, FileKey, Seq, Timestamp};
 use crate::machine::{Machine, StateName};
 use crate::record::{Record, RecordKind};
@@ -99,21 +99,24 @@ impl FileHistory {
         records: impl IntoIterator<Item = Record>,
         until: Option<Timestamp>,
     ) -> FileHistory {
-        FileHistory::fold_from(file, None, records, until)
+        FileHistory::fold_from(file, None, records, until, Rules::default())
     }
 
     /// [`fold`](Self::fold), starting from the state at the log's base (`start`) instead of
-    /// the log's first record: `records` are then the ones after the base.
+    /// the log's first record (`records` are then the ones after the base), under the log's
+    /// `rules` (`cb_store::Store::rules`).
     pub fn fold_from(
         file: &FileKey,
         start: Option<FileStart>,
         records: impl IntoIterator<Item = Record>,
         until: Option<Timestamp>,
+        rules: Rules,
     ) -> FileHistory {
-        let core = match &start {
+        let mut core = match &start {
             Some(s) => Core::from_checkpoint(s.state.for_file(file)),
             None => Core::new(),
         };
+        core.set_rules(rules);
         let mut h = FileHistory {
             file: file.clone(),
             base: start,

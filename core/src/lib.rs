@@ -67,7 +67,7 @@ pub use effect::{Attempt, Effect};
 pub use event::{EventKind, EventSet, UnknownEvent};
 pub use fold::{
     Census, Checkpoint, CheckpointBeforePauses, Core, Disposition, FileEntry, Ignored, Machines,
-    PassedOver,
+    PassedOver, Rules, RULES_VERSION,
 };
 pub use history::{Cause, FileHistory, FileStart, Step};
 pub use ids::{

@@ -546,13 +546,23 @@ impl Checker {
                 c.redelivers.insert(record.seq);
             }
             // Attempts this record's apply started were decided before the record itself
-            // took effect (deadlines fire first; a redeliver starts its own).
-            for e in &sim.effects[i] {
-                if let Effect::StartAttempt(a) = e {
-                    c.on_attempt(i, record, prev_at, a);
-                }
+            // took effect (deadlines fire first; a redeliver starts its own), but for those
+            // the record made due at its own time, which fire after it (rules 2).
+            let started: Vec<&Attempt> = sim.effects[i]
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::StartAttempt(a) => Some(a),
+                    _ => None,
+                })
+                .collect();
+            let (before, after) = started.split_at(sim.started_before[i]);
+            for a in before {
+                c.on_attempt(i, record, prev_at, a);
             }
             c.on_record(record, sim.dispositions[i]);
+            for a in after {
+                c.on_attempt(i, record, record.at, a);
+            }
         }
         c
     }

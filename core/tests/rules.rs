@@ -41,9 +41,9 @@ fn rule_1_leading_delivers_the_first_change_at_once() {
          @13 tick",
         expect![[r#"
             #1  @0      put a window=10 leading
-            #2  @3      change f1 rated
-                         f1#a: coalescing d2 due=3
-            #3  @3      tick                         => start f1#a d2#1 v2 @3
+            #2  @3      change f1 rated              => start f1#a d2#1 v2 @3
+                         f1#a: pending d2#1 v2
+            #3  @3      tick
                          f1#a: pending d2#1 v2
             #4  @3.100  ok f1 a
                          f1#a: sent d2 v2
@@ -53,6 +53,27 @@ fn rule_1_leading_delivers_the_first_change_at_once() {
                          f1#a: pending d5#1 v5
         "#]],
     );
+}
+
+/// A log written under rules version 1 is folded under them: a leading change's deadline
+/// fires at the next record (here the tick), as of its own time, not in the change's step.
+#[test]
+fn rules_1_fire_a_deadline_a_record_sets_at_the_next_record() {
+    expect![[r#"
+        #1  @0      put a window=10 leading
+        #2  @3      change f1 rated
+                     f1#a: coalescing d2 due=3
+        #3  @3      tick                         => start f1#a d2#1 v2 @3
+                     f1#a: pending d2#1 v2
+        #4  @3.100  ok f1 a
+                     f1#a: sent d2 v2
+    "#]]
+    .assert_eq(&support::run_under_rules_1(
+        "put a window=10 leading
+         @3 change f1 rated
+         @3 tick
+         @3.1 ok f1 a",
+    ));
 }
 
 #[test]
@@ -67,9 +88,9 @@ fn rule_1_next_delivery_waits_a_window_after_the_last_attempt() {
          @10 tick",
         expect![[r#"
             #1  @0      put a window=10 leading
-            #2  @0      change f1 rated
-                         f1#a: coalescing d2 due=0
-            #3  @0      tick                         => start f1#a d2#1 v2 @0
+            #2  @0      change f1 rated              => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #3  @0      tick
                          f1#a: pending d2#1 v2
             #4  @1      ok f1 a
                          f1#a: sent d2 v2
@@ -98,9 +119,9 @@ fn rule_1_abandoned_machine_restarts_on_a_new_change() {
          @30 tick",
         expect![[r#"
             #1  @0      put a window=0 backoff=1 retry_for=2
-            #2  @0      change f1 rated
-                         f1#a: coalescing d2 due=0
-            #3  @0      tick                         => start f1#a d2#1 v2 @0
+            #2  @0      change f1 rated              => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #3  @0      tick
                          f1#a: pending d2#1 v2
             #4  @0      fail f1 a 500
                          f1#a: retrying d2 failed=1 next=0.963
@@ -112,9 +133,9 @@ fn rule_1_abandoned_machine_restarts_on_a_new_change() {
                          f1#a: pending d2#3 v2
             #8  @2.400  timeout f1 a
                          f1#a: abandoned d2 attempts=3
-            #9  @30     change f1 rated
-                         f1#a: coalescing d9 due=30
-            #10 @30     tick                         => start f1#a d9#1 v9 @30
+            #9  @30     change f1 rated              => start f1#a d9#1 v9 @30
+                         f1#a: pending d9#1 v9
+            #10 @30     tick
                          f1#a: pending d9#1 v9
         "#]],
     );
@@ -239,9 +260,9 @@ fn rule_4_failures_back_off_then_abandon_after_retry_for() {
          @200 tick",
         expect![[r#"
             #1  @0      put a window=0 backoff=10,60 retry_for=100
-            #2  @0      change f1 rated
-                         f1#a: coalescing d2 due=0
-            #3  @0      tick                         => start f1#a d2#1 v2 @0
+            #2  @0      change f1 rated              => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #3  @0      tick
                          f1#a: pending d2#1 v2
             #4  @1      fail f1 a 503
                          f1#a: retrying d2 failed=1 next=10.630
@@ -278,9 +299,9 @@ fn rule_4_retry_after_pushes_later_and_is_capped() {
          @50 fail f1 a 500 retry_after=3600",
         expect![[r#"
             #1  @0      put a window=0 backoff=10
-            #2  @0      change f1 rated
-                         f1#a: coalescing d2 due=0
-            #3  @0      tick                         => start f1#a d2#1 v2 @0
+            #2  @0      change f1 rated              => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #3  @0      tick
                          f1#a: pending d2#1 v2
             #4  @0      fail f1 a 503 retry_after=15
                          f1#a: retrying d2 failed=1 next=15
@@ -315,11 +336,11 @@ fn rule_4_gone_disables_the_callback_for_every_file_until_put_again() {
         expect![[r#"
             #1  @0      put a window=0
             #2  @0      put b window=0
-            #3  @0      change f1 rated
-                         f1#a: coalescing d3 due=0 | f1#b: coalescing d3 due=0
-            #4  @0      change f2 rated              => start f1#a d3#1 v3 @0 => start f1#b d3#1 v3 @0
-                         f1#a: pending d3#1 v3 | f1#b: pending d3#1 v3 | f2#a: coalescing d4 due=0 | f2#b: coalescing d4 due=0
-            #5  @0      tick                         => start f2#a d4#1 v4 @0 => start f2#b d4#1 v4 @0
+            #3  @0      change f1 rated              => start f1#a d3#1 v3 @0 => start f1#b d3#1 v3 @0
+                         f1#a: pending d3#1 v3 | f1#b: pending d3#1 v3
+            #4  @0      change f2 rated              => start f2#a d4#1 v4 @0 => start f2#b d4#1 v4 @0
+                         f1#a: pending d3#1 v3 | f1#b: pending d3#1 v3 | f2#a: pending d4#1 v4 | f2#b: pending d4#1 v4
+            #5  @0      tick
                          f1#a: pending d3#1 v3 | f1#b: pending d3#1 v3 | f2#a: pending d4#1 v4 | f2#b: pending d4#1 v4
             #6  @1      gone f1 a                    => disable f1#a (cause 6)
                          f1#a: abandoned d3 attempts=1 | f1#b: pending d3#1 v3 | f2#a: pending d4#1 v4 | f2#b: pending d4#1 v4
@@ -333,9 +354,9 @@ fn rule_4_gone_disables_the_callback_for_every_file_until_put_again() {
                          f1#b: pending d3#1 v3 | f2#b: pending d4#1 v4
             #11 @4      put a window=0
                          f1#b: pending d3#1 v3 | f2#b: pending d4#1 v4
-            #12 @5      change f2 rated
-                         f1#b: pending d3#1 v3 | f2#a: coalescing d12 due=5 | f2#b: pending d4#1 v4
-            #13 @5      tick                         => start f2#a d12#1 v12 @5
+            #12 @5      change f2 rated              => start f2#a d12#1 v12 @5
+                         f1#b: pending d3#1 v3 | f2#a: pending d12#1 v12 | f2#b: pending d4#1 v4
+            #13 @5      tick
                          f1#b: pending d3#1 v3 | f2#a: pending d12#1 v12 | f2#b: pending d4#1 v4
         "#]],
     );
@@ -354,9 +375,9 @@ fn rule_5_retry_carries_the_latest_snapshot() {
          @13 ok f1 a",
         expect![[r#"
             #1  @0      put a window=0 backoff=10
-            #2  @0      change f1 rated
-                         f1#a: coalescing d2 due=0
-            #3  @0      tick                         => start f1#a d2#1 v2 @0
+            #2  @0      change f1 rated              => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #3  @0      tick
                          f1#a: pending d2#1 v2
             #4  @1      change f1 moderated
                          f1#a: pending d2#1 v2
@@ -485,9 +506,9 @@ fn outcomes_that_do_not_match_the_attempt_in_flight_are_ignored() {
          @2 stale f1 a d2 1 v2",
         expect![[r#"
             #1  @0      put a window=0
-            #2  @0      change f1 rated
-                         f1#a: coalescing d2 due=0
-            #3  @0      tick                         => start f1#a d2#1 v2 @0
+            #2  @0      change f1 rated              => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #3  @0      tick
                          f1#a: pending d2#1 v2
             #4  @1      stale f1 a d2 2 v2           ignored:StaleOutcome
                          f1#a: pending d2#1 v2
@@ -612,9 +633,9 @@ fn rule_4_a_put_after_a_410_wins_over_the_late_disable() {
          @4 tick",
         expect![[r#"
             #1  @0      put a window=0
-            #2  @0      change f1 rated
-                         f1#a: coalescing d2 due=0
-            #3  @0      tick                         => start f1#a d2#1 v2 @0
+            #2  @0      change f1 rated              => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #3  @0      tick
                          f1#a: pending d2#1 v2
             #4  @1      gone f1 a                    => disable f1#a (cause 4)
                          f1#a: abandoned d2 attempts=1
@@ -622,9 +643,9 @@ fn rule_4_a_put_after_a_410_wins_over_the_late_disable() {
                          f1#a: abandoned d2 attempts=1
             #6  @3      disable f1 a 4               ignored:SupersededDisable
                          f1#a: abandoned d2 attempts=1
-            #7  @4      change f1 rated
-                         f1#a: coalescing d7 due=4
-            #8  @4      tick                         => start f1#a d7#1 v7 @4
+            #7  @4      change f1 rated              => start f1#a d7#1 v7 @4
+                         f1#a: pending d7#1 v7
+            #8  @4      tick
                          f1#a: pending d7#1 v7
         "#]],
     );
@@ -641,15 +662,15 @@ fn rule_4_a_change_owed_when_a_delivery_is_abandoned_reopens_the_machine() {
          @2 tick",
         expect![[r#"
             #1  @0      put a window=0 retry_for=0
-            #2  @0      change f1 rated
-                         f1#a: coalescing d2 due=0
-            #3  @0      tick                         => start f1#a d2#1 v2 @0
+            #2  @0      change f1 rated              => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #3  @0      tick
                          f1#a: pending d2#1 v2
             #4  @1      change f1 moderated
                          f1#a: pending d2#1 v2
-            #5  @2      fail f1 a 500
-                         f1#a: coalescing d4 due=2
-            #6  @2      tick                         => start f1#a d4#1 v4 @2
+            #5  @2      fail f1 a 500                => start f1#a d4#1 v4 @2
+                         f1#a: pending d4#1 v4
+            #6  @2      tick
                          f1#a: pending d4#1 v4
         "#]],
     );
@@ -794,9 +815,9 @@ fn rule_8_an_attempt_in_flight_completes_and_a_redeliver_is_refused() {
          @21 resume a",
         expect![[r#"
             #1  @0      put a window=0 backoff=10
-            #2  @0      change f1 rated
-                         f1#a: coalescing d2 due=0
-            #3  @0      tick                         => start f1#a d2#1 v2 @0
+            #2  @0      change f1 rated              => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #3  @0      tick
                          f1#a: pending d2#1 v2
             #4  @1      pause a
                          f1#a: pending d2#1 v2
@@ -825,9 +846,9 @@ fn rule_8_a_pause_past_the_retry_horizon_abandons_what_kept_failing() {
          @50 resume a",
         expect![[r#"
             #1  @0      put a window=0 backoff=10 retry_for=30
-            #2  @0      change f1 rated
-                         f1#a: coalescing d2 due=0
-            #3  @0      tick                         => start f1#a d2#1 v2 @0
+            #2  @0      change f1 rated              => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #3  @0      tick
                          f1#a: pending d2#1 v2
             #4  @1      fail f1 a 500
                          f1#a: retrying d2 failed=1 next=10.630
@@ -856,9 +877,9 @@ fn rule_8_a_change_during_a_paused_retry_is_still_delivered_past_the_horizon() {
          @50 resume a",
         expect![[r#"
             #1  @0      put a window=0 backoff=10 retry_for=30
-            #2  @0      change f1 rated
-                         f1#a: coalescing d2 due=0
-            #3  @0      tick                         => start f1#a d2#1 v2 @0
+            #2  @0      change f1 rated              => start f1#a d2#1 v2 @0
+                         f1#a: pending d2#1 v2
+            #3  @0      tick
                          f1#a: pending d2#1 v2
             #4  @1      fail f1 a 500
                          f1#a: retrying d2 failed=1 next=10.630

@@ -181,6 +181,7 @@ impl Store {
                 None => (None, Core::new(), Seq(1)),
             },
         };
+        core.set_rules(self.rules());
         let mut effects = Vec::new();
         let mut tail_records = 0;
         for record in self.records(from) {

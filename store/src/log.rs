@@ -560,6 +560,20 @@ impl Store {
         Seq(self.tip().0 + 1)
     }
 
+    /// Which rules each record of this log is folded under ([`cb_core::Rules`]): the newest
+    /// from the first record of the first segment started under them, and version 1 before
+    /// it. A log that has none yet (written by an older build) switches at the next record
+    /// appended, which starts a segment of the newest rules (`SegmentWriter::fits`); an
+    /// empty log is all newest. Every fold of this log's records takes it from here.
+    pub fn rules(&self) -> cb_core::Rules {
+        let live = self.shared.log.live();
+        let current_from = live
+            .iter()
+            .find(|(_, s)| s.header.rules >= crate::RULES_VERSION)
+            .map_or_else(|| self.next_seq(), |(_, s)| s.header.first_seq);
+        cb_core::Rules { current_from }
+    }
+
     /// The delivery rules version record `seq` was written under: the version in the header
     /// of the segment that holds it (each segment records the rules of the build that
     /// started it, and a build of other rules starts a new segment). Kept records and
@@ -1642,7 +1656,39 @@ mod tests {
         assert_eq!(seqs, [1, 2, 3]);
     }
 
-    /// Every record says which rules it was written under (all 1 today).
+    /// A log whose segments were started under rules 1 folds them under rules 1, and the
+    /// records appended after this build opened it under the newest rules, from the first
+    /// seq of the segment they start.
+    #[test]
+    fn the_rules_switch_where_a_segment_of_the_newest_rules_starts() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(tmp.path(), small()).unwrap();
+            assert_eq!(store.rules().current_from, Seq(1));
+            store.append(vec![change(1, 1)]).unwrap();
+            store.append(vec![change(2, 2)]).unwrap();
+        }
+        for entry in std::fs::read_dir(tmp.path().join("segments")).unwrap() {
+            let path = entry.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            let mut header = crate::segment::SegmentHeader::decode(&bytes).unwrap();
+            header.rules = 1;
+            bytes[..64].copy_from_slice(&header.encode());
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let store = Store::open(tmp.path(), small()).unwrap();
+        assert_eq!(store.rules().current_from, Seq(3));
+        assert_eq!(store.rules().version_at(Seq(2)), 1);
+        store.append(vec![change(3, 3)]).unwrap();
+        store.append(vec![change(4, 4)]).unwrap();
+        assert_eq!(store.rules().current_from, Seq(3));
+        assert_eq!(
+            (store.rules_at(Seq(2)), store.rules_at(Seq(3))),
+            (1, crate::RULES_VERSION)
+        );
+    }
+
+    /// Every record says which rules it was written under (all the newest here).
     #[test]
     fn the_rules_version_is_recorded_per_segment() {
         let tmp = tempfile::tempdir().unwrap();

@@ -451,6 +451,7 @@ impl Store {
                 None => (Core::new(), Seq(1)),
             },
         };
+        core.set_rules(self.rules());
         let mut effects = Vec::new();
         for record in self.records_between(from, seq) {
             core.apply(&record?, &mut effects);

@@ -45,10 +45,11 @@ use crate::storage::StorageFile;
 pub const FORMAT_VERSION: u32 = 5;
 /// The oldest segment format this build reads in place.
 pub const OLDEST_FORMAT_VERSION: u32 = 4;
-/// The delivery rules this build folds with, recorded in every segment it starts, so that a
-/// later change of a rule can leave an older log replaying under the rules it was written
-/// with. Version 1: the rules of SPEC §4 as `cb_core` implements them today.
-pub const RULES_VERSION: u32 = 1;
+/// The delivery rules this build decides new records under ([`cb_core::RULES_VERSION`]),
+/// recorded in every segment it starts, so that an older log replays under the rules it was
+/// written with (`Store::rules`). Version 2: a deadline a record sets at or before its own
+/// time fires in that record's step.
+pub const RULES_VERSION: u32 = cb_core::RULES_VERSION;
 
 const SEGMENT_MAGIC: [u8; 8] = *b"CBLOGSEG";
 /// Bytes before a segment's first group.

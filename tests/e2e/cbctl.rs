@@ -820,3 +820,131 @@ fn emit_takes_getfileinfo_xml_offline_and_online() {
     let file = cbd.get("/v1/files/newzulu/556114");
     assert_eq!(file["file"]["title"], "Test 7 : single + empty", "{file}");
 }
+
+/// A log written under delivery rules version 1, where a leading change's deadline fired at
+/// the next record (a tick), replays clean, and its history shows the attempt started where
+/// the daemon started it: each record is folded under the rules its segment records. The
+/// same records marked as written under version 2 show the attempt started at the change
+/// itself (and replay clean too: the rule changes which record's step starts an attempt, not
+/// what the attempt carries, or when).
+#[test]
+fn a_log_of_rules_1_is_folded_under_rules_1() {
+    use cb_core::{
+        AttemptReport, Callback, Core, Digest, Effect, FileKey, Outcome, Record, RecordKind, Rules,
+        Seq, Snapshot, Timestamp,
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let callback = std::sync::Arc::new(
+        Callback::from_json(r#"{"url":"https://example.org/cb","window_secs":10,"leading":true}"#)
+            .unwrap(),
+    );
+    let file = FileKey::parse("p/1").unwrap();
+    let snapshot = Snapshot::from_pairs([("id", "1"), ("title", "a")]).unwrap();
+    // What a rules-1 daemon appended: the put, the change, the tick that fired the change's
+    // deadline and started the attempt, and the attempt's outcome.
+    let mut core = Core::new();
+    core.set_rules(Rules {
+        current_from: Seq(u64::MAX),
+    });
+    let mut effects = Vec::new();
+    let mut records: Vec<(Record, Option<Snapshot>)> = Vec::new();
+    let mut push =
+        |kind: RecordKind, at: u64, snap: Option<Snapshot>, effects: &mut Vec<Effect>| {
+            effects.clear();
+            let record = Record {
+                seq: Seq(records.len() as u64 + 1),
+                at: Timestamp(at),
+                kind,
+            };
+            core.apply(&record, effects);
+            records.push((record, snap));
+        };
+    push(
+        RecordKind::CallbackPut {
+            project: file.project.clone(),
+            name: cb_core::CallbackName::new("site").unwrap(),
+            callback: callback.clone(),
+        },
+        1_000,
+        None,
+        &mut effects,
+    );
+    push(
+        RecordKind::ChangeAppended {
+            file: file.clone(),
+            event: "rated".parse().unwrap(),
+            callbacks: None,
+        },
+        2_000,
+        Some(snapshot.clone()),
+        &mut effects,
+    );
+    assert!(effects
+        .iter()
+        .all(|e| !matches!(e, Effect::StartAttempt(_))));
+    push(RecordKind::Ticked, 2_000, None, &mut effects);
+    let attempt = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::StartAttempt(a) => Some(a.clone()),
+            _ => None,
+        })
+        .expect("the tick starts the attempt under rules 1");
+    let digest: Digest = cb_core::render(&snapshot, &callback).digest();
+    let report = AttemptReport {
+        machine: attempt.machine.clone(),
+        delivery: attempt.delivery,
+        attempt: attempt.attempt,
+        version: attempt.version,
+        outcome: Outcome::Delivered { status: 200 },
+        latency_ms: 5,
+        digest,
+        detail: String::new(),
+    };
+    push(
+        RecordKind::AttemptFinished(report),
+        2_100,
+        None,
+        &mut effects,
+    );
+    {
+        let store = cb_store::Store::open(&dir, Default::default()).unwrap();
+        store.append_stamped(records).unwrap();
+    }
+    let set_rules = |rules: u32| {
+        for entry in std::fs::read_dir(dir.join("segments")).unwrap() {
+            let path = entry.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            // The header's rules word (bytes 12..16), then its checksum over bytes 0..60.
+            bytes[12..16].copy_from_slice(&rules.to_le_bytes());
+            let crc = crc32fast::hash(&bytes[..60]);
+            bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+            std::fs::write(&path, bytes).unwrap();
+        }
+    };
+    // The kind of the step whose attempts_started holds the attempt: a deadline of its own
+    // between the change and the tick, or the change itself.
+    let started_by_step = || {
+        let (code, out, err) = cbctl(&dir, &["history", "p/1", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let h: Value = serde_json::from_str(&out).unwrap();
+        h["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["attempts_started"].is_array())
+            .map(|s| s["kind"].as_str().unwrap().to_owned())
+    };
+    for (rules, started_by) in [(1, "deadline"), (2, "change")] {
+        set_rules(rules);
+        let (code, out, err) = cbctl(&dir, &["replay"]);
+        assert_eq!(code, 0, "rules {rules}: {out}{err}");
+        assert!(out.contains("divergences: none"), "rules {rules}: {out}");
+        assert_eq!(
+            started_by_step().as_deref(),
+            Some(started_by),
+            "rules {rules}"
+        );
+    }
+}

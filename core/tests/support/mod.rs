@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use cb_core::{
     AttemptReport, Callback, CallbackName, CallbackRef, Core, DeliveryId, Digest, Disposition,
-    Effect, EventKind, FileId, FileKey, MachineKey, Outcome, ProjectId, Record, RecordKind, Seq,
-    Timestamp,
+    Effect, EventKind, FileId, FileKey, MachineKey, Outcome, ProjectId, Record, RecordKind, Rules,
+    Seq, Timestamp,
 };
 
 pub fn project() -> ProjectId {
@@ -37,6 +37,10 @@ pub struct Sim {
     pub log: Vec<Record>,
     pub effects: Vec<Vec<Effect>>,
     pub dispositions: Vec<Disposition>,
+    /// Per record, how many of its `StartAttempt` effects were decided before the record
+    /// took effect (deadlines it passed, and what the record itself starts); the rest fired
+    /// after it, in its own step (rules 2: what the record made due at its own time).
+    pub started_before: Vec<usize>,
 }
 
 impl Sim {
@@ -44,8 +48,23 @@ impl Sim {
         let seq = Seq(self.log.len() as u64 + 1);
         let at = Timestamp(at_ms.max(self.log.last().map_or(0, |r| r.at.0)));
         let record = Record { seq, at, kind };
+        // The same record folded under rules 1 gives the attempts decided before the record's
+        // own deadlines fired: the first ones of the real fold's, in the same order.
+        let mut shadow = self.core.clone();
+        shadow.set_rules(Rules {
+            current_from: Seq(u64::MAX),
+        });
+        let mut before = Vec::new();
+        shadow.apply(&record, &mut before);
+        let started = |e: &Vec<Effect>| {
+            e.iter()
+                .filter(|e| matches!(e, Effect::StartAttempt(_)))
+                .count()
+        };
         let mut effects = Vec::new();
         let d = self.core.apply(&record, &mut effects);
+        self.started_before
+            .push(started(&before).min(started(&effects)));
         self.log.push(record);
         self.effects.push(effects);
         self.dispositions.push(d);
@@ -83,16 +102,24 @@ impl Sim {
 /// @T rm a
 /// ```
 pub fn run(history: &str) -> String {
-    trace(history).1
+    trace(history, Sim::default()).1
+}
+
+/// [`run`] under delivery rules version 1, as a log written before version 2 is folded.
+pub fn run_under_rules_1(history: &str) -> String {
+    let mut sim = Sim::default();
+    sim.core.set_rules(Rules {
+        current_from: Seq(u64::MAX),
+    });
+    trace(history, sim).1
 }
 
 /// Folds a history (same language as [`run`]) and returns the driver.
 pub fn sim(history: &str) -> Sim {
-    trace(history).0
+    trace(history, Sim::default()).0
 }
 
-fn trace(history: &str) -> (Sim, String) {
-    let mut sim = Sim::default();
+fn trace(history: &str, mut sim: Sim) -> (Sim, String) {
     let mut out = String::new();
     for line in history.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let (at_ms, rest) = match line.strip_prefix('@') {

@@ -895,7 +895,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !FileHistory::knows_file(&records, start.as_ref()) {
                 return Err(NoSuchFile(format!("no record of file {key}")).into());
             }
-            let h = FileHistory::fold_from(&key, start, records, None);
+            let h = FileHistory::fold_from(&key, start, records, None, source.store.rules());
             if *json {
                 outln!("{}", serde_json::to_string_pretty(&view::history(&h))?);
             } else {
@@ -1600,6 +1600,7 @@ pub(crate) fn audit(
             Some(state) => Audit::from_base(state),
             None => Audit::new(),
         };
+        audit.set_rules(store.rules());
         let records: Box<dyn Iterator<Item = cb_store::Result<Record>>> = match &file {
             Some(key) => match store.file_records(key) {
                 Ok(records) => Box::new(records.into_iter().map(Ok)),
