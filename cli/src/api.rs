@@ -73,9 +73,7 @@ impl Api {
             max_batch,
         }
     }
-}
 
-impl Api {
     /// `/metrics` needs a token of scope `read` (`--metrics-auth`).
     pub fn with_metrics_auth(mut self, metrics_auth: bool) -> Api {
         self.metrics_auth = metrics_auth;
