@@ -297,10 +297,12 @@ pub struct Caller {
     pub scope: Scope,
 }
 
-/// The tokens cbd accepts now: the admin token and the tokens file's.
+/// The tokens cbd accepts now: the admin token and the tokens file's, each with the caller
+/// it makes (built once here, not per request).
 pub struct Credentials {
     admin: Token,
-    scoped: Vec<(ScopedToken, Arc<str>)>,
+    admin_caller: Caller,
+    scoped: Vec<([u8; 32], Caller)>,
 }
 
 impl Credentials {
@@ -308,12 +310,19 @@ impl Credentials {
     pub fn new(admin: Token, file: TokensFile) -> Credentials {
         Credentials {
             admin,
+            admin_caller: Caller {
+                name: Arc::from(ADMIN_NAME),
+                scope: Scope::Admin,
+            },
             scoped: file
                 .tokens
                 .into_iter()
                 .map(|t| {
-                    let name = Arc::from(t.name.as_str());
-                    (t, name)
+                    let caller = Caller {
+                        name: Arc::from(t.name),
+                        scope: t.scope,
+                    };
+                    (t.sha256, caller)
                 })
                 .collect(),
         }
@@ -334,22 +343,16 @@ impl Credentials {
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Option<Caller> {
         let given = bearer(authorization?)?;
         if self.admin.matches(given) {
-            return Some(Caller {
-                name: Arc::from(ADMIN_NAME),
-                scope: Scope::Admin,
-            });
+            return Some(self.admin_caller.clone());
         }
         let hash: [u8; 32] = Sha256::digest(given).into();
         let mut found = None;
-        for (token, name) in &self.scoped {
-            if bool::from(token.sha256.ct_eq(&hash)) {
-                found = Some(Caller {
-                    name: name.clone(),
-                    scope: token.scope,
-                });
+        for (sha256, caller) in &self.scoped {
+            if bool::from(sha256.ct_eq(&hash)) {
+                found = Some(caller);
             }
         }
-        found
+        found.cloned()
     }
 }
 

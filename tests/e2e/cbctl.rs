@@ -8,6 +8,21 @@ use serde_json::{json, Value};
 
 use crate::support::{snapshot, Cbd, Receiver, Reply};
 
+/// Runs cbctl against the daemon at `server` with the test token; exit code, stdout, stderr.
+pub fn cbctl_online(server: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cbctl"))
+        .args(["--server", server])
+        .args(args)
+        .env("CBD_TOKEN", crate::support::TOKEN)
+        .output()
+        .expect("run cbctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn cbctl(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cbctl"))
         .arg("--data-dir")
@@ -204,19 +219,7 @@ fn operator_commands_offline_and_through_the_server() {
 
     // Through the server: the same list, and a redeliver.
     let server = cbd.url("");
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_cbctl"))
-            .args(["--server", &server])
-            .args(args)
-            .env("CBD_TOKEN", crate::support::TOKEN)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| cbctl_online(&server, args);
     let (code, online, err) = run(&["callbacks", "list", "p"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(online, out, "the same output online and offline");
@@ -772,19 +775,7 @@ fn emit_takes_getfileinfo_xml_offline_and_online() {
 
     cbd.start_again();
     let server = cbd.url("");
-    let online = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_cbctl"))
-            .args(["--server", &server, "emit"])
-            .args(args)
-            .env("CBD_TOKEN", crate::support::TOKEN)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let online = |args: &[&str]| cbctl_online(&server, &[&["emit"], args].concat());
     let (code, out, err) = online(&[&xml[..], &["--event", "moderated", "--json"]].concat());
     assert_eq!(code, 0, "{err}");
     let seq = serde_json::from_str::<Value>(&out).unwrap()["seq"].as_u64();

@@ -224,12 +224,7 @@ fn a_capped_retry_after_shows_what_was_asked_and_what_cb_waited() {
         note,
         format!("asked 3600 s, retried after {secs} s (cap: 2 × the scheduled delay)")
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cbctl"))
-        .args(["--server", &cbd.url(""), "history", "p/1"])
-        .env("CBD_TOKEN", crate::support::TOKEN)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text, _) = crate::cbctl::cbctl_online(&cbd.url(""), &["history", "p/1"]);
     assert!(text.contains(&format!("[{note}]")), "{text}");
     receiver.wait_for_count(2, Duration::from_secs(10));
 }
